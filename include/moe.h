@@ -1,0 +1,253 @@
+/*
+ * moe.h — public API of moe, a trainer for sparse Mixture-of-Experts language models.
+ *
+ * Objects: a config (plain struct, moe_config_default()), a model (opaque handle: parameters,
+ * gradients and one planned activation buffer) and a trainer (opaque handle: model, AdamW
+ * state, data, run directory). Every function that can fail returns a moe_status; the detailed
+ * message (naming the file, field or value at fault) is kept per thread and read with
+ * moe_last_error(). The library never exits or aborts on bad input.
+ *
+ * Dimension letters: B batch, T sequence, C channels, V vocab, L layers, N = B*T tokens,
+ * E routed experts, S shared experts, K experts per token, F expert hidden size, H heads.
+ */
+#ifndef MOE_H
+#define MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+/* X(name, message): the one list of status codes. */
+#define MOE_STATUS_LIST(X)                                          \
+    X(OK, "ok")                                                     \
+    X(NOMEM, "out of memory")                                       \
+    X(IO, "i/o error")                                              \
+    X(FORMAT, "malformed file")                                     \
+    X(CONFIG, "invalid configuration")                              \
+    X(ARG, "invalid argument")                                      \
+    X(DATA, "invalid data")                                         \
+    X(NUMERIC, "numerical error")
+
+typedef enum {
+#define MOE__X(name, msg) MOE_STATUS_##name,
+    MOE_STATUS_LIST(MOE__X)
+#undef MOE__X
+    MOE_STATUS_COUNT
+} moe_status;
+
+/* Short fixed message of a status code. Never NULL. */
+const char *moe_status_str(moe_status s);
+/* Detailed message of the last error set on this thread ("" if none). Owned by the library;
+ * valid until the next failing call on this thread. */
+const char *moe_last_error(void);
+
+/* ---------------------------------------------------------------- config */
+
+typedef enum { MOE_DROP_PROBABILITY = 0, MOE_DROP_POSITION = 1 } moe_drop_policy;
+
+/* Model and training configuration. Every field is also a config key (same name) that can be
+ * set from a JSON file or `--set key=value`; moe_config_help() lists them with their meaning. */
+typedef struct moe_config {
+    /* model */
+    int vocab_size;        /* V; 256 for byte-level text */
+    int seq_len;           /* T, maximum context */
+    int n_embd;            /* C */
+    int n_layer;           /* L */
+    int n_head;            /* H; must divide C, head size even (RoPE) */
+    int ffn_hidden;        /* hidden size of dense SwiGLU FFN layers */
+    int n_experts;         /* E routed experts per MoE layer */
+    int top_k;             /* K experts per token (1 = Switch) */
+    int expert_hidden;     /* F, hidden size of each expert (routed and shared) */
+    int n_shared;          /* S shared experts, always active */
+    char moe_layers[128];  /* "all", "none", "every:k" (layers k-1, 2k-1, ...) or "0,2,5" */
+    int norm_topk;         /* renormalise the K gate weights to sum to 1 */
+    int tie_embeddings;    /* lm_head shares the embedding matrix */
+    float rope_theta;
+    float norm_eps;
+    float init_std;
+    float router_init_std;
+    float capacity_factor;      /* training; 0 = dropless */
+    float eval_capacity_factor; /* evaluation and sampling; 0 = dropless */
+    int min_capacity;
+    moe_drop_policy drop_policy;
+    float aux_loss_coef;   /* Switch load-balancing loss E * sum f_i P_i */
+    float z_loss_coef;     /* router z-loss mean(logsumexp^2) */
+    /* training */
+    int batch_size;
+    int grad_accum;
+    int steps;
+    int warmup_steps;
+    float lr;
+    float min_lr_frac;     /* cosine floor as a fraction of lr */
+    float weight_decay;
+    float beta1, beta2, adam_eps;
+    float grad_clip;       /* global norm; 0 = off */
+    float expert_lr_mult;
+    float router_lr_mult;
+    int eval_every;        /* steps; 0 = only at the end */
+    int eval_batches;
+    int ckpt_every;        /* steps; 0 = only at the end */
+    int log_every;
+    float val_frac;        /* held-out fraction when no validation file is given */
+    uint64_t seed;
+    int threads;           /* 0 = OpenMP default */
+} moe_config;
+
+moe_config moe_config_default(void);
+/* Checks every field and the relations between them (heads divide C, K <= E, ...). */
+moe_status moe_config_validate(const moe_config *c);
+/* Sets one key from its text value ("n_embd", "128"). Unknown key or bad value: MOE_STATUS_CONFIG. */
+moe_status moe_config_set(moe_config *c, const char *key, const char *value);
+/* Applies a JSON object of keys (the whole text of a config file); `origin` names it in errors. */
+moe_status moe_config_apply_json(moe_config *c, const char *json, const char *origin);
+/* Writes all keys as one JSON object. Caller frees the returned string with free(). */
+char *moe_config_to_json(const moe_config *c);
+/* Prints every key, its default and meaning. */
+void moe_config_help(FILE *f);
+/* 1 if layer l has an MoE FFN under this config (moe_layers already validated). */
+int moe_config_layer_is_moe(const moe_config *c, int l);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct moe_model moe_model;
+
+typedef enum {
+    MOE_GROUP_DENSE = 0, /* attention, dense FFN, shared experts, embeddings, lm_head */
+    MOE_GROUP_EXPERT,    /* routed expert weights */
+    MOE_GROUP_ROUTER,    /* router weights */
+    MOE_GROUP_NORM       /* RMSNorm gains: no weight decay */
+} moe_group;
+
+typedef struct {
+    const char *name;   /* checkpoint key (Hugging Face naming, experts stacked as [E][...]) */
+    int ndim;
+    int64_t shape[3];
+    int64_t numel;
+    int64_t offset;     /* in floats, into the parameter (and gradient) buffer */
+    moe_group group;
+    int layer;          /* -1 for non-layer tensors */
+} moe_tensor_info;
+
+/* Per-MoE-layer routing statistics of the last forward pass. */
+typedef struct {
+    int layer;
+    int64_t *load;      /* [E] assignments routed to each expert (before dropping) */
+    int64_t dropped;    /* assignments dropped by capacity */
+    int64_t would_drop; /* at eval (dropless): assignments the training capacity would drop */
+    int64_t assignments;/* K*N */
+    int capacity;       /* per expert; 0 = dropless */
+    float aux, z;       /* this layer's aux loss and z-loss values */
+} moe_layer_stats;
+
+typedef struct {
+    float ce;           /* mean cross-entropy over targets */
+    float aux;          /* aux loss averaged over MoE layers (before its coefficient) */
+    float z;            /* z-loss averaged over MoE layers (before its coefficient) */
+    float total;        /* ce + aux_loss_coef*aux + z_loss_coef*z */
+} moe_losses;
+
+/* Creates a model for config c, with activation memory planned for batches up to max_batch
+ * sequences of c->seq_len. Parameters are zero until moe_model_init or a load. */
+moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out);
+void moe_model_free(moe_model *m);
+/* Random initialisation: N(0, init_std) matrices (output projections scaled 1/sqrt(2L)),
+ * router N(0, router_init_std), norms 1. */
+void moe_model_init(moe_model *m, uint64_t seed);
+const moe_config *moe_model_config(const moe_model *m);
+int moe_model_n_tensors(const moe_model *m);
+const moe_tensor_info *moe_model_tensor(const moe_model *m, int i);
+/* Tensor by name, or NULL. */
+const moe_tensor_info *moe_model_find(const moe_model *m, const char *name);
+float *moe_model_params(moe_model *m);
+float *moe_model_grads(moe_model *m);
+int64_t moe_model_n_params(const moe_model *m);
+/* Parameters active per token (router, K routed + S shared experts, attention, ...). */
+int64_t moe_model_active_params(const moe_model *m);
+
+/* Forward pass over tokens (B,T) (B <= max_batch, T <= seq_len). targets (B,T) may be NULL
+ * (then no loss). training selects the training capacity factor; otherwise the eval one.
+ * Logits (B*T, V) stay readable through moe_model_logits until the next forward. */
+moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets, int B, int T,
+                             int training, moe_losses *out);
+/* Backward pass of the last forward (which must have had targets); accumulates into the
+ * gradients, scaled by grad_scale (1/grad_accum). */
+moe_status moe_model_backward(moe_model *m, float grad_scale);
+void moe_model_zero_grad(moe_model *m);
+const float *moe_model_logits(const moe_model *m);
+/* Routing statistics of the last forward: one entry per MoE layer. */
+int moe_model_n_moe_layers(const moe_model *m);
+const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i);
+
+/* Weights as safetensors, config in the metadata. Written atomically (temp, fsync, rename). */
+moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
+/* Reads a safetensors checkpoint written by moe_model_save: config from its metadata, a model
+ * sized for max_batch, weights checked by name and shape. */
+moe_status moe_model_load(const char *path, int max_batch, moe_model **out);
+/* Reads only the config stored in a checkpoint. */
+moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *step);
+
+/* Samples n_new tokens after prompt (n_prompt tokens), writing them to out. temperature 0 is
+ * greedy; top_k 0 and top_p 1 disable those filters. Uses the eval capacity factor. */
+moe_status moe_model_sample(moe_model *m, const int *prompt, int n_prompt, int *out, int n_new,
+                            float temperature, int top_k, float top_p, uint64_t seed);
+
+/* ---------------------------------------------------------------- data */
+
+typedef struct moe_dataset moe_dataset;
+
+/* Loads files (text as bytes, or llm.c token shards recognised by their magic 20240520) and
+ * concatenates them. Every token must be < vocab_size. */
+moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_size, moe_dataset **out);
+void moe_dataset_free(moe_dataset *d);
+int64_t moe_dataset_len(const moe_dataset *d);
+const uint16_t *moe_dataset_tokens(const moe_dataset *d);
+/* Splits off the last frac of d into a new dataset; d keeps the rest. */
+moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val);
+
+/* ---------------------------------------------------------------- training */
+
+typedef struct moe_trainer moe_trainer;
+
+typedef struct {
+    int64_t step;        /* optimizer steps done */
+    moe_losses loss;     /* averaged over the accumulation micro-batches */
+    float lr;
+    float grad_norm;     /* before clipping */
+    float maxvio;        /* largest (max load - mean load) / mean load over MoE layers */
+    float dropped_frac;  /* dropped assignments / routed assignments, mean over MoE layers */
+    double tokens_per_s;
+    double step_ms;
+    int has_val;
+    float val_loss;
+} moe_step_info;
+
+/* Creates a trainer writing to out_dir. With resume, the model, optimizer, step, RNG and data
+ * position come from out_dir's checkpoint and only training keys of c are used. val may be
+ * NULL (then it is split off train). The trainer takes ownership of both datasets. */
+moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
+                              const char *out_dir, int resume, moe_trainer **out);
+void moe_trainer_free(moe_trainer *t);
+/* One optimizer step (grad_accum micro-batches), with eval and checkpoint when due; appends
+ * a record to out_dir/metrics.jsonl. */
+moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info);
+int64_t moe_trainer_steps_done(const moe_trainer *t);
+moe_model *moe_trainer_model(moe_trainer *t);
+const moe_config *moe_trainer_config(const moe_trainer *t);
+/* Writes model.safetensors and state.bin to out_dir, atomically. */
+moe_status moe_trainer_save(moe_trainer *t);
+/* Mean cross-entropy over up to max_batches batches of non-overlapping windows of d; routing
+ * statistics summed over them go to loads (n_moe_layers*E, may be NULL) and dropped
+ * (would_drop at the training capacity). */
+moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches,
+                        float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,199 @@
+/*
+ * core.c — status messages, error reporting, allocation, clock, RNG (xoshiro256**), hashing,
+ * and whole-file / atomic file I/O.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const status_msgs[] = {
+#define MOE__X(name, msg) msg,
+    MOE_STATUS_LIST(MOE__X)
+#undef MOE__X
+};
+
+const char *moe_status_str(moe_status s) {
+    if ((int)s < 0 || s >= MOE_STATUS_COUNT) return "unknown status";
+    return status_msgs[s];
+}
+
+static _Thread_local char last_error[1024];
+
+const char *moe_last_error(void) { return last_error; }
+
+moe_status moe__err(moe_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+void moe__assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "moe: internal error: assertion `%s' failed at %s:%d\n", expr, file, line);
+    fflush(stderr);
+    abort(); /* programmer error only: never reached on bad input */
+}
+
+void *moe__malloc(size_t n) {
+    void *p = NULL;
+    if (n == 0) n = 64;
+    size_t rounded = (n + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, rounded) != 0) return NULL;
+    return p;
+}
+
+void *moe__calloc(size_t n) {
+    void *p = moe__malloc(n);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+double moe__now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- RNG */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void moe__rng_seed(moe_rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t moe__rng_u64(moe_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+float moe__rng_uniform(moe_rng *r) { return (float)(moe__rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+
+float moe__rng_normal(moe_rng *r) {
+    /* Box-Muller from two uniforms; u1 in (0, 1] so the log is finite. */
+    double u1 = ((double)(moe__rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(moe__rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2));
+}
+
+uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n) {
+    const uint8_t *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* ---------------------------------------------------------------- files */
+
+char *moe__read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        moe__err(MOE_STATUS_IO, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        moe__err(MOE_STATUS_IO, "'%s' is not a regular file", path);
+        return NULL;
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = moe__malloc(n + 1);
+    if (!buf) {
+        fclose(f);
+        moe__err(MOE_STATUS_NOMEM, "cannot allocate %zu bytes to read '%s'", n, path);
+        return NULL;
+    }
+    if (n && fread(buf, 1, n, f) != n) {
+        free(buf);
+        fclose(f);
+        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts) {
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 8);
+    char *dir = malloc(plen + 1);
+    if (!tmp || !dir) {
+        free(tmp);
+        free(dir);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
+    }
+    snprintf(tmp, plen + 8, "%s.tmp", path);
+    memcpy(dir, path, plen + 1);
+    moe_status st = MOE_STATUS_OK;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        st = moe__err(MOE_STATUS_IO, "cannot create '%s': %s", tmp, strerror(errno));
+        goto done;
+    }
+    for (int i = 0; i < n_parts && st == MOE_STATUS_OK; i++) {
+        const char *p = parts[i];
+        size_t left = lens[i];
+        while (left > 0) {
+            ssize_t w = write(fd, p, left);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                st = moe__err(MOE_STATUS_IO, "cannot write '%s': %s", tmp, strerror(errno));
+                break;
+            }
+            p += w;
+            left -= (size_t)w;
+        }
+    }
+    if (st == MOE_STATUS_OK && fsync(fd) != 0)
+        st = moe__err(MOE_STATUS_IO, "cannot sync '%s': %s", tmp, strerror(errno));
+    if (close(fd) != 0 && st == MOE_STATUS_OK)
+        st = moe__err(MOE_STATUS_IO, "cannot close '%s': %s", tmp, strerror(errno));
+    if (st != MOE_STATUS_OK) {
+        unlink(tmp); /* the previous file at path is untouched */
+        goto done;
+    }
+    if (rename(tmp, path) != 0) {
+        st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        goto done;
+    }
+    int dfd = open(dirname(dir), O_RDONLY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+done:
+    free(tmp);
+    free(dir);
+    return st;
+}

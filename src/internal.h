@@ -1,0 +1,207 @@
+/*
+ * internal.h — declarations shared inside the library (moe__ names). Not installed.
+ */
+#ifndef MOE_INTERNAL_H
+#define MOE_INTERNAL_H
+
+#include "moe.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---------------------------------------------------------------- core */
+
+/* Always on, for programmer errors only (never for input validation). */
+#define MOE_ASSERT(cond)                                                                   \
+    do {                                                                                   \
+        if (!(cond)) moe__assert_fail(#cond, __FILE__, __LINE__);                          \
+    } while (0)
+_Noreturn void moe__assert_fail(const char *expr, const char *file, int line);
+
+/* Records a detailed message for moe_last_error() and returns s, so that callers can write
+ * `return moe__err(MOE_STATUS_IO, "cannot open %s: %s", path, strerror(errno));`. */
+moe_status moe__err(moe_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void *moe__malloc(size_t n);             /* NULL on failure; aligned to 64 bytes */
+void *moe__calloc(size_t n);             /* zeroed */
+double moe__now(void);                   /* monotonic seconds */
+
+/* xoshiro256** generator; state is plain data so it can be checkpointed. */
+typedef struct { uint64_t s[4]; } moe_rng;
+void moe__rng_seed(moe_rng *r, uint64_t seed);
+uint64_t moe__rng_u64(moe_rng *r);
+float moe__rng_uniform(moe_rng *r);      /* [0, 1) */
+float moe__rng_normal(moe_rng *r);       /* N(0, 1), Box-Muller */
+
+uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n);
+#define MOE_FNV_INIT 1469598103934665603ULL
+
+/* Reads a whole file; *len gets its size. NULL with an error set on failure. */
+char *moe__read_file(const char *path, size_t *len);
+/* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory. */
+moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts);
+
+/* ---------------------------------------------------------------- config, model */
+
+/* Copies every training key (kind "training" in the key table) from src to dst. */
+void moe__config_take_training(moe_config *dst, const moe_config *src);
+int moe__config_key_is_model(const char *name);
+/* Learning rate of 0-based step: linear warmup, then cosine to lr * min_lr_frac at c->steps. */
+float moe__lr_at(const moe_config *c, int64_t step);
+/* Global-norm clipping and one AdamW update of all parameters from their gradients; opt holds
+ * 2P floats (moments); step is 0-based. *grad_norm gets the norm before clipping. */
+moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm);
+
+/* ---------------------------------------------------------------- matmul */
+
+/* out (N,O) = x (N,I) @ w^T, w (O,I) [out x in], with accumulate selecting out += . */
+void moe__matmul_forward(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
+void moe__matmul_forward_ref(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
+/* dx (N,I) += dout (N,O) @ w ; dw (O,I) += dout^T @ x. Either may be NULL. */
+void moe__matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                          int64_t N, int I, int O);
+void moe__matmul_backward_ref(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                              int64_t N, int I, int O);
+
+/* ---------------------------------------------------------------- nn layers */
+
+void moe__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int C, float eps);
+void moe__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                           const float *rstd, int64_t N, int C);
+
+/* cos/sin tables (T, D/2) for RoPE with rotate-half pairing (i, i + D/2). */
+void moe__rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
+void moe__rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+void moe__rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+
+void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                            int B, int T, int C, int H);
+void moe__attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *att, int B, int T, int C, int H);
+
+/* act = silu(h1) * h3, over n elements. */
+void moe__swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);
+void moe__swiglu_backward(float *dh1, float *dh3, const float *dact, const float *h1, const float *h3, int64_t n);
+
+/* SwiGLU FFN on rows: y (+)= (silu(x w1^T) * (x w3^T)) w2^T, w1,w3 (F,C), w2 (C,F).
+ * h1, h3, act (N,F) are saved for the backward pass. */
+void moe__ffn_forward(float *y, float *h1, float *h3, float *act, const float *x, const float *w1,
+                      const float *w3, const float *w2, int64_t N, int C, int F, int accumulate);
+/* Scratch dh1, dh3 (N,F) are overwritten; dact is scratch (N,F) too. dx accumulates. */
+void moe__ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dact, float *dh1, float *dh3,
+                       const float *dy, const float *x, const float *h1, const float *h3, const float *act,
+                       const float *w1, const float *w3, const float *w2, int64_t N, int C, int F);
+
+/* Cross-entropy: returns the mean loss over N rows (row_loss (N) is scratch); dlogits, when
+ * not NULL, gets scale * (softmax - onehot) / N. */
+float moe__crossentropy(float *dlogits, float *row_loss, const float *logits, const int *targets, int64_t N,
+                        int V, float scale);
+
+/* ---------------------------------------------------------------- MoE layer */
+
+typedef struct {
+    int E, K, F, S, C;
+    int norm_topk;
+    moe_drop_policy drop_policy;
+    float capacity_factor;       /* 0 = dropless */
+    int min_capacity;
+    float train_capacity_factor; /* for would_drop statistics in eval */
+} moe__moe_dims;
+
+/* Weights of one MoE layer (pointers into the parameter buffer; same layout for gradients). */
+typedef struct {
+    float *wg;                   /* (E,C) router */
+    float *w1, *w3;              /* (E,F,C) */
+    float *w2;                   /* (E,C,F) */
+    float *sw1, *sw3;            /* (S*F,C) shared experts fused as one SwiGLU of width S*F */
+    float *sw2;                  /* (C,S*F) (DeepSeek's shared_experts layout) */
+} moe__moe_weights;
+
+/* Saved activations of one MoE layer, sized for N tokens. */
+typedef struct {
+    float *logits, *probs;       /* (N,E) */
+    float *lse;                  /* (N) logsumexp of logits, for z-loss */
+    int *topk_idx;               /* (N,K) selected experts, by decreasing probability */
+    float *topk_w;               /* (N,K) gate weights */
+    int *row_of;                 /* (N,K) row in the expert-contiguous buffer, -1 if dropped */
+    int *row_token;              /* (K*N) token of each row */
+    int64_t *offsets;            /* (E+1) rows of expert e are offsets[e] .. offsets[e+1] */
+    int64_t *load;               /* (E) routed assignments per expert */
+    float *xe, *ye;              /* (K*N, C) gathered inputs, expert outputs */
+    float *h1, *h3, *act;        /* (K*N, F) */
+    float *sh1, *sh3, *sact;     /* (N, S*F) shared experts */
+    int *scratch_idx;            /* (2*K*N) for capacity selection */
+    int64_t n_tokens;
+    int capacity;
+    int64_t dropped, would_drop;
+    float aux, z;
+    float *f;                    /* (E) fraction of routed assignments, saved for the backward */
+} moe__moe_cache;
+
+/* Scratch for the MoE backward pass, sized for N tokens. */
+typedef struct {
+    float *dye, *dxe;            /* (K*N, C) */
+    float *dact, *dh1, *dh3;     /* (max(K*N, N) , max(F, S*F)) */
+    float *dw;                   /* (N,K) d loss / d gate weight */
+    float *dlogits;              /* (N,E) */
+} moe__moe_scratch;
+
+int moe__capacity(const moe__moe_dims *d, int64_t N, float cf);
+/* y (N,C) = MoE(x). Fills the cache (routing, statistics, aux and z values). */
+void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                      const moe__moe_dims *d, int64_t N);
+/* Plain reference: the same function computed token by token from the cache's routing
+ * decisions, without permutation (for tests). */
+void moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                          const moe__moe_dims *d, int64_t N);
+/* dx (N,C) accumulates; gradients of w accumulate into g. aux_scale and z_scale are the
+ * d total / d aux_l and d total / d z_l factors. */
+void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                       const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
+                       const moe__moe_dims *d, int64_t N, float aux_scale, float z_scale);
+
+/* For tests: the MoE cache of layer l of the last forward (NULL for a dense layer). */
+const moe__moe_cache *moe__model_moe_cache(const moe_model *m, int l);
+
+/* ---------------------------------------------------------------- io */
+
+typedef struct {
+    char *name;
+    char dtype[8];               /* "F32", "I32", ... */
+    int ndim;
+    int64_t shape[8];
+    int64_t nbytes;
+    const uint8_t *data;         /* into the file buffer */
+} moe__st_tensor;
+
+typedef struct {
+    char *buf;                   /* whole file */
+    size_t len;
+    int n;
+    moe__st_tensor *t;
+    char *metadata_json;         /* the "__metadata__" object as JSON text, or NULL */
+} moe__st_file;
+
+moe_status moe__st_read(const char *path, moe__st_file *out);
+void moe__st_free(moe__st_file *f);
+const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name);
+/* Metadata value (a string) by key, or NULL. Caller frees. */
+char *moe__st_meta(const moe__st_file *f, const char *key);
+
+typedef struct {
+    const char *name;
+    const char *dtype;           /* "F32" or "I32" */
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+} moe__st_entry;
+
+/* Writes a safetensors file atomically; meta_keys/meta_vals are n_meta string pairs. */
+/* Copies every tensor of m's table from f, checking names, dtypes and shapes. */
+moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path);
+
+moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
+                         const char *const *meta_vals, int n_meta);
+
+#endif

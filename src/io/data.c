@@ -1,0 +1,139 @@
+/*
+ * data.c — training data: text files read as bytes (token = byte, V = 256) and llm.c token
+ * shards (header of 256 int32: magic 20240520, version 1, token count; then count uint16
+ * tokens), concatenated in the order given.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <string.h>
+
+#define SHARD_MAGIC 20240520
+#define SHARD_VERSION 1
+#define SHARD_HEADER_BYTES (256 * 4)
+
+struct moe_dataset {
+    uint16_t *tokens;
+    int64_t n;
+};
+
+static int32_t le32(const char *p) {
+    const uint8_t *u = (const uint8_t *)p;
+    return (int32_t)((uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* Appends the tokens of one file to d (capacity grown as needed). */
+static moe_status load_one(moe_dataset *d, int64_t *cap, const char *path, int vocab) {
+    size_t len;
+    char *buf = moe__read_file(path, &len);
+    if (!buf) return MOE_STATUS_IO;
+    moe_status st = MOE_STATUS_OK;
+    const char *src;
+    int64_t count;
+    int is_shard = len >= 4 && le32(buf) == SHARD_MAGIC;
+    if (is_shard) {
+        if (len < SHARD_HEADER_BYTES) {
+            st = moe__err(MOE_STATUS_DATA, "'%s': token shard is truncated (%zu bytes, header needs %d)", path, len,
+                          SHARD_HEADER_BYTES);
+            goto done;
+        }
+        int32_t version = le32(buf + 4);
+        count = le32(buf + 8);
+        if (version != SHARD_VERSION) {
+            st = moe__err(MOE_STATUS_DATA, "'%s': token shard version %d is not supported (expected %d, uint16 tokens)",
+                          path, version, SHARD_VERSION);
+            goto done;
+        }
+        if (count < 0 || (uint64_t)len != SHARD_HEADER_BYTES + 2 * (uint64_t)count) {
+            st = moe__err(MOE_STATUS_DATA, "'%s': token shard header says %d tokens but the file holds %zu bytes of tokens",
+                          path, (int)count, len - SHARD_HEADER_BYTES);
+            goto done;
+        }
+        src = buf + SHARD_HEADER_BYTES;
+    } else {
+        if (ends_with(path, ".bin")) {
+            st = moe__err(MOE_STATUS_DATA, "'%s': not an llm.c token shard (magic %d, expected %d)", path,
+                          len >= 4 ? le32(buf) : -1, SHARD_MAGIC);
+            goto done;
+        }
+        src = buf;
+        count = (int64_t)len;
+    }
+    if (count == 0) {
+        st = moe__err(MOE_STATUS_DATA, "'%s' holds no tokens (empty file)", path);
+        goto done;
+    }
+    if (d->n + count > *cap) {
+        int64_t nc = (d->n + count) * 3 / 2 + 1024;
+        uint16_t *t = realloc(d->tokens, (size_t)nc * sizeof(uint16_t));
+        if (!t) {
+            st = moe__err(MOE_STATUS_NOMEM, "out of memory loading '%s'", path);
+            goto done;
+        }
+        d->tokens = t;
+        *cap = nc;
+    }
+    for (int64_t i = 0; i < count; i++) {
+        int tok = is_shard ? (int)((uint8_t)src[2 * i] | (uint8_t)src[2 * i + 1] << 8) : (int)(uint8_t)src[i];
+        if (tok >= vocab) {
+            st = moe__err(MOE_STATUS_DATA, "'%s': token %d at index %lld is outside the model's vocabulary (vocab_size %d)",
+                          path, tok, (long long)i, vocab);
+            goto done;
+        }
+        d->tokens[d->n + i] = (uint16_t)tok;
+    }
+    d->n += count;
+done:
+    free(buf);
+    return st;
+}
+
+moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_size, moe_dataset **out) {
+    *out = NULL;
+    if (n_paths < 1) return moe__err(MOE_STATUS_ARG, "no data files given");
+    moe_dataset *d = calloc(1, sizeof *d);
+    if (!d) return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    int64_t cap = 0;
+    for (int i = 0; i < n_paths; i++) {
+        moe_status st = load_one(d, &cap, paths[i], vocab_size);
+        if (st != MOE_STATUS_OK) {
+            moe_dataset_free(d);
+            return st;
+        }
+    }
+    *out = d;
+    return MOE_STATUS_OK;
+}
+
+void moe_dataset_free(moe_dataset *d) {
+    if (!d) return;
+    free(d->tokens);
+    free(d);
+}
+
+int64_t moe_dataset_len(const moe_dataset *d) { return d->n; }
+const uint16_t *moe_dataset_tokens(const moe_dataset *d) { return d->tokens; }
+
+moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val) {
+    *val = NULL;
+    int64_t nv = (int64_t)((double)d->n * frac);
+    if (!(frac > 0.0f && frac < 1.0f) || nv < 1 || nv >= d->n)
+        return moe__err(MOE_STATUS_ARG, "cannot split %lld tokens with val_frac %g", (long long)d->n, frac);
+    moe_dataset *v = calloc(1, sizeof *v);
+    if (!v) return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    v->tokens = malloc((size_t)nv * sizeof(uint16_t));
+    if (!v->tokens) {
+        free(v);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    }
+    memcpy(v->tokens, d->tokens + d->n - nv, (size_t)nv * sizeof(uint16_t));
+    v->n = nv;
+    d->n -= nv;
+    *val = v;
+    return MOE_STATUS_OK;
+}

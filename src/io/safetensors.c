@@ -1,0 +1,210 @@
+/*
+ * safetensors.c — reader and writer of the safetensors format
+ * (https://huggingface.co/docs/safetensors): u64 little-endian header length, a JSON header
+ * {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the data.
+ * The reader checks everything it is given: header length, JSON, dtypes, shapes against byte
+ * sizes, offsets inside the data region, no overlaps beyond what the spec allows.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <cjson/cJSON.h>
+#include <string.h>
+
+static int dtype_size(const char *dt) {
+    if (!strcmp(dt, "F32") || !strcmp(dt, "I32") || !strcmp(dt, "U32")) return 4;
+    if (!strcmp(dt, "F16") || !strcmp(dt, "BF16") || !strcmp(dt, "I16") || !strcmp(dt, "U16")) return 2;
+    if (!strcmp(dt, "F64") || !strcmp(dt, "I64") || !strcmp(dt, "U64")) return 8;
+    if (!strcmp(dt, "I8") || !strcmp(dt, "U8") || !strcmp(dt, "BOOL")) return 1;
+    return 0;
+}
+
+void moe__st_free(moe__st_file *f) {
+    if (!f) return;
+    for (int i = 0; i < f->n; i++) free(f->t[i].name);
+    free(f->t);
+    free(f->buf);
+    free(f->metadata_json);
+    memset(f, 0, sizeof *f);
+}
+
+moe_status moe__st_read(const char *path, moe__st_file *out) {
+    memset(out, 0, sizeof *out);
+    size_t len;
+    char *buf = moe__read_file(path, &len);
+    if (!buf) return MOE_STATUS_IO;
+    out->buf = buf;
+    out->len = len;
+    moe_status st = MOE_STATUS_OK;
+    cJSON *root = NULL;
+    if (len < 8) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': %zu bytes is too short for a safetensors file", path, len);
+        goto fail;
+    }
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | (uint8_t)buf[i];
+    if (hlen > len - 8 || hlen > (100u << 20)) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': header length %llu does not fit the %zu-byte file (truncated or not safetensors)",
+                      path, (unsigned long long)hlen, len);
+        goto fail;
+    }
+    root = cJSON_ParseWithLength(buf + 8, (size_t)hlen);
+    if (!root || !cJSON_IsObject(root)) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': header is not a JSON object (not a safetensors file?)", path);
+        goto fail;
+    }
+    int count = cJSON_GetArraySize(root);
+    out->t = calloc((size_t)(count ? count : 1), sizeof(moe__st_tensor));
+    if (!out->t) {
+        st = moe__err(MOE_STATUS_NOMEM, "out of memory reading '%s'", path);
+        goto fail;
+    }
+    const uint8_t *data = (const uint8_t *)buf + 8 + hlen;
+    uint64_t data_len = len - 8 - hlen;
+    for (cJSON *it = root->child; it; it = it->next) {
+        if (!strcmp(it->string, "__metadata__")) {
+            if (!cJSON_IsObject(it)) {
+                st = moe__err(MOE_STATUS_FORMAT, "'%s': __metadata__ is not an object", path);
+                goto fail;
+            }
+            out->metadata_json = cJSON_PrintUnformatted(it);
+            continue;
+        }
+        moe__st_tensor *t = &out->t[out->n];
+        cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+        cJSON *shape = cJSON_GetObjectItemCaseSensitive(it, "shape");
+        cJSON *offs = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+        if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' lacks dtype, shape or data_offsets", path, it->string);
+            goto fail;
+        }
+        int es = dtype_size(dt->valuestring);
+        if (!es || strlen(dt->valuestring) >= sizeof t->dtype) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has unknown dtype '%s'", path, it->string, dt->valuestring);
+            goto fail;
+        }
+        t->ndim = cJSON_GetArraySize(shape);
+        if (t->ndim > 8) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %d dimensions (at most 8)", path, it->string, t->ndim);
+            goto fail;
+        }
+        double numel = 1;
+        int d = 0;
+        for (cJSON *s = shape->child; s; s = s->next, d++) {
+            if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > 1e15) {
+                st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has a bad shape entry", path, it->string);
+                goto fail;
+            }
+            t->shape[d] = (int64_t)s->valuedouble;
+            numel *= s->valuedouble;
+        }
+        double b = cJSON_GetArrayItem(offs, 0)->valuedouble, e = cJSON_GetArrayItem(offs, 1)->valuedouble;
+        if (!cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) || b < 0 ||
+            e < b || e > (double)data_len) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' data_offsets [%.0f, %.0f] lie outside the %llu data bytes (truncated?)",
+                          path, it->string, b, e, (unsigned long long)data_len);
+            goto fail;
+        }
+        if (numel * es != e - b) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %.0f bytes but its shape and dtype need %.0f", path,
+                          it->string, e - b, numel * es);
+            goto fail;
+        }
+        snprintf(t->dtype, sizeof t->dtype, "%s", dt->valuestring);
+        t->nbytes = (int64_t)(e - b);
+        t->data = data + (int64_t)b;
+        t->name = strdup(it->string);
+        if (!t->name) {
+            st = moe__err(MOE_STATUS_NOMEM, "out of memory reading '%s'", path);
+            goto fail;
+        }
+        out->n++;
+    }
+    cJSON_Delete(root);
+    return MOE_STATUS_OK;
+fail:
+    cJSON_Delete(root);
+    moe__st_free(out);
+    return st;
+}
+
+const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name) {
+    for (int i = 0; i < f->n; i++)
+        if (!strcmp(f->t[i].name, name)) return &f->t[i];
+    return NULL;
+}
+
+char *moe__st_meta(const moe__st_file *f, const char *key) {
+    if (!f->metadata_json) return NULL;
+    cJSON *m = cJSON_Parse(f->metadata_json);
+    char *v = NULL;
+    cJSON *it = cJSON_GetObjectItemCaseSensitive(m, key);
+    if (cJSON_IsString(it)) v = strdup(it->valuestring);
+    cJSON_Delete(m);
+    return v;
+}
+
+moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
+                         const char *const *meta_vals, int n_meta) {
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
+    if (n_meta > 0) {
+        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+        for (int i = 0; i < n_meta; i++) cJSON_AddStringToObject(meta, meta_keys[i], meta_vals[i]);
+    }
+    uint64_t off = 0;
+    size_t *lens = malloc(((size_t)n + 2) * sizeof(size_t));
+    const void **parts = malloc(((size_t)n + 2) * sizeof(void *));
+    if (!lens || !parts) {
+        free(lens);
+        free(parts);
+        cJSON_Delete(root);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
+    }
+    for (int i = 0; i < n; i++) {
+        cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
+        cJSON_AddStringToObject(t, "dtype", e[i].dtype);
+        cJSON *shape = cJSON_AddArrayToObject(t, "shape");
+        uint64_t numel = 1;
+        for (int d = 0; d < e[i].ndim; d++) {
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)e[i].shape[d]));
+            numel *= (uint64_t)e[i].shape[d];
+        }
+        uint64_t bytes = numel * (uint64_t)dtype_size(e[i].dtype);
+        cJSON *offs = cJSON_AddArrayToObject(t, "data_offsets");
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + bytes)));
+        off += bytes;
+        parts[i + 2] = e[i].data;
+        lens[i + 2] = (size_t)bytes;
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!json) {
+        free(lens);
+        free(parts);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
+    }
+    // header padded with spaces to a multiple of 8 so the data is aligned
+    size_t jl = strlen(json), padded = (jl + 7) / 8 * 8;
+    char *hdr = malloc(8 + padded);
+    if (!hdr) {
+        free(json);
+        free(lens);
+        free(parts);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
+    }
+    for (int i = 0; i < 8; i++) hdr[i] = (char)(((uint64_t)padded >> (8 * i)) & 0xff);
+    memcpy(hdr + 8, json, jl);
+    memset(hdr + 8 + jl, ' ', padded - jl);
+    parts[0] = hdr;
+    lens[0] = 8 + padded;
+    parts[1] = "";
+    lens[1] = 0;
+    moe_status st = moe__write_atomic(path, parts, lens, n + 2);
+    free(hdr);
+    free(json);
+    free(lens);
+    free(parts);
+    return st;
+}

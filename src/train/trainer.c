@@ -1,0 +1,477 @@
+/*
+ * trainer.c — the training loop: random windows of the training tokens, gradient accumulation,
+ * global-norm clipping (as torch.nn.utils.clip_grad_norm_), AdamW with decoupled weight decay
+ * (as torch.optim.AdamW; none on norms) and per-group learning-rate multipliers, linear warmup
+ * then cosine decay to a floor, periodic evaluation and checkpoints, metrics.jsonl records.
+ *
+ * Run directory: model.safetensors (weights, config, step), state.bin (optimizer moments, step,
+ * data RNG; checksummed), metrics.jsonl (one record per step, schema in docs/metrics.md).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define STATE_MAGIC "MOESTATE"
+#define STATE_VERSION 1u
+
+struct moe_trainer {
+    moe_config cfg;
+    moe_model *m;
+    moe_dataset *train, *val;
+    char *dir, *model_path, *state_path, *metrics_path;
+    float *opt;                  /* 2P floats: AdamW first and second moments */
+    int64_t step;
+    moe_rng data_rng;
+    int *tokens, *targets;       /* (B,T) */
+    int64_t *load_acc;           /* (n_moe, E) over the micro-batches of a step */
+    int64_t *dropped_acc;        /* (n_moe) */
+    FILE *metrics;
+};
+
+static char *join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+float moe__lr_at(const moe_config *c, int64_t step) {
+    // step is 0-based: the step about to be taken
+    if (step < c->warmup_steps) return c->lr * (float)(step + 1) / (float)c->warmup_steps;
+    double lo = (double)c->lr * c->min_lr_frac;
+    int64_t span = c->steps - c->warmup_steps;
+    double progress = span > 0 ? (double)(step - c->warmup_steps) / (double)span : 1.0;
+    if (progress > 1.0) progress = 1.0;
+    return (float)(lo + 0.5 * ((double)c->lr - lo) * (1.0 + cos(3.14159265358979323846 * progress)));
+}
+
+/* ---------------------------------------------------------------- state file */
+
+static moe_status save_state(moe_trainer *t) {
+    int64_t P = moe_model_n_params(t->m);
+    char head[64];
+    memset(head, 0, sizeof head);
+    memcpy(head, STATE_MAGIC, 8);
+    uint32_t version = STATE_VERSION;
+    memcpy(head + 8, &version, 4);
+    memcpy(head + 16, &t->step, 8);
+    memcpy(head + 24, &P, 8);
+    memcpy(head + 32, t->data_rng.s, 32);
+    size_t opt_bytes = (size_t)P * 2 * sizeof(float);
+    uint64_t sum = moe__fnv1a(MOE_FNV_INIT, head, sizeof head);
+    sum = moe__fnv1a(sum, t->opt, opt_bytes);
+    const void *parts[] = {head, t->opt, &sum};
+    size_t lens[] = {sizeof head, opt_bytes, sizeof sum};
+    return moe__write_atomic(t->state_path, parts, lens, 3);
+}
+
+static moe_status load_state(moe_trainer *t, int64_t model_step) {
+    size_t len;
+    char *buf = moe__read_file(t->state_path, &len);
+    if (!buf) return MOE_STATUS_IO;
+    moe_status st = MOE_STATUS_OK;
+    int64_t P = moe_model_n_params(t->m), step, P_file;
+    size_t opt_bytes = (size_t)P * 2 * sizeof(float);
+    uint32_t version;
+    uint64_t sum;
+    if (len < 64 || memcmp(buf, STATE_MAGIC, 8) != 0) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s' is not a moe training state (bad magic)", t->state_path);
+        goto done;
+    }
+    memcpy(&version, buf + 8, 4);
+    if (version != STATE_VERSION) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': state version %u is not supported (expected %u)", t->state_path,
+                      version, STATE_VERSION);
+        goto done;
+    }
+    memcpy(&step, buf + 16, 8);
+    memcpy(&P_file, buf + 24, 8);
+    if (P_file != P || len != 64 + opt_bytes + 8) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': holds %lld parameters in %zu bytes; the model has %lld (truncated or foreign)",
+                      t->state_path, (long long)P_file, len, (long long)P);
+        goto done;
+    }
+    memcpy(&sum, buf + 64 + opt_bytes, 8);
+    if (sum != moe__fnv1a(MOE_FNV_INIT, buf, 64 + opt_bytes)) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch (the file is corrupt)", t->state_path);
+        goto done;
+    }
+    if (step != model_step) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", t->state_path,
+                      (long long)step, (long long)model_step);
+        goto done;
+    }
+    t->step = step;
+    memcpy(t->data_rng.s, buf + 32, 32);
+    memcpy(t->opt, buf + 64, opt_bytes);
+done:
+    free(buf);
+    return st;
+}
+
+/* Keeps the metrics records up to the resumed step, so a resumed run has one record per step. */
+static moe_status trim_metrics(moe_trainer *t) {
+    size_t len;
+    FILE *probe = fopen(t->metrics_path, "rb");
+    if (!probe) return MOE_STATUS_OK;
+    fclose(probe);
+    char *buf = moe__read_file(t->metrics_path, &len);
+    if (!buf) return MOE_STATUS_IO;
+    size_t keep = 0;
+    for (char *line = buf; *line;) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break; // a torn last line is dropped
+        *nl = 0;
+        cJSON *o = cJSON_Parse(line);
+        cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "step");
+        int ok = cJSON_IsNumber(s) && s->valuedouble <= (double)t->step;
+        cJSON_Delete(o);
+        *nl = '\n';
+        if (!ok) break;
+        keep = (size_t)(nl + 1 - buf);
+        line = nl + 1;
+    }
+    const void *parts[] = {buf};
+    size_t lens[] = {keep};
+    moe_status st = moe__write_atomic(t->metrics_path, parts, lens, 1);
+    free(buf);
+    return st;
+}
+
+/* ---------------------------------------------------------------- create */
+
+moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val, const char *out_dir,
+                              int resume, moe_trainer **out) {
+    *out = NULL;
+    moe_status st = MOE_STATUS_OK;
+    moe_trainer *t = calloc(1, sizeof *t);
+    if (!t) {
+        moe_dataset_free(train);
+        moe_dataset_free(val);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    }
+    t->train = train;
+    t->val = val;
+    t->cfg = *c;
+    t->dir = strdup(out_dir);
+    t->model_path = join(out_dir, "model.safetensors");
+    t->state_path = join(out_dir, "state.bin");
+    t->metrics_path = join(out_dir, "metrics.jsonl");
+    if (!t->dir || !t->model_path || !t->state_path || !t->metrics_path) {
+        st = moe__err(MOE_STATUS_NOMEM, "out of memory");
+        goto fail;
+    }
+    int64_t model_step = 0;
+    if (resume) {
+        moe_config saved;
+        st = moe_checkpoint_config(t->model_path, &saved, &model_step);
+        if (st != MOE_STATUS_OK) goto fail;
+        moe__config_take_training(&saved, c); // model from the checkpoint, training keys from the caller
+        t->cfg = saved;
+    }
+    st = moe_config_validate(&t->cfg);
+    if (st != MOE_STATUS_OK) goto fail;
+    c = &t->cfg;
+#ifdef _OPENMP
+    if (c->threads > 0) omp_set_num_threads(c->threads);
+#endif
+    if (!t->val) {
+        st = moe_dataset_split(t->train, c->val_frac, &t->val);
+        if (st != MOE_STATUS_OK) {
+            st = moe__err(MOE_STATUS_DATA, "cannot split a validation set off %lld training tokens with val_frac %g; give --val-data",
+                          (long long)moe_dataset_len(t->train), c->val_frac);
+            goto fail;
+        }
+    }
+    if (moe_dataset_len(t->train) < c->seq_len + 1) {
+        st = moe__err(MOE_STATUS_DATA, "the training data has %lld tokens, fewer than one sequence of seq_len + 1 = %d",
+                      (long long)moe_dataset_len(t->train), c->seq_len + 1);
+        goto fail;
+    }
+    if (moe_dataset_len(t->val) < c->seq_len + 1) {
+        st = moe__err(MOE_STATUS_DATA, "the validation data has %lld tokens, fewer than one sequence of seq_len + 1 = %d",
+                      (long long)moe_dataset_len(t->val), c->seq_len + 1);
+        goto fail;
+    }
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        st = moe__err(MOE_STATUS_IO, "cannot create run directory '%s': %s", out_dir, strerror(errno));
+        goto fail;
+    }
+    if (resume) {
+        moe__st_file f;
+        st = moe__st_read(t->model_path, &f);
+        if (st != MOE_STATUS_OK) goto fail;
+        st = moe_model_create(c, c->batch_size, &t->m);
+        if (st == MOE_STATUS_OK) st = moe__model_load_weights(t->m, &f, t->model_path);
+        moe__st_free(&f);
+        if (st != MOE_STATUS_OK) goto fail;
+    } else {
+        st = moe_model_create(c, c->batch_size, &t->m);
+        if (st != MOE_STATUS_OK) goto fail;
+        moe_model_init(t->m, c->seed);
+        moe__rng_seed(&t->data_rng, c->seed ^ 0xda7aULL);
+    }
+    int64_t P = moe_model_n_params(t->m), BT = (int64_t)c->batch_size * c->seq_len;
+    int nm = moe_model_n_moe_layers(t->m);
+    t->opt = moe__calloc((size_t)P * 2 * sizeof(float));
+    t->tokens = malloc((size_t)BT * sizeof(int));
+    t->targets = malloc((size_t)BT * sizeof(int));
+    t->load_acc = calloc((size_t)(nm ? nm : 1) * c->n_experts, sizeof(int64_t));
+    t->dropped_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
+    if (!t->opt || !t->tokens || !t->targets || !t->load_acc || !t->dropped_acc) {
+        st = moe__err(MOE_STATUS_NOMEM, "cannot allocate optimizer state for %lld parameters", (long long)P);
+        goto fail;
+    }
+    if (resume) {
+        st = load_state(t, model_step);
+        if (st == MOE_STATUS_OK) st = trim_metrics(t);
+        if (st != MOE_STATUS_OK) goto fail;
+    }
+    t->metrics = fopen(t->metrics_path, resume ? "a" : "w");
+    if (!t->metrics) {
+        st = moe__err(MOE_STATUS_IO, "cannot open '%s': %s", t->metrics_path, strerror(errno));
+        goto fail;
+    }
+    *out = t;
+    return MOE_STATUS_OK;
+fail:
+    moe_trainer_free(t);
+    return st;
+}
+
+void moe_trainer_free(moe_trainer *t) {
+    if (!t) return;
+    if (t->metrics) fclose(t->metrics);
+    moe_model_free(t->m);
+    moe_dataset_free(t->train);
+    moe_dataset_free(t->val);
+    free(t->opt);
+    free(t->tokens);
+    free(t->targets);
+    free(t->load_acc);
+    free(t->dropped_acc);
+    free(t->dir);
+    free(t->model_path);
+    free(t->state_path);
+    free(t->metrics_path);
+    free(t);
+}
+
+int64_t moe_trainer_steps_done(const moe_trainer *t) { return t->step; }
+moe_model *moe_trainer_model(moe_trainer *t) { return t->m; }
+const moe_config *moe_trainer_config(const moe_trainer *t) { return &t->cfg; }
+
+moe_status moe_trainer_save(moe_trainer *t) {
+    moe_status st = moe_model_save(t->m, t->model_path, t->step);
+    if (st == MOE_STATUS_OK) st = save_state(t);
+    return st;
+}
+
+/* ---------------------------------------------------------------- evaluation */
+
+moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches, float *loss,
+                        int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
+    const moe_config *c = moe_model_config(m);
+    int T = c->seq_len, E = c->n_experts, nm = moe_model_n_moe_layers(m);
+    int64_t n = moe_dataset_len(d), windows = (n - 1) / T;
+    if (windows < 1)
+        return moe__err(MOE_STATUS_DATA, "evaluation data has %lld tokens, fewer than seq_len + 1 = %d", (long long)n, T + 1);
+    if (max_batches > 0 && windows > (int64_t)max_batches * batch) windows = (int64_t)max_batches * batch;
+    int *tok = malloc((size_t)batch * T * sizeof(int)), *tgt = malloc((size_t)batch * T * sizeof(int));
+    if (!tok || !tgt) {
+        free(tok);
+        free(tgt);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    }
+    if (loads) memset(loads, 0, (size_t)nm * E * sizeof(int64_t));
+    if (would_drop) *would_drop = 0;
+    const uint16_t *src = moe_dataset_tokens(d);
+    double total = 0.0;
+    moe_status st = MOE_STATUS_OK;
+    for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+        int B = windows - w0 < batch ? (int)(windows - w0) : batch;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < T; i++) {
+                tok[b * T + i] = src[(w0 + b) * T + i];
+                tgt[b * T + i] = src[(w0 + b) * T + i + 1];
+            }
+        moe_losses l;
+        st = moe_model_forward(m, tok, tgt, B, T, 0, &l);
+        if (st != MOE_STATUS_OK) break;
+        total += (double)l.ce * B * T;
+        for (int i = 0; i < nm; i++) {
+            const moe_layer_stats *s = moe_model_layer_stats(m, i);
+            if (loads)
+                for (int e = 0; e < E; e++) loads[(int64_t)i * E + e] += s->load[e];
+            if (would_drop) *would_drop += s->would_drop;
+        }
+    }
+    free(tok);
+    free(tgt);
+    if (st != MOE_STATUS_OK) return st;
+    *loss = (float)(total / ((double)windows * T));
+    if (n_tokens) *n_tokens = windows * T;
+    return MOE_STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- optimizer */
+
+moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm) {
+    // global gradient norm, summed in a fixed order
+    int64_t P = moe_model_n_params(m);
+    float *g = moe_model_grads(m), *p = moe_model_params(m);
+    double ss = 0.0;
+    for (int64_t i = 0; i < P; i++) ss += (double)g[i] * g[i];
+    float norm = (float)sqrt(ss);
+    *grad_norm = norm;
+    if (!isfinite(norm))
+        return moe__err(MOE_STATUS_NUMERIC, "step %lld: gradient norm is not finite", (long long)step + 1);
+    // clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1
+    float clip = 1.0f;
+    if (c->grad_clip > 0.0f) {
+        float coef = c->grad_clip / (norm + 1e-6f);
+        if (coef < 1.0f) clip = coef;
+    }
+    // AdamW, per tensor for its group's learning rate and decay
+    int64_t tstep = step + 1;
+    float bc1 = 1.0f - powf(c->beta1, (float)tstep), bc2 = 1.0f - powf(c->beta2, (float)tstep);
+    float *mom = opt, *var = opt + P;
+    for (int i = 0; i < moe_model_n_tensors(m); i++) {
+        const moe_tensor_info *ti = moe_model_tensor(m, i);
+        float tlr = lr * (ti->group == MOE_GROUP_EXPERT ? c->expert_lr_mult
+                          : ti->group == MOE_GROUP_ROUTER ? c->router_lr_mult : 1.0f);
+        float wd = ti->group == MOE_GROUP_NORM ? 0.0f : c->weight_decay;
+        float step_size = tlr / bc1, sqrt_bc2 = sqrtf(bc2);
+        int64_t o = ti->offset;
+#pragma omp parallel for schedule(static)
+        for (int64_t j = o; j < o + ti->numel; j++) {
+            float gj = g[j] * clip;
+            p[j] -= tlr * wd * p[j];
+            mom[j] = c->beta1 * mom[j] + (1.0f - c->beta1) * gj;
+            var[j] = c->beta2 * var[j] + (1.0f - c->beta2) * gj * gj;
+            p[j] -= step_size * mom[j] / (sqrtf(var[j]) / sqrt_bc2 + c->adam_eps);
+        }
+    }
+    return MOE_STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- step */
+
+static void next_batch(moe_trainer *t) {
+    const moe_config *c = &t->cfg;
+    int T = c->seq_len;
+    const uint16_t *src = moe_dataset_tokens(t->train);
+    uint64_t span = (uint64_t)(moe_dataset_len(t->train) - T); // window starts in [0, n - T - 1]
+    for (int b = 0; b < c->batch_size; b++) {
+        int64_t off = (int64_t)(moe__rng_u64(&t->data_rng) % span);
+        for (int i = 0; i < T; i++) {
+            t->tokens[b * T + i] = src[off + i];
+            t->targets[b * T + i] = src[off + i + 1];
+        }
+    }
+}
+
+static float maxvio(const int64_t *load, int E) {
+    // (max_i load_i - mean load) / mean load
+    int64_t tot = 0, mx = 0;
+    for (int e = 0; e < E; e++) {
+        tot += load[e];
+        mx = load[e] > mx ? load[e] : mx;
+    }
+    if (tot == 0) return 0.0f;
+    double mean = (double)tot / E;
+    return (float)(((double)mx - mean) / mean);
+}
+
+static void write_record(moe_trainer *t, const moe_step_info *info) {
+    const moe_config *c = &t->cfg;
+    FILE *f = t->metrics;
+    int nm = moe_model_n_moe_layers(t->m), E = c->n_experts;
+    fprintf(f, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"aux_loss\":%.9g,\"z_loss\":%.9g,"
+               "\"total_loss\":%.9g,\"tokens_per_s\":%.1f,\"step_ms\":%.3f",
+            (long long)info->step, info->loss.ce, info->lr, info->grad_norm, info->loss.aux, info->loss.z,
+            info->loss.total, info->tokens_per_s, info->step_ms);
+    if (info->has_val) fprintf(f, ",\"val_loss\":%.9g", info->val_loss);
+    fprintf(f, ",\"moe\":[");
+    for (int i = 0; i < nm; i++) {
+        const int64_t *load = t->load_acc + (int64_t)i * E;
+        int64_t assigned = 0;
+        for (int e = 0; e < E; e++) assigned += load[e];
+        fprintf(f, "%s{\"layer\":%d,\"maxvio\":%.6g,\"dropped_frac\":%.6g,\"load\":[", i ? "," : "",
+                moe_model_layer_stats(t->m, i)->layer, maxvio(load, E),
+                assigned ? (double)t->dropped_acc[i] / (double)assigned : 0.0);
+        for (int e = 0; e < E; e++) fprintf(f, "%s%lld", e ? "," : "", (long long)load[e]);
+        fprintf(f, "]}");
+    }
+    fprintf(f, "]}\n");
+    fflush(f);
+}
+
+moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
+    const moe_config *c = &t->cfg;
+    moe_model *m = t->m;
+    double t0 = moe__now();
+    int nm = moe_model_n_moe_layers(m), E = c->n_experts;
+    memset(info, 0, sizeof *info);
+    memset(t->load_acc, 0, (size_t)(nm ? nm : 1) * E * sizeof(int64_t));
+    memset(t->dropped_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
+    moe_model_zero_grad(m);
+    float inv = 1.0f / (float)c->grad_accum;
+    moe_status st;
+    for (int micro = 0; micro < c->grad_accum; micro++) {
+        next_batch(t);
+        moe_losses l;
+        st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
+        if (st != MOE_STATUS_OK) return st;
+        st = moe_model_backward(m, inv);
+        if (st != MOE_STATUS_OK) return st;
+        info->loss.ce += l.ce * inv;
+        info->loss.aux += l.aux * inv;
+        info->loss.z += l.z * inv;
+        info->loss.total += l.total * inv;
+        for (int i = 0; i < nm; i++) {
+            const moe_layer_stats *s = moe_model_layer_stats(m, i);
+            for (int e = 0; e < E; e++) t->load_acc[(int64_t)i * E + e] += s->load[e];
+            t->dropped_acc[i] += s->dropped;
+        }
+    }
+    float lr = moe__lr_at(c, t->step), norm;
+    st = moe__adamw_step(m, t->opt, t->step, lr, c, &norm);
+    if (st != MOE_STATUS_OK) return st;
+    for (int i = 0; i < nm; i++) {
+        const int64_t *load = t->load_acc + (int64_t)i * E;
+        float mv = maxvio(load, E);
+        info->maxvio = mv > info->maxvio ? mv : info->maxvio;
+        int64_t assigned = 0;
+        for (int e = 0; e < E; e++) assigned += load[e];
+        info->dropped_frac += assigned ? (float)((double)t->dropped_acc[i] / (double)assigned) / (float)nm : 0.0f;
+    }
+    t->step++;
+    double dt = moe__now() - t0;
+    info->step = t->step;
+    info->lr = lr;
+    info->grad_norm = norm;
+    info->step_ms = dt * 1e3;
+    info->tokens_per_s = (double)c->grad_accum * c->batch_size * c->seq_len / dt;
+    int last = t->step >= c->steps;
+    if ((c->eval_every > 0 && t->step % c->eval_every == 0) || last) {
+        st = moe_evaluate(m, t->val, c->batch_size, c->eval_batches, &info->val_loss, NULL, NULL, NULL);
+        if (st != MOE_STATUS_OK) return st;
+        info->has_val = 1;
+    }
+    write_record(t, info);
+    if ((c->ckpt_every > 0 && t->step % c->ckpt_every == 0) || last) {
+        st = moe_trainer_save(t);
+        if (st != MOE_STATUS_OK) return st;
+    }
+    return MOE_STATUS_OK;
+}

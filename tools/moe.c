@@ -1,0 +1,372 @@
+/*
+ * moe.c — the `moe` command line: train, sample, eval. The only code that exits; everything
+ * else is the library (include/moe.h). Errors go to stderr as "moe: <message>" with exit 1
+ * (bad data, files, configs) or 2 (bad command-line usage).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "moe.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static _Noreturn void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "moe: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(code);
+}
+
+static void check(moe_status st) {
+    if (st != MOE_STATUS_OK) die(1, "%s: %s", moe_status_str(st), moe_last_error());
+}
+
+static long parse_long(const char *flag, const char *v, long lo, long hi) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || x < lo || x > hi) die(2, "%s needs an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
+    return x;
+}
+
+static double parse_double(const char *flag, const char *v, double lo, double hi) {
+    char *end;
+    double x = strtod(v, &end);
+    if (!*v || *end || !(x >= lo && x <= hi)) die(2, "%s needs a number in [%g, %g], got '%s'", flag, lo, hi, v);
+    return x;
+}
+
+static const char *need(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) die(2, "%s needs a value", argv[*i]);
+    return argv[++*i];
+}
+
+/* Splits a comma-separated list in place. */
+static int split_list(char *s, char **out, int max) {
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ",")) out[n++] = tok;
+    return n;
+}
+
+static char *ckpt_path(const char *arg) {
+    size_t n = strlen(arg) + 32;
+    char *p = malloc(n);
+    if (!p) die(1, "out of memory");
+    FILE *f;
+    snprintf(p, n, "%s/model.safetensors", arg);
+    if ((f = fopen(p, "rb"))) {
+        fclose(f);
+        return p;
+    }
+    snprintf(p, n, "%s", arg); // a file given directly
+    return p;
+}
+
+/* ---------------------------------------------------------------- train */
+
+static const char *train_help =
+    "usage: moe train --data FILE[,FILE...] --out DIR [options]\n"
+    "\n"
+    "Trains an MoE transformer on text files (bytes, vocab 256) or llm.c token shards\n"
+    "(magic 20240520, uint16 tokens), writing to DIR: model.safetensors (weights + config),\n"
+    "state.bin (optimizer, step, data position), metrics.jsonl (one record per step).\n"
+    "\n"
+    "options:\n"
+    "  --data FILES       training data, comma-separated (concatenated in order)\n"
+    "  --val-data FILES   validation data; default: the last val_frac of --data\n"
+    "  --config FILE      JSON object of config keys (below)\n"
+    "  --set KEY=VALUE    set one config key; repeatable, applied after --config\n"
+    "  --out DIR          run directory (created if missing)\n"
+    "  --steps N          same as --set steps=N\n"
+    "  --resume           continue the run in DIR from its checkpoint: model keys come from the\n"
+    "                     checkpoint, training keys from this command line\n"
+    "  --quiet            no progress lines (metrics.jsonl is still written)\n"
+    "\n";
+
+static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m) {
+    printf("step %6lld/%d | loss %.4f | lr %.2e | gnorm %.3f", (long long)s->step, c->steps, s->loss.ce, s->lr,
+           s->grad_norm);
+    if (moe_model_n_moe_layers(m))
+        printf(" | aux %.3f | z %.3f | maxvio %.2f | drop %.1f%%", s->loss.aux, s->loss.z, s->maxvio,
+               100.0 * s->dropped_frac);
+    printf(" | %.0f tok/s", s->tokens_per_s);
+    if (s->has_val) printf(" | val %.4f", s->val_loss);
+    printf("\n");
+    fflush(stdout);
+}
+
+static int cmd_train(int argc, char **argv) {
+    char *data = NULL, *val = NULL, *out = NULL, *config = NULL;
+    int resume = 0, quiet = 0;
+    moe_config c = moe_config_default();
+    char **sets = calloc((size_t)argc, sizeof(char *));
+    int n_sets = 0;
+    if (!sets) die(1, "out of memory");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(train_help, stdout);
+            moe_config_help(stdout);
+            printf("\nNote: moe_layers every:k makes layers k-1, 2k-1, ... MoE; capacity is\n"
+                   "max(min_capacity, ceil(top_k * tokens / n_experts * capacity_factor)) per expert.\n");
+            exit(0);
+        } else if (!strcmp(a, "--data")) data = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--val-data")) val = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--out")) out = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--config")) config = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--set")) sets[n_sets++] = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--steps")) {
+            const char *v = need(argc, argv, &i);
+            parse_long("--steps", v, 0, 2147483647L);
+            size_t n = strlen(v) + 8;
+            sets[n_sets] = malloc(n);
+            snprintf(sets[n_sets++], n, "steps=%s", v);
+        } else if (!strcmp(a, "--resume")) resume = 1;
+        else if (!strcmp(a, "--quiet")) quiet = 1;
+        else die(2, "train: unknown option '%s' (see moe train --help)", a);
+    }
+    if (!data) die(2, "train: --data is required (see moe train --help)");
+    if (!out) die(2, "train: --out is required (see moe train --help)");
+    if (config) {
+        size_t len;
+        FILE *f = fopen(config, "rb");
+        if (!f) die(1, "cannot open config '%s'", config);
+        fseek(f, 0, SEEK_END);
+        len = (size_t)ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *txt = malloc(len + 1);
+        if (!txt || fread(txt, 1, len, f) != len) die(1, "cannot read config '%s'", config);
+        txt[len] = 0;
+        fclose(f);
+        check(moe_config_apply_json(&c, txt, config));
+        free(txt);
+    }
+    for (int i = 0; i < n_sets; i++) {
+        char *eq = strchr(sets[i], '=');
+        if (!eq) die(2, "--set needs KEY=VALUE, got '%s'", sets[i]);
+        *eq = 0;
+        check(moe_config_set(&c, sets[i], eq + 1));
+    }
+    check(moe_config_validate(&c));
+    char *paths[256];
+    int n_paths = split_list(data, paths, 256);
+    if (n_paths == 0) die(2, "train: --data is empty");
+    moe_dataset *train = NULL, *vald = NULL;
+    check(moe_dataset_load((const char *const *)paths, n_paths, c.vocab_size, &train));
+    if (val) {
+        int n_val = split_list(val, paths, 256);
+        check(moe_dataset_load((const char *const *)paths, n_val, c.vocab_size, &vald));
+    }
+    moe_trainer *t;
+    check(moe_trainer_create(&c, train, vald, out, resume, &t));
+    const moe_config *tc = moe_trainer_config(t);
+    moe_model *m = moe_trainer_model(t);
+    if (!quiet) {
+        int threads = 1;
+#ifdef _OPENMP
+        threads = omp_get_max_threads();
+#endif
+        printf("moe: %lld parameters (%lld active per token), %d layers (%d MoE, E=%d K=%d S=%d), %d threads\n",
+               (long long)moe_model_n_params(m), (long long)moe_model_active_params(m), tc->n_layer,
+               moe_model_n_moe_layers(m), tc->n_experts, tc->top_k, tc->n_shared, threads);
+        if (resume) printf("moe: resumed %s at step %lld\n", out, (long long)moe_trainer_steps_done(t));
+    }
+    while (moe_trainer_steps_done(t) < tc->steps) {
+        moe_step_info s;
+        check(moe_trainer_step(t, &s));
+        if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&s, tc, m);
+    }
+    if (moe_trainer_steps_done(t) == 0) check(moe_trainer_save(t)); // --steps 0: save the initial model
+    if (!quiet) printf("moe: saved %s/model.safetensors at step %lld\n", out, (long long)moe_trainer_steps_done(t));
+    moe_trainer_free(t);
+    for (int i = 0; i < n_sets; i++) free(sets[i]);
+    free(sets);
+    free(data);
+    free(val);
+    free(out);
+    free(config);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- sample */
+
+static const char *sample_help =
+    "usage: moe sample --ckpt DIR --prompt TEXT [options]\n"
+    "\n"
+    "Generates text from a checkpoint (DIR/model.safetensors, or the file itself).\n"
+    "Routing uses the eval capacity factor (dropless by default).\n"
+    "\n"
+    "options:\n"
+    "  --ckpt DIR         run directory or .safetensors file\n"
+    "  --prompt TEXT      prompt (bytes, for vocab 256 models)\n"
+    "  --tokens N         tokens to generate (default 200)\n"
+    "  --temperature T    0 = greedy (default 0.8)\n"
+    "  --top-k K          keep the K most likely tokens; 0 = off (default 0)\n"
+    "  --top-p P          nucleus filter; 1 = off (default 0.95)\n"
+    "  --seed S           sampling seed (default 42)\n"
+    "  --threads N        OpenMP threads (default: OpenMP's)\n";
+
+static int cmd_sample(int argc, char **argv) {
+    const char *ckpt = NULL, *prompt = NULL;
+    long n_new = 200, top_k = 0;
+    double temp = 0.8, top_p = 0.95;
+    unsigned long long seed = 42;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(sample_help, stdout);
+            exit(0);
+        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
+        else if (!strcmp(a, "--prompt")) prompt = need(argc, argv, &i);
+        else if (!strcmp(a, "--tokens")) n_new = parse_long("--tokens", need(argc, argv, &i), 0, 1000000);
+        else if (!strcmp(a, "--temperature")) temp = parse_double("--temperature", need(argc, argv, &i), 0, 100);
+        else if (!strcmp(a, "--top-k")) top_k = parse_long("--top-k", need(argc, argv, &i), 0, 1 << 20);
+        else if (!strcmp(a, "--top-p")) top_p = parse_double("--top-p", need(argc, argv, &i), 1e-6, 1);
+        else if (!strcmp(a, "--seed")) seed = (unsigned long long)parse_long("--seed", need(argc, argv, &i), 0, 2147483647L);
+        else if (!strcmp(a, "--threads")) {
+#ifdef _OPENMP
+            omp_set_num_threads((int)parse_long("--threads", need(argc, argv, &i), 1, 4096));
+#else
+            need(argc, argv, &i);
+#endif
+        } else die(2, "sample: unknown option '%s' (see moe sample --help)", a);
+    }
+    if (!ckpt) die(2, "sample: --ckpt is required");
+    if (!prompt) die(2, "sample: --prompt is required");
+    size_t np = strlen(prompt);
+    if (np == 0) die(2, "sample: --prompt is empty; give at least one character");
+    char *path = ckpt_path(ckpt);
+    moe_model *m;
+    check(moe_model_load(path, 1, &m));
+    const moe_config *c = moe_model_config(m);
+    if (c->vocab_size < 256) die(1, "sample: the model's vocab_size %d cannot encode a text prompt as bytes", c->vocab_size);
+    int *toks = malloc(np * sizeof(int)), *out = malloc(((size_t)n_new + 1) * sizeof(int));
+    if (!toks || !out) die(1, "out of memory");
+    for (size_t i = 0; i < np; i++) toks[i] = (unsigned char)prompt[i];
+    check(moe_model_sample(m, toks, (int)np, out, (int)n_new, (float)temp, (int)top_k, (float)top_p, seed));
+    fwrite(prompt, 1, np, stdout);
+    for (long i = 0; i < n_new; i++) {
+        if (c->vocab_size == 256) putchar(out[i]);
+        else printf(" %d", out[i]);
+    }
+    putchar('\n');
+    free(toks);
+    free(out);
+    free(path);
+    moe_model_free(m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- eval */
+
+static const char *eval_help =
+    "usage: moe eval --ckpt DIR --data FILE[,FILE...] [options]\n"
+    "\n"
+    "Mean cross-entropy of a checkpoint over non-overlapping seq_len windows of the data,\n"
+    "with per-layer expert loads. Routing uses eval_capacity_factor (dropless by default) and\n"
+    "reports what the training capacity would have dropped.\n"
+    "\n"
+    "options:\n"
+    "  --ckpt DIR         run directory or .safetensors file\n"
+    "  --data FILES       evaluation data, comma-separated\n"
+    "  --batch-size B     sequences per forward pass (default 8)\n"
+    "  --max-batches N    stop after N batches; 0 = all (default 0)\n"
+    "  --json             one JSON object on stdout instead of text\n";
+
+static int cmd_eval(int argc, char **argv) {
+    const char *ckpt = NULL;
+    char *data = NULL;
+    long batch = 8, max_batches = 0;
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(eval_help, stdout);
+            exit(0);
+        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
+        else if (!strcmp(a, "--data")) data = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--batch-size")) batch = parse_long("--batch-size", need(argc, argv, &i), 1, 1 << 16);
+        else if (!strcmp(a, "--max-batches")) max_batches = parse_long("--max-batches", need(argc, argv, &i), 0, 1L << 30);
+        else if (!strcmp(a, "--json")) json = 1;
+        else die(2, "eval: unknown option '%s' (see moe eval --help)", a);
+    }
+    if (!ckpt) die(2, "eval: --ckpt is required");
+    if (!data) die(2, "eval: --data is required");
+    char *path = ckpt_path(ckpt);
+    moe_model *m;
+    check(moe_model_load(path, (int)batch, &m));
+    const moe_config *c = moe_model_config(m);
+    char *paths[256];
+    int n_paths = split_list(data, paths, 256);
+    moe_dataset *d;
+    check(moe_dataset_load((const char *const *)paths, n_paths, c->vocab_size, &d));
+    int nm = moe_model_n_moe_layers(m), E = c->n_experts;
+    int64_t *loads = calloc((size_t)(nm ? nm : 1) * E, sizeof(int64_t));
+    float loss;
+    int64_t n_tok, would_drop;
+    check(moe_evaluate(m, d, (int)batch, (int)max_batches, &loss, &n_tok, loads, &would_drop));
+    int64_t assigned = n_tok * c->top_k * nm;
+    if (json) {
+        printf("{\"loss\":%.9g,\"perplexity\":%.9g,\"bits_per_token\":%.9g,\"tokens\":%lld,\"would_drop_frac\":%.6g,\"layers\":[",
+               loss, exp(loss), loss / log(2.0), (long long)n_tok, assigned ? (double)would_drop / (double)assigned : 0.0);
+        for (int i = 0; i < nm; i++) {
+            printf("%s{\"layer\":%d,\"load\":[", i ? "," : "", moe_model_layer_stats(m, i)->layer);
+            for (int e = 0; e < E; e++) printf("%s%lld", e ? "," : "", (long long)loads[(int64_t)i * E + e]);
+            printf("]}");
+        }
+        printf("]}\n");
+    } else {
+        printf("loss %.4f | perplexity %.3f | bits/token %.4f | %lld tokens\n", loss, exp(loss), loss / log(2.0),
+               (long long)n_tok);
+        for (int i = 0; i < nm; i++) {
+            int64_t tot = 0, mx = 0;
+            for (int e = 0; e < E; e++) {
+                tot += loads[(int64_t)i * E + e];
+                mx = loads[(int64_t)i * E + e] > mx ? loads[(int64_t)i * E + e] : mx;
+            }
+            printf("layer %2d load %%:", moe_model_layer_stats(m, i)->layer);
+            for (int e = 0; e < E; e++) printf(" %5.1f", tot ? 100.0 * (double)loads[(int64_t)i * E + e] / (double)tot : 0.0);
+            printf(" | maxvio %.2f\n", tot ? ((double)mx - (double)tot / E) / ((double)tot / E) : 0.0);
+        }
+        if (nm) printf("the training capacity factor %.2f would drop %.2f%% of assignments\n", c->capacity_factor,
+                       assigned ? 100.0 * (double)would_drop / (double)assigned : 0.0);
+    }
+    free(loads);
+    moe_dataset_free(d);
+    moe_model_free(m);
+    free(path);
+    free(data);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static const char *main_help =
+    "moe — train sparse Mixture-of-Experts language models\n"
+    "\n"
+    "usage: moe <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train    train a model on text or token shards (moe train --help)\n"
+    "  sample   generate text from a checkpoint (moe sample --help)\n"
+    "  eval     loss and expert loads of a checkpoint on data (moe eval --help)\n";
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(main_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
+    die(2, "unknown command '%s' (commands: train, sample, eval)", argv[1]);
+}
