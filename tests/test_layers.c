@@ -1,2 +1,521 @@
+/*
+ * test_layers.c — every layer against an independent reference:
+ *   - BLAS matmul against the plain _ref loops (odd shapes);
+ *   - finite-difference gradient checks (central differences, tolerance atol + rtol*|ref|) of
+ *     RMSNorm, RoPE + causal attention, the SwiGLU FFN, cross-entropy, and the MoE layer with
+ *     K = 1, 2 and E, with and without renormalisation, dropless and with dropping by
+ *     probability or position, with shared experts, through the aux and z losses;
+ *   - the permuted MoE forward against the token-by-token _ref forward;
+ *   - routing edge cases: every token to one expert, experts with no tokens, capacity 1, K = E;
+ *   - the whole model: finite differences on sampled coordinates of every tensor.
+ * Routing is piecewise constant: a finite difference whose perturbation changes any routing
+ * decision (selected experts or kept/dropped) measures a jump, not a slope, and is skipped; a
+ * test fails if more than half of its samples are skipped.
+ */
+#include "check.h"
 #include "internal.h"
-int main(void){return 0;}
+
+#include <string.h>
+
+static moe_rng rng;
+
+static float *randn(int64_t n, float std) {
+    float *p = malloc((size_t)(n ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) p[i] = std * moe__rng_normal(&rng);
+    return p;
+}
+static float *zeros(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(float)); }
+
+static double dot_d(const float *a, const float *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* ---------------------------------------------------------------- generic FD */
+
+typedef double (*loss_fn)(void *ctx);
+typedef uint64_t (*sig_fn)(void *ctx); /* routing signature after the last loss_fn call */
+
+static void fd_check(const char *what, float *param, const float *grad, int64_t n, int samples, loss_fn f,
+                     sig_fn sig, void *ctx, float eps, double atol, double rtol) {
+    uint64_t base = 0;
+    if (sig) {
+        f(ctx);
+        base = sig(ctx);
+    }
+    int skipped = 0, done = 0;
+    double worst = 0;
+    for (int s = 0; s < samples; s++) {
+        int64_t i = samples >= n ? s : (int64_t)(moe__rng_u64(&rng) % (uint64_t)n);
+        if (i >= n) break;
+        float orig = param[i];
+        param[i] = orig + eps;
+        double lp = f(ctx);
+        uint64_t sp = sig ? sig(ctx) : 0;
+        param[i] = orig - eps;
+        double lm = f(ctx);
+        uint64_t sm = sig ? sig(ctx) : 0;
+        param[i] = orig;
+        if (sig && (sp != base || sm != base)) {
+            skipped++;
+            continue;
+        }
+        double num = (lp - lm) / (2.0 * eps);
+        double err = fabs(num - grad[i]);
+        if (err > worst) worst = err;
+        done++;
+        CHECK(err <= atol + rtol * fabs(num), "%s[%lld]: analytic %.6g numeric %.6g", what, (long long)i, grad[i], num);
+    }
+    CHECK(skipped * 2 <= samples, "%s: %d of %d samples changed the routing", what, skipped, samples);
+    CHECK(done > 0, "%s: no sample checked", what);
+    (void)worst;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+static void test_matmul(void) {
+    int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 17, 9}, {64, 48, 80}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int N = shapes[s][0], I = shapes[s][1], O = shapes[s][2];
+        float *x = randn((int64_t)N * I, 1), *w = randn((int64_t)O * I, 1), *dout = randn((int64_t)N * O, 1);
+        float *o1 = randn((int64_t)N * O, 1), *o2 = malloc((size_t)N * O * sizeof(float));
+        memcpy(o2, o1, (size_t)N * O * sizeof(float));
+        moe__matmul_forward(o1, x, w, N, I, O, 1);
+        moe__matmul_forward_ref(o2, x, w, N, I, O, 1);
+        CHECK_ARRAYS(o1, o2, (int64_t)N * O, 1e-4, 1e-4, "matmul forward vs ref");
+        float *dx1 = zeros((int64_t)N * I), *dx2 = zeros((int64_t)N * I), *dw1 = zeros((int64_t)O * I),
+              *dw2 = zeros((int64_t)O * I);
+        moe__matmul_backward(dx1, dw1, dout, x, w, N, I, O);
+        moe__matmul_backward_ref(dx2, dw2, dout, x, w, N, I, O);
+        CHECK_ARRAYS(dx1, dx2, (int64_t)N * I, 1e-4, 1e-4, "matmul dx vs ref");
+        CHECK_ARRAYS(dw1, dw2, (int64_t)O * I, 1e-4, 1e-4, "matmul dw vs ref");
+        free(x), free(w), free(dout), free(o1), free(o2), free(dx1), free(dx2), free(dw1), free(dw2);
+    }
+}
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+typedef struct {
+    int64_t N;
+    int C;
+    float *x, *w, *out, *rstd, *r;
+} norm_ctx;
+
+static double norm_loss(void *p) {
+    norm_ctx *c = p;
+    moe__rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
+    return dot_d(c->out, c->r, c->N * c->C);
+}
+
+static void test_rmsnorm(void) {
+    norm_ctx c = {5, 12, NULL, NULL, NULL, NULL, NULL};
+    int64_t n = c.N * c.C;
+    c.x = randn(n, 1), c.w = randn(c.C, 1), c.out = zeros(n), c.rstd = zeros(c.N), c.r = randn(n, 1);
+    float *dx = zeros(n), *dw = zeros(c.C);
+    norm_loss(&c);
+    moe__rmsnorm_backward(dx, dw, c.r, c.x, c.w, c.rstd, c.N, c.C);
+    fd_check("rmsnorm dx", c.x, dx, n, 60, norm_loss, NULL, &c, 1e-2f, 1e-3, 1e-2);
+    fd_check("rmsnorm dw", c.w, dw, c.C, 12, norm_loss, NULL, &c, 1e-2f, 1e-3, 1e-2);
+    free(c.x), free(c.w), free(c.out), free(c.rstd), free(c.r), free(dx), free(dw);
+}
+
+/* ---------------------------------------------------------------- RoPE + attention */
+
+typedef struct {
+    int B, T, C, H;
+    float *q, *k, *v, *qr, *kr, *out, *att, *cos_t, *sin_t, *r;
+} attn_ctx;
+
+static double attn_loss(void *p) {
+    attn_ctx *c = p;
+    size_t n = (size_t)c->B * c->T * c->C;
+    memcpy(c->qr, c->q, n * sizeof(float));
+    memcpy(c->kr, c->k, n * sizeof(float));
+    moe__rope_forward(c->qr, c->cos_t, c->sin_t, c->B, c->T, c->C, c->H);
+    moe__rope_forward(c->kr, c->cos_t, c->sin_t, c->B, c->T, c->C, c->H);
+    moe__attention_forward(c->out, c->att, c->qr, c->kr, c->v, c->B, c->T, c->C, c->H);
+    return dot_d(c->out, c->r, (int64_t)n);
+}
+
+static void test_attention(void) {
+    attn_ctx c = {2, 7, 12, 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    int64_t n = (int64_t)c.B * c.T * c.C;
+    int D = c.C / c.H;
+    c.q = randn(n, 1), c.k = randn(n, 1), c.v = randn(n, 1), c.qr = zeros(n), c.kr = zeros(n), c.out = zeros(n);
+    c.att = zeros((int64_t)c.B * c.H * c.T * c.T), c.r = randn(n, 1);
+    c.cos_t = zeros((int64_t)c.T * D / 2), c.sin_t = zeros((int64_t)c.T * D / 2);
+    moe__rope_tables(c.cos_t, c.sin_t, c.T, D, 10000.0f);
+    attn_loss(&c);
+    // causality: changing the last position's k and v leaves earlier outputs unchanged
+    float *before = malloc((size_t)n * sizeof(float));
+    memcpy(before, c.out, (size_t)n * sizeof(float));
+    for (int i = 0; i < c.C; i++) c.v[(int64_t)(c.T - 1) * c.C + i] += 1.0f, c.k[(int64_t)(c.T - 1) * c.C + i] += 1.0f;
+    attn_loss(&c);
+    CHECK_ARRAYS(c.out, before, (int64_t)(c.T - 1) * c.C, 0, 0, "attention is causal");
+    for (int i = 0; i < c.C; i++) c.v[(int64_t)(c.T - 1) * c.C + i] -= 1.0f, c.k[(int64_t)(c.T - 1) * c.C + i] -= 1.0f;
+    free(before);
+    attn_loss(&c);
+    float *dq = zeros(n), *dk = zeros(n), *dv = zeros(n);
+    moe__attention_backward(dq, dk, dv, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H);
+    moe__rope_backward(dq, c.cos_t, c.sin_t, c.B, c.T, c.C, c.H);
+    moe__rope_backward(dk, c.cos_t, c.sin_t, c.B, c.T, c.C, c.H);
+    fd_check("attention dq", c.q, dq, n, 80, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dk", c.k, dk, n, 80, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dv", c.v, dv, n, 80, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    free(c.q), free(c.k), free(c.v), free(c.qr), free(c.kr), free(c.out), free(c.att), free(c.r), free(c.cos_t),
+        free(c.sin_t), free(dq), free(dk), free(dv);
+}
+
+/* ---------------------------------------------------------------- FFN, cross-entropy */
+
+typedef struct {
+    int64_t N;
+    int C, F;
+    float *x, *w1, *w3, *w2, *h1, *h3, *act, *y, *r;
+} ffn_ctx;
+
+static double ffn_loss(void *p) {
+    ffn_ctx *c = p;
+    moe__ffn_forward(c->y, c->h1, c->h3, c->act, c->x, c->w1, c->w3, c->w2, c->N, c->C, c->F, 0);
+    return dot_d(c->y, c->r, c->N * c->C);
+}
+
+static void test_ffn(void) {
+    ffn_ctx c = {6, 8, 10, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    int64_t nx = c.N * c.C, nw = (int64_t)c.F * c.C, nh = c.N * c.F;
+    c.x = randn(nx, 1), c.w1 = randn(nw, 0.5f), c.w3 = randn(nw, 0.5f), c.w2 = randn(nw, 0.5f);
+    c.h1 = zeros(nh), c.h3 = zeros(nh), c.act = zeros(nh), c.y = zeros(nx), c.r = randn(nx, 1);
+    float *dx = zeros(nx), *dw1 = zeros(nw), *dw3 = zeros(nw), *dw2 = zeros(nw);
+    float *s1 = zeros(nh), *s2 = zeros(nh), *s3 = zeros(nh);
+    ffn_loss(&c);
+    moe__ffn_backward(dx, dw1, dw3, dw2, s1, s2, s3, c.r, c.x, c.h1, c.h3, c.act, c.w1, c.w3, c.w2, c.N, c.C, c.F);
+    fd_check("ffn dx", c.x, dx, nx, 40, ffn_loss, NULL, &c, 1e-2f, 1e-3, 1e-2);
+    fd_check("ffn dw1", c.w1, dw1, nw, 40, ffn_loss, NULL, &c, 1e-2f, 1e-3, 1e-2);
+    fd_check("ffn dw3", c.w3, dw3, nw, 40, ffn_loss, NULL, &c, 1e-2f, 1e-3, 1e-2);
+    fd_check("ffn dw2", c.w2, dw2, nw, 40, ffn_loss, NULL, &c, 1e-2f, 1e-3, 1e-2);
+    free(c.x), free(c.w1), free(c.w3), free(c.w2), free(c.h1), free(c.h3), free(c.act), free(c.y), free(c.r);
+    free(dx), free(dw1), free(dw3), free(dw2), free(s1), free(s2), free(s3);
+}
+
+typedef struct {
+    int64_t N;
+    int V;
+    float *logits, *rows;
+    int *tgt;
+} ce_ctx;
+
+static double ce_loss(void *p) {
+    ce_ctx *c = p;
+    return moe__crossentropy(NULL, c->rows, c->logits, c->tgt, c->N, c->V, 1.0f);
+}
+
+static void test_crossentropy(void) {
+    ce_ctx c = {5, 11, NULL, NULL, NULL};
+    c.logits = randn(c.N * c.V, 2), c.rows = zeros(c.N);
+    c.tgt = malloc((size_t)c.N * sizeof(int));
+    for (int i = 0; i < c.N; i++) c.tgt[i] = (i * 7) % c.V;
+    float *d = zeros(c.N * c.V);
+    double loss = moe__crossentropy(d, c.rows, c.logits, c.tgt, c.N, c.V, 1.0f);
+    // against a direct double-precision computation
+    double want = 0;
+    for (int n = 0; n < c.N; n++) {
+        double s = 0;
+        for (int v = 0; v < c.V; v++) s += exp((double)c.logits[n * c.V + v]);
+        want += log(s) - c.logits[n * c.V + c.tgt[n]];
+    }
+    CHECK_CLOSE(loss, want / c.N, 1e-5, 1e-5, "cross-entropy value");
+    fd_check("cross-entropy dlogits", c.logits, d, c.N * c.V, 55, ce_loss, NULL, &c, 1e-2f, 1e-4, 1e-2);
+    free(c.logits), free(c.rows), free(c.tgt), free(d);
+}
+
+/* ---------------------------------------------------------------- MoE layer */
+
+typedef struct {
+    moe__moe_dims d;
+    int64_t N;
+    float *x, *y, *r;
+    moe__moe_weights w, g;
+    moe__moe_cache c;
+    moe__moe_scratch s;
+    float aux_coef, z_coef;
+} moe_ctx;
+
+static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S) {
+    memset(m, 0, sizeof *m);
+    m->N = N;
+    m->d.E = E, m->d.K = K, m->d.F = F, m->d.S = S, m->d.C = C;
+    m->d.norm_topk = 1;
+    m->d.min_capacity = 1;
+    int64_t KN = (int64_t)K * N, SF = (int64_t)S * F, hid = KN * F > N * SF ? KN * F : N * SF;
+    m->x = randn(N * C, 1), m->y = zeros(N * C), m->r = randn(N * C, 1);
+    m->w.wg = randn((int64_t)E * C, 1), m->w.w1 = randn((int64_t)E * F * C, 0.5f);
+    m->w.w3 = randn((int64_t)E * F * C, 0.5f), m->w.w2 = randn((int64_t)E * F * C, 0.5f);
+    m->w.sw1 = randn(SF * C, 0.5f), m->w.sw3 = randn(SF * C, 0.5f), m->w.sw2 = randn(SF * C, 0.5f);
+    m->g.wg = zeros((int64_t)E * C), m->g.w1 = zeros((int64_t)E * F * C), m->g.w3 = zeros((int64_t)E * F * C);
+    m->g.w2 = zeros((int64_t)E * F * C), m->g.sw1 = zeros(SF * C), m->g.sw3 = zeros(SF * C), m->g.sw2 = zeros(SF * C);
+    moe__moe_cache *c = &m->c;
+    c->logits = zeros(N * E), c->probs = zeros(N * E), c->lse = zeros(N);
+    c->topk_idx = calloc((size_t)KN, sizeof(int)), c->topk_w = zeros(KN), c->row_of = calloc((size_t)KN, sizeof(int));
+    c->row_token = calloc((size_t)KN, sizeof(int)), c->offsets = calloc((size_t)E + 1, sizeof(int64_t));
+    c->load = calloc((size_t)E, sizeof(int64_t)), c->f = zeros(E);
+    c->xe = zeros(KN * C), c->ye = zeros(KN * C), c->h1 = zeros(KN * F), c->h3 = zeros(KN * F), c->act = zeros(KN * F);
+    c->sh1 = zeros(N * SF), c->sh3 = zeros(N * SF), c->sact = zeros(N * SF);
+    c->scratch_idx = calloc((size_t)(2 * KN), sizeof(int));
+    m->s.dye = zeros(KN * C), m->s.dxe = zeros(KN * C), m->s.dact = zeros(hid), m->s.dh1 = zeros(hid);
+    m->s.dh3 = zeros(hid), m->s.dw = zeros(KN), m->s.dlogits = zeros(N * E);
+}
+
+static void moe_release(moe_ctx *m) {
+    void *ptrs[] = {m->x, m->y, m->r, m->w.wg, m->w.w1, m->w.w3, m->w.w2, m->w.sw1, m->w.sw3, m->w.sw2, m->g.wg,
+                    m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3, m->g.sw2, m->c.logits, m->c.probs, m->c.lse,
+                    m->c.topk_idx, m->c.topk_w, m->c.row_of, m->c.row_token, m->c.offsets, m->c.load, m->c.f,
+                    m->c.xe, m->c.ye, m->c.h1, m->c.h3, m->c.act, m->c.sh1, m->c.sh3, m->c.sact, m->c.scratch_idx,
+                    m->s.dye, m->s.dxe, m->s.dact, m->s.dh1, m->s.dh3, m->s.dw, m->s.dlogits};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+}
+
+static double moe_loss(void *p) {
+    moe_ctx *m = p;
+    moe__moe_forward(m->y, &m->c, m->x, &m->w, &m->d, m->N);
+    return dot_d(m->y, m->r, m->N * m->d.C) + m->aux_coef * m->c.aux + m->z_coef * m->c.z;
+}
+
+static uint64_t moe_sig(void *p) {
+    moe_ctx *m = p;
+    int64_t KN = (int64_t)m->d.K * m->N;
+    uint64_t h = moe__fnv1a(MOE_FNV_INIT, m->c.topk_idx, (size_t)KN * sizeof(int));
+    return moe__fnv1a(h, m->c.row_of, (size_t)KN * sizeof(int));
+}
+
+static void moe_grads(moe_ctx *m) {
+    int64_t C = m->d.C, E = m->d.E, F = m->d.F, SF = (int64_t)m->d.S * F, N = m->N;
+    memset(m->g.wg, 0, (size_t)(E * C) * sizeof(float));
+    memset(m->g.w1, 0, (size_t)(E * F * C) * sizeof(float));
+    memset(m->g.w3, 0, (size_t)(E * F * C) * sizeof(float));
+    memset(m->g.w2, 0, (size_t)(E * F * C) * sizeof(float));
+    if (SF) {
+        memset(m->g.sw1, 0, (size_t)(SF * C) * sizeof(float));
+        memset(m->g.sw3, 0, (size_t)(SF * C) * sizeof(float));
+        memset(m->g.sw2, 0, (size_t)(SF * C) * sizeof(float));
+    }
+    (void)N;
+}
+
+static void run_moe_fd(const char *label, int64_t N, int C, int E, int K, int F, int S, int norm, float cf,
+                       moe_drop_policy pol) {
+    moe_ctx m;
+    moe_alloc(&m, N, C, E, K, F, S);
+    m.d.norm_topk = norm;
+    m.d.capacity_factor = cf;
+    m.d.drop_policy = pol;
+    m.aux_coef = 0.7f;
+    m.z_coef = 0.3f;
+    moe_loss(&m);
+    // the permuted forward equals the token-by-token reference
+    float *yref = zeros(N * C);
+    moe__moe_forward_ref(yref, &m.c, m.x, &m.w, &m.d, N);
+    char what[160];
+    snprintf(what, sizeof what, "%s: forward vs ref", label);
+    CHECK_ARRAYS(m.y, yref, N * C, 1e-5, 1e-4, what);
+    free(yref);
+    // bookkeeping: kept + dropped = K*N, loads sum to K*N, kept per expert <= capacity
+    int64_t kept = m.c.offsets[E], total = 0;
+    for (int e = 0; e < E; e++) {
+        total += m.c.load[e];
+        if (m.c.capacity > 0)
+            CHECK(m.c.offsets[e + 1] - m.c.offsets[e] <= m.c.capacity, "%s: expert %d keeps %lld > capacity %d",
+                  label, e, (long long)(m.c.offsets[e + 1] - m.c.offsets[e]), m.c.capacity);
+    }
+    CHECK(total == (int64_t)K * N, "%s: loads sum to %lld, want %lld", label, (long long)total, (long long)K * N);
+    CHECK(kept + m.c.dropped == (int64_t)K * N, "%s: kept %lld + dropped %lld != K*N", label, (long long)kept,
+          (long long)m.c.dropped);
+    // gradients
+    moe_grads(&m);
+    float *dx = zeros(N * C);
+    moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, m.aux_coef, m.z_coef);
+    float eps = 2e-3f;
+    double atol = 2e-3, rtol = 2e-2;
+    snprintf(what, sizeof what, "%s dx", label);
+    fd_check(what, m.x, dx, N * C, 60, moe_loss, moe_sig, &m, eps, atol, rtol);
+    snprintf(what, sizeof what, "%s dwg", label);
+    fd_check(what, m.w.wg, m.g.wg, (int64_t)E * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
+    snprintf(what, sizeof what, "%s dw1", label);
+    fd_check(what, m.w.w1, m.g.w1, (int64_t)E * F * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
+    snprintf(what, sizeof what, "%s dw3", label);
+    fd_check(what, m.w.w3, m.g.w3, (int64_t)E * F * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
+    snprintf(what, sizeof what, "%s dw2", label);
+    fd_check(what, m.w.w2, m.g.w2, (int64_t)E * F * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
+    if (S) {
+        snprintf(what, sizeof what, "%s shared dw1", label);
+        fd_check(what, m.w.sw1, m.g.sw1, (int64_t)S * F * C, 30, moe_loss, moe_sig, &m, eps, atol, rtol);
+        snprintf(what, sizeof what, "%s shared dw2", label);
+        fd_check(what, m.w.sw2, m.g.sw2, (int64_t)S * F * C, 30, moe_loss, moe_sig, &m, eps, atol, rtol);
+    }
+    free(dx);
+    moe_release(&m);
+}
+
+static void test_moe_gradients(void) {
+    // label, N, C, E, K, F, S, norm_topk, capacity factor, drop policy
+    run_moe_fd("moe K=1 dropless", 24, 8, 4, 1, 6, 0, 1, 0.0f, MOE_DROP_PROBABILITY);
+    run_moe_fd("moe K=1 switch no-renorm dropping", 24, 8, 4, 1, 6, 0, 0, 0.8f, MOE_DROP_PROBABILITY);
+    run_moe_fd("moe K=2 renorm dropless", 24, 8, 5, 2, 6, 0, 1, 0.0f, MOE_DROP_PROBABILITY);
+    run_moe_fd("moe K=2 no-renorm dropless", 24, 8, 5, 2, 6, 0, 0, 0.0f, MOE_DROP_PROBABILITY);
+    run_moe_fd("moe K=2 renorm dropping by probability", 24, 8, 5, 2, 6, 0, 1, 0.7f, MOE_DROP_PROBABILITY);
+    run_moe_fd("moe K=2 no-renorm dropping by position", 24, 8, 5, 2, 6, 0, 0, 0.7f, MOE_DROP_POSITION);
+    run_moe_fd("moe K=2 shared experts S=2", 19, 8, 4, 2, 5, 2, 1, 1.0f, MOE_DROP_PROBABILITY);
+    run_moe_fd("moe K=E", 13, 8, 3, 3, 5, 0, 1, 0.0f, MOE_DROP_PROBABILITY);
+}
+
+/* ---------------------------------------------------------------- routing edge cases */
+
+static void test_routing_edges(void) {
+    int64_t N = 16;
+    int C = 4, E = 4, F = 3;
+    {
+        // every token prefers expert 2: positive inputs, router row 2 positive, the others negative
+        moe_ctx m;
+        moe_alloc(&m, N, C, E, 1, F, 0);
+        for (int64_t i = 0; i < N * C; i++) m.x[i] = 0.5f + fabsf(m.x[i]);
+        for (int e = 0; e < E; e++)
+            for (int i = 0; i < C; i++) m.w.wg[e * C + i] = e == 2 ? 1.0f : -1.0f - 0.1f * e;
+        m.d.capacity_factor = 0.0f; // dropless
+        moe_loss(&m);
+        CHECK(m.c.load[2] == N && m.c.load[0] == 0 && m.c.load[1] == 0 && m.c.load[3] == 0,
+              "all tokens to expert 2: loads %lld %lld %lld %lld", (long long)m.c.load[0], (long long)m.c.load[1],
+              (long long)m.c.load[2], (long long)m.c.load[3]);
+        CHECK(m.c.dropped == 0, "dropless drops nothing, dropped %lld", (long long)m.c.dropped);
+        // f = (0,0,1,0): aux = E * P_2
+        double P2 = 0;
+        for (int64_t n = 0; n < N; n++) P2 += m.c.probs[n * E + 2];
+        CHECK_CLOSE(m.c.aux, E * P2 / N, 1e-6, 1e-5, "aux with one expert taking all");
+        // with capacity factor 1: cap = ceil(16/4) = 4 kept, 12 dropped; by position: the first 4 tokens
+        m.d.capacity_factor = 1.0f;
+        m.d.drop_policy = MOE_DROP_POSITION;
+        moe_loss(&m);
+        CHECK(m.c.capacity == 4 && m.c.dropped == 12, "capacity %d dropped %lld", m.c.capacity, (long long)m.c.dropped);
+        for (int64_t n = 0; n < N; n++)
+            CHECK((m.c.row_of[n] >= 0) == (n < 4), "position policy keeps the first tokens: token %lld row %d",
+                  (long long)n, m.c.row_of[n]);
+        // by probability: the 4 tokens with the highest p[n,2]
+        m.d.drop_policy = MOE_DROP_PROBABILITY;
+        moe_loss(&m);
+        for (int64_t n = 0; n < N; n++) {
+            int higher = 0;
+            // ties go to the lower token index
+            for (int64_t j = 0; j < N; j++)
+                higher += m.c.probs[j * E + 2] > m.c.probs[n * E + 2] ||
+                          (m.c.probs[j * E + 2] == m.c.probs[n * E + 2] && j < n);
+            CHECK((m.c.row_of[n] >= 0) == (higher < 4), "probability policy: token %lld rank %d kept %d", (long long)n,
+                  higher, m.c.row_of[n] >= 0);
+            if (m.c.row_of[n] < 0) CHECK(m.y[n * C] == 0.0f && m.y[n * C + 1] == 0.0f, "dropped token has zero output");
+        }
+        // capacity 1
+        m.d.capacity_factor = 0.01f;
+        moe_loss(&m);
+        CHECK(m.c.capacity == 1 && m.c.offsets[E] == 1 && m.c.dropped == N - 1, "capacity 1: cap %d kept %lld",
+              m.c.capacity, (long long)m.c.offsets[E]);
+        float *dx = zeros(N * C);
+        moe_grads(&m);
+        moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, 0.0f, 0.0f);
+        // experts 0, 1, 3 took no tokens: their weights get no gradient
+        double g0 = 0;
+        for (int64_t i = 0; i < (int64_t)F * C; i++) g0 += fabs(m.g.w1[i]) + fabs(m.g.w1[3 * F * C + i]);
+        CHECK(g0 == 0.0, "experts without tokens have zero gradient, got %g", g0);
+        free(dx);
+        moe_release(&m);
+    }
+    {
+        // capacity formula: max(min_capacity, ceil(K*N/E*cf)), at most N
+        moe__moe_dims d = {8, 2, 4, 0, 4, 1, MOE_DROP_PROBABILITY, 1.25f, 4, 1.25f};
+        CHECK(moe__capacity(&d, 100, 1.25f) == 32, "ceil(2*100/8*1.25) = 32, got %d", moe__capacity(&d, 100, 1.25f));
+        CHECK(moe__capacity(&d, 3, 1.0f) == 3, "min_capacity 4 capped at N = 3, got %d", moe__capacity(&d, 3, 1.0f));
+        CHECK(moe__capacity(&d, 10, 1.0f) == 4, "min_capacity floor, got %d", moe__capacity(&d, 10, 1.0f));
+        CHECK(moe__capacity(&d, 10, 0.0f) == 0, "cf 0 is dropless, got %d", moe__capacity(&d, 10, 0.0f));
+    }
+    {
+        // K = E: every token to every expert in decreasing probability order; renormalised weights sum to 1
+        moe_ctx m;
+        moe_alloc(&m, 9, C, 3, 3, F, 0);
+        moe_loss(&m);
+        for (int e = 0; e < 3; e++) CHECK(m.c.load[e] == 9, "K=E load %lld", (long long)m.c.load[e]);
+        for (int n = 0; n < 9; n++) {
+            float s = m.c.topk_w[n * 3] + m.c.topk_w[n * 3 + 1] + m.c.topk_w[n * 3 + 2];
+            CHECK_CLOSE(s, 1.0, 1e-6, 0, "renormalised gates sum to 1");
+            CHECK(m.c.probs[n * 3 + m.c.topk_idx[n * 3]] >= m.c.probs[n * 3 + m.c.topk_idx[n * 3 + 1]],
+                  "top-k is sorted by probability");
+        }
+        moe_release(&m);
+    }
+}
+
+/* ---------------------------------------------------------------- whole model */
+
+typedef struct {
+    moe_model *m;
+    int *tok, *tgt;
+    int B, T;
+} model_ctx;
+
+static double model_loss(void *p) {
+    model_ctx *c = p;
+    moe_losses l;
+    moe_model_forward(c->m, c->tok, c->tgt, c->B, c->T, 1, &l);
+    return l.total;
+}
+
+static uint64_t model_sig(void *p) {
+    model_ctx *c = p;
+    const moe_config *cfg = moe_model_config(c->m);
+    uint64_t h = MOE_FNV_INIT;
+    size_t KN = (size_t)cfg->top_k * c->B * c->T;
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const moe__moe_cache *mc = moe__model_moe_cache(c->m, l);
+        if (!mc) continue;
+        h = moe__fnv1a(h, mc->topk_idx, KN * sizeof(int));
+        h = moe__fnv1a(h, mc->row_of, KN * sizeof(int));
+    }
+    return h;
+}
+
+static void test_model_gradients(void) {
+    moe_config cfg = moe_config_default();
+    const char *sets[][2] = {{"vocab_size", "32"}, {"seq_len", "6"},     {"n_embd", "8"},      {"n_layer", "2"},
+                             {"n_head", "2"},      {"ffn_hidden", "10"}, {"n_experts", "4"},   {"top_k", "2"},
+                             {"expert_hidden", "6"}, {"n_shared", "1"},  {"moe_layers", "0"},  {"capacity_factor", "1.0"},
+                             {"min_capacity", "1"}, {"aux_loss_coef", "0.1"}, {"z_loss_coef", "0.01"},
+                             {"init_std", "0.3"},  {"router_init_std", "0.5"}};
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) CHECK_OK(moe_config_set(&cfg, sets[i][0], sets[i][1]));
+    model_ctx c = {NULL, NULL, NULL, 2, 6};
+    CHECK_OK(moe_model_create(&cfg, c.B, &c.m));
+    moe_model_init(c.m, 7);
+    c.tok = malloc(12 * sizeof(int)), c.tgt = malloc(12 * sizeof(int));
+    for (int i = 0; i < 12; i++) c.tok[i] = (i * 5 + 3) % 32, c.tgt[i] = (i * 11 + 1) % 32;
+    model_loss(&c);
+    moe_model_zero_grad(c.m);
+    CHECK_OK(moe_model_backward(c.m, 1.0f));
+    float *params = moe_model_params(c.m), *grads = moe_model_grads(c.m);
+    for (int i = 0; i < moe_model_n_tensors(c.m); i++) {
+        const moe_tensor_info *t = moe_model_tensor(c.m, i);
+        char what[200];
+        snprintf(what, sizeof what, "model %s", t->name);
+        fd_check(what, params + t->offset, grads + t->offset, t->numel, 20, model_loss, model_sig, &c, 1e-3f, 2e-3,
+                 3e-2);
+    }
+    free(c.tok), free(c.tgt);
+    moe_model_free(c.m);
+}
+
+int main(void) {
+    moe__rng_seed(&rng, 20240520);
+    test_matmul();
+    test_rmsnorm();
+    test_attention();
+    test_ffn();
+    test_crossentropy();
+    test_moe_gradients();
+    test_routing_edges();
+    test_model_gradients();
+    CHECK_SUMMARY("test_layers");
+}

@@ -1,0 +1,186 @@
+/*
+ * test_ref.c — the whole model against PyTorch (tests/ref/make_ref.py): logits, losses, routing
+ * statistics and every parameter gradient at initialisation, then the losses and parameters
+ * after several clipped AdamW steps with warmup and per-group learning rates.
+ *
+ *   test_ref DIR                 compare with DIR/<case>_ref.safetensors (the test)
+ *   test_ref --write-init DIR    write DIR/<case>_init.safetensors and <case>_batch.safetensors,
+ *                                the inputs of make_ref.py
+ */
+#include "check.h"
+#include "internal.h"
+
+#include <string.h>
+
+#define NSTEPS 4
+
+typedef struct {
+    const char *name;
+    const char *sets[32];
+} ref_case;
+
+/* Case a: MoE and dense layers, shared expert, renormalised top-2, dropping by probability,
+ * a skewed router so that some expert gets no tokens. Case b: Switch top-1 without
+ * renormalisation, dropping by position, tied embeddings, every layer MoE. */
+static const ref_case cases[] = {
+    {"case_a",
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=3", "n_head=2", "ffn_hidden=20", "n_experts=4",
+      "top_k=2", "expert_hidden=12", "n_shared=1", "moe_layers=0,2", "norm_topk=true", "router_init_std=1.0",
+      "capacity_factor=1.0", "min_capacity=1", "drop_policy=probability", "aux_loss_coef=0.05",
+      "z_loss_coef=0.01", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", "expert_lr_mult=0.5", NULL}},
+    {"case_b",
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=4", "ffn_hidden=20", "n_experts=4",
+      "top_k=1", "expert_hidden=12", "n_shared=0", "moe_layers=all", "norm_topk=false", "router_init_std=0.5",
+      "capacity_factor=1.0", "min_capacity=1", "drop_policy=position", "aux_loss_coef=0.1", "z_loss_coef=0.01",
+      "tie_embeddings=true", "batch_size=2", "lr=0.02", "warmup_steps=1", "steps=4", "router_lr_mult=2.0", NULL}},
+};
+
+static moe_config case_config(const ref_case *rc) {
+    moe_config c = moe_config_default();
+    for (int i = 0; rc->sets[i]; i++) {
+        char kv[64];
+        snprintf(kv, sizeof kv, "%s", rc->sets[i]);
+        char *eq = strchr(kv, '=');
+        *eq = 0;
+        CHECK_OK(moe_config_set(&c, kv, eq + 1));
+    }
+    c.weight_decay = 0.1f;
+    c.grad_clip = 1.0f;
+    return c;
+}
+
+static void write_init(const char *dir) {
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        moe_config c = case_config(&cases[ci]);
+        moe_model *m;
+        CHECK_OK(moe_model_create(&c, c.batch_size, &m));
+        moe_model_init(m, 1234 + ci);
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s_init.safetensors", dir, cases[ci].name);
+        CHECK_OK(moe_model_save(m, path, 0));
+        int n = NSTEPS * c.batch_size * c.seq_len;
+        int *tok = malloc((size_t)n * sizeof(int)), *tgt = malloc((size_t)n * sizeof(int));
+        moe_rng r;
+        moe__rng_seed(&r, 99 + ci);
+        for (int i = 0; i < n; i++) {
+            tok[i] = (int)(moe__rng_u64(&r) % (uint64_t)c.vocab_size);
+            tgt[i] = (int)(moe__rng_u64(&r) % (uint64_t)c.vocab_size);
+        }
+        moe__st_entry e[2] = {{"tokens", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tok},
+                              {"targets", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tgt}};
+        snprintf(path, sizeof path, "%s/%s_batch.safetensors", dir, cases[ci].name);
+        CHECK_OK(moe__st_write(path, e, 2, NULL, NULL, 0));
+        free(tok);
+        free(tgt);
+        moe_model_free(m);
+        printf("wrote %s inputs\n", cases[ci].name);
+    }
+}
+
+static const moe__st_tensor *need(const moe__st_file *f, const char *name, const char *dtype, int64_t nbytes) {
+    const moe__st_tensor *t = moe__st_find(f, name);
+    if (!t || strcmp(t->dtype, dtype) != 0 || t->nbytes != nbytes) {
+        fprintf(stderr, "FAIL: reference tensor '%s' missing or not %s of %lld bytes\n", name, dtype, (long long)nbytes);
+        exit(1);
+    }
+    return t;
+}
+
+static void compare_case(const char *dir, const ref_case *rc) {
+    char path[512];
+    moe__st_file batch, ref;
+    snprintf(path, sizeof path, "%s/%s_batch.safetensors", dir, rc->name);
+    CHECK_OK(moe__st_read(path, &batch));
+    snprintf(path, sizeof path, "%s/%s_ref.safetensors", dir, rc->name);
+    CHECK_OK(moe__st_read(path, &ref));
+    snprintf(path, sizeof path, "%s/%s_init.safetensors", dir, rc->name);
+    moe_model *m;
+    CHECK_OK(moe_model_load(path, 8, &m));
+    moe_config c = case_config(rc); // training keys are not stored in the model file
+    const moe_config *mc = moe_model_config(m);
+    int B = c.batch_size, T = c.seq_len, V = mc->vocab_size, nm = moe_model_n_moe_layers(m), E = mc->n_experts;
+    int64_t BT = (int64_t)B * T, P = moe_model_n_params(m);
+    const int *tok = (const int *)need(&batch, "tokens", "I32", NSTEPS * BT * 4)->data;
+    const int *tgt = (const int *)need(&batch, "targets", "I32", NSTEPS * BT * 4)->data;
+
+    // forward and backward at initialisation
+    moe_losses l;
+    CHECK_OK(moe_model_forward(m, tok, tgt, B, T, 1, &l));
+    const float *want_logits = (const float *)need(&ref, "logits", "F32", BT * V * 4)->data;
+    double err = CHECK_ARRAYS(moe_model_logits(m), want_logits, BT * V, 1e-5, 1e-4, "logits");
+    printf("%s: logits max abs err %.3g\n", rc->name, err);
+    const float *want_loss = (const float *)need(&ref, "losses", "F32", 4 * 4)->data;
+    CHECK_CLOSE(l.ce, want_loss[0], 1e-6, 1e-5, "ce loss");
+    CHECK_CLOSE(l.aux, want_loss[1], 1e-6, 1e-5, "aux loss");
+    CHECK_CLOSE(l.z, want_loss[2], 1e-6, 1e-5, "z loss");
+    CHECK_CLOSE(l.total, want_loss[3], 1e-6, 1e-5, "total loss");
+    // routing: loads and drops per MoE layer, and the coverage this case exists for
+    const float *want_load = (const float *)need(&ref, "load", "F32", (int64_t)nm * E * 4)->data;
+    const float *want_drop = (const float *)need(&ref, "dropped", "F32", (int64_t)nm * 4)->data;
+    int64_t zero_experts = 0, dropped = 0;
+    for (int i = 0; i < nm; i++) {
+        const moe_layer_stats *s = moe_model_layer_stats(m, i);
+        for (int e = 0; e < E; e++) {
+            CHECK(s->load[e] == (int64_t)want_load[i * E + e], "layer %d expert %d load %lld want %g", s->layer, e,
+                  (long long)s->load[e], want_load[i * E + e]);
+            zero_experts += s->load[e] == 0;
+        }
+        CHECK(s->dropped == (int64_t)want_drop[i], "layer %d dropped %lld want %g", s->layer, (long long)s->dropped,
+              want_drop[i]);
+        dropped += s->dropped;
+    }
+    CHECK(zero_experts > 0, "%s: the reference case must route zero tokens to some expert", rc->name);
+    CHECK(dropped > 0, "%s: the reference case must drop tokens", rc->name);
+    moe_model_zero_grad(m);
+    CHECK_OK(moe_model_backward(m, 1.0f));
+    double worst = 0;
+    for (int i = 0; i < moe_model_n_tensors(m); i++) {
+        const moe_tensor_info *t = moe_model_tensor(m, i);
+        char name[256];
+        snprintf(name, sizeof name, "grad.%s", t->name);
+        const float *want = (const float *)need(&ref, name, "F32", t->numel * 4)->data;
+        double e = CHECK_ARRAYS(moe_model_grads(m) + t->offset, want, t->numel, 2e-5, 2e-3, name);
+        worst = e > worst ? e : worst;
+    }
+    printf("%s: %d gradients, max abs err %.3g\n", rc->name, moe_model_n_tensors(m), worst);
+
+    // NSTEPS AdamW steps, batch s at step s
+    float *opt = calloc((size_t)P * 2, sizeof(float));
+    const float *want_steps = (const float *)need(&ref, "step_losses", "F32", NSTEPS * 4)->data;
+    for (int s = 0; s < NSTEPS; s++) {
+        CHECK_OK(moe_model_forward(m, tok + s * BT, tgt + s * BT, B, T, 1, &l));
+        CHECK_CLOSE(l.total, want_steps[s], 1e-5, 1e-4, "total loss at step");
+        moe_model_zero_grad(m);
+        CHECK_OK(moe_model_backward(m, 1.0f));
+        float norm;
+        CHECK_OK(moe__adamw_step(m, opt, s, moe__lr_at(&c, s), &c, &norm));
+        printf("%s: step %d loss %.6f (torch %.6f) grad norm %.4f\n", rc->name, s, l.total, want_steps[s], norm);
+    }
+    worst = 0;
+    for (int i = 0; i < moe_model_n_tensors(m); i++) {
+        const moe_tensor_info *t = moe_model_tensor(m, i);
+        char name[256];
+        snprintf(name, sizeof name, "final.%s", t->name);
+        const float *want = (const float *)need(&ref, name, "F32", t->numel * 4)->data;
+        double e = CHECK_ARRAYS(moe_model_params(m) + t->offset, want, t->numel, 2e-5, 1e-3, name);
+        worst = e > worst ? e : worst;
+    }
+    printf("%s: parameters after %d AdamW steps, max abs err %.3g\n", rc->name, NSTEPS, worst);
+    free(opt);
+    moe_model_free(m);
+    moe__st_free(&batch);
+    moe__st_free(&ref);
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--write-init")) {
+        write_init(argv[2]);
+        return check_failures ? 1 : 0;
+    }
+    if (argc != 2) {
+        fprintf(stderr, "usage: test_ref REFDIR | test_ref --write-init REFDIR\n");
+        return 2;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) compare_case(argv[1], &cases[i]);
+    CHECK_SUMMARY("test_ref");
+}
