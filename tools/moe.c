@@ -89,6 +89,8 @@ static const char *train_help =
     "  --steps N          same as --set steps=N\n"
     "  --resume           continue the run in DIR from its checkpoint: model keys come from the\n"
     "                     checkpoint, training keys from this command line\n"
+    "  --stop-after N     stop (and checkpoint) after N steps of this invocation, keeping the\n"
+    "                     schedule of --steps; continue later with --resume\n"
     "  --quiet            no progress lines (metrics.jsonl is still written)\n"
     "\n";
 
@@ -107,6 +109,7 @@ static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m
 static int cmd_train(int argc, char **argv) {
     char *data = NULL, *val = NULL, *out = NULL, *config = NULL;
     int resume = 0, quiet = 0;
+    long stop_after = 0;
     moe_config c = moe_config_default();
     char **sets = calloc((size_t)argc, sizeof(char *));
     int n_sets = 0;
@@ -130,7 +133,8 @@ static int cmd_train(int argc, char **argv) {
             size_t n = strlen(v) + 8;
             sets[n_sets] = malloc(n);
             snprintf(sets[n_sets++], n, "steps=%s", v);
-        } else if (!strcmp(a, "--resume")) resume = 1;
+        } else if (!strcmp(a, "--stop-after")) stop_after = parse_long("--stop-after", need(argc, argv, &i), 1, 2147483647L);
+        else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else die(2, "train: unknown option '%s' (see moe train --help)", a);
     }
@@ -180,12 +184,14 @@ static int cmd_train(int argc, char **argv) {
                moe_model_n_moe_layers(m), tc->n_experts, tc->top_k, tc->n_shared, threads);
         if (resume) printf("moe: resumed %s at step %lld\n", out, (long long)moe_trainer_steps_done(t));
     }
-    while (moe_trainer_steps_done(t) < tc->steps) {
+    int64_t first = moe_trainer_steps_done(t);
+    while (moe_trainer_steps_done(t) < tc->steps && (stop_after == 0 || moe_trainer_steps_done(t) - first < stop_after)) {
         moe_step_info s;
         check(moe_trainer_step(t, &s));
         if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&s, tc, m);
     }
-    if (moe_trainer_steps_done(t) == 0) check(moe_trainer_save(t)); // --steps 0: save the initial model
+    // the trainer saves at the last step; save here when stopped early or when there was no step
+    if (moe_trainer_steps_done(t) < tc->steps || moe_trainer_steps_done(t) == first) check(moe_trainer_save(t));
     if (!quiet) printf("moe: saved %s/model.safetensors at step %lld\n", out, (long long)moe_trainer_steps_done(t));
     moe_trainer_free(t);
     for (int i = 0; i < n_sets; i++) free(sets[i]);

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# test_cli.sh — the `moe` command end to end:
+#   - resume: N steps straight equal N/2 steps, save, resume, N/2 steps (identical losses);
+#   - determinism: the same seed gives the same losses;
+#   - sample and eval from a checkpoint; llm.c token shards as data;
+#   - bad input: each malformed input gets its specific message and a non-zero exit, never a
+#     crash (exit >= 128), and an existing checkpoint is left byte-for-byte unchanged.
+# usage: test_cli.sh path/to/moe
+set -u
+MOE=${1:?usage: test_cli.sh path/to/moe}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+fails=0
+checks=0
+
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+
+# expect_error NAME EXPECTED_SUBSTRING -- command...
+expect_error() {
+    local name=$1 want=$2
+    shift 3
+    checks=$((checks + 1))
+    "$@" >"$W/out" 2>"$W/err"
+    local rc=$?
+    if [ $rc -eq 0 ]; then
+        fail "$name: exit 0, expected an error containing '$want'"
+    elif [ $rc -ge 128 ]; then
+        fail "$name: crashed (exit $rc): $(cat "$W/err")"
+    elif ! grep -qF -- "$want" "$W/err"; then
+        fail "$name: error does not mention '$want': $(cat "$W/err")"
+    fi
+}
+
+# A corpus from this repository's sources, so the test needs nothing outside the checkout.
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+cat "$SRC"/src/*/*.c "$SRC"/include/moe.h > "$W/corpus.txt"
+SMALL=(--set seq_len=16 --set n_embd=16 --set n_layer=2 --set n_head=2 --set n_experts=4 --set top_k=2
+       --set expert_hidden=16 --set ffn_hidden=32 --set batch_size=4 --set eval_every=4 --set eval_batches=2
+       --set warmup_steps=2 --set lr=0.01 --set capacity_factor=1.0 --set threads=2 --quiet)
+
+losses() { python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(r["step"], repr(r["loss"]), repr(r.get("val_loss")), repr(r["grad_norm"]), [m["load"] for m in r["moe"]])
+' "$1"; }
+
+# ---- resume gives the same losses as an uninterrupted run
+checks=$((checks + 1))
+"$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 8 "${SMALL[@]}" || fail "straight run failed"
+"$MOE" train --data "$W/corpus.txt" --out "$W/split" --steps 8 --stop-after 4 "${SMALL[@]}" || fail "first half failed"
+"$MOE" train --data "$W/corpus.txt" --out "$W/split" --steps 8 --resume "${SMALL[@]}" || fail "resume failed"
+losses "$W/straight/metrics.jsonl" > "$W/a"
+losses "$W/split/metrics.jsonl" > "$W/b"
+[ "$(wc -l < "$W/a")" -eq 8 ] || fail "straight run has $(wc -l < "$W/a") records, expected 8"
+cmp -s "$W/a" "$W/b" || { fail "resumed losses differ from the straight run"; diff "$W/a" "$W/b" >&2; }
+cmp -s "$W/straight/model.safetensors" "$W/split/model.safetensors" || fail "resumed final weights differ"
+
+# ---- determinism and grad accumulation
+checks=$((checks + 1))
+"$MOE" train --data "$W/corpus.txt" --out "$W/again" --steps 8 "${SMALL[@]}" || fail "second run failed"
+losses "$W/again/metrics.jsonl" > "$W/c"
+cmp -s "$W/a" "$W/c" || fail "two runs with the same seed differ"
+checks=$((checks + 1))
+"$MOE" train --data "$W/corpus.txt" --out "$W/accum" --steps 3 "${SMALL[@]}" --set grad_accum=2 --set eval_every=0 \
+    || fail "grad_accum run failed"
+[ "$(wc -l < "$W/accum/metrics.jsonl")" -eq 3 ] || fail "grad_accum run: wrong number of records"
+
+# ---- the loss falls
+checks=$((checks + 1))
+python3 - "$W/straight/metrics.jsonl" <<'EOF' || fail "loss did not fall"
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+assert r[-1]["loss"] < r[0]["loss"] - 0.5, (r[0]["loss"], r[-1]["loss"])
+for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "aux_loss", "z_loss"):
+    assert all(k in x for x in r), k
+assert "val_loss" in r[3] and "val_loss" in r[7]
+assert all(len(m["load"]) == 4 and "maxvio" in m and "dropped_frac" in m for x in r for m in x["moe"])
+EOF
+
+# ---- sample and eval
+checks=$((checks + 1))
+out=$("$MOE" sample --ckpt "$W/straight" --prompt "int " --tokens 20 --seed 3) || fail "sample failed"
+[ ${#out} -ge 20 ] || fail "sample output too short: '$out'"
+out2=$("$MOE" sample --ckpt "$W/straight" --prompt "int " --tokens 20 --seed 3)
+[ "$out" = "$out2" ] || fail "sampling with the same seed differs"
+"$MOE" sample --ckpt "$W/straight" --prompt "x" --tokens 5 --temperature 0 > /dev/null || fail "greedy sample failed"
+"$MOE" sample --ckpt "$W/straight/model.safetensors" --prompt "x" --tokens 5 --top-k 3 --top-p 0.5 > /dev/null \
+    || fail "sample from a file path failed"
+checks=$((checks + 1))
+"$MOE" eval --ckpt "$W/straight" --data "$W/corpus.txt" --json --max-batches 2 > "$W/eval.json" || fail "eval failed"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["loss"] > 0 and r["tokens"] == 2*8*16 and len(r["layers"]) == 2' \
+    "$W/eval.json" || fail "eval --json output wrong: $(cat "$W/eval.json")"
+
+# ---- llm.c token shards
+python3 - "$W" <<'EOF'
+import struct, sys, random
+w = sys.argv[1]
+random.seed(0)
+def shard(path, toks, magic=20240520, version=1, count=None):
+    hdr = [0] * 256
+    hdr[0], hdr[1], hdr[2] = magic, version, len(toks) if count is None else count
+    with open(path, "wb") as f:
+        f.write(struct.pack("<256i", *hdr))
+        f.write(struct.pack("<%dH" % len(toks), *toks))
+toks = [random.randrange(200) for _ in range(3000)]
+shard(w + "/good.bin", toks)
+shard(w + "/badmagic.bin", toks, magic=12345)
+shard(w + "/badversion.bin", toks, version=7)
+shard(w + "/badcount.bin", toks, count=5000)
+shard(w + "/bigtok.bin", toks + [60000])
+open(w + "/short.bin", "wb").write(struct.pack("<3i", 20240520, 1, 10))
+EOF
+checks=$((checks + 1))
+"$MOE" train --data "$W/good.bin" --out "$W/shard" --steps 2 "${SMALL[@]}" || fail "training on a token shard failed"
+
+# ---- bad input: a specific message, a non-zero exit, no crash
+cp "$W/straight/model.safetensors" "$W/model.orig"
+cp "$W/straight/state.bin" "$W/state.orig"
+: > "$W/empty.txt"
+head -c 10 "$W/corpus.txt" > "$W/tiny.txt"
+echo '{"n_embd": 32,' > "$W/malformed.json"
+echo '{"n_embd": 32, "bogus_key": 1}' > "$W/unknown.json"
+echo '{"n_embd": "wide"}' > "$W/wrongtype.json"
+head -c 5000 "$W/straight/model.safetensors" > "$W/trunc.safetensors"
+python3 -c '
+import json, struct, sys
+h = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 8)' "$W/foreign.safetensors"
+head -c 100 /dev/urandom > "$W/random.safetensors"
+mkdir -p "$W/corrupt" && cp "$W/straight/model.safetensors" "$W/corrupt/" && cp "$W/straight/state.bin" "$W/corrupt/"
+printf '\x01' | dd of="$W/corrupt/state.bin" bs=1 seek=200 conv=notrunc status=none
+
+T=(train --out "$W/bad" --steps 1 --quiet)
+expect_error "missing data" "cannot open '$W/nope.txt'" -- "$MOE" "${T[@]}" --data "$W/nope.txt"
+expect_error "empty data" "empty file" -- "$MOE" "${T[@]}" --data "$W/empty.txt"
+expect_error "directory as data" "not a regular file" -- "$MOE" "${T[@]}" --data "$W"
+expect_error "data shorter than a sequence" "fewer than" -- "$MOE" "${T[@]}" --data "$W/tiny.txt" --set val_frac=0.5
+expect_error "val data shorter than a sequence" "validation data has" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --val-data "$W/tiny.txt"
+expect_error "malformed config" "malformed JSON" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/malformed.json"
+expect_error "unknown config key" "unknown config key 'bogus_key'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/unknown.json"
+expect_error "wrong config type" "'n_embd' needs an integer" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/wrongtype.json"
+expect_error "missing config file" "cannot open config" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/none.json"
+expect_error "unknown --set key" "unknown config key 'n_embed'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_embed=3
+expect_error "heads do not divide" "does not divide n_embd" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_head=3
+expect_error "odd head size" "must be even" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_embd=12 --set n_head=4
+expect_error "K > E" "top_k = 9 exceeds n_experts = 8" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set top_k=9
+expect_error "negative value" "out of range" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_layer=-1
+expect_error "absurd value" "out of range" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set lr=1e9
+expect_error "bad moe_layers" "moe_layers" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set moe_layers=0,9
+expect_error "bad drop policy" "'probability' or 'position'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set drop_policy=random
+expect_error "bad --steps" "--steps needs an integer" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --steps abc
+expect_error "unknown flag" "unknown option '--bogus'" -- "$MOE" train --bogus
+expect_error "shard bad magic" "not an llm.c token shard" -- "$MOE" "${T[@]}" --data "$W/badmagic.bin"
+expect_error "shard bad version" "version 7 is not supported" -- "$MOE" "${T[@]}" --data "$W/badversion.bin"
+expect_error "shard count mismatch" "header says 5000 tokens" -- "$MOE" "${T[@]}" --data "$W/badcount.bin"
+expect_error "shard truncated header" "truncated" -- "$MOE" "${T[@]}" --data "$W/short.bin"
+expect_error "vocab mismatch" "outside the model's vocabulary" -- "$MOE" "${T[@]}" --data "$W/bigtok.bin"
+expect_error "resume without checkpoint" "cannot open" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --resume
+expect_error "corrupt state" "checksum mismatch" -- "$MOE" train --data "$W/corpus.txt" --out "$W/corrupt" --steps 9 --resume --quiet
+expect_error "truncated checkpoint" "truncated" -- "$MOE" sample --ckpt "$W/trunc.safetensors" --prompt hi
+expect_error "foreign checkpoint" "not a moe checkpoint" -- "$MOE" sample --ckpt "$W/foreign.safetensors" --prompt hi
+expect_error "random checkpoint" "safetensors" -- "$MOE" eval --ckpt "$W/random.safetensors" --data "$W/corpus.txt"
+expect_error "missing checkpoint" "cannot open" -- "$MOE" sample --ckpt "$W/nothing" --prompt hi
+expect_error "empty prompt" "prompt is empty" -- "$MOE" sample --ckpt "$W/straight" --prompt ""
+expect_error "bad top-p" "--top-p needs a number" -- "$MOE" sample --ckpt "$W/straight" --prompt hi --top-p 2
+expect_error "eval vocab mismatch" "outside the model's vocabulary" -- "$MOE" eval --ckpt "$W/straight" --data "$W/bigtok.bin"
+expect_error "resume with a broken key" "or 'position'" -- "$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 9 --resume --set drop_policy=x
+expect_error "unknown command" "unknown command 'fly'" -- "$MOE" fly
+checks=$((checks + 1))
+cmp -s "$W/model.orig" "$W/straight/model.safetensors" && cmp -s "$W/state.orig" "$W/straight/state.bin" \
+    || fail "a failed run changed the existing checkpoint"
+
+echo "test_cli: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
+[ $fails -eq 0 ]
