@@ -24,7 +24,7 @@ expect_error() {
     local rc=$?
     if [ $rc -eq 0 ]; then
         fail "$name: exit 0, expected an error containing '$want'"
-    elif [ $rc -ge 128 ]; then
+    elif [ $rc -ge 128 ] || grep -qE "AddressSanitizer|runtime error:|LeakSanitizer" "$W/err"; then
         fail "$name: crashed (exit $rc): $(cat "$W/err")"
     elif ! grep -qF -- "$want" "$W/err"; then
         fail "$name: error does not mention '$want': $(cat "$W/err")"

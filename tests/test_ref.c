@@ -19,18 +19,19 @@ typedef struct {
     const char *sets[32];
 } ref_case;
 
-/* Case a: MoE and dense layers, shared expert, renormalised top-2, dropping by probability,
- * a skewed router so that some expert gets no tokens. Case b: Switch top-1 without
- * renormalisation, dropping by position, tied embeddings, every layer MoE. */
+/* Case a: MoE and dense layers, shared expert, renormalised top-2, dropping by probability.
+ * Case b: Switch top-1 without renormalisation, dropping by position, tied embeddings, every
+ * layer MoE. In both, --write-init searches initialisation seeds until batch 0 routes no token
+ * to some expert and drops some assignments, so that those paths are compared too. */
 static const ref_case cases[] = {
     {"case_a",
      {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=3", "n_head=2", "ffn_hidden=20", "n_experts=4",
-      "top_k=2", "expert_hidden=12", "n_shared=1", "moe_layers=0,2", "norm_topk=true", "router_init_std=1.0",
+      "top_k=2", "expert_hidden=12", "n_shared=1", "moe_layers=0,2", "norm_topk=true", 
       "capacity_factor=1.0", "min_capacity=1", "drop_policy=probability", "aux_loss_coef=0.05",
       "z_loss_coef=0.01", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", "expert_lr_mult=0.5", NULL}},
     {"case_b",
      {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=4", "ffn_hidden=20", "n_experts=4",
-      "top_k=1", "expert_hidden=12", "n_shared=0", "moe_layers=all", "norm_topk=false", "router_init_std=0.5",
+      "top_k=1", "expert_hidden=12", "n_shared=0", "moe_layers=all", "norm_topk=false", 
       "capacity_factor=1.0", "min_capacity=1", "drop_policy=position", "aux_loss_coef=0.1", "z_loss_coef=0.01",
       "tie_embeddings=true", "batch_size=2", "lr=0.02", "warmup_steps=1", "steps=4", "router_lr_mult=2.0", NULL}},
 };
@@ -54,10 +55,6 @@ static void write_init(const char *dir) {
         moe_config c = case_config(&cases[ci]);
         moe_model *m;
         CHECK_OK(moe_model_create(&c, c.batch_size, &m));
-        moe_model_init(m, 1234 + ci);
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s_init.safetensors", dir, cases[ci].name);
-        CHECK_OK(moe_model_save(m, path, 0));
         int n = NSTEPS * c.batch_size * c.seq_len;
         int *tok = malloc((size_t)n * sizeof(int)), *tgt = malloc((size_t)n * sizeof(int));
         moe_rng r;
@@ -66,6 +63,21 @@ static void write_init(const char *dir) {
             tok[i] = (int)(moe__rng_u64(&r) % (uint64_t)c.vocab_size);
             tgt[i] = (int)(moe__rng_u64(&r) % (uint64_t)c.vocab_size);
         }
+        uint64_t seed;
+        for (seed = 1; seed < 100000; seed++) {
+            moe_model_init(m, seed);
+            CHECK_OK(moe_model_forward(m, tok, tgt, c.batch_size, c.seq_len, 1, NULL));
+            int zero = 0, dropped = 0;
+            for (int i = 0; i < moe_model_n_moe_layers(m); i++) {
+                const moe_layer_stats *s = moe_model_layer_stats(m, i);
+                for (int e = 0; e < c.n_experts; e++) zero |= s->load[e] == 0;
+                dropped |= s->dropped > 0;
+            }
+            if (zero && dropped) break;
+        }
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s_init.safetensors", dir, cases[ci].name);
+        CHECK_OK(moe_model_save(m, path, 0));
         moe__st_entry e[2] = {{"tokens", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tok},
                               {"targets", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tgt}};
         snprintf(path, sizeof path, "%s/%s_batch.safetensors", dir, cases[ci].name);
@@ -73,7 +85,7 @@ static void write_init(const char *dir) {
         free(tok);
         free(tgt);
         moe_model_free(m);
-        printf("wrote %s inputs\n", cases[ci].name);
+        printf("wrote %s inputs (init seed %llu)\n", cases[ci].name, (unsigned long long)seed);
     }
 }
 
@@ -139,7 +151,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
         char name[256];
         snprintf(name, sizeof name, "grad.%s", t->name);
         const float *want = (const float *)need(&ref, name, "F32", t->numel * 4)->data;
-        double e = CHECK_ARRAYS(moe_model_grads(m) + t->offset, want, t->numel, 2e-5, 2e-3, name);
+        double e = CHECK_ARRAYS(moe_model_grads(m) + t->offset, want, t->numel, 1e-6, 1e-4, name);
         worst = e > worst ? e : worst;
     }
     printf("%s: %d gradients, max abs err %.3g\n", rc->name, moe_model_n_tensors(m), worst);
