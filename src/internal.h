@@ -46,7 +46,6 @@ moe_status moe__write_atomic(const char *path, const void *const *parts, const s
 
 /* Copies every training key (kind "training" in the key table) from src to dst. */
 void moe__config_take_training(moe_config *dst, const moe_config *src);
-int moe__config_key_is_model(const char *name);
 /* Learning rate of 0-based step: linear warmup, then cosine to lr * min_lr_frac at c->steps. */
 float moe__lr_at(const moe_config *c, int64_t step);
 /* Global-norm clipping and one AdamW update of all parameters from their gradients; opt holds

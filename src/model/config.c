@@ -106,11 +106,6 @@ moe_config moe_config_default(void) {
     return c;
 }
 
-int moe__config_key_is_model(const char *name) {
-    const key_desc *k = find_key(name);
-    return k && k->kind == KIND_MODEL;
-}
-
 static moe_status set_value(moe_config *c, const key_desc *k, const char *v, const char *origin) {
     void *p = (char *)c + k->offset;
     char *end = NULL;
