@@ -50,6 +50,13 @@ const char *moe_last_error(void);
 /* ---------------------------------------------------------------- config */
 
 typedef enum { MOE_DROP_PROBABILITY = 0, MOE_DROP_POSITION = 1 } moe_drop_policy;
+typedef enum {
+    MOE_ROUTING_TOPK = 0,          /* token choice top-K (K=1 Switch, K=2 Mixtral/GShard) */
+    MOE_ROUTING_NOISY_TOPK = 1,    /* Shazeer et al. 2017 noisy top-K gating */
+    MOE_ROUTING_EXPERT_CHOICE = 2, /* Zhou et al. 2022: each expert takes its top-capacity tokens */
+    MOE_ROUTING_SOFT = 3           /* dense soft mixture: every expert, softmax weights (Jacobs et al. 1991) */
+} moe_routing;
+typedef enum { MOE_SCORE_SOFTMAX = 0, MOE_SCORE_SIGMOID = 1 } moe_score;
 
 /* Model and training configuration. Every field is also a config key (same name) that can be
  * set from a JSON file or `--set key=value`; moe_config_help() lists them with their meaning. */
@@ -66,6 +73,13 @@ typedef struct moe_config {
     int expert_hidden;     /* F, hidden size of each expert (routed and shared) */
     int n_shared;          /* S shared experts, always active */
     char moe_layers[128];  /* "all", "none", "every:k" (layers k-1, 2k-1, ...) or "0,2,5" */
+    char expert_counts[128]; /* "" (n_experts everywhere) or one count per MoE layer: "8,8,16,16" */
+    moe_routing routing;
+    moe_score router_score;
+    float route_scale;     /* multiplies routed gate weights (DeepSeek-V3 routed_scaling_factor) */
+    float jitter_eps;      /* Switch input jitter on the router input; 0 = off */
+    int random_routing;    /* GShard random routing of the 2nd expert (top_k = 2) */
+    float bias_update_rate;/* DeepSeek-V3 aux-loss-free balancing: b_i += rate * sign(mean - load_i); 0 = off */
     int norm_topk;         /* renormalise the K gate weights to sum to 1 */
     int tie_embeddings;    /* lm_head shares the embedding matrix */
     float rope_theta;
@@ -78,6 +92,9 @@ typedef struct moe_config {
     moe_drop_policy drop_policy;
     float aux_loss_coef;   /* Switch load-balancing loss E * sum f_i P_i */
     float z_loss_coef;     /* router z-loss mean(logsumexp^2) */
+    float seq_aux_loss_coef;    /* DeepSeek-V3 sequence-wise balance loss */
+    float importance_loss_coef; /* Shazeer CV(importance)^2 (noisy_topk) */
+    float load_loss_coef;       /* Shazeer CV(smooth load)^2 (noisy_topk) */
     /* training */
     int batch_size;
     int grad_accum;
@@ -112,6 +129,8 @@ char *moe_config_to_json(const moe_config *c);
 void moe_config_help(FILE *f);
 /* 1 if layer l has an MoE FFN under this config (moe_layers already validated). */
 int moe_config_layer_is_moe(const moe_config *c, int l);
+/* Routed experts of MoE layer l (expert_counts, or n_experts). */
+int moe_config_layer_experts(const moe_config *c, int l);
 
 /* ---------------------------------------------------------------- model */
 
@@ -121,7 +140,8 @@ typedef enum {
     MOE_GROUP_DENSE = 0, /* attention, dense FFN, shared experts, embeddings, lm_head */
     MOE_GROUP_EXPERT,    /* routed expert weights */
     MOE_GROUP_ROUTER,    /* router weights */
-    MOE_GROUP_NORM       /* RMSNorm gains: no weight decay */
+    MOE_GROUP_NORM,      /* RMSNorm gains: no weight decay */
+    MOE_GROUP_BUFFER     /* not trained by gradients (aux-loss-free bias): no optimizer, no decay */
 } moe_group;
 
 typedef struct {
@@ -137,19 +157,25 @@ typedef struct {
 /* Per-MoE-layer routing statistics of the last forward pass. */
 typedef struct {
     int layer;
+    int n_experts;      /* E of this layer */
     int64_t *load;      /* [E] assignments routed to each expert (before dropping) */
     int64_t dropped;    /* assignments dropped by capacity */
     int64_t would_drop; /* at eval (dropless): assignments the training capacity would drop */
     int64_t assignments;/* K*N */
     int capacity;       /* per expert; 0 = dropless */
     float aux, z;       /* this layer's aux loss and z-loss values */
+    float seq_aux, importance, load_loss;
+    const float *bias;  /* [E] aux-loss-free bias, or NULL */
 } moe_layer_stats;
 
 typedef struct {
     float ce;           /* mean cross-entropy over targets */
     float aux;          /* aux loss averaged over MoE layers (before its coefficient) */
     float z;            /* z-loss averaged over MoE layers (before its coefficient) */
-    float total;        /* ce + aux_loss_coef*aux + z_loss_coef*z */
+    float seq_aux;      /* sequence-wise balance loss, averaged over MoE layers */
+    float importance;   /* noisy top-K importance loss, averaged over MoE layers */
+    float load;         /* noisy top-K load loss, averaged over MoE layers */
+    float total;        /* ce + the sum of each balance loss times its coefficient */
 } moe_losses;
 
 /* Creates a model for config c, with activation memory planned for batches up to max_batch

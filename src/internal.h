@@ -46,6 +46,8 @@ moe_status moe__write_atomic(const char *path, const void *const *parts, const s
 
 /* Copies every training key (kind "training" in the key table) from src to dst. */
 void moe__config_take_training(moe_config *dst, const moe_config *src);
+/* Routed experts summed over the MoE layers (the length of per-expert load arrays). */
+int64_t moe__total_experts(const moe_model *m);
 /* Learning rate of 0-based step: linear warmup, then cosine to lr * min_lr_frac at c->steps. */
 float moe__lr_at(const moe_config *c, int64_t step);
 /* Global-norm clipping and one AdamW update of all parameters from their gradients; opt holds
@@ -101,65 +103,117 @@ float moe__crossentropy(float *dlogits, float *row_loss, const float *logits, co
 
 typedef struct {
     int E, K, F, S, C;
+    int T;                       /* tokens per sequence: N = B*T (sequence-level aux loss) */
+    moe_routing routing;
+    moe_score score;
     int norm_topk;
+    float route_scale;           /* multiplies the routed gate weights (DeepSeek-V3) */
     moe_drop_policy drop_policy;
     float capacity_factor;       /* 0 = dropless */
     int min_capacity;
     float train_capacity_factor; /* for would_drop statistics in eval */
+    int training;                /* noise, jitter and random routing only when training */
+    float jitter_eps;            /* Switch input jitter: router input * U(1-eps, 1+eps) */
+    int random_routing;          /* GShard: keep the 2nd expert with probability 2 g2 / (g1 + g2) */
+    uint64_t noise_seed;         /* draws of this forward (counter-based, thread-independent) */
 } moe__moe_dims;
+
+/* Slots per token: K for token choice, E for expert choice and the dense soft mixture. */
+int moe__moe_slots(const moe__moe_dims *d);
+/* The routing a forward actually uses: expert choice routes by token choice at evaluation,
+ * because expert choice looks at later tokens of the sequence (no causal decoding). */
+moe_routing moe__moe_effective_routing(const moe__moe_dims *d);
 
 /* Weights of one MoE layer (pointers into the parameter buffer; same layout for gradients). */
 typedef struct {
     float *wg;                   /* (E,C) router */
+    float *wnoise;               /* (E,C) noisy top-K noise projection, or NULL */
+    float *bias;                 /* (E) aux-loss-free selection bias (a buffer, no gradient), or NULL */
     float *w1, *w3;              /* (E,F,C) */
     float *w2;                   /* (E,C,F) */
     float *sw1, *sw3;            /* (S*F,C) shared experts fused as one SwiGLU of width S*F */
     float *sw2;                  /* (C,S*F) (DeepSeek's shared_experts layout) */
 } moe__moe_weights;
 
-/* Saved activations of one MoE layer, sized for N tokens. */
+/* Row markers in row_of besides a row index. */
+#define MOE_ROW_DROPPED (-1)     /* routed, dropped by capacity */
+#define MOE_ROW_UNROUTED (-2)    /* not routed: GShard random routing, or not chosen (expert choice) */
+
+/* Saved activations of one MoE layer, sized for N tokens and P = slots*N assignments. */
 typedef struct {
-    float *logits, *probs;       /* (N,E) */
+    float *xr;                   /* (N,C) router input after jitter (jitter only) */
+    float *jit;                  /* (N,C) jitter multipliers (jitter only) */
+    float *logits;               /* (N,E) x Wg^T (clean logits for noisy gating) */
+    float *scores;               /* (N,E) softmax or sigmoid of logits; noisy: gates scattered */
+    float *probs;                /* (N,E) normalised affinities for the balance losses */
+    float *noise_raw, *noise_eps, *noisy; /* (N,E) noisy top-K: x Wn^T, N(0,1) draws, H */
     float *lse;                  /* (N) logsumexp of logits, for z-loss */
-    int *topk_idx;               /* (N,K) selected experts, by decreasing probability */
-    float *topk_w;               /* (N,K) gate weights */
-    int *row_of;                 /* (N,K) row in the expert-contiguous buffer, -1 if dropped */
-    int *row_token;              /* (K*N) token of each row */
+    int *sel;                    /* (N,slots) expert of each slot (top-K: by decreasing score) */
+    float *gate;                 /* (N,slots) gate weights */
+    int *row_of;                 /* (N,slots) row, or MOE_ROW_DROPPED / MOE_ROW_UNROUTED */
+    int *row_token;              /* (P) token of each row */
     int64_t *offsets;            /* (E+1) rows of expert e are offsets[e] .. offsets[e+1] */
-    int64_t *load;               /* (E) routed assignments per expert */
-    float *xe, *ye;              /* (K*N, C) gathered inputs, expert outputs */
-    float *h1, *h3, *act;        /* (K*N, F) */
-    float *sh1, *sh3, *sact;     /* (N, S*F) shared experts */
-    int *scratch_idx;            /* (2*K*N) for capacity selection */
+    int64_t *load;               /* (E) routed assignments per expert (before dropping) */
+    float *f;                    /* (E) fraction of routed assignments (Switch aux) */
+    float *seq_f;                /* (B,E) DeepSeek f per sequence (sequence aux) */
+    float *imp, *loadest;        /* (E) noisy top-K importance and smooth load */
+    float *xe, *ye;              /* (P,C) gathered inputs, expert outputs */
+    float *h1, *h3, *act;        /* (P,F) */
+    float *sh1, *sh3, *sact;     /* (N,S*F) shared experts */
+    int *scratch_idx;            /* (2P) for capacity selection */
     int64_t n_tokens;
     int capacity;
-    int64_t dropped, would_drop;
-    float aux, z;
-    float *f;                    /* (E) fraction of routed assignments, saved for the backward */
+    int64_t routed, dropped, would_drop;
+    float aux, z, seq_aux, imp_loss, load_loss;
 } moe__moe_cache;
 
 /* Scratch for the MoE backward pass, sized for N tokens. */
 typedef struct {
-    float *dye, *dxe;            /* (K*N, C) */
-    float *dact, *dh1, *dh3;     /* (max(K*N, N) , max(F, S*F)) */
-    float *dw;                   /* (N,K) d loss / d gate weight */
+    float *dye, *dxe;            /* (P,C) */
+    float *dact, *dh1, *dh3;     /* (max(P*F, N*S*F)) */
+    float *dgate;                /* (N,slots) d loss / d gate weight */
     float *dlogits;              /* (N,E) */
+    float *dnoise;               /* (N,E) d loss / d noise_raw (noisy top-K) */
+    float *dxr;                  /* (N,C) d loss / d router input (jitter) */
+    float *gvec;                 /* (2E) loss gradients per expert (noisy top-K) */
 } moe__moe_scratch;
 
+/* d total / d (each loss of this layer), already divided by the number of MoE layers. */
+typedef struct {
+    float aux, z, seq_aux, importance, load;
+} moe__moe_loss_scales;
+
 int moe__capacity(const moe__moe_dims *d, int64_t N, float cf);
-/* y (N,C) = MoE(x). Fills the cache (routing, statistics, aux and z values). */
+/* y (N,C) = MoE(x). Fills the cache (routing, statistics, loss values). */
 void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
                       const moe__moe_dims *d, int64_t N);
 /* Plain reference: the same function computed token by token from the cache's routing
  * decisions, without permutation (for tests). */
 void moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
                           const moe__moe_dims *d, int64_t N);
-/* dx (N,C) accumulates; gradients of w accumulate into g. aux_scale and z_scale are the
- * d total / d aux_l and d total / d z_l factors. */
+/* dx (N,C) accumulates; gradients of w accumulate into g. */
 void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
                        const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
-                       const moe__moe_dims *d, int64_t N, float aux_scale, float z_scale);
+                       const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls);
 
+/* Router half of the layer (router.c): scores, selection, random routing, balance losses. */
+void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weights *w, const moe__moe_dims *d,
+                         int64_t N);
+/* Loss values that need the final routing (after dispatch): Switch aux, sequence aux. */
+void moe__router_losses(moe__moe_cache *c, const moe__moe_dims *d, int64_t N);
+/* From s->dgate (and the loss scales) to the router weights and dx. */
+void moe__router_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *x,
+                          const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N,
+                          const moe__moe_loss_scales *ls);
+/* Capacity and permutation into expert-contiguous rows (dispatch.c). */
+void moe__dispatch(moe__moe_cache *c, const moe__moe_dims *d, int64_t N);
+
+/* Counter-based random numbers: the same (seed, index) gives the same draw on any thread. */
+float moe__hash_uniform(uint64_t seed, uint64_t index);   /* [0, 1) */
+float moe__hash_normal(uint64_t seed, uint64_t index);    /* N(0, 1) */
+
+/* Seeds the random draws (noise, jitter, random routing) of the next training forwards. */
+void moe__model_set_noise_seed(moe_model *m, uint64_t seed);
 /* For tests: the MoE cache of layer l of the last forward (NULL for a dense layer). */
 const moe__moe_cache *moe__model_moe_cache(const moe_model *m, int l);
 

@@ -148,7 +148,7 @@ expect_error "K > E" "top_k = 9 exceeds n_experts = 8" -- "$MOE" "${T[@]}" --dat
 expect_error "negative value" "out of range" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_layer=-1
 expect_error "absurd value" "out of range" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set lr=1e9
 expect_error "bad moe_layers" "moe_layers" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set moe_layers=0,9
-expect_error "bad drop policy" "'probability' or 'position'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set drop_policy=random
+expect_error "bad drop policy" "must be one of 'probability', 'position'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set drop_policy=random
 expect_error "bad --steps" "--steps needs an integer" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --steps abc
 expect_error "unknown flag" "unknown option '--bogus'" -- "$MOE" train --bogus
 expect_error "shard bad magic" "not an llm.c token shard" -- "$MOE" "${T[@]}" --data "$W/badmagic.bin"
@@ -165,8 +165,14 @@ expect_error "missing checkpoint" "cannot open" -- "$MOE" sample --ckpt "$W/noth
 expect_error "empty prompt" "prompt is empty" -- "$MOE" sample --ckpt "$W/straight" --prompt ""
 expect_error "bad top-p" "--top-p needs a number" -- "$MOE" sample --ckpt "$W/straight" --prompt hi --top-p 2
 expect_error "eval vocab mismatch" "outside the model's vocabulary" -- "$MOE" eval --ckpt "$W/straight" --data "$W/bigtok.bin"
-expect_error "resume with a broken key" "or 'position'" -- "$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 9 --resume --set drop_policy=x
+expect_error "resume with a broken key" "must be one of 'probability', 'position'" -- "$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 9 --resume --set drop_policy=x
 expect_error "unknown command" "unknown command 'fly'" -- "$MOE" fly
+expect_error "bad routing" "must be one of 'topk', 'noisy_topk', 'expert_choice', 'soft'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=hash
+expect_error "expert_counts length" "has 1 entries but there are 4 MoE layers" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set expert_counts=8
+expect_error "expert_counts below K" "below top_k" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set expert_counts=8,8,1,8
+expect_error "noisy K = E" "noisy_topk needs top_k < n_experts" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=noisy_topk --set top_k=8
+expect_error "random routing K" "random_routing needs" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set random_routing=true --set top_k=1
+expect_error "bias with expert choice" "bias_update_rate" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=expert_choice --set bias_update_rate=0.001
 checks=$((checks + 1))
 cmp -s "$W/model.orig" "$W/straight/model.safetensors" && cmp -s "$W/state.orig" "$W/straight/state.bin" \
     || fail "a failed run changed the existing checkpoint"

@@ -238,88 +238,115 @@ typedef struct {
     moe__moe_weights w, g;
     moe__moe_cache c;
     moe__moe_scratch s;
-    float aux_coef, z_coef;
+    moe__moe_loss_scales ls; /* loss coefficients: the checked function is y.r + sum ls.x * loss_x */
 } moe_ctx;
 
-static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S) {
+/* Allocates a layer for every method: slots up to E, all optional buffers present. */
+static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S, int T) {
     memset(m, 0, sizeof *m);
     m->N = N;
-    m->d.E = E, m->d.K = K, m->d.F = F, m->d.S = S, m->d.C = C;
+    m->d.E = E, m->d.K = K, m->d.F = F, m->d.S = S, m->d.C = C, m->d.T = T;
     m->d.norm_topk = 1;
+    m->d.route_scale = 1.0f;
     m->d.min_capacity = 1;
-    int64_t KN = (int64_t)K * N, SF = (int64_t)S * F, hid = KN * F > N * SF ? KN * F : N * SF;
+    m->d.training = 1;
+    m->d.noise_seed = 77;
+    int64_t P = (int64_t)E * N, SF = (int64_t)S * F, hid = P * F > N * SF ? P * F : N * SF, B = N / T;
     m->x = randn(N * C, 1), m->y = zeros(N * C), m->r = randn(N * C, 1);
-    m->w.wg = randn((int64_t)E * C, 1), m->w.w1 = randn((int64_t)E * F * C, 0.5f);
-    m->w.w3 = randn((int64_t)E * F * C, 0.5f), m->w.w2 = randn((int64_t)E * F * C, 0.5f);
+    m->w.wg = randn((int64_t)E * C, 1), m->w.wnoise = randn((int64_t)E * C, 0.5f), m->w.bias = NULL;
+    m->w.w1 = randn((int64_t)E * F * C, 0.5f), m->w.w3 = randn((int64_t)E * F * C, 0.5f);
+    m->w.w2 = randn((int64_t)E * F * C, 0.5f);
     m->w.sw1 = randn(SF * C, 0.5f), m->w.sw3 = randn(SF * C, 0.5f), m->w.sw2 = randn(SF * C, 0.5f);
-    m->g.wg = zeros((int64_t)E * C), m->g.w1 = zeros((int64_t)E * F * C), m->g.w3 = zeros((int64_t)E * F * C);
-    m->g.w2 = zeros((int64_t)E * F * C), m->g.sw1 = zeros(SF * C), m->g.sw3 = zeros(SF * C), m->g.sw2 = zeros(SF * C);
+    m->g.wg = zeros((int64_t)E * C), m->g.wnoise = zeros((int64_t)E * C), m->g.w1 = zeros((int64_t)E * F * C);
+    m->g.w3 = zeros((int64_t)E * F * C), m->g.w2 = zeros((int64_t)E * F * C);
+    m->g.sw1 = zeros(SF * C), m->g.sw3 = zeros(SF * C), m->g.sw2 = zeros(SF * C);
     moe__moe_cache *c = &m->c;
-    c->logits = zeros(N * E), c->probs = zeros(N * E), c->lse = zeros(N);
-    c->topk_idx = calloc((size_t)KN, sizeof(int)), c->topk_w = zeros(KN), c->row_of = calloc((size_t)KN, sizeof(int));
-    c->row_token = calloc((size_t)KN, sizeof(int)), c->offsets = calloc((size_t)E + 1, sizeof(int64_t));
-    c->load = calloc((size_t)E, sizeof(int64_t)), c->f = zeros(E);
-    c->xe = zeros(KN * C), c->ye = zeros(KN * C), c->h1 = zeros(KN * F), c->h3 = zeros(KN * F), c->act = zeros(KN * F);
+    c->xr = zeros(N * C), c->jit = zeros(N * C);
+    c->logits = zeros(N * E), c->scores = zeros(N * E), c->probs = zeros(N * E), c->lse = zeros(N);
+    c->noise_raw = zeros(N * E), c->noise_eps = zeros(N * E), c->noisy = zeros(N * E);
+    c->sel = calloc((size_t)P, sizeof(int)), c->gate = zeros(P), c->row_of = calloc((size_t)P, sizeof(int));
+    c->row_token = calloc((size_t)P, sizeof(int)), c->offsets = calloc((size_t)E + 1, sizeof(int64_t));
+    c->load = calloc((size_t)E, sizeof(int64_t)), c->f = zeros(E), c->seq_f = zeros(B * E);
+    c->imp = zeros(E), c->loadest = zeros(E);
+    c->xe = zeros(P * C), c->ye = zeros(P * C), c->h1 = zeros(P * F), c->h3 = zeros(P * F), c->act = zeros(P * F);
     c->sh1 = zeros(N * SF), c->sh3 = zeros(N * SF), c->sact = zeros(N * SF);
-    c->scratch_idx = calloc((size_t)(2 * KN), sizeof(int));
-    m->s.dye = zeros(KN * C), m->s.dxe = zeros(KN * C), m->s.dact = zeros(hid), m->s.dh1 = zeros(hid);
-    m->s.dh3 = zeros(hid), m->s.dw = zeros(KN), m->s.dlogits = zeros(N * E);
+    c->scratch_idx = calloc((size_t)(2 * P), sizeof(int));
+    m->s.dye = zeros(P * C), m->s.dxe = zeros(P * C), m->s.dact = zeros(hid), m->s.dh1 = zeros(hid);
+    m->s.dh3 = zeros(hid), m->s.dgate = zeros(P), m->s.dlogits = zeros(N * E), m->s.dnoise = zeros(N * E);
+    m->s.dxr = zeros(N * C), m->s.gvec = zeros(2 * E);
 }
 
 static void moe_release(moe_ctx *m) {
-    void *ptrs[] = {m->x, m->y, m->r, m->w.wg, m->w.w1, m->w.w3, m->w.w2, m->w.sw1, m->w.sw3, m->w.sw2, m->g.wg,
-                    m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3, m->g.sw2, m->c.logits, m->c.probs, m->c.lse,
-                    m->c.topk_idx, m->c.topk_w, m->c.row_of, m->c.row_token, m->c.offsets, m->c.load, m->c.f,
-                    m->c.xe, m->c.ye, m->c.h1, m->c.h3, m->c.act, m->c.sh1, m->c.sh3, m->c.sact, m->c.scratch_idx,
-                    m->s.dye, m->s.dxe, m->s.dact, m->s.dh1, m->s.dh3, m->s.dw, m->s.dlogits};
+    void *ptrs[] = {m->x, m->y, m->r, m->w.wg, m->w.wnoise, m->w.bias, m->w.w1, m->w.w3, m->w.w2, m->w.sw1,
+                    m->w.sw3, m->w.sw2, m->g.wg, m->g.wnoise, m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3,
+                    m->g.sw2, m->c.xr, m->c.jit, m->c.logits, m->c.scores, m->c.probs, m->c.lse, m->c.noise_raw,
+                    m->c.noise_eps, m->c.noisy, m->c.sel, m->c.gate, m->c.row_of, m->c.row_token, m->c.offsets,
+                    m->c.load, m->c.f, m->c.seq_f, m->c.imp, m->c.loadest, m->c.xe, m->c.ye, m->c.h1, m->c.h3,
+                    m->c.act, m->c.sh1, m->c.sh3, m->c.sact, m->c.scratch_idx, m->s.dye, m->s.dxe, m->s.dact,
+                    m->s.dh1, m->s.dh3, m->s.dgate, m->s.dlogits, m->s.dnoise, m->s.dxr, m->s.gvec};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
 }
 
 static double moe_loss(void *p) {
     moe_ctx *m = p;
     moe__moe_forward(m->y, &m->c, m->x, &m->w, &m->d, m->N);
-    return dot_d(m->y, m->r, m->N * m->d.C) + m->aux_coef * m->c.aux + m->z_coef * m->c.z;
+    return dot_d(m->y, m->r, m->N * m->d.C) + m->ls.aux * m->c.aux + m->ls.z * m->c.z + m->ls.seq_aux * m->c.seq_aux +
+           m->ls.importance * m->c.imp_loss + m->ls.load * m->c.load_loss;
 }
 
 static uint64_t moe_sig(void *p) {
     moe_ctx *m = p;
-    int64_t KN = (int64_t)m->d.K * m->N;
-    uint64_t h = moe__fnv1a(MOE_FNV_INIT, m->c.topk_idx, (size_t)KN * sizeof(int));
-    return moe__fnv1a(h, m->c.row_of, (size_t)KN * sizeof(int));
+    size_t P = (size_t)moe__moe_slots(&m->d) * (size_t)m->N;
+    uint64_t h = moe__fnv1a(MOE_FNV_INIT, m->c.sel, P * sizeof(int));
+    return moe__fnv1a(h, m->c.row_of, P * sizeof(int));
 }
 
-static void moe_grads(moe_ctx *m) {
-    int64_t C = m->d.C, E = m->d.E, F = m->d.F, SF = (int64_t)m->d.S * F, N = m->N;
-    memset(m->g.wg, 0, (size_t)(E * C) * sizeof(float));
-    memset(m->g.w1, 0, (size_t)(E * F * C) * sizeof(float));
-    memset(m->g.w3, 0, (size_t)(E * F * C) * sizeof(float));
-    memset(m->g.w2, 0, (size_t)(E * F * C) * sizeof(float));
-    if (SF) {
-        memset(m->g.sw1, 0, (size_t)(SF * C) * sizeof(float));
-        memset(m->g.sw3, 0, (size_t)(SF * C) * sizeof(float));
-        memset(m->g.sw2, 0, (size_t)(SF * C) * sizeof(float));
-    }
-    (void)N;
+static void moe_zero_grads(moe_ctx *m) {
+    int64_t C = m->d.C, E = m->d.E, F = m->d.F, SF = (int64_t)m->d.S * F;
+    float *gs[] = {m->g.wg, m->g.wnoise, m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3, m->g.sw2};
+    int64_t ns[] = {E * C, E * C, E * F * C, E * F * C, E * F * C, SF * C, SF * C, SF * C};
+    for (int i = 0; i < 8; i++) memset(gs[i], 0, (size_t)ns[i] * sizeof(float));
 }
 
-static void run_moe_fd(const char *label, int64_t N, int C, int E, int K, int F, int S, int norm, float cf,
-                       moe_drop_policy pol) {
+typedef struct {
+    const char *label;
+    int64_t N;
+    int C, E, K, F, S, T;
+    int norm;
+    float cf;
+    moe_drop_policy pol;
+    moe_routing routing;
+    moe_score score;
+    float route_scale, jitter;
+    int random_routing, with_bias, eval;
+} moe_variant;
+
+static void run_moe_fd(const moe_variant *v) {
     moe_ctx m;
-    moe_alloc(&m, N, C, E, K, F, S);
-    m.d.norm_topk = norm;
-    m.d.capacity_factor = cf;
-    m.d.drop_policy = pol;
-    m.aux_coef = 0.7f;
-    m.z_coef = 0.3f;
+    moe_alloc(&m, v->N, v->C, v->E, v->K, v->F, v->S, v->T);
+    int64_t N = v->N, C = v->C, E = v->E, F = v->F;
+    m.d.norm_topk = v->norm;
+    m.d.capacity_factor = v->cf;
+    m.d.drop_policy = v->pol;
+    m.d.routing = v->routing;
+    m.d.score = v->score;
+    m.d.route_scale = v->route_scale > 0 ? v->route_scale : 1.0f;
+    m.d.jitter_eps = v->jitter;
+    m.d.random_routing = v->random_routing;
+    m.d.training = !v->eval;
+    if (v->with_bias) m.w.bias = randn(E, 0.3f);
+    moe__moe_loss_scales ls = {0.7f, 0.3f, 0.5f, 0.4f, 0.6f};
+    m.ls = ls;
     moe_loss(&m);
+    const char *label = v->label;
     // the permuted forward equals the token-by-token reference
     float *yref = zeros(N * C);
     moe__moe_forward_ref(yref, &m.c, m.x, &m.w, &m.d, N);
-    char what[160];
+    char what[200];
     snprintf(what, sizeof what, "%s: forward vs ref", label);
     CHECK_ARRAYS(m.y, yref, N * C, 1e-5, 1e-4, what);
     free(yref);
-    // bookkeeping: kept + dropped = K*N, loads sum to K*N, kept per expert <= capacity
+    // bookkeeping: kept + dropped = routed = sum of loads; kept per expert <= capacity
     int64_t kept = m.c.offsets[E], total = 0;
     for (int e = 0; e < E; e++) {
         total += m.c.load[e];
@@ -327,45 +354,63 @@ static void run_moe_fd(const char *label, int64_t N, int C, int E, int K, int F,
             CHECK(m.c.offsets[e + 1] - m.c.offsets[e] <= m.c.capacity, "%s: expert %d keeps %lld > capacity %d",
                   label, e, (long long)(m.c.offsets[e + 1] - m.c.offsets[e]), m.c.capacity);
     }
-    CHECK(total == (int64_t)K * N, "%s: loads sum to %lld, want %lld", label, (long long)total, (long long)K * N);
-    CHECK(kept + m.c.dropped == (int64_t)K * N, "%s: kept %lld + dropped %lld != K*N", label, (long long)kept,
-          (long long)m.c.dropped);
+    CHECK(total == m.c.routed, "%s: loads sum to %lld, routed %lld", label, (long long)total, (long long)m.c.routed);
+    CHECK(kept + m.c.dropped == m.c.routed, "%s: kept %lld + dropped %lld != routed %lld", label, (long long)kept,
+          (long long)m.c.dropped, (long long)m.c.routed);
     // gradients
-    moe_grads(&m);
+    moe_zero_grads(&m);
     float *dx = zeros(N * C);
-    moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, m.aux_coef, m.z_coef);
+    moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls);
     float eps = 2e-3f;
     double atol = 2e-3, rtol = 2e-2;
-    snprintf(what, sizeof what, "%s dx", label);
-    fd_check(what, m.x, dx, N * C, 60, moe_loss, moe_sig, &m, eps, atol, rtol);
-    snprintf(what, sizeof what, "%s dwg", label);
-    fd_check(what, m.w.wg, m.g.wg, (int64_t)E * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
-    snprintf(what, sizeof what, "%s dw1", label);
-    fd_check(what, m.w.w1, m.g.w1, (int64_t)E * F * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
-    snprintf(what, sizeof what, "%s dw3", label);
-    fd_check(what, m.w.w3, m.g.w3, (int64_t)E * F * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
-    snprintf(what, sizeof what, "%s dw2", label);
-    fd_check(what, m.w.w2, m.g.w2, (int64_t)E * F * C, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
-    if (S) {
-        snprintf(what, sizeof what, "%s shared dw1", label);
-        fd_check(what, m.w.sw1, m.g.sw1, (int64_t)S * F * C, 30, moe_loss, moe_sig, &m, eps, atol, rtol);
-        snprintf(what, sizeof what, "%s shared dw2", label);
-        fd_check(what, m.w.sw2, m.g.sw2, (int64_t)S * F * C, 30, moe_loss, moe_sig, &m, eps, atol, rtol);
+    struct {
+        const char *name;
+        float *p, *g;
+        int64_t n;
+        int on;
+    } parts[] = {{"dx", m.x, dx, N * C, 1},
+                 {"dwg", m.w.wg, m.g.wg, E * C, 1},
+                 {"dwnoise", m.w.wnoise, m.g.wnoise, E * C, v->routing == MOE_ROUTING_NOISY_TOPK},
+                 {"dw1", m.w.w1, m.g.w1, E * F * C, 1},
+                 {"dw3", m.w.w3, m.g.w3, E * F * C, 1},
+                 {"dw2", m.w.w2, m.g.w2, E * F * C, 1},
+                 {"shared dw1", m.w.sw1, m.g.sw1, (int64_t)v->S * F * C, v->S > 0},
+                 {"shared dw2", m.w.sw2, m.g.sw2, (int64_t)v->S * F * C, v->S > 0}};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (!parts[i].on) continue;
+        snprintf(what, sizeof what, "%s %s", label, parts[i].name);
+        fd_check(what, parts[i].p, parts[i].g, parts[i].n, 40, moe_loss, moe_sig, &m, eps, atol, rtol);
     }
     free(dx);
     moe_release(&m);
 }
 
 static void test_moe_gradients(void) {
-    // label, N, C, E, K, F, S, norm_topk, capacity factor, drop policy
-    run_moe_fd("moe K=1 dropless", 24, 8, 4, 1, 6, 0, 1, 0.0f, MOE_DROP_PROBABILITY);
-    run_moe_fd("moe K=1 switch no-renorm dropping", 24, 8, 4, 1, 6, 0, 0, 0.8f, MOE_DROP_PROBABILITY);
-    run_moe_fd("moe K=2 renorm dropless", 24, 8, 5, 2, 6, 0, 1, 0.0f, MOE_DROP_PROBABILITY);
-    run_moe_fd("moe K=2 no-renorm dropless", 24, 8, 5, 2, 6, 0, 0, 0.0f, MOE_DROP_PROBABILITY);
-    run_moe_fd("moe K=2 renorm dropping by probability", 24, 8, 5, 2, 6, 0, 1, 0.7f, MOE_DROP_PROBABILITY);
-    run_moe_fd("moe K=2 no-renorm dropping by position", 24, 8, 5, 2, 6, 0, 0, 0.7f, MOE_DROP_POSITION);
-    run_moe_fd("moe K=2 shared experts S=2", 19, 8, 4, 2, 5, 2, 1, 1.0f, MOE_DROP_PROBABILITY);
-    run_moe_fd("moe K=E", 13, 8, 3, 3, 5, 0, 1, 0.0f, MOE_DROP_PROBABILITY);
+    const moe_drop_policy PROB = MOE_DROP_PROBABILITY, POS = MOE_DROP_POSITION;
+    const moe_routing TOPK = MOE_ROUTING_TOPK;
+    const moe_score SOFTMAX = MOE_SCORE_SOFTMAX, SIGMOID = MOE_SCORE_SIGMOID;
+    const moe_variant variants[] = {
+        // label, N, C, E, K, F, S, T, norm, cf, policy, routing, score, scale, jitter, random, bias, eval
+        {"moe K=1 dropless", 24, 8, 4, 1, 6, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=1 switch no-renorm dropping", 24, 8, 4, 1, 6, 0, 8, 0, 0.8f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=2 renorm dropless", 24, 8, 5, 2, 6, 0, 6, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=2 no-renorm dropless", 24, 8, 5, 2, 6, 0, 6, 0, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=2 renorm dropping by probability", 24, 8, 5, 2, 6, 0, 8, 1, 0.7f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=2 no-renorm dropping by position", 24, 8, 5, 2, 6, 0, 8, 0, 0.7f, POS, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=2 shared experts S=2", 19, 8, 4, 2, 5, 2, 19, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe K=E", 13, 8, 3, 3, 5, 0, 13, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe sigmoid renorm scale 2.5 + bias", 24, 8, 6, 2, 5, 1, 8, 1, 1.0f, PROB, TOPK, SIGMOID, 2.5f, 0, 0, 1, 0},
+        {"moe sigmoid no-renorm", 24, 8, 6, 2, 5, 0, 12, 0, 0.0f, PROB, TOPK, SIGMOID, 1, 0, 0, 0, 0},
+        {"moe noisy top-2", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe noisy top-1 dropping", 24, 8, 4, 1, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe noisy top-2 eval (clean)", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 1},
+        {"moe expert choice", 24, 8, 4, 2, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_EXPERT_CHOICE, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe expert choice sigmoid", 20, 8, 5, 1, 5, 0, 10, 1, 1.5f, PROB, MOE_ROUTING_EXPERT_CHOICE, SIGMOID, 1, 0, 0, 0, 0},
+        {"moe soft mixture", 16, 8, 4, 1, 5, 1, 8, 1, 0.0f, PROB, MOE_ROUTING_SOFT, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe jitter", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0.1f, 0, 0, 0},
+        {"moe GShard random routing", 32, 8, 5, 2, 5, 0, 8, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 1, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) run_moe_fd(&variants[i]);
 }
 
 /* ---------------------------------------------------------------- routing edge cases */
@@ -376,7 +421,7 @@ static void test_routing_edges(void) {
     {
         // every token prefers expert 2: positive inputs, router row 2 positive, the others negative
         moe_ctx m;
-        moe_alloc(&m, N, C, E, 1, F, 0);
+        moe_alloc(&m, N, C, E, 1, F, 0, 16);
         for (int64_t i = 0; i < N * C; i++) m.x[i] = 0.5f + fabsf(m.x[i]);
         for (int e = 0; e < E; e++)
             for (int i = 0; i < C; i++) m.w.wg[e * C + i] = e == 2 ? 1.0f : -1.0f - 0.1f * e;
@@ -386,10 +431,11 @@ static void test_routing_edges(void) {
               "all tokens to expert 2: loads %lld %lld %lld %lld", (long long)m.c.load[0], (long long)m.c.load[1],
               (long long)m.c.load[2], (long long)m.c.load[3]);
         CHECK(m.c.dropped == 0, "dropless drops nothing, dropped %lld", (long long)m.c.dropped);
-        // f = (0,0,1,0): aux = E * P_2
+        // f = (0,0,1,0): aux = E * P_2; the sequence loss has f_2 = E/(K T) * T = E
         double P2 = 0;
         for (int64_t n = 0; n < N; n++) P2 += m.c.probs[n * E + 2];
         CHECK_CLOSE(m.c.aux, E * P2 / N, 1e-6, 1e-5, "aux with one expert taking all");
+        CHECK_CLOSE(m.c.seq_aux, E * P2 / N, 1e-6, 1e-5, "sequence aux with one expert taking all");
         // with capacity factor 1: cap = ceil(16/4) = 4 kept, 12 dropped; by position: the first 4 tokens
         m.d.capacity_factor = 1.0f;
         m.d.drop_policy = MOE_DROP_POSITION;
@@ -417,18 +463,33 @@ static void test_routing_edges(void) {
         CHECK(m.c.capacity == 1 && m.c.offsets[E] == 1 && m.c.dropped == N - 1, "capacity 1: cap %d kept %lld",
               m.c.capacity, (long long)m.c.offsets[E]);
         float *dx = zeros(N * C);
-        moe_grads(&m);
-        moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, 0.0f, 0.0f);
+        moe_zero_grads(&m);
+        moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls);
         // experts 0, 1, 3 took no tokens: their weights get no gradient
         double g0 = 0;
         for (int64_t i = 0; i < (int64_t)F * C; i++) g0 += fabs(m.g.w1[i]) + fabs(m.g.w1[3 * F * C + i]);
         CHECK(g0 == 0.0, "experts without tokens have zero gradient, got %g", g0);
+        // aux-loss-free bias: a bias on expert 0 larger than any score gap moves every token
+        // there, and leaves the gate weights (the unbiased scores) unchanged
+        float bias[4] = {10.0f, 0.0f, 0.0f, 0.0f};
+        m.w.bias = bias;
+        m.d.capacity_factor = 0.0f;
+        moe_loss(&m);
+        CHECK(m.c.load[0] == N, "bias selects expert 0 for every token: load %lld", (long long)m.c.load[0]);
+        for (int64_t n = 0; n < N; n++)
+            CHECK(m.c.gate[n] == 1.0f, "K=1 renormalised gate is 1 whatever the bias, got %g", m.c.gate[n]);
+        m.d.norm_topk = 0;
+        moe_loss(&m);
+        CHECK_CLOSE(m.c.gate[3], m.c.scores[3 * E + 0], 0, 0, "unnormalised gate is the unbiased score");
+        m.w.bias = NULL;
         free(dx);
         moe_release(&m);
     }
     {
         // capacity formula: max(min_capacity, ceil(K*N/E*cf)), at most N
-        moe__moe_dims d = {8, 2, 4, 0, 4, 1, MOE_DROP_PROBABILITY, 1.25f, 4, 1.25f};
+        moe__moe_dims d;
+        memset(&d, 0, sizeof d);
+        d.E = 8, d.K = 2, d.min_capacity = 4;
         CHECK(moe__capacity(&d, 100, 1.25f) == 32, "ceil(2*100/8*1.25) = 32, got %d", moe__capacity(&d, 100, 1.25f));
         CHECK(moe__capacity(&d, 3, 1.0f) == 3, "min_capacity 4 capped at N = 3, got %d", moe__capacity(&d, 3, 1.0f));
         CHECK(moe__capacity(&d, 10, 1.0f) == 4, "min_capacity floor, got %d", moe__capacity(&d, 10, 1.0f));
@@ -437,15 +498,108 @@ static void test_routing_edges(void) {
     {
         // K = E: every token to every expert in decreasing probability order; renormalised weights sum to 1
         moe_ctx m;
-        moe_alloc(&m, 9, C, 3, 3, F, 0);
+        moe_alloc(&m, 9, C, 3, 3, F, 0, 9);
         moe_loss(&m);
         for (int e = 0; e < 3; e++) CHECK(m.c.load[e] == 9, "K=E load %lld", (long long)m.c.load[e]);
         for (int n = 0; n < 9; n++) {
-            float s = m.c.topk_w[n * 3] + m.c.topk_w[n * 3 + 1] + m.c.topk_w[n * 3 + 2];
+            float s = m.c.gate[n * 3] + m.c.gate[n * 3 + 1] + m.c.gate[n * 3 + 2];
             CHECK_CLOSE(s, 1.0, 1e-6, 0, "renormalised gates sum to 1");
-            CHECK(m.c.probs[n * 3 + m.c.topk_idx[n * 3]] >= m.c.probs[n * 3 + m.c.topk_idx[n * 3 + 1]],
+            CHECK(m.c.probs[n * 3 + m.c.sel[n * 3]] >= m.c.probs[n * 3 + m.c.sel[n * 3 + 1]],
                   "top-k is sorted by probability");
         }
+        moe_release(&m);
+    }
+    {
+        // expert choice: each expert takes exactly capacity tokens, its highest-scoring ones; a
+        // token may get none or several experts; at eval it routes by token choice
+        moe_ctx m;
+        moe_alloc(&m, 20, C, 4, 2, F, 0, 10);
+        m.d.routing = MOE_ROUTING_EXPERT_CHOICE;
+        m.d.capacity_factor = 1.0f; // cap = ceil(2*20/4) = 10
+        moe_loss(&m);
+        int none = 0, several = 0;
+        for (int e = 0; e < 4; e++) {
+            CHECK(m.c.offsets[e + 1] - m.c.offsets[e] == 10, "expert choice: expert %d takes %lld", e,
+                  (long long)(m.c.offsets[e + 1] - m.c.offsets[e]));
+            for (int n = 0; n < 20; n++) {
+                if (m.c.row_of[n * 4 + e] < 0) continue;
+                int better = 0; // tokens with a higher score for e that e did not take
+                for (int j = 0; j < 20; j++)
+                    better += m.c.scores[j * 4 + e] > m.c.scores[n * 4 + e] && m.c.row_of[j * 4 + e] < 0;
+                CHECK(better == 0, "expert choice takes the top-scoring tokens (expert %d token %d)", e, n);
+            }
+        }
+        for (int n = 0; n < 20; n++) {
+            int k = 0;
+            for (int e = 0; e < 4; e++) k += m.c.row_of[n * 4 + e] >= 0;
+            none += k == 0, several += k > 1;
+        }
+        CHECK(several > 0, "expert choice gives some token several experts");
+        CHECK(m.c.dropped == 0, "expert choice drops nothing");
+        m.d.training = 0;
+        moe_loss(&m);
+        CHECK(moe__moe_slots(&m.d) == 2 && m.c.routed == 40, "expert choice evaluates by token choice: routed %lld",
+              (long long)m.c.routed);
+        (void)none;
+        moe_release(&m);
+    }
+    {
+        // soft mixture: equals the dense softmax-weighted sum of all experts
+        moe_ctx m;
+        moe_alloc(&m, 6, C, 3, 1, F, 0, 6);
+        m.d.routing = MOE_ROUTING_SOFT;
+        m.d.capacity_factor = 0.5f; // capacity does not apply
+        moe_loss(&m);
+        CHECK(m.c.offsets[3] == 18 && m.c.dropped == 0, "soft mixture: %lld rows", (long long)m.c.offsets[3]);
+        for (int n = 0; n < 6; n++)
+            for (int e = 0; e < 3; e++) CHECK_CLOSE(m.c.gate[n * 3 + e], m.c.probs[n * 3 + e], 0, 0, "soft gate = p");
+        moe_release(&m);
+    }
+    {
+        // GShard random routing keeps the 2nd expert with probability 2 g2 / (g1 + g2)
+        moe_ctx m;
+        moe_alloc(&m, 4000, C, 4, 2, F, 0, 4000);
+        for (int64_t i = 0; i < 4000 * C; i++) m.x[i] *= 0.3f; // moderate gate ratios
+        m.d.random_routing = 1;
+        moe_loss(&m);
+        double expect = 0;
+        int kept2 = 0;
+        for (int n = 0; n < 4000; n++) {
+            expect += 2.0 * m.c.gate[n * 2 + 1] / (m.c.gate[n * 2] + m.c.gate[n * 2 + 1]);
+            kept2 += m.c.row_of[n * 2 + 1] != MOE_ROW_UNROUTED;
+            CHECK(m.c.row_of[n * 2] >= 0, "the 1st expert is always routed");
+        }
+        CHECK(fabs(kept2 - expect) < 4 * sqrt(expect), "random routing kept %d second experts, expected %.0f", kept2, expect);
+        CHECK(m.c.routed == 4000 + kept2, "routed counts the kept second experts");
+        m.d.training = 0;
+        moe_loss(&m);
+        CHECK(m.c.routed == 8000, "no random routing at eval, routed %lld", (long long)m.c.routed);
+        moe_release(&m);
+    }
+    {
+        // noisy gating: noise only in training, and a different seed draws different noise
+        moe_ctx m;
+        moe_alloc(&m, 32, C, 4, 1, F, 0, 32);
+        m.d.routing = MOE_ROUTING_NOISY_TOPK;
+        m.d.training = 0;
+        moe_loss(&m);
+        int same_as_clean = 1;
+        for (int n = 0; n < 32; n++) {
+            int best = 0;
+            for (int e = 1; e < 4; e++) best = m.c.logits[n * 4 + e] > m.c.logits[n * 4 + best] ? e : best;
+            same_as_clean &= m.c.sel[n] == best && m.c.gate[n] == 1.0f;
+        }
+        CHECK(same_as_clean, "noisy top-K at eval routes by the clean logits");
+        m.d.training = 1;
+        moe_loss(&m);
+        int differ = 0;
+        for (int n = 0; n < 32; n++) {
+            int best = 0;
+            for (int e = 1; e < 4; e++) best = m.c.logits[n * 4 + e] > m.c.logits[n * 4 + best] ? e : best;
+            differ += m.c.sel[n] != best;
+        }
+        CHECK(differ > 0, "noise changes some routing decisions in training");
+        CHECK(m.c.imp_loss >= 0 && m.c.load_loss >= 0, "CV^2 losses are non-negative");
         moe_release(&m);
     }
 }
@@ -473,7 +627,7 @@ static uint64_t model_sig(void *p) {
     for (int l = 0; l < cfg->n_layer; l++) {
         const moe__moe_cache *mc = moe__model_moe_cache(c->m, l);
         if (!mc) continue;
-        h = moe__fnv1a(h, mc->topk_idx, KN * sizeof(int));
+        h = moe__fnv1a(h, mc->sel, KN * sizeof(int));
         h = moe__fnv1a(h, mc->row_of, KN * sizeof(int));
     }
     return h;

@@ -97,9 +97,12 @@ static const char *train_help =
 static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m) {
     printf("step %6lld/%d | loss %.4f | lr %.2e | gnorm %.3f", (long long)s->step, c->steps, s->loss.ce, s->lr,
            s->grad_norm);
-    if (moe_model_n_moe_layers(m))
-        printf(" | aux %.3f | z %.3f | maxvio %.2f | drop %.1f%%", s->loss.aux, s->loss.z, s->maxvio,
-               100.0 * s->dropped_frac);
+    if (moe_model_n_moe_layers(m)) {
+        printf(" | aux %.3f | z %.3f", s->loss.aux, s->loss.z);
+        if (c->seq_aux_loss_coef > 0) printf(" | seq %.3f", s->loss.seq_aux);
+        if (c->routing == MOE_ROUTING_NOISY_TOPK) printf(" | imp %.3f | load %.3f", s->loss.importance, s->loss.load);
+        printf(" | maxvio %.2f | drop %.1f%%", s->maxvio, 100.0 * s->dropped_frac);
+    }
     printf(" | %.0f tok/s", s->tokens_per_s);
     if (s->has_val) printf(" | val %.4f", s->val_loss);
     printf("\n");
@@ -315,8 +318,10 @@ static int cmd_eval(int argc, char **argv) {
     int n_paths = split_list(data, paths, 256);
     moe_dataset *d;
     check(moe_dataset_load((const char *const *)paths, n_paths, c->vocab_size, &d));
-    int nm = moe_model_n_moe_layers(m), E = c->n_experts;
-    int64_t *loads = calloc((size_t)(nm ? nm : 1) * E, sizeof(int64_t));
+    int nm = moe_model_n_moe_layers(m);
+    int64_t total_e = 0;
+    for (int i = 0; i < nm; i++) total_e += moe_model_layer_stats(m, i)->n_experts;
+    int64_t *loads = calloc((size_t)(total_e ? total_e : 1), sizeof(int64_t));
     float loss;
     int64_t n_tok, would_drop;
     check(moe_evaluate(m, d, (int)batch, (int)max_batches, &loss, &n_tok, loads, &would_drop));
@@ -324,24 +329,29 @@ static int cmd_eval(int argc, char **argv) {
     if (json) {
         printf("{\"loss\":%.9g,\"perplexity\":%.9g,\"bits_per_token\":%.9g,\"tokens\":%lld,\"would_drop_frac\":%.6g,\"layers\":[",
                loss, exp(loss), loss / log(2.0), (long long)n_tok, assigned ? (double)would_drop / (double)assigned : 0.0);
-        for (int i = 0; i < nm; i++) {
+        for (int i = 0, off = 0; i < nm; i++) {
+            int E = moe_model_layer_stats(m, i)->n_experts;
             printf("%s{\"layer\":%d,\"load\":[", i ? "," : "", moe_model_layer_stats(m, i)->layer);
-            for (int e = 0; e < E; e++) printf("%s%lld", e ? "," : "", (long long)loads[(int64_t)i * E + e]);
+            for (int e = 0; e < E; e++) printf("%s%lld", e ? "," : "", (long long)loads[off + e]);
             printf("]}");
+            off += E;
         }
         printf("]}\n");
     } else {
         printf("loss %.4f | perplexity %.3f | bits/token %.4f | %lld tokens\n", loss, exp(loss), loss / log(2.0),
                (long long)n_tok);
-        for (int i = 0; i < nm; i++) {
+        for (int i = 0, off = 0; i < nm; i++) {
+            int E = moe_model_layer_stats(m, i)->n_experts;
+            const int64_t *ld = loads + off;
             int64_t tot = 0, mx = 0;
             for (int e = 0; e < E; e++) {
-                tot += loads[(int64_t)i * E + e];
-                mx = loads[(int64_t)i * E + e] > mx ? loads[(int64_t)i * E + e] : mx;
+                tot += ld[e];
+                mx = ld[e] > mx ? ld[e] : mx;
             }
             printf("layer %2d load %%:", moe_model_layer_stats(m, i)->layer);
-            for (int e = 0; e < E; e++) printf(" %5.1f", tot ? 100.0 * (double)loads[(int64_t)i * E + e] / (double)tot : 0.0);
+            for (int e = 0; e < E; e++) printf(" %5.1f", tot ? 100.0 * (double)ld[e] / (double)tot : 0.0);
             printf(" | maxvio %.2f\n", tot ? ((double)mx - (double)tot / E) / ((double)tot / E) : 0.0);
+            off += E;
         }
         if (nm) printf("the training capacity factor %.2f would drop %.2f%% of assignments\n", c->capacity_factor,
                        assigned ? 100.0 * (double)would_drop / (double)assigned : 0.0);

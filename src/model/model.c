@@ -16,7 +16,7 @@
 #include <math.h>
 #include <string.h>
 
-typedef enum { INIT_NORMAL, INIT_PROJ, INIT_ROUTER, INIT_ONE } init_kind;
+typedef enum { INIT_NORMAL, INIT_PROJ, INIT_ROUTER, INIT_ONE, INIT_ZERO } init_kind;
 
 typedef struct {
     moe_tensor_info info;
@@ -27,7 +27,8 @@ typedef struct {
 typedef struct {
     int64_t ln1, wq, wk, wv, wo, ln2;
     int64_t w1, w3, w2;                 /* dense FFN */
-    int64_t wg, ew1, ew3, ew2;          /* MoE router and routed experts */
+    int64_t wg, wnoise, bias;           /* MoE router, noise projection, selection bias */
+    int64_t ew1, ew3, ew2;              /* routed experts */
     int64_t sw1, sw3, sw2;              /* shared experts */
 } layer_off;
 
@@ -52,7 +53,9 @@ struct moe_model {
     layer_off *lo;
     int64_t off_embed, off_normf, off_lm;
     int *moe_slot;                      /* layer -> index among MoE layers, or -1 */
-    int n_moe;
+    int *n_exp;                         /* layer -> routed experts (0 for dense layers) */
+    int n_moe, max_e;
+    uint64_t noise_seed;                /* draws of the next training forward */
     /* activations and scratch: one allocation */
     char *arena;
     float **resid;                      /* L+1 arrays (N,C): input of each layer, then the output */
@@ -89,12 +92,13 @@ static int64_t add_tensor(moe_model *m, moe_group group, init_kind init, int lay
 static moe_status build_table(moe_model *m) {
     const moe_config *c = &m->cfg;
     int L = c->n_layer;
-    int64_t C = c->n_embd, V = c->vocab_size, E = c->n_experts, F = c->expert_hidden;
+    int64_t C = c->n_embd, V = c->vocab_size, F = c->expert_hidden;
     int64_t SF = (int64_t)c->n_shared * c->expert_hidden, Fd = c->ffn_hidden;
     m->tensors = calloc((size_t)L * 16 + 4, sizeof(tensor));
     m->lo = calloc((size_t)L, sizeof(layer_off));
     m->moe_slot = calloc((size_t)L, sizeof(int));
-    if (!m->tensors || !m->lo || !m->moe_slot) return moe__err(MOE_STATUS_NOMEM, "out of memory (tensor table)");
+    m->n_exp = calloc((size_t)L, sizeof(int));
+    if (!m->tensors || !m->lo || !m->moe_slot || !m->n_exp) return moe__err(MOE_STATUS_NOMEM, "out of memory (tensor table)");
     char name[160];
     m->off_embed = add_tensor(m, MOE_GROUP_DENSE, INIT_NORMAL, -1, "model.embed_tokens.weight", 2, V, C, 0);
     for (int l = 0; l < L; l++) {
@@ -108,8 +112,14 @@ static moe_status build_table(moe_model *m) {
         o->wo = add_tensor(m, MOE_GROUP_DENSE, INIT_PROJ, l, NAME("self_attn.o_proj.weight"), 2, C, C, 0);
         o->ln2 = add_tensor(m, MOE_GROUP_NORM, INIT_ONE, l, NAME("post_attention_layernorm.weight"), 1, C, 0, 0);
         if (moe_config_layer_is_moe(c, l)) {
+            int64_t E = m->n_exp[l] = moe_config_layer_experts(c, l);
+            m->max_e = (int)E > m->max_e ? (int)E : m->max_e;
             m->moe_slot[l] = m->n_moe++;
             o->wg = add_tensor(m, MOE_GROUP_ROUTER, INIT_ROUTER, l, NAME("block_sparse_moe.gate.weight"), 2, E, C, 0);
+            if (c->routing == MOE_ROUTING_NOISY_TOPK) // Shazeer et al. initialise the noise weights to zero
+                o->wnoise = add_tensor(m, MOE_GROUP_ROUTER, INIT_ZERO, l, NAME("block_sparse_moe.noise.weight"), 2, E, C, 0);
+            if (c->bias_update_rate > 0.0f) // DeepSeek-V3's name for the aux-loss-free bias
+                o->bias = add_tensor(m, MOE_GROUP_BUFFER, INIT_ZERO, l, NAME("block_sparse_moe.e_score_correction_bias"), 1, E, 0, 0);
             o->ew1 = add_tensor(m, MOE_GROUP_EXPERT, INIT_NORMAL, l, NAME("block_sparse_moe.experts.w1.weight"), 3, E, F, C);
             o->ew3 = add_tensor(m, MOE_GROUP_EXPERT, INIT_NORMAL, l, NAME("block_sparse_moe.experts.w3.weight"), 3, E, F, C);
             o->ew2 = add_tensor(m, MOE_GROUP_EXPERT, INIT_PROJ, l, NAME("block_sparse_moe.experts.w2.weight"), 3, E, C, F);
@@ -140,17 +150,34 @@ static layer_w layer_weights(const moe_model *m, float *base, int l) {
     const layer_off *o = &m->lo[l];
     layer_w w = {at(base, o->ln1), at(base, o->wq), at(base, o->wk), at(base, o->wv), at(base, o->wo),
                  at(base, o->ln2), at(base, o->w1), at(base, o->w3), at(base, o->w2),
-                 {at(base, o->wg), at(base, o->ew1), at(base, o->ew3), at(base, o->ew2), at(base, o->sw1),
-                  at(base, o->sw3), at(base, o->sw2)}};
+                 {at(base, o->wg), at(base, o->wnoise), at(base, o->bias), at(base, o->ew1), at(base, o->ew3),
+                  at(base, o->ew2), at(base, o->sw1), at(base, o->sw3), at(base, o->sw2)}};
     return w;
 }
 
-static moe__moe_dims moe_dims(const moe_model *m, int training) {
+static moe__moe_dims moe_dims(const moe_model *m, int l, int T, int training) {
     const moe_config *c = &m->cfg;
-    moe__moe_dims d = {c->n_experts, c->top_k, c->expert_hidden, c->n_shared, c->n_embd, c->norm_topk,
-                       c->drop_policy, training ? c->capacity_factor : c->eval_capacity_factor,
-                       c->min_capacity, c->capacity_factor};
+    moe__moe_dims d;
+    memset(&d, 0, sizeof d);
+    d.E = m->n_exp[l], d.K = c->top_k, d.F = c->expert_hidden, d.S = c->n_shared, d.C = c->n_embd, d.T = T;
+    d.routing = c->routing;
+    d.score = c->router_score;
+    d.norm_topk = c->norm_topk;
+    d.route_scale = c->route_scale;
+    d.drop_policy = c->drop_policy;
+    d.capacity_factor = training ? c->capacity_factor : c->eval_capacity_factor;
+    d.min_capacity = c->min_capacity;
+    d.train_capacity_factor = c->capacity_factor;
+    d.training = training;
+    d.jitter_eps = c->jitter_eps;
+    d.random_routing = c->random_routing;
+    d.noise_seed = m->noise_seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1));
     return d;
+}
+
+/* Slots per token a layer may use in training (its widest routing). */
+static int64_t max_slots(const moe_config *c, int E) {
+    return c->routing == MOE_ROUTING_EXPERT_CHOICE || c->routing == MOE_ROUTING_SOFT ? E : c->top_k;
 }
 
 /* ---------------------------------------------------------------- memory plan */
@@ -173,8 +200,9 @@ static size_t plan(moe_model *m, char *base) {
     const moe_config *c = &m->cfg;
     planner p = {base, 0};
     int64_t B = m->max_batch, T = c->seq_len, N = B * T, C = c->n_embd, V = c->vocab_size, H = c->n_head;
-    int64_t E = c->n_experts, K = c->top_k, F = c->expert_hidden, SF = (int64_t)c->n_shared * F;
-    int64_t Fd = c->ffn_hidden, KN = K * N;
+    int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, Fd = c->ffn_hidden, EM = m->max_e;
+    int64_t PM = 0; // the most assignments of any layer
+    int noisy = c->routing == MOE_ROUTING_NOISY_TOPK, jitter = c->jitter_eps > 0.0f;
     for (int l = 0; l <= c->n_layer; l++) m->resid[l] = TAKE_F(&p, N * C);
     for (int l = 0; l < c->n_layer; l++) {
         layer_act *a = &m->la[l];
@@ -195,25 +223,36 @@ static size_t plan(moe_model *m, char *base) {
             continue;
         }
         moe__moe_cache *mc = &a->mc;
+        int64_t E = m->n_exp[l], P = max_slots(c, (int)E) * N;
+        PM = P > PM ? P : PM;
+        mc->xr = jitter ? TAKE_F(&p, N * C) : NULL;
+        mc->jit = jitter ? TAKE_F(&p, N * C) : NULL;
         mc->logits = TAKE_F(&p, N * E);
+        mc->scores = TAKE_F(&p, N * E);
         mc->probs = TAKE_F(&p, N * E);
+        mc->noise_raw = noisy ? TAKE_F(&p, N * E) : NULL;
+        mc->noise_eps = noisy ? TAKE_F(&p, N * E) : NULL;
+        mc->noisy = noisy ? TAKE_F(&p, N * E) : NULL;
         mc->lse = TAKE_F(&p, N);
-        mc->topk_idx = TAKE_I(&p, KN);
-        mc->topk_w = TAKE_F(&p, KN);
-        mc->row_of = TAKE_I(&p, KN);
-        mc->row_token = TAKE_I(&p, KN);
+        mc->sel = TAKE_I(&p, P);
+        mc->gate = TAKE_F(&p, P);
+        mc->row_of = TAKE_I(&p, P);
+        mc->row_token = TAKE_I(&p, P);
         mc->offsets = TAKE_I64(&p, E + 1);
         mc->load = TAKE_I64(&p, E);
         mc->f = TAKE_F(&p, E);
-        mc->xe = TAKE_F(&p, KN * C);
-        mc->ye = TAKE_F(&p, KN * C);
-        mc->h1 = TAKE_F(&p, KN * F);
-        mc->h3 = TAKE_F(&p, KN * F);
-        mc->act = TAKE_F(&p, KN * F);
+        mc->seq_f = TAKE_F(&p, B * E);
+        mc->imp = TAKE_F(&p, E);
+        mc->loadest = TAKE_F(&p, E);
+        mc->xe = TAKE_F(&p, P * C);
+        mc->ye = TAKE_F(&p, P * C);
+        mc->h1 = TAKE_F(&p, P * F);
+        mc->h3 = TAKE_F(&p, P * F);
+        mc->act = TAKE_F(&p, P * F);
         mc->sh1 = TAKE_F(&p, N * SF);
         mc->sh3 = TAKE_F(&p, N * SF);
         mc->sact = TAKE_F(&p, N * SF);
-        mc->scratch_idx = TAKE_I(&p, 2 * KN);
+        mc->scratch_idx = TAKE_I(&p, 2 * (P > N ? P : N));
     }
     m->lnf = TAKE_F(&p, N * C);
     m->rstdf = TAKE_F(&p, N);
@@ -231,12 +270,15 @@ static size_t plan(moe_model *m, char *base) {
     m->dv = TAKE_F(&p, N * C);
     int64_t hid = Fd;
     if (m->n_moe > 0) {
-        hid = KN * F > N * hid ? KN * F : N * hid;
+        hid = PM * F > N * hid ? PM * F : N * hid;
         hid = N * SF > hid ? N * SF : hid;
-        m->ms.dye = TAKE_F(&p, KN * C);
-        m->ms.dxe = TAKE_F(&p, KN * C);
-        m->ms.dw = TAKE_F(&p, KN);
-        m->ms.dlogits = TAKE_F(&p, N * E);
+        m->ms.dye = TAKE_F(&p, PM * C);
+        m->ms.dxe = TAKE_F(&p, PM * C);
+        m->ms.dgate = TAKE_F(&p, PM);
+        m->ms.dlogits = TAKE_F(&p, N * EM);
+        m->ms.dnoise = noisy ? TAKE_F(&p, N * EM) : NULL;
+        m->ms.dxr = jitter ? TAKE_F(&p, N * C) : NULL;
+        m->ms.gvec = TAKE_F(&p, 2 * EM);
     } else {
         hid = N * Fd;
     }
@@ -248,7 +290,9 @@ static size_t plan(moe_model *m, char *base) {
     m->ms.dh3 = m->dh3;
     m->tokens = TAKE_I(&p, N);
     m->targets = TAKE_I(&p, N);
-    m->stats_load = TAKE_I64(&p, (int64_t)m->n_moe * E);
+    int64_t total_e = 0;
+    for (int l = 0; l < c->n_layer; l++) total_e += m->n_exp[l];
+    m->stats_load = TAKE_I64(&p, total_e);
     return p.off;
 }
 
@@ -286,10 +330,14 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
     }
     plan(m, m->arena);
     moe__rope_tables(m->rope_cos, m->rope_sin, c->seq_len, c->n_embd / c->n_head, c->rope_theta);
+    int64_t off = 0;
     for (int l = 0, i = 0; l < c->n_layer; l++)
         if (m->moe_slot[l] >= 0) {
             m->stats[i].layer = l;
-            m->stats[i].load = m->stats_load + (int64_t)i * c->n_experts;
+            m->stats[i].n_experts = m->n_exp[l];
+            m->stats[i].load = m->stats_load + off;
+            m->stats[i].bias = m->lo[l].bias >= 0 ? m->params + m->lo[l].bias : NULL;
+            off += m->n_exp[l];
             i++;
         }
     *out = m;
@@ -306,6 +354,7 @@ void moe_model_free(moe_model *m) {
     free(m->tensors);
     free(m->lo);
     free(m->moe_slot);
+    free(m->n_exp);
     free(m->params);
     free(m->grads);
     free(m->resid);
@@ -323,7 +372,8 @@ void moe_model_init(moe_model *m, uint64_t seed) {
         const tensor *t = &m->tensors[i];
         float *p = m->params + t->info.offset;
         float std = t->init == INIT_PROJ ? proj_std : t->init == INIT_ROUTER ? m->cfg.router_init_std : m->cfg.init_std;
-        for (int64_t j = 0; j < t->info.numel; j++) p[j] = t->init == INIT_ONE ? 1.0f : std * moe__rng_normal(&r);
+        for (int64_t j = 0; j < t->info.numel; j++)
+            p[j] = t->init == INIT_ONE ? 1.0f : t->init == INIT_ZERO ? 0.0f : std * moe__rng_normal(&r);
     }
 }
 
@@ -345,13 +395,15 @@ const moe_tensor_info *moe_model_find(const moe_model *m, const char *name) {
 
 int64_t moe_model_active_params(const moe_model *m) {
     // every parameter a token's forward pass multiplies by, except the embedding lookup;
-    // of routed experts, K of E
+    // of routed experts, K of E (all E for the soft mixture; on average K for expert choice)
     const moe_config *c = &m->cfg;
     int64_t n = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const moe_tensor_info *t = &m->tensors[i].info;
         if (t->offset == m->off_embed && !c->tie_embeddings) continue;
-        n += t->group == MOE_GROUP_EXPERT ? t->numel / c->n_experts * c->top_k : t->numel;
+        if (t->group == MOE_GROUP_BUFFER) continue;
+        int soft = c->routing == MOE_ROUTING_SOFT;
+        n += t->group == MOE_GROUP_EXPERT && !soft ? t->numel / t->shape[0] * c->top_k : t->numel;
     }
     return n;
 }
@@ -383,8 +435,7 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
     // x_n = wte[token_n]
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) memcpy(m->resid[0] + n * C, wte + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
-    moe__moe_dims dims = moe_dims(m, training);
-    double aux = 0.0, z = 0.0;
+    double aux = 0.0, z = 0.0, seq = 0.0, imp = 0.0, ld = 0.0;
     for (int l = 0; l < c->n_layer; l++) {
         layer_w w = layer_weights(m, m->params, l);
         layer_act *a = &m->la[l];
@@ -405,19 +456,26 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
             moe__ffn_forward(xo, a->h1, a->h3, a->act, a->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
             continue;
         }
+        moe__moe_dims dims = moe_dims(m, l, T, training);
         moe__moe_forward(m->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * C; i++) xo[i] += m->tmp[i];
         moe_layer_stats *st = &m->stats[s];
-        memcpy(st->load, a->mc.load, (size_t)c->n_experts * sizeof(int64_t));
+        memcpy(st->load, a->mc.load, (size_t)dims.E * sizeof(int64_t));
         st->dropped = a->mc.dropped;
         st->would_drop = a->mc.would_drop;
-        st->assignments = (int64_t)c->top_k * N;
+        st->assignments = a->mc.routed;
         st->capacity = a->mc.capacity;
         st->aux = a->mc.aux;
         st->z = a->mc.z;
+        st->seq_aux = a->mc.seq_aux;
+        st->importance = a->mc.imp_loss;
+        st->load_loss = a->mc.load_loss;
         aux += a->mc.aux;
         z += a->mc.z;
+        seq += a->mc.seq_aux;
+        imp += a->mc.imp_loss;
+        ld += a->mc.load_loss;
     }
     moe__rmsnorm_forward(m->lnf, m->rstdf, m->resid[c->n_layer], m->params + m->off_normf, N, C, c->norm_eps);
     moe__matmul_forward(m->logits, m->lnf, m->params + m->off_lm, N, C, V, 0);
@@ -426,10 +484,15 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
         if (m->n_moe) {
             out->aux = (float)(aux / m->n_moe);
             out->z = (float)(z / m->n_moe);
+            out->seq_aux = (float)(seq / m->n_moe);
+            out->importance = (float)(imp / m->n_moe);
+            out->load = (float)(ld / m->n_moe);
         }
         if (targets) {
             out->ce = moe__crossentropy(NULL, m->row_loss, m->logits, targets, N, V, 1.0f);
-            out->total = out->ce + c->aux_loss_coef * out->aux + c->z_loss_coef * out->z;
+            out->total = out->ce + c->aux_loss_coef * out->aux + c->z_loss_coef * out->z +
+                         c->seq_aux_loss_coef * out->seq_aux + c->importance_loss_coef * out->importance +
+                         c->load_loss_coef * out->load;
         }
         if (!isfinite(out->ce) || !isfinite(out->aux) || !isfinite(out->z))
             return moe__err(MOE_STATUS_NUMERIC, "forward: loss is not finite (ce %g, aux %g, z %g)", out->ce,
@@ -455,9 +518,10 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
     memset(m->dresid, 0, NC);
     moe__rmsnorm_backward(m->dresid, g + m->off_normf, m->dln, m->resid[c->n_layer], m->params + m->off_normf,
                           m->rstdf, N, C);
-    moe__moe_dims dims = moe_dims(m, m->training);
-    float aux_scale = m->n_moe ? grad_scale * c->aux_loss_coef / (float)m->n_moe : 0.0f;
-    float z_scale = m->n_moe ? grad_scale * c->z_loss_coef / (float)m->n_moe : 0.0f;
+    float per_layer = m->n_moe ? grad_scale / (float)m->n_moe : 0.0f;
+    moe__moe_loss_scales ls = {per_layer * c->aux_loss_coef, per_layer * c->z_loss_coef,
+                               per_layer * c->seq_aux_loss_coef, per_layer * c->importance_loss_coef,
+                               per_layer * c->load_loss_coef};
     for (int l = c->n_layer - 1; l >= 0; l--) {
         layer_w w = layer_weights(m, m->params, l);
         layer_w gw = layer_weights(m, g, l);
@@ -467,9 +531,10 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
         if (m->moe_slot[l] < 0)
             moe__ffn_backward(m->dln, gw.w1, gw.w3, gw.w2, m->dact, m->dh1, m->dh3, m->dresid, a->ln2, a->h1, a->h3,
                               a->act, w.w1, w.w3, w.w2, N, C, c->ffn_hidden);
-        else
-            moe__moe_backward(m->dln, &gw.moe, &m->ms, m->dresid, a->ln2, &w.moe, &a->mc, &dims, N, aux_scale,
-                              z_scale);
+        else {
+            moe__moe_dims dims = moe_dims(m, l, T, m->training);
+            moe__moe_backward(m->dln, &gw.moe, &m->ms, m->dresid, a->ln2, &w.moe, &a->mc, &dims, N, &ls);
+        }
         moe__rmsnorm_backward(m->dresid, gw.ln2, m->dln, a->resid_mid, w.ln2, a->rstd2, N, C);
         // resid_mid = x + atty @ wo^T
         memset(m->datty, 0, NC);
@@ -493,6 +558,8 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
         for (int64_t n = 0; n < N; n++) gwte[(int64_t)m->tokens[n] * C + i] += m->dresid[n * C + i];
     return MOE_STATUS_OK;
 }
+
+void moe__model_set_noise_seed(moe_model *m, uint64_t seed) { m->noise_seed = seed; }
 
 /* ---------------------------------------------------------------- test access */
 

@@ -32,8 +32,10 @@ struct moe_trainer {
     int64_t step;
     moe_rng data_rng;
     int *tokens, *targets;       /* (B,T) */
-    int64_t *load_acc;           /* (n_moe, E) over the micro-batches of a step */
+    int64_t *load_acc;           /* (sum of E over MoE layers) over the micro-batches of a step */
+    int64_t *load_off;           /* (n_moe) offset of each MoE layer in load_acc */
     int64_t *dropped_acc;        /* (n_moe) */
+    int64_t *routed_acc;         /* (n_moe) */
     FILE *metrics;
 };
 
@@ -225,9 +227,16 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->opt = moe__calloc((size_t)P * 2 * sizeof(float));
     t->tokens = malloc((size_t)BT * sizeof(int));
     t->targets = malloc((size_t)BT * sizeof(int));
-    t->load_acc = calloc((size_t)(nm ? nm : 1) * c->n_experts, sizeof(int64_t));
+    int64_t total_e = 0;
+    t->load_off = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
+    for (int i = 0; i < nm && t->load_off; i++) {
+        t->load_off[i] = total_e;
+        total_e += moe_model_layer_stats(t->m, i)->n_experts;
+    }
+    t->load_acc = calloc((size_t)(total_e ? total_e : 1), sizeof(int64_t));
     t->dropped_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
-    if (!t->opt || !t->tokens || !t->targets || !t->load_acc || !t->dropped_acc) {
+    t->routed_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
+    if (!t->opt || !t->tokens || !t->targets || !t->load_acc || !t->dropped_acc || !t->load_off || !t->routed_acc) {
         st = moe__err(MOE_STATUS_NOMEM, "cannot allocate optimizer state for %lld parameters", (long long)P);
         goto fail;
     }
@@ -258,7 +267,9 @@ void moe_trainer_free(moe_trainer *t) {
     free(t->tokens);
     free(t->targets);
     free(t->load_acc);
+    free(t->load_off);
     free(t->dropped_acc);
+    free(t->routed_acc);
     free(t->dir);
     free(t->model_path);
     free(t->state_path);
@@ -278,10 +289,16 @@ moe_status moe_trainer_save(moe_trainer *t) {
 
 /* ---------------------------------------------------------------- evaluation */
 
+int64_t moe__total_experts(const moe_model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < moe_model_n_moe_layers(m); i++) n += moe_model_layer_stats(m, i)->n_experts;
+    return n;
+}
+
 moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches, float *loss,
                         int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
     const moe_config *c = moe_model_config(m);
-    int T = c->seq_len, E = c->n_experts, nm = moe_model_n_moe_layers(m);
+    int T = c->seq_len, nm = moe_model_n_moe_layers(m);
     int64_t n = moe_dataset_len(d), windows = (n - 1) / T;
     if (windows < 1)
         return moe__err(MOE_STATUS_DATA, "evaluation data has %lld tokens, fewer than seq_len + 1 = %d", (long long)n, T + 1);
@@ -292,7 +309,7 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
         free(tgt);
         return moe__err(MOE_STATUS_NOMEM, "out of memory");
     }
-    if (loads) memset(loads, 0, (size_t)nm * E * sizeof(int64_t));
+    if (loads) memset(loads, 0, (size_t)moe__total_experts(m) * sizeof(int64_t));
     if (would_drop) *would_drop = 0;
     const uint16_t *src = moe_dataset_tokens(d);
     double total = 0.0;
@@ -308,10 +325,11 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
         st = moe_model_forward(m, tok, tgt, B, T, 0, &l);
         if (st != MOE_STATUS_OK) break;
         total += (double)l.ce * B * T;
-        for (int i = 0; i < nm; i++) {
+        for (int i = 0, off = 0; i < nm; i++) {
             const moe_layer_stats *s = moe_model_layer_stats(m, i);
             if (loads)
-                for (int e = 0; e < E; e++) loads[(int64_t)i * E + e] += s->load[e];
+                for (int e = 0; e < s->n_experts; e++) loads[off + e] += s->load[e];
+            off += s->n_experts;
             if (would_drop) *would_drop += s->would_drop;
         }
     }
@@ -347,6 +365,7 @@ moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, con
     float *mom = opt, *var = opt + P;
     for (int i = 0; i < moe_model_n_tensors(m); i++) {
         const moe_tensor_info *ti = moe_model_tensor(m, i);
+        if (ti->group == MOE_GROUP_BUFFER) continue; // updated by its own rule, not by gradients
         float tlr = lr * (ti->group == MOE_GROUP_EXPERT ? c->expert_lr_mult
                           : ti->group == MOE_GROUP_ROUTER ? c->router_lr_mult : 1.0f);
         float wd = ti->group == MOE_GROUP_NORM ? 0.0f : c->weight_decay;
@@ -395,22 +414,30 @@ static float maxvio(const int64_t *load, int E) {
 static void write_record(moe_trainer *t, const moe_step_info *info) {
     const moe_config *c = &t->cfg;
     FILE *f = t->metrics;
-    int nm = moe_model_n_moe_layers(t->m), E = c->n_experts;
+    int nm = moe_model_n_moe_layers(t->m);
+    (void)c;
     fprintf(f, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"aux_loss\":%.9g,\"z_loss\":%.9g,"
+               "\"seq_aux_loss\":%.9g,\"importance_loss\":%.9g,\"load_loss\":%.9g,"
                "\"total_loss\":%.9g,\"tokens_per_s\":%.1f,\"step_ms\":%.3f",
             (long long)info->step, info->loss.ce, info->lr, info->grad_norm, info->loss.aux, info->loss.z,
-            info->loss.total, info->tokens_per_s, info->step_ms);
+            info->loss.seq_aux, info->loss.importance, info->loss.load, info->loss.total, info->tokens_per_s,
+            info->step_ms);
     if (info->has_val) fprintf(f, ",\"val_loss\":%.9g", info->val_loss);
     fprintf(f, ",\"moe\":[");
     for (int i = 0; i < nm; i++) {
-        const int64_t *load = t->load_acc + (int64_t)i * E;
-        int64_t assigned = 0;
-        for (int e = 0; e < E; e++) assigned += load[e];
-        fprintf(f, "%s{\"layer\":%d,\"maxvio\":%.6g,\"dropped_frac\":%.6g,\"load\":[", i ? "," : "",
-                moe_model_layer_stats(t->m, i)->layer, maxvio(load, E),
-                assigned ? (double)t->dropped_acc[i] / (double)assigned : 0.0);
+        const moe_layer_stats *st = moe_model_layer_stats(t->m, i);
+        int E = st->n_experts;
+        const int64_t *load = t->load_acc + t->load_off[i];
+        fprintf(f, "%s{\"layer\":%d,\"maxvio\":%.6g,\"dropped_frac\":%.6g,\"load\":[", i ? "," : "", st->layer,
+                maxvio(load, E), t->routed_acc[i] ? (double)t->dropped_acc[i] / (double)t->routed_acc[i] : 0.0);
         for (int e = 0; e < E; e++) fprintf(f, "%s%lld", e ? "," : "", (long long)load[e]);
-        fprintf(f, "]}");
+        fprintf(f, "]");
+        if (st->bias) {
+            fprintf(f, ",\"bias\":[");
+            for (int e = 0; e < E; e++) fprintf(f, "%s%.6g", e ? "," : "", st->bias[e]);
+            fprintf(f, "]");
+        }
+        fprintf(f, "}");
     }
     fprintf(f, "]}\n");
     fflush(f);
@@ -420,15 +447,19 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     const moe_config *c = &t->cfg;
     moe_model *m = t->m;
     double t0 = moe__now();
-    int nm = moe_model_n_moe_layers(m), E = c->n_experts;
+    int nm = moe_model_n_moe_layers(m);
     memset(info, 0, sizeof *info);
-    memset(t->load_acc, 0, (size_t)(nm ? nm : 1) * E * sizeof(int64_t));
+    memset(t->load_acc, 0, (size_t)(moe__total_experts(m) ? moe__total_experts(m) : 1) * sizeof(int64_t));
     memset(t->dropped_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
+    memset(t->routed_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
     moe_model_zero_grad(m);
     float inv = 1.0f / (float)c->grad_accum;
     moe_status st;
     for (int micro = 0; micro < c->grad_accum; micro++) {
         next_batch(t);
+        // noise, jitter and random-routing draws are a function of (seed, micro-batch index),
+        // so a resumed run draws what the uninterrupted run would have
+        moe__model_set_noise_seed(m, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)(t->step * c->grad_accum + micro) + 1);
         moe_losses l;
         st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
         if (st != MOE_STATUS_OK) return st;
@@ -437,23 +468,37 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         info->loss.ce += l.ce * inv;
         info->loss.aux += l.aux * inv;
         info->loss.z += l.z * inv;
+        info->loss.seq_aux += l.seq_aux * inv;
+        info->loss.importance += l.importance * inv;
+        info->loss.load += l.load * inv;
         info->loss.total += l.total * inv;
         for (int i = 0; i < nm; i++) {
             const moe_layer_stats *s = moe_model_layer_stats(m, i);
-            for (int e = 0; e < E; e++) t->load_acc[(int64_t)i * E + e] += s->load[e];
+            for (int e = 0; e < s->n_experts; e++) t->load_acc[t->load_off[i] + e] += s->load[e];
             t->dropped_acc[i] += s->dropped;
+            t->routed_acc[i] += s->assignments;
         }
     }
     float lr = moe__lr_at(c, t->step), norm;
     st = moe__adamw_step(m, t->opt, t->step, lr, c, &norm);
     if (st != MOE_STATUS_OK) return st;
     for (int i = 0; i < nm; i++) {
-        const int64_t *load = t->load_acc + (int64_t)i * E;
+        moe_layer_stats *ls = (moe_layer_stats *)moe_model_layer_stats(m, i);
+        int E = ls->n_experts;
+        const int64_t *load = t->load_acc + t->load_off[i];
         float mv = maxvio(load, E);
         info->maxvio = mv > info->maxvio ? mv : info->maxvio;
-        int64_t assigned = 0;
-        for (int e = 0; e < E; e++) assigned += load[e];
-        info->dropped_frac += assigned ? (float)((double)t->dropped_acc[i] / (double)assigned) / (float)nm : 0.0f;
+        info->dropped_frac += t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) / (float)nm : 0.0f;
+        // DeepSeek-V3 aux-loss-free balancing: b_e += rate * sign(mean load - load_e), once per
+        // optimizer step, from the training loads of all its micro-batches
+        if (ls->bias) {
+            float *bias = (float *)ls->bias;
+            double mean = 0.0;
+            for (int e = 0; e < E; e++) mean += (double)load[e];
+            mean /= E;
+            for (int e = 0; e < E; e++)
+                bias[e] += c->bias_update_rate * (float)(((double)load[e] < mean) - ((double)load[e] > mean));
+        }
     }
     t->step++;
     double dt = moe__now() - t0;
