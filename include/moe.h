@@ -210,6 +210,12 @@ const float *moe_model_logits(const moe_model *m);
 int moe_model_n_moe_layers(const moe_model *m);
 const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i);
 
+/* Routing decisions of the last forward for MoE layer i (0-based among MoE layers): for each
+ * token (B*T of them) `slots` entries (K for token choice, E for expert choice and soft
+ * mixture in training), each an expert id, or -1 for a slot that was dropped or not routed.
+ * out must hold B*T*slots ints; returns slots. */
+int moe_model_routing(const moe_model *m, int i, int *out);
+
 /* Weights as safetensors, config in the metadata. Written atomically (temp, fsync, rename). */
 moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
 /* Reads a safetensors checkpoint written by moe_model_save: config from its metadata, a model

@@ -13,10 +13,15 @@
 #include <string.h>
 
 #define NSTEPS 4
+#ifndef CASE_F_SEED
+#define CASE_F_SEED 2
+#endif
 
 typedef struct {
     const char *name;
-    const char *sets[32];
+    int need_zero_expert, need_drops; /* coverage the seed search must find */
+    uint64_t seed0;                   /* where the search starts */
+    const char *sets[40];
 } ref_case;
 
 /* Case a: MoE and dense layers, shared expert, renormalised top-2, dropping by probability.
@@ -24,17 +29,44 @@ typedef struct {
  * layer MoE. In both, --write-init searches initialisation seeds until batch 0 routes no token
  * to some expert and drops some assignments, so that those paths are compared too. */
 static const ref_case cases[] = {
-    {"case_a",
+    {"case_a", 1, 1, 1,
      {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=3", "n_head=2", "ffn_hidden=20", "n_experts=4",
       "top_k=2", "expert_hidden=12", "n_shared=1", "moe_layers=0,2", "norm_topk=true", 
       "capacity_factor=1.0", "min_capacity=1", "drop_policy=probability", "aux_loss_coef=0.05",
       "z_loss_coef=0.01", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", "expert_lr_mult=0.5", NULL}},
-    {"case_b",
+    {"case_b", 1, 1, 1,
      {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=4", "ffn_hidden=20", "n_experts=4",
       "top_k=1", "expert_hidden=12", "n_shared=0", "moe_layers=all", "norm_topk=false", 
       "capacity_factor=1.0", "min_capacity=1", "drop_policy=position", "aux_loss_coef=0.1", "z_loss_coef=0.01",
       "tie_embeddings=true", "batch_size=2", "lr=0.02", "warmup_steps=1", "steps=4", "router_lr_mult=2.0", NULL}},
+    /* DeepSeek-V3 style: sigmoid scores, aux-loss-free bias (random values), route scale,
+     * sequence-wise aux loss, a pyramid of expert counts, a shared expert */
+    {"case_c", 1, 1, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=4",
+      "expert_counts=4,6", "top_k=2", "expert_hidden=12", "n_shared=1", "moe_layers=all", "norm_topk=true",
+      "router_score=sigmoid", "route_scale=2.5", "bias_update_rate=0.001", "seq_aux_loss_coef=0.1",
+      "capacity_factor=1.0", "min_capacity=1", "drop_policy=probability", "aux_loss_coef=0.01", "z_loss_coef=0.001",
+      "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
+    /* Shazeer et al. 2017 noisy top-2 with importance and load losses (noise exported) */
+    {"case_d", 0, 1, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=4",
+      "top_k=2", "expert_hidden=12", "moe_layers=all", "routing=noisy_topk", "importance_loss_coef=0.1",
+      "load_loss_coef=0.1", "capacity_factor=1.0", "min_capacity=1", "aux_loss_coef=0.0", "z_loss_coef=0.001",
+      "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
+    /* expert choice (Zhou et al. 2022) */
+    {"case_e", 0, 0, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=4",
+      "top_k=2", "expert_hidden=12", "moe_layers=all", "routing=expert_choice", "capacity_factor=1.0",
+      "aux_loss_coef=0.0", "z_loss_coef=0.001", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
+    /* dense soft mixture (Jacobs et al. 1991) */
+    {"case_f", 0, 0, CASE_F_SEED,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=3",
+      "top_k=1", "expert_hidden=12", "moe_layers=1", "routing=soft", "aux_loss_coef=0.0", "z_loss_coef=0.001",
+      "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
 };
+
+/* The noise seed of the forward at step s (noisy top-K draws), the same in both modes. */
+static uint64_t step_seed(int s) { return 1000 + (uint64_t)s; }
 
 static moe_config case_config(const ref_case *rc) {
     moe_config c = moe_config_default();
@@ -64,24 +96,57 @@ static void write_init(const char *dir) {
             tgt[i] = (int)(moe__rng_u64(&r) % (uint64_t)c.vocab_size);
         }
         uint64_t seed;
-        for (seed = 1; seed < 100000; seed++) {
+        for (seed = cases[ci].seed0; seed < 100000; seed++) {
             moe_model_init(m, seed);
+            // aux-loss-free bias: random values so that the bias changes selections
+            moe_rng br;
+            moe__rng_seed(&br, seed);
+            for (int i = 0; i < moe_model_n_tensors(m); i++) {
+                const moe_tensor_info *t = moe_model_tensor(m, i);
+                if (t->group == MOE_GROUP_BUFFER)
+                    for (int64_t j = 0; j < t->numel; j++) moe_model_params(m)[t->offset + j] = 0.1f * moe__rng_normal(&br);
+            }
+            moe__model_set_noise_seed(m, step_seed(0));
             CHECK_OK(moe_model_forward(m, tok, tgt, c.batch_size, c.seq_len, 1, NULL));
             int zero = 0, dropped = 0;
             for (int i = 0; i < moe_model_n_moe_layers(m); i++) {
                 const moe_layer_stats *s = moe_model_layer_stats(m, i);
-                for (int e = 0; e < c.n_experts; e++) zero |= s->load[e] == 0;
+                for (int e = 0; e < s->n_experts; e++) zero |= s->load[e] == 0;
                 dropped |= s->dropped > 0;
             }
-            if (zero && dropped) break;
+            if ((zero || !cases[ci].need_zero_expert) && (dropped || !cases[ci].need_drops)) break;
         }
         char path[512];
         snprintf(path, sizeof path, "%s/%s_init.safetensors", dir, cases[ci].name);
         CHECK_OK(moe_model_save(m, path, 0));
-        moe__st_entry e[2] = {{"tokens", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tok},
-                              {"targets", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tgt}};
+        // inputs: the batches, and for noisy gating the N(0,1) draws of every step and layer
+        moe__st_entry e[2 + NSTEPS * 16];
+        char names[NSTEPS * 16][64];
+        float *noise[NSTEPS * 16];
+        int ne = 0;
+        e[ne++] = (moe__st_entry){"tokens", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tok};
+        e[ne++] = (moe__st_entry){"targets", "I32", 3, {NSTEPS, c.batch_size, c.seq_len}, tgt};
+        int nn = 0;
+        if (c.routing == MOE_ROUTING_NOISY_TOPK) {
+            int64_t BT = (int64_t)c.batch_size * c.seq_len;
+            for (int st = 0; st < NSTEPS; st++) {
+                moe__model_set_noise_seed(m, step_seed(st));
+                CHECK_OK(moe_model_forward(m, tok + st * BT, tgt + st * BT, c.batch_size, c.seq_len, 1, NULL));
+                for (int l = 0; l < c.n_layer; l++) {
+                    const moe__moe_cache *mc = moe__model_moe_cache(m, l);
+                    if (!mc) continue;
+                    int E = moe_config_layer_experts(&c, l);
+                    noise[nn] = malloc((size_t)BT * E * sizeof(float));
+                    memcpy(noise[nn], mc->noise_eps, (size_t)BT * E * sizeof(float));
+                    snprintf(names[nn], sizeof names[nn], "noise_eps.%d.%d", st, l);
+                    e[ne++] = (moe__st_entry){names[nn], "F32", 2, {BT, E}, noise[nn]};
+                    nn++;
+                }
+            }
+        }
         snprintf(path, sizeof path, "%s/%s_batch.safetensors", dir, cases[ci].name);
-        CHECK_OK(moe__st_write(path, e, 2, NULL, NULL, 0));
+        CHECK_OK(moe__st_write(path, e, ne, NULL, NULL, 0));
+        for (int i = 0; i < nn; i++) free(noise[i]);
         free(tok);
         free(tgt);
         moe_model_free(m);
@@ -110,39 +175,46 @@ static void compare_case(const char *dir, const ref_case *rc) {
     CHECK_OK(moe_model_load(path, 8, &m));
     moe_config c = case_config(rc); // training keys are not stored in the model file
     const moe_config *mc = moe_model_config(m);
-    int B = c.batch_size, T = c.seq_len, V = mc->vocab_size, nm = moe_model_n_moe_layers(m), E = mc->n_experts;
+    int B = c.batch_size, T = c.seq_len, V = mc->vocab_size, nm = moe_model_n_moe_layers(m);
+    int64_t total_e = moe__total_experts(m);
     int64_t BT = (int64_t)B * T, P = moe_model_n_params(m);
     const int *tok = (const int *)need(&batch, "tokens", "I32", NSTEPS * BT * 4)->data;
     const int *tgt = (const int *)need(&batch, "targets", "I32", NSTEPS * BT * 4)->data;
 
     // forward and backward at initialisation
     moe_losses l;
+    moe__model_set_noise_seed(m, step_seed(0));
     CHECK_OK(moe_model_forward(m, tok, tgt, B, T, 1, &l));
     const float *want_logits = (const float *)need(&ref, "logits", "F32", BT * V * 4)->data;
     double err = CHECK_ARRAYS(moe_model_logits(m), want_logits, BT * V, 1e-5, 1e-4, "logits");
     printf("%s: logits max abs err %.3g\n", rc->name, err);
-    const float *want_loss = (const float *)need(&ref, "losses", "F32", 4 * 4)->data;
+    const float *want_loss = (const float *)need(&ref, "losses", "F32", 7 * 4)->data;
     CHECK_CLOSE(l.ce, want_loss[0], 1e-6, 1e-5, "ce loss");
     CHECK_CLOSE(l.aux, want_loss[1], 1e-6, 1e-5, "aux loss");
     CHECK_CLOSE(l.z, want_loss[2], 1e-6, 1e-5, "z loss");
-    CHECK_CLOSE(l.total, want_loss[3], 1e-6, 1e-5, "total loss");
+    CHECK_CLOSE(l.seq_aux, want_loss[3], 1e-6, 1e-5, "sequence aux loss");
+    CHECK_CLOSE(l.importance, want_loss[4], 1e-6, 1e-4, "importance loss");
+    CHECK_CLOSE(l.load, want_loss[5], 1e-6, 1e-4, "load loss");
+    CHECK_CLOSE(l.total, want_loss[6], 1e-6, 1e-5, "total loss");
     // routing: loads and drops per MoE layer, and the coverage this case exists for
-    const float *want_load = (const float *)need(&ref, "load", "F32", (int64_t)nm * E * 4)->data;
+    const float *want_load = (const float *)need(&ref, "load", "F32", total_e * 4)->data;
     const float *want_drop = (const float *)need(&ref, "dropped", "F32", (int64_t)nm * 4)->data;
     int64_t zero_experts = 0, dropped = 0;
-    for (int i = 0; i < nm; i++) {
+    for (int i = 0, off = 0; i < nm; i++) {
         const moe_layer_stats *s = moe_model_layer_stats(m, i);
-        for (int e = 0; e < E; e++) {
-            CHECK(s->load[e] == (int64_t)want_load[i * E + e], "layer %d expert %d load %lld want %g", s->layer, e,
-                  (long long)s->load[e], want_load[i * E + e]);
+        for (int e = 0; e < s->n_experts; e++) {
+            CHECK(s->load[e] == (int64_t)want_load[off + e], "layer %d expert %d load %lld want %g", s->layer, e,
+                  (long long)s->load[e], want_load[off + e]);
             zero_experts += s->load[e] == 0;
         }
+        off += s->n_experts;
         CHECK(s->dropped == (int64_t)want_drop[i], "layer %d dropped %lld want %g", s->layer, (long long)s->dropped,
               want_drop[i]);
         dropped += s->dropped;
     }
-    CHECK(zero_experts > 0, "%s: the reference case must route zero tokens to some expert", rc->name);
-    CHECK(dropped > 0, "%s: the reference case must drop tokens", rc->name);
+    CHECK(zero_experts > 0 || !rc->need_zero_expert, "%s: the reference case must route zero tokens to some expert",
+          rc->name);
+    CHECK(dropped > 0 || !rc->need_drops, "%s: the reference case must drop tokens", rc->name);
     moe_model_zero_grad(m);
     CHECK_OK(moe_model_backward(m, 1.0f));
     double worst = 0;
@@ -160,6 +232,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
     float *opt = calloc((size_t)P * 2, sizeof(float));
     const float *want_steps = (const float *)need(&ref, "step_losses", "F32", NSTEPS * 4)->data;
     for (int s = 0; s < NSTEPS; s++) {
+        moe__model_set_noise_seed(m, step_seed(s));
         CHECK_OK(moe_model_forward(m, tok + s * BT, tgt + s * BT, B, T, 1, &l));
         CHECK_CLOSE(l.total, want_steps[s], 1e-5, 1e-4, "total loss at step");
         moe_model_zero_grad(m);

@@ -364,6 +364,173 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- route */
+
+static const char *route_help =
+    "usage: moe route --ckpt DIR --data FILE[,FILE...] [options]\n"
+    "\n"
+    "Expert specialisation report: which experts take which tokens, per MoE layer, by byte\n"
+    "class of the token (letter, digit, space, punctuation, other; byte-level models) and by\n"
+    "source file. Each row is the share (%) of that group's routed assignments going to each\n"
+    "expert; the last column is the mutual information I(expert; group) in bits (0 = no\n"
+    "specialisation). Routing as at evaluation (eval_capacity_factor).\n"
+    "\n"
+    "options:\n"
+    "  --ckpt DIR         run directory or .safetensors file\n"
+    "  --data FILES       comma-separated; each file is a source group\n"
+    "  --batch-size B     sequences per forward pass (default 8)\n"
+    "  --max-batches N    batches per file (default 16)\n"
+    "  --json             one JSON object instead of tables\n";
+
+enum { CLS_LETTER, CLS_DIGIT, CLS_SPACE, CLS_PUNCT, CLS_OTHER, N_CLS };
+static const char *const cls_names[N_CLS] = {"letter", "digit", "space", "punct", "other"};
+
+static int byte_class(int t) {
+    if ((t >= 'a' && t <= 'z') || (t >= 'A' && t <= 'Z')) return CLS_LETTER;
+    if (t >= '0' && t <= '9') return CLS_DIGIT;
+    if (t == ' ' || t == '\n' || t == '\t' || t == '\r') return CLS_SPACE;
+    if (t >= 33 && t <= 126) return CLS_PUNCT;
+    return CLS_OTHER;
+}
+
+/* Mutual information in bits between the row label and the expert, from counts (rows x E). */
+static double mutual_info(const double *cnt, int rows, int E) {
+    double tot = 0, mi = 0;
+    for (int i = 0; i < rows * E; i++) tot += cnt[i];
+    if (tot == 0) return 0;
+    for (int r = 0; r < rows; r++) {
+        double pr = 0;
+        for (int e = 0; e < E; e++) pr += cnt[r * E + e];
+        for (int e = 0; e < E; e++) {
+            double pe = 0;
+            for (int q = 0; q < rows; q++) pe += cnt[q * E + e];
+            double j = cnt[r * E + e];
+            if (j > 0) mi += j / tot * log2(j * tot / (pr * pe));
+        }
+    }
+    return mi;
+}
+
+static void print_table(const char *title, const double *cnt, const char *const *names, int rows, int E, int json) {
+    if (json) {
+        printf("\"%s\":{", title);
+        for (int r = 0; r < rows; r++) {
+            printf("%s\"%s\":[", r ? "," : "", names[r]);
+            for (int e = 0; e < E; e++) printf("%s%.0f", e ? "," : "", cnt[r * E + e]);
+            printf("]");
+        }
+        printf("},\"%s_mutual_info_bits\":%.6f", title, mutual_info(cnt, rows, E));
+        return;
+    }
+    printf("  by %s (%% of the group's assignments per expert)\n  %-14s", title, "");
+    for (int e = 0; e < E; e++) printf(" %5d", e);
+    printf(" |  tokens\n");
+    for (int r = 0; r < rows; r++) {
+        double tot = 0;
+        for (int e = 0; e < E; e++) tot += cnt[r * E + e];
+        if (tot == 0) continue;
+        printf("  %-14.14s", names[r]);
+        for (int e = 0; e < E; e++) printf(" %5.1f", 100.0 * cnt[r * E + e] / tot);
+        printf(" | %7.0f\n", tot);
+    }
+    printf("  I(expert; %s) = %.3f bits\n", title, mutual_info(cnt, rows, E));
+}
+
+static int cmd_route(int argc, char **argv) {
+    const char *ckpt = NULL;
+    char *data = NULL;
+    long batch = 8, max_batches = 16;
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(route_help, stdout);
+            exit(0);
+        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
+        else if (!strcmp(a, "--data")) data = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--batch-size")) batch = parse_long("--batch-size", need(argc, argv, &i), 1, 1 << 16);
+        else if (!strcmp(a, "--max-batches")) max_batches = parse_long("--max-batches", need(argc, argv, &i), 1, 1L << 30);
+        else if (!strcmp(a, "--json")) json = 1;
+        else die(2, "route: unknown option '%s' (see moe route --help)", a);
+    }
+    if (!ckpt) die(2, "route: --ckpt is required");
+    if (!data) die(2, "route: --data is required");
+    char *path = ckpt_path(ckpt);
+    moe_model *m;
+    check(moe_model_load(path, (int)batch, &m));
+    const moe_config *c = moe_model_config(m);
+    int nm = moe_model_n_moe_layers(m), T = c->seq_len;
+    if (nm == 0) die(1, "route: the model has no MoE layers");
+    char *paths[256];
+    const char *names[256];
+    int n_src = split_list(data, paths, 256);
+    for (int i = 0; i < n_src; i++) names[i] = strrchr(paths[i], '/') ? strrchr(paths[i], '/') + 1 : paths[i];
+    int maxE = 0;
+    for (int i = 0; i < nm; i++) maxE = moe_model_layer_stats(m, i)->n_experts > maxE ? moe_model_layer_stats(m, i)->n_experts : maxE;
+    double *by_cls = calloc((size_t)nm * N_CLS * maxE, sizeof(double));
+    double *by_src = calloc((size_t)nm * n_src * maxE, sizeof(double));
+    int *tok = malloc((size_t)batch * T * sizeof(int)), *routes = malloc((size_t)batch * T * maxE * sizeof(int));
+    if (!by_cls || !by_src || !tok || !routes) die(1, "out of memory");
+    for (int src = 0; src < n_src; src++) {
+        moe_dataset *d;
+        check(moe_dataset_load((const char *const *)&paths[src], 1, c->vocab_size, &d));
+        const uint16_t *toks = moe_dataset_tokens(d);
+        int64_t windows = moe_dataset_len(d) / T;
+        if (windows > batch * max_batches) windows = batch * max_batches;
+        if (windows < 1) die(1, "route: '%s' is shorter than one sequence of %d tokens", paths[src], T);
+        for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+            int B = windows - w0 < batch ? (int)(windows - w0) : (int)batch;
+            for (int64_t i = 0; i < (int64_t)B * T; i++) tok[i] = toks[w0 * T + i];
+            check(moe_model_forward(m, tok, NULL, B, T, 0, NULL));
+            for (int l = 0; l < nm; l++) {
+                int E = moe_model_layer_stats(m, l)->n_experts;
+                int slots = moe_model_routing(m, l, routes);
+                for (int64_t n = 0; n < (int64_t)B * T; n++)
+                    for (int s = 0; s < slots; s++) {
+                        int e = routes[n * slots + s];
+                        if (e < 0) continue;
+                        by_cls[((int64_t)l * N_CLS + byte_class(tok[n])) * maxE + e] += 1;
+                        by_src[((int64_t)l * n_src + src) * maxE + e] += 1;
+                    }
+                (void)E;
+            }
+        }
+        moe_dataset_free(d);
+    }
+    // compact each layer's tables to its own E
+    if (json) printf("{\"layers\":[");
+    for (int l = 0; l < nm; l++) {
+        int E = moe_model_layer_stats(m, l)->n_experts;
+        double *cls = calloc((size_t)N_CLS * E, sizeof(double)), *srcs = calloc((size_t)n_src * E, sizeof(double));
+        for (int r = 0; r < N_CLS; r++)
+            for (int e = 0; e < E; e++) cls[r * E + e] = by_cls[((int64_t)l * N_CLS + r) * maxE + e];
+        for (int r = 0; r < n_src; r++)
+            for (int e = 0; e < E; e++) srcs[r * E + e] = by_src[((int64_t)l * n_src + r) * maxE + e];
+        if (json) {
+            printf("%s{\"layer\":%d,", l ? "," : "", moe_model_layer_stats(m, l)->layer);
+            print_table("class", cls, cls_names, N_CLS, E, 1);
+            printf(",");
+            print_table("source", srcs, names, n_src, E, 1);
+            printf("}");
+        } else {
+            printf("layer %d (%d experts)\n", moe_model_layer_stats(m, l)->layer, E);
+            if (c->vocab_size == 256) print_table("class", cls, cls_names, N_CLS, E, 0);
+            if (n_src > 1) print_table("source", srcs, names, n_src, E, 0);
+        }
+        free(cls);
+        free(srcs);
+    }
+    if (json) printf("]}\n");
+    free(by_cls);
+    free(by_src);
+    free(tok);
+    free(routes);
+    free(path);
+    free(data);
+    moe_model_free(m);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const char *main_help =
@@ -374,7 +541,8 @@ static const char *main_help =
     "commands:\n"
     "  train    train a model on text or token shards (moe train --help)\n"
     "  sample   generate text from a checkpoint (moe sample --help)\n"
-    "  eval     loss and expert loads of a checkpoint on data (moe eval --help)\n";
+    "  eval     loss and expert loads of a checkpoint on data (moe eval --help)\n"
+    "  route    which experts take which tokens: by byte class and by source (moe route --help)\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -384,5 +552,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
-    die(2, "unknown command '%s' (commands: train, sample, eval)", argv[1]);
+    if (!strcmp(argv[1], "route")) return cmd_route(argc - 2, argv + 2);
+    die(2, "unknown command '%s' (commands: train, sample, eval, route)", argv[1]);
 }

@@ -561,6 +561,16 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
 
 void moe__model_set_noise_seed(moe_model *m, uint64_t seed) { m->noise_seed = seed; }
 
+int moe_model_routing(const moe_model *m, int i, int *out) {
+    int l = m->stats[i].layer;
+    moe__moe_dims d = moe_dims(m, l, m->T, m->training);
+    int slots = moe__moe_slots(&d);
+    const moe__moe_cache *c = &m->la[l].mc;
+    int64_t P = (int64_t)slots * m->B * m->T;
+    for (int64_t a = 0; a < P; a++) out[a] = c->row_of[a] >= 0 ? c->sel[a] : -1;
+    return slots;
+}
+
 /* ---------------------------------------------------------------- test access */
 
 /* For tests: the MoE cache of layer l (NULL for a dense layer). */

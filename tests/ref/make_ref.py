@@ -6,27 +6,62 @@ What it does
 For each case in CASES it reads
 
   tests/ref/<case>_init.safetensors   initial weights (F32) and, in the metadata, the model config
-  tests/ref/<case>_batch.safetensors  `tokens` and `targets`, I32 [NSTEPS, B, T]
+  tests/ref/<case>_batch.safetensors  `tokens` and `targets`, I32 [NSTEPS, B, T]; for noisy top-K
+                                      routing also `noise_eps.<s>.<l>` F32 [B*T, E_l], the N(0,1)
+                                      draws of the forward at step s in layer l
 
 (both written by `build/tests/test_ref --write-init tests/ref`), rebuilds the model in plain
 PyTorch (Hugging Face Llama / Mixtral conventions: RMSNorm, rotate-half RoPE, causal attention,
-SwiGLU FFNs, a top-k softmax router with optional renormalisation, expert capacity with dropping,
-optional shared experts, load-balancing and router z losses) and writes
+SwiGLU FFNs, routed experts with optional shared experts) and writes
 
   tests/ref/<case>_ref.safetensors    F32 tensors:
-    logits [B*T, V]              forward of batch 0 at the initial weights (training capacity)
-    losses [4]                   ce, aux, z, total at init on batch 0
-    load [n_moe_layers, E]       routed (token, slot) assignments per expert, before dropping
+    logits [B*T, V]              forward of batch 0 at the initial weights (training mode)
+    losses [7]                   ce, aux, z, seq_aux, importance, load, total at init on batch 0
+                                 (each MoE loss averaged over the MoE layers;
+                                 total = ce + sum coef * loss, coefficients from the config)
+    load [sum_l E_l]             per MoE layer (in layer order) and expert: routed assignments
+                                 before capacity dropping
     dropped [n_moe_layers]       assignments dropped by the capacity limit
-    grad.<name>                  d total / d <name> at init on batch 0 (autograd)
+    grad.<name>                  d total / d <name> at init on batch 0 (autograd); zeros for buffers
     step_losses [NSTEPS]         total loss at each of NSTEPS AdamW steps (batch s at step s)
-    final.<name>                 parameters after those steps
+    final.<name>                 tensors after those steps (buffers unchanged)
+
+Routing (N = B*T tokens, n = b*T + t; E = E_l, the layer's expert count; K = top_k)
+  logits = x Wg^T; z loss = mean_n logsumexp(logits)^2.  Scores s = softmax or sigmoid(logits)
+  (router_score); probs = s normalised over the experts (= s for softmax).
+  topk           top-K of s + e_score_correction_bias (the bias, a buffer, only where the tensor
+                 exists), decreasing, ties to the lower index; gate = route_scale * s_sel (divided
+                 by sum s_sel if norm_topk).  Capacity max(min_capacity, ceil(K*N/E*cf)) <= N per
+                 expert when capacity_factor > 0, dropping by position or by lowest s.
+  noisy_topk     Shazeer et al. 2017: H = logits + eps * softplus(x Wn^T) with the exported eps;
+                 top-K of H; gates = route_scale * softmax of the K selected H; probs = the gates
+                 scattered into [N, E]; capacity as topk with priority probs.  Importance loss =
+                 CV^2(sum_n probs), load loss = CV^2(sum_n Phi((logits - thr) / std)) with thr the
+                 (K+1)-th largest H for selected experts, else the K-th; CV^2 with the population
+                 variance and 1e-10 in the denominator.
+  expert_choice  Zhou et al. 2022: each expert takes its cap = min(N, max(min_capacity,
+                 ceil(K*N/E*cf))) tokens of highest s (cf = 1 if capacity_factor is 0; ties to
+                 the lower token); gate = route_scale * s; nothing dropped.
+  soft           every expert on every token with gate route_scale * s; nothing dropped.
+  aux = E * sum_e f_e P_e, f = load / sum load (constant), P = mean_n probs.
+  seq_aux (DeepSeek-V3) = mean_b sum_e f_be P_be, f_be = E/(K*T) * (slots of sequence b routed to e
+  before dropping; chosen for expert choice; all for soft), P_be = mean over b's tokens of probs.
+
+Cases (configs in tests/test_ref.c)
+  case_a  MoE and dense layers, shared expert, renormalised top-2, dropping by probability
+  case_b  Switch top-1 without renormalisation, dropping by position, tied embeddings
+  case_c  DeepSeek-V3 style: sigmoid scores, e_score_correction_bias buffer (random, fixed),
+          route_scale 2.5, sequence-wise aux loss, expert counts 4,6, a shared expert
+  case_d  noisy top-2 with importance and load losses (noise.weight trained in the router group)
+  case_e  expert choice
+  case_f  dense soft mixture of 3 experts in one of two layers
 
 Training: torch.optim.AdamW (betas (0.9, 0.95), eps 1e-8, weight decay 0.1 except for the norm
-weights), per-group learning-rate multipliers for the routed experts and the router, a LambdaLR
-linear-warmup + cosine schedule (floor 0.1 * lr), clip_grad_norm_(all params, 1.0) before each
-step.  The training hyperparameters are fixed per case below (the training keys stored in the
-model file's config are defaults and are ignored).
+weights), per-group learning-rate multipliers for the routed experts and the router (gate and
+noise weights), a LambdaLR linear-warmup + cosine schedule (floor 0.1 * lr), clip_grad_norm_(all
+trainable params, 1.0) before each step.  The bias buffers get no gradient, are not optimised and
+are not updated.  The training hyperparameters are fixed per case below (copied from the case
+table of tests/test_ref.c; the training keys stored in the model file's config are ignored).
 
 Everything runs in float32 on the CPU and is deterministic.  It needs only torch (no numpy, no
 safetensors package: the file format is read and written by hand).
@@ -49,13 +84,17 @@ import sys
 import torch
 import torch.nn.functional as F
 
-CASES = ["case_a", "case_b"]
+CASES = ["case_a", "case_b", "case_c", "case_d", "case_e", "case_f"]
 NSTEPS = 4
 
 # Training hyperparameters per case (the spec; not read from the model file).
 TRAIN = {
     "case_a": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=0.5, router_lr_mult=1.0),
     "case_b": dict(lr=0.02, warmup=1, steps=4, expert_lr_mult=1.0, router_lr_mult=2.0),
+    "case_c": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_d": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_e": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_f": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
 }
 WEIGHT_DECAY = 0.1
 BETAS = (0.9, 0.95)
@@ -176,84 +215,170 @@ def attention(x, P, pre, cfg):
     return F.linear(out, P[pre + "self_attn.o_proj.weight"])
 
 
-def moe_ffn(x, P, pre, cfg):
-    """Sparse MoE on x [N, C]. Returns (y [N, C], aux, z, load [E] long, dropped int)."""
+def cv_squared(x):
+    """Squared coefficient of variation, population variance (divide by len(x))."""
+    mean = x.mean()
+    return ((x - mean) ** 2).mean() / (mean * mean + 1e-10)
+
+
+def normal_cdf(x):
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def moe_ffn(x, P, pre, cfg, B, T, noise_eps):
+    """One MoE FFN on x [N, C] (N = B*T, token n = b*T + t).
+
+    noise_eps: [N, E] standard normal draws (noisy_topk only, else None).
+    Returns (y [N, C], dict of the layer's losses, load [E] long, dropped int)."""
     N, C = x.shape
-    E, K = cfg["n_experts"], cfg["top_k"]
+    K = cfg["top_k"]
     m = pre + "block_sparse_moe."
-    logits = F.linear(x, P[m + "gate.weight"])  # [N, E]
-    probs = logits.softmax(dim=-1)
+    Wg = P[m + "gate.weight"]
+    E = Wg.shape[0]
+    routing = cfg.get("routing", "topk")
+    route_scale = float(cfg.get("route_scale", 1.0))
+    logits = F.linear(x, Wg)  # [N, E]
+    z = torch.logsumexp(logits, dim=-1).pow(2).mean()  # always from the clean logits
 
-    # discrete routing: top-K experts by probability, decreasing, ties to the lower index
-    with torch.no_grad():
-        order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
-        sel = order[:, :K].clone()  # [N, K]
-    p_sel = probs.gather(1, sel)  # [N, K], differentiable
-    if parse_bool(cfg["norm_topk"]):
-        w = p_sel / p_sel.sum(dim=-1, keepdim=True)
+    # scores s and probs (affinities normalised over the experts, for aux and seq aux)
+    if cfg.get("router_score", "softmax") == "sigmoid":
+        s = torch.sigmoid(logits)
+        probs = s / s.sum(dim=-1, keepdim=True)
     else:
-        w = p_sel
-    load = torch.bincount(sel.reshape(-1), minlength=E)  # [E], before dropping
+        s = logits.softmax(dim=-1)
+        probs = s
 
-    # capacity: which (token, slot) assignments are kept
-    keep = torch.ones(N, K, dtype=torch.bool)
+    importance_loss = load_loss = torch.zeros((), dtype=torch.float32)
+    # per expert: (token indices, gates [n_e]) of the assignments that are computed
+    work = []
     dropped = 0
-    cf = float(cfg["capacity_factor"])
-    if cf > 0:
-        cap = max(int(cfg["min_capacity"]), int(math.ceil(K * N / E * cf)))
-        cap = min(cap, N)
-        policy = cfg["drop_policy"]
+    if routing in ("topk", "noisy_topk"):
+        if routing == "topk":
+            bias_name = m + "e_score_correction_bias"
+            with torch.no_grad():
+                key = s + P[bias_name] if bias_name in P else s.clone()
+                order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+                sel = order[:, :K].clone()  # [N, K], decreasing s + bias, ties to the lower index
+            s_sel = s.gather(1, sel)  # gates use the unbiased scores
+            if parse_bool(cfg["norm_topk"]):
+                gate = route_scale * s_sel / s_sel.sum(dim=-1, keepdim=True)
+            else:
+                gate = route_scale * s_sel
+            priority = s.detach()
+        else:
+            std = F.softplus(F.linear(x, P[m + "noise.weight"]))  # [N, E]
+            Hn = logits + noise_eps * std
+            with torch.no_grad():
+                order = torch.sort(Hn, dim=-1, descending=True, stable=True).indices
+                sel = order[:, :K].clone()
+            gate = route_scale * Hn.gather(1, sel).softmax(dim=-1)  # [N, K]
+            probs = torch.zeros(N, E).scatter(1, sel, gate)  # differentiable in gate
+            priority = probs.detach()
+            # Shazeer et al. (2017) losses
+            importance_loss = cv_squared(probs.sum(dim=0))
+            thr_out = Hn.gather(1, order[:, K - 1 : K])  # K-th largest H       [N, 1]
+            thr_in = Hn.gather(1, order[:, K : K + 1])  # (K+1)-th largest H     [N, 1]
+            is_sel = torch.zeros(N, E, dtype=torch.bool).scatter(1, sel, True)
+            thr = torch.where(is_sel, thr_in, thr_out)
+            p_in = normal_cdf((logits - thr) / std)
+            load_loss = cv_squared(p_in.sum(dim=0))
+        load = torch.bincount(sel.reshape(-1), minlength=E)  # [E], before dropping
+        seq_count = torch.stack([torch.bincount(sel[b * T : (b + 1) * T].reshape(-1), minlength=E)
+                                 for b in range(B)]).float()  # [B, E]
+
+        # capacity: which (token, slot) assignments are kept
+        keep = torch.ones(N, K, dtype=torch.bool)
+        cf = float(cfg["capacity_factor"])
+        if cf > 0:
+            cap = max(int(cfg["min_capacity"]), int(math.ceil(K * N / E * cf)))
+            cap = min(cap, N)
+            policy = cfg["drop_policy"]
+            with torch.no_grad():
+                for e in range(E):
+                    tok, slot = (sel == e).nonzero(as_tuple=True)  # in increasing token order
+                    if tok.numel() <= cap:
+                        continue
+                    if policy == "probability":
+                        # highest priority first; the stable sort keeps the lower token first on ties
+                        rank = torch.sort(priority[tok, e], descending=True, stable=True).indices
+                    elif policy == "position":
+                        rank = torch.arange(tok.numel())
+                    else:
+                        raise ValueError("unknown drop_policy %r" % policy)
+                    gone = rank[cap:]
+                    keep[tok[gone], slot[gone]] = False
+                    dropped += gone.numel()
+        for e in range(E):
+            tok, slot = ((sel == e) & keep).nonzero(as_tuple=True)
+            work.append((tok, gate[tok, slot]))
+    elif routing == "expert_choice":
+        cf = float(cfg["capacity_factor"])
+        if cf == 0:
+            cf = 1.0
+        cap = min(max(int(cfg["min_capacity"]), int(math.ceil(K * N / E * cf))), N)
+        chosen = torch.zeros(N, E, dtype=torch.bool)
         with torch.no_grad():
             for e in range(E):
-                tok, slot = (sel == e).nonzero(as_tuple=True)  # in increasing token order
-                if tok.numel() <= cap:
-                    continue
-                if policy == "probability":
-                    # highest router probability first; stable sort keeps the lower token first on ties
-                    rank = torch.sort(probs[tok, e], descending=True, stable=True).indices
-                elif policy == "position":
-                    rank = torch.arange(tok.numel())
-                else:
-                    raise ValueError("unknown drop_policy %r" % policy)
-                gone = rank[cap:]
-                keep[tok[gone], slot[gone]] = False
-                dropped += gone.numel()
+                tok = torch.sort(s[:, e], descending=True, stable=True).indices[:cap]
+                tok = torch.sort(tok).values
+                chosen[tok, e] = True
+        for e in range(E):
+            tok = chosen[:, e].nonzero(as_tuple=True)[0]
+            work.append((tok, route_scale * s[tok, e]))
+        load = chosen.sum(dim=0)
+        seq_count = chosen.view(B, T, E).sum(dim=1).float()
+    elif routing == "soft":
+        for e in range(E):
+            work.append((torch.arange(N), route_scale * s[:, e]))
+        load = torch.full((E,), N, dtype=torch.int64)
+        seq_count = torch.full((B, E), float(T))
+    else:
+        raise ValueError("unknown routing %r" % routing)
 
     y = torch.zeros_like(x)
     w1, w3, w2 = P[m + "experts.w1.weight"], P[m + "experts.w3.weight"], P[m + "experts.w2.weight"]
-    for e in range(E):
-        tok, slot = ((sel == e) & keep).nonzero(as_tuple=True)
+    for e, (tok, g) in enumerate(work):
         if tok.numel() == 0:
             continue
         out = swiglu(x[tok], w1[e], w3[e], w2[e])  # [n_e, C]
-        y = y.index_add(0, tok, out * w[tok, slot].unsqueeze(-1))
+        y = y.index_add(0, tok, out * g.unsqueeze(-1))
     if cfg["n_shared"] > 0:
-        s = m + "shared_experts."
-        y = y + swiglu(x, P[s + "gate_proj.weight"], P[s + "up_proj.weight"], P[s + "down_proj.weight"])
+        sh = m + "shared_experts."
+        y = y + swiglu(x, P[sh + "gate_proj.weight"], P[sh + "up_proj.weight"], P[sh + "down_proj.weight"])
 
-    f = load.to(torch.float32) / (K * N)  # a count: no gradient
+    # load balancing (counts are constants: no gradient)
+    f = load.to(torch.float32) / float(load.sum())
     aux = E * (f * probs.mean(dim=0)).sum()
-    z = torch.logsumexp(logits, dim=-1).pow(2).mean()
-    return y, aux, z, load, dropped
+    f_seq = seq_count * (E / (K * T))  # [B, E]
+    p_seq = probs.view(B, T, E).mean(dim=1)  # [B, E]
+    seq_aux = (f_seq * p_seq).sum(dim=1).mean()
+    losses = dict(aux=aux, z=z, seq_aux=seq_aux, importance=importance_loss, load=load_loss)
+    return y, losses, load, dropped
 
 
-def forward(P, cfg, tokens, targets):
-    """tokens, targets: long [B, T]. Returns logits [B*T, V], (ce, aux, z, total), loads, drops."""
+LOSS_NAMES = ["ce", "aux", "z", "seq_aux", "importance", "load", "total"]
+LOSS_COEFS = {"aux": "aux_loss_coef", "z": "z_loss_coef", "seq_aux": "seq_aux_loss_coef",
+              "importance": "importance_loss_coef", "load": "load_loss_coef"}
+
+
+def forward(P, cfg, tokens, targets, noise=None):
+    """tokens, targets: long [B, T]; noise: {layer: [B*T, E] N(0,1) draws} for noisy_topk.
+    Returns logits [B*T, V], the losses (a list in LOSS_NAMES order), loads, drops."""
     B, T = tokens.shape
     C, L = cfg["n_embd"], cfg["n_layer"]
     eps = float(cfg["norm_eps"])
     moe_set = moe_layer_set(cfg["moe_layers"], L)
     x = F.embedding(tokens, P["model.embed_tokens.weight"])  # [B, T, C]
-    auxes, zs, loads, drops = [], [], [], []
+    layer_losses, loads, drops = [], [], []
     for l in range(L):
         pre = "model.layers.%d." % l
         h = x + attention(rms_norm(x, P[pre + "input_layernorm.weight"], eps), P, pre, cfg)
         hn = rms_norm(h, P[pre + "post_attention_layernorm.weight"], eps)
         if l in moe_set:
-            y, aux, z, load, dropped = moe_ffn(hn.reshape(B * T, C), P, pre, cfg)
+            eps_l = noise[l] if cfg.get("routing") == "noisy_topk" else None
+            y, ll, load, dropped = moe_ffn(hn.reshape(B * T, C), P, pre, cfg, B, T, eps_l)
             y = y.view(B, T, C)
-            auxes.append(aux)
-            zs.append(z)
+            layer_losses.append(ll)
             loads.append(load)
             drops.append(dropped)
         else:
@@ -264,13 +389,17 @@ def forward(P, cfg, tokens, targets):
     head = P["model.embed_tokens.weight"] if parse_bool(cfg["tie_embeddings"]) else P["lm_head.weight"]
     logits = F.linear(x, head).reshape(B * T, -1)
     ce = F.cross_entropy(logits, targets.reshape(-1))
-    if auxes:
-        aux = torch.stack(auxes).mean()
-        z = torch.stack(zs).mean()
-    else:
-        aux = z = torch.zeros((), dtype=torch.float32)
-    total = ce + float(cfg["aux_loss_coef"]) * aux + float(cfg["z_loss_coef"]) * z
-    return logits, (ce, aux, z, total), loads, drops
+    losses = [ce]
+    total = ce
+    for name in LOSS_NAMES[1:-1]:
+        if layer_losses:
+            v = torch.stack([ll[name] for ll in layer_losses]).mean()
+        else:
+            v = torch.zeros((), dtype=torch.float32)
+        losses.append(v)
+        total = total + float(cfg.get(LOSS_COEFS[name], 0.0)) * v
+    losses.append(total)
+    return logits, losses, loads, drops
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,17 +415,28 @@ def lr_factor(s, warmup, steps):
     return MIN_LR_FRAC + 0.5 * (1.0 - MIN_LR_FRAC) * (1.0 + math.cos(math.pi * progress))
 
 
+def is_buffer(name):
+    """Non-trainable state stored with the model: no gradient, not optimised."""
+    return name.endswith("block_sparse_moe.e_score_correction_bias")
+
+
 def make_params(init):
-    return {n: torch.nn.Parameter(t.clone()) for n, t in init.items()}
+    return {n: (t.clone() if is_buffer(n) else torch.nn.Parameter(t.clone())) for n, t in init.items()}
+
+
+def trainable(P):
+    return [p for n, p in P.items() if not is_buffer(n)]
 
 
 def param_groups(P, hp):
     groups = {}
     for name, p in P.items():
+        if is_buffer(name):
+            continue
         is_norm = name.endswith("layernorm.weight") or name == "model.norm.weight"
         if ".block_sparse_moe.experts." in name:
             mult = hp["expert_lr_mult"]
-        elif name.endswith("block_sparse_moe.gate.weight"):
+        elif name.endswith("block_sparse_moe.gate.weight") or name.endswith("block_sparse_moe.noise.weight"):
             mult = hp["router_lr_mult"]
         else:
             mult = 1.0
@@ -311,36 +451,42 @@ def run_case(d, case):
     batch, _ = read_safetensors(os.path.join(d, case + "_batch.safetensors"))
     tokens, targets = batch["tokens"].long(), batch["targets"].long()
     assert tokens.shape[0] == NSTEPS
+    # noise[s][l]: the N(0,1) draws of the noisy gate of layer l in the forward of step s
+    noise = [{} for _ in range(NSTEPS)]
+    for name, t in batch.items():
+        if name.startswith("noise_eps."):
+            _, s, l = name.split(".")
+            noise[int(s)][int(l)] = t
     hp = TRAIN[case]
     out = {}
 
     # forward and backward at the initial weights, batch 0
     P = make_params(init)
-    logits, losses, loads, drops = forward(P, cfg, tokens[0], targets[0])
-    losses[3].backward()
+    logits, losses, loads, drops = forward(P, cfg, tokens[0], targets[0], noise[0])
+    losses[-1].backward()
     out["logits"] = logits
     out["losses"] = torch.stack([l.detach() for l in losses])
-    E = cfg["n_experts"]
-    out["load"] = torch.stack(loads).float() if loads else torch.zeros(0, E)
+    out["load"] = torch.cat(loads).float() if loads else torch.zeros(0)
     out["dropped"] = torch.tensor(drops, dtype=torch.float32)
     for name, p in P.items():
-        out["grad." + name] = p.grad if p.grad is not None else torch.zeros_like(p)
-    print("%s: ce %.6f aux %.6f z %.6f total %.6f" % ((case,) + tuple(float(l) for l in losses)))
-    print("%s: load %s dropped %s" % (case, out["load"].long().tolist(), drops))
+        g = None if is_buffer(name) else p.grad
+        out["grad." + name] = g if g is not None else torch.zeros_like(p)
+    print("%s: %s" % (case, " ".join("%s %.6f" % (n, float(v)) for n, v in zip(LOSS_NAMES, losses))))
+    print("%s: load %s dropped %s" % (case, [l.tolist() for l in loads], drops))
 
-    # NSTEPS AdamW steps from the initial weights, batch s at step s
+    # NSTEPS AdamW steps from the initial weights, batch s at step s (buffers stay as they are)
     P = make_params(init)
     opt = torch.optim.AdamW(param_groups(P, hp), betas=BETAS, eps=ADAM_EPS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, hp["warmup"], hp["steps"]))
     step_losses = []
     for s in range(NSTEPS):
         opt.zero_grad(set_to_none=True)
-        _, losses, _, _ = forward(P, cfg, tokens[s], targets[s])
-        losses[3].backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(P.values()), GRAD_CLIP)
+        _, losses, _, _ = forward(P, cfg, tokens[s], targets[s], noise[s])
+        losses[-1].backward()
+        norm = torch.nn.utils.clip_grad_norm_(trainable(P), GRAD_CLIP)
         opt.step()
         sched.step()
-        step_losses.append(float(losses[3]))
+        step_losses.append(float(losses[-1]))
         print("%s: step %d loss %.6f grad norm %.4f lr %.6g" %
               (case, s, step_losses[-1], float(norm), hp["lr"] * lr_factor(s, hp["warmup"], hp["steps"])))
     out["step_losses"] = torch.tensor(step_losses, dtype=torch.float32)
