@@ -92,6 +92,42 @@ checks=$((checks + 1))
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["loss"] > 0 and r["tokens"] == 2*8*16 and len(r["layers"]) == 2' \
     "$W/eval.json" || fail "eval --json output wrong: $(cat "$W/eval.json")"
 
+# ---- routing methods end to end: each trains, samples and reports routing; with noise,
+#      jitter and random routing, a resumed run still equals the uninterrupted one
+for variant in "routing=noisy_topk importance_loss_coef=0.1 load_loss_coef=0.1 jitter_eps=0.05" \
+               "routing=expert_choice" "routing=soft" \
+               "router_score=sigmoid bias_update_rate=0.01 seq_aux_loss_coef=0.001 random_routing=true route_scale=2" \
+               "expert_counts=4,8 n_shared=1 top_k=1 moe_layers=all"; do
+    checks=$((checks + 1))
+    sets=()
+    for kv in $variant; do sets+=(--set "$kv"); done
+    name=$(echo "$variant" | cut -d' ' -f1 | tr '=,' '__')
+    "$MOE" train --data "$W/corpus.txt" --out "$W/v_$name" --steps 6 "${SMALL[@]}" "${sets[@]}" || fail "$variant: training failed"
+    "$MOE" train --data "$W/corpus.txt" --out "$W/vs_$name" --steps 6 --stop-after 3 "${SMALL[@]}" "${sets[@]}" || fail "$variant: first half failed"
+    "$MOE" train --data "$W/corpus.txt" --out "$W/vs_$name" --steps 6 --resume "${SMALL[@]}" "${sets[@]}" || fail "$variant: resume failed"
+    cmp -s "$W/v_$name/model.safetensors" "$W/vs_$name/model.safetensors" || fail "$variant: resumed weights differ"
+    "$MOE" sample --ckpt "$W/v_$name" --prompt "int" --tokens 8 > /dev/null || fail "$variant: sample failed"
+    "$MOE" route --ckpt "$W/v_$name" --data "$W/corpus.txt,$SRC/README.md" --max-batches 1 > "$W/route.txt" || fail "$variant: route failed"
+    grep -q "I(expert; class)" "$W/route.txt" || fail "$variant: route report lacks the class table"
+done
+# aux-loss-free bias: after each step b_e moves by rate * sign(mean load - load_e); it is
+# reported in metrics.jsonl and saved in the checkpoint
+checks=$((checks + 1))
+python3 - "$W/v_router_score_sigmoid/metrics.jsonl" <<'EOF' || fail "aux-loss-free bias update wrong"
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+prev = [[0.0] * len(m["load"]) for m in r[0]["moe"]]
+for x in r:
+    for i, m in enumerate(x["moe"]):
+        mean = sum(m["load"]) / len(m["load"])
+        for e, (b, ld) in enumerate(zip(m["bias"], m["load"])):
+            want = prev[i][e] + 0.01 * ((ld < mean) - (ld > mean))
+            assert abs(b - want) < 1e-6, (x["step"], i, e, b, want)
+        prev[i] = m["bias"]
+assert any(abs(b) > 0 for m in r[-1]["moe"] for b in m["bias"])
+EOF
+grep -q e_score_correction_bias "$W/v_router_score_sigmoid/model.safetensors" || fail "bias not in the checkpoint"
+
 # ---- llm.c token shards
 python3 - "$W" <<'EOF'
 import struct, sys, random
