@@ -277,6 +277,33 @@ static int cmd_sample(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- eval */
 
+/* Options shared by eval and route: a checkpoint, data, batching, JSON output. */
+typedef struct {
+    const char *ckpt;
+    char *data;
+    long batch, max_batches;
+    int json;
+} ckpt_data_opts;
+
+static ckpt_data_opts parse_ckpt_data(int argc, char **argv, const char *cmd, const char *help, long max_batches) {
+    ckpt_data_opts o = {NULL, NULL, 8, max_batches, 0};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(help, stdout);
+            exit(0);
+        } else if (!strcmp(a, "--ckpt")) o.ckpt = need(argc, argv, &i);
+        else if (!strcmp(a, "--data")) o.data = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--batch-size")) o.batch = parse_long("--batch-size", need(argc, argv, &i), 1, 1 << 16);
+        else if (!strcmp(a, "--max-batches")) o.max_batches = parse_long("--max-batches", need(argc, argv, &i), 0, 1L << 30);
+        else if (!strcmp(a, "--json")) o.json = 1;
+        else die(2, "%s: unknown option '%s' (see moe %s --help)", cmd, a, cmd);
+    }
+    if (!o.ckpt) die(2, "%s: --ckpt is required", cmd);
+    if (!o.data) die(2, "%s: --data is required", cmd);
+    return o;
+}
+
 static const char *eval_help =
     "usage: moe eval --ckpt DIR --data FILE[,FILE...] [options]\n"
     "\n"
@@ -292,24 +319,11 @@ static const char *eval_help =
     "  --json             one JSON object on stdout instead of text\n";
 
 static int cmd_eval(int argc, char **argv) {
-    const char *ckpt = NULL;
-    char *data = NULL;
-    long batch = 8, max_batches = 0;
-    int json = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(eval_help, stdout);
-            exit(0);
-        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
-        else if (!strcmp(a, "--data")) data = strdup(need(argc, argv, &i));
-        else if (!strcmp(a, "--batch-size")) batch = parse_long("--batch-size", need(argc, argv, &i), 1, 1 << 16);
-        else if (!strcmp(a, "--max-batches")) max_batches = parse_long("--max-batches", need(argc, argv, &i), 0, 1L << 30);
-        else if (!strcmp(a, "--json")) json = 1;
-        else die(2, "eval: unknown option '%s' (see moe eval --help)", a);
-    }
-    if (!ckpt) die(2, "eval: --ckpt is required");
-    if (!data) die(2, "eval: --data is required");
+    ckpt_data_opts o = parse_ckpt_data(argc, argv, "eval", eval_help, 0);
+    const char *ckpt = o.ckpt;
+    char *data = o.data;
+    long batch = o.batch, max_batches = o.max_batches;
+    int json = o.json;
     char *path = ckpt_path(ckpt);
     moe_model *m;
     check(moe_model_load(path, (int)batch, &m));
@@ -379,7 +393,7 @@ static const char *route_help =
     "  --ckpt DIR         run directory or .safetensors file\n"
     "  --data FILES       comma-separated; each file is a source group\n"
     "  --batch-size B     sequences per forward pass (default 8)\n"
-    "  --max-batches N    batches per file (default 16)\n"
+    "  --max-batches N    batches per file; 0 = all (default 16)\n"
     "  --json             one JSON object instead of tables\n";
 
 enum { CLS_LETTER, CLS_DIGIT, CLS_SPACE, CLS_PUNCT, CLS_OTHER, N_CLS };
@@ -437,24 +451,11 @@ static void print_table(const char *title, const double *cnt, const char *const 
 }
 
 static int cmd_route(int argc, char **argv) {
-    const char *ckpt = NULL;
-    char *data = NULL;
-    long batch = 8, max_batches = 16;
-    int json = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(route_help, stdout);
-            exit(0);
-        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
-        else if (!strcmp(a, "--data")) data = strdup(need(argc, argv, &i));
-        else if (!strcmp(a, "--batch-size")) batch = parse_long("--batch-size", need(argc, argv, &i), 1, 1 << 16);
-        else if (!strcmp(a, "--max-batches")) max_batches = parse_long("--max-batches", need(argc, argv, &i), 1, 1L << 30);
-        else if (!strcmp(a, "--json")) json = 1;
-        else die(2, "route: unknown option '%s' (see moe route --help)", a);
-    }
-    if (!ckpt) die(2, "route: --ckpt is required");
-    if (!data) die(2, "route: --data is required");
+    ckpt_data_opts o = parse_ckpt_data(argc, argv, "route", route_help, 16);
+    const char *ckpt = o.ckpt;
+    char *data = o.data;
+    long batch = o.batch, max_batches = o.max_batches > 0 ? o.max_batches : (1L << 30);
+    int json = o.json;
     char *path = ckpt_path(ckpt);
     moe_model *m;
     check(moe_model_load(path, (int)batch, &m));
