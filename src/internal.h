@@ -76,10 +76,16 @@ void moe__rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
 void moe__rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 void moe__rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 
+/* Causal attention (attention.c): out (B,T,C), att (B,H,T,T) saved; backward accumulates into
+ * dq, dk, dv; datt (B,H,T,T) is scratch. The _ref versions are plain loops. */
 void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                             int B, int T, int C, int H);
-void moe__attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                              const float *k, const float *v, const float *att, int B, int T, int C, int H);
+void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,
+                                int B, int T, int C, int H);
+void moe__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *att, int B, int T, int C, int H);
 
 /* act = silu(h1) * h3, over n elements. */
 void moe__swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);

@@ -138,8 +138,8 @@ static double attn_loss(void *p) {
     return dot_d(c->out, c->r, (int64_t)n);
 }
 
-static void test_attention(void) {
-    attn_ctx c = {2, 7, 12, 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+static void test_attention_shape(int B, int T, int C, int H, int samples) {
+    attn_ctx c = {B, T, C, H, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     int64_t n = (int64_t)c.B * c.T * c.C;
     int D = c.C / c.H;
     c.q = randn(n, 1), c.k = randn(n, 1), c.v = randn(n, 1), c.qr = zeros(n), c.kr = zeros(n), c.out = zeros(n);
@@ -156,15 +156,31 @@ static void test_attention(void) {
     for (int i = 0; i < c.C; i++) c.v[(int64_t)(c.T - 1) * c.C + i] -= 1.0f, c.k[(int64_t)(c.T - 1) * c.C + i] -= 1.0f;
     free(before);
     attn_loss(&c);
-    float *dq = zeros(n), *dk = zeros(n), *dv = zeros(n);
-    moe__attention_backward(dq, dk, dv, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H);
+    // the BLAS-tiled kernel against the plain loops, forward and backward
+    float *out_ref = zeros(n), *att_ref = zeros((int64_t)c.B * c.H * c.T * c.T);
+    moe__attention_forward_ref(out_ref, att_ref, c.qr, c.kr, c.v, c.B, c.T, c.C, c.H);
+    CHECK_ARRAYS(c.out, out_ref, n, 1e-6, 1e-5, "attention forward vs ref");
+    CHECK_ARRAYS(c.att, att_ref, (int64_t)c.B * c.H * c.T * c.T, 1e-6, 1e-5, "attention probabilities vs ref");
+    float *dq = zeros(n), *dk = zeros(n), *dv = zeros(n), *datt = zeros((int64_t)c.B * c.H * c.T * c.T);
+    float *dq2 = zeros(n), *dk2 = zeros(n), *dv2 = zeros(n);
+    moe__attention_backward(dq, dk, dv, datt, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H);
+    moe__attention_backward_ref(dq2, dk2, dv2, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H);
+    CHECK_ARRAYS(dq, dq2, n, 1e-5, 1e-4, "attention dq vs ref");
+    CHECK_ARRAYS(dk, dk2, n, 1e-5, 1e-4, "attention dk vs ref");
+    CHECK_ARRAYS(dv, dv2, n, 1e-5, 1e-4, "attention dv vs ref");
+    free(out_ref), free(att_ref), free(datt), free(dq2), free(dk2), free(dv2);
     moe__rope_backward(dq, c.cos_t, c.sin_t, c.B, c.T, c.C, c.H);
     moe__rope_backward(dk, c.cos_t, c.sin_t, c.B, c.T, c.C, c.H);
-    fd_check("attention dq", c.q, dq, n, 80, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
-    fd_check("attention dk", c.k, dk, n, 80, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
-    fd_check("attention dv", c.v, dv, n, 80, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dq", c.q, dq, n, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dk", c.k, dk, n, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dv", c.v, dv, n, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
     free(c.q), free(c.k), free(c.v), free(c.qr), free(c.kr), free(c.out), free(c.att), free(c.r), free(c.cos_t),
         free(c.sin_t), free(dq), free(dk), free(dv);
+}
+
+static void test_attention(void) {
+    test_attention_shape(2, 7, 12, 2, 80);
+    test_attention_shape(1, 150, 16, 2, 40); // more than two row tiles, the last one partial
 }
 
 /* ---------------------------------------------------------------- FFN, cross-entropy */
@@ -298,7 +314,22 @@ static uint64_t moe_sig(void *p) {
     moe_ctx *m = p;
     size_t P = (size_t)moe__moe_slots(&m->d) * (size_t)m->N;
     uint64_t h = moe__fnv1a(MOE_FNV_INIT, m->c.sel, P * sizeof(int));
-    return moe__fnv1a(h, m->c.row_of, P * sizeof(int));
+    h = moe__fnv1a(h, m->c.row_of, P * sizeof(int));
+    if (moe__moe_effective_routing(&m->d) == MOE_ROUTING_NOISY_TOPK) {
+        // the smooth load's threshold is the (K+1)-th largest H: which expert holds it is a
+        // routing decision too (a kink of the loss where it changes hands)
+        int E = m->d.E, K = m->d.K;
+        for (int64_t n = 0; n < m->N; n++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int k = 0; k < K; k++) taken |= m->c.sel[n * K + k] == e;
+                if (!taken && (best < 0 || m->c.noisy[n * E + e] > m->c.noisy[n * E + best])) best = e;
+            }
+            h = moe__fnv1a(h, &best, sizeof best);
+        }
+    }
+    return h;
 }
 
 static void moe_zero_grads(moe_ctx *m) {
@@ -361,7 +392,10 @@ static void run_moe_fd(const moe_variant *v) {
     moe_zero_grads(&m);
     float *dx = zeros(N * C);
     moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls);
-    float eps = 2e-3f;
+    // float32 forward passes: the loss is O(10), so its rounding noise is ~1e-6 and the
+    // difference quotient's noise ~1e-6 / eps; eps = 1e-2 keeps that below the tolerance
+    // (noisy gating: its normal-CDF load term curves faster, and it has more kinks; 3e-3)
+    float eps = v->routing == MOE_ROUTING_NOISY_TOPK ? 3e-3f : 1e-2f;
     double atol = 2e-3, rtol = 2e-2;
     struct {
         const char *name;
@@ -408,7 +442,7 @@ static void test_moe_gradients(void) {
         {"moe expert choice sigmoid", 20, 8, 5, 1, 5, 0, 10, 1, 1.5f, PROB, MOE_ROUTING_EXPERT_CHOICE, SIGMOID, 1, 0, 0, 0, 0},
         {"moe soft mixture", 16, 8, 4, 1, 5, 1, 8, 1, 0.0f, PROB, MOE_ROUTING_SOFT, SOFTMAX, 1, 0, 0, 0, 0},
         {"moe jitter", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0.1f, 0, 0, 0},
-        {"moe GShard random routing", 32, 8, 5, 2, 5, 0, 8, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 1, 0, 0},
+        {"moe GShard random routing", 16, 8, 5, 2, 5, 0, 8, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 1, 0, 0},
     };
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) run_moe_fd(&variants[i]);
 }
@@ -662,7 +696,9 @@ static void test_model_gradients(void) {
 }
 
 int main(void) {
-    moe__rng_seed(&rng, 20240520);
+    // MOE_TEST_SEED draws other random shapes and values (the default is what CI runs)
+    const char *seed = getenv("MOE_TEST_SEED");
+    moe__rng_seed(&rng, seed ? strtoull(seed, NULL, 10) : 20240520);
     test_matmul();
     test_rmsnorm();
     test_attention();

@@ -61,7 +61,7 @@ struct moe_model {
     float **resid;                      /* L+1 arrays (N,C): input of each layer, then the output */
     layer_act *la;
     float *lnf, *rstdf, *logits, *dlogits, *row_loss, *rope_cos, *rope_sin, *tmp;
-    float *dresid, *dln, *datty, *dq, *dk, *dv, *dact, *dh1, *dh3;
+    float *dresid, *dln, *datty, *dq, *dk, *dv, *datt, *dact, *dh1, *dh3;
     moe__moe_scratch ms;
     int *tokens, *targets;
     /* last forward */
@@ -268,6 +268,7 @@ static size_t plan(moe_model *m, char *base) {
     m->dq = TAKE_F(&p, N * C);
     m->dk = TAKE_F(&p, N * C);
     m->dv = TAKE_F(&p, N * C);
+    m->datt = TAKE_F(&p, B * H * T * T);
     int64_t hid = Fd;
     if (m->n_moe > 0) {
         hid = PM * F > N * hid ? PM * F : N * hid;
@@ -542,7 +543,7 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
         memset(m->dq, 0, NC);
         memset(m->dk, 0, NC);
         memset(m->dv, 0, NC);
-        moe__attention_backward(m->dq, m->dk, m->dv, m->datty, a->q, a->k, a->v, a->att, B, T, C, H);
+        moe__attention_backward(m->dq, m->dk, m->dv, m->datt, m->datty, a->q, a->k, a->v, a->att, B, T, C, H);
         moe__rope_backward(m->dq, m->rope_cos, m->rope_sin, B, T, C, H);
         moe__rope_backward(m->dk, m->rope_cos, m->rope_sin, B, T, C, H);
         memset(m->dln, 0, NC);

@@ -1,6 +1,6 @@
 /*
  * layers.c — the dense layers of the transformer: RMSNorm, RoPE, causal attention, SwiGLU,
- * the SwiGLU FFN, and cross-entropy. Conventions follow Hugging Face Llama/Mixtral:
+ * the SwiGLU FFN, and cross-entropy (attention is in attention.c). Conventions follow Hugging Face Llama/Mixtral:
  * RMSNorm y = x / sqrt(mean(x^2) + eps) * w; RoPE with rotate-half pairing (i, i + D/2) and
  * inv_freq_i = theta^(-2i/D); attention softmax(q k^T / sqrt(D)) with a causal mask.
  *
@@ -90,92 +90,6 @@ void moe__rope_forward(float *x, const float *cos_t, const float *sin_t, int B, 
 void moe__rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H) {
     // the rotation is orthogonal: its transpose is the rotation by the opposite angle
     rope_apply(dx, cos_t, sin_t, B, T, C, H, -1.0f);
-}
-
-/* ---------------------------------------------------------------- attention */
-
-void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                            int B, int T, int C, int H) {
-    // q, k, v, out are (B,T,C) with H heads of size D; att is (B,H,T,T), zero above the diagonal
-    int D = C / H;
-    float scale = 1.0f / sqrtf((float)D);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            float *a = att + ((int64_t)b * H + h) * T * T;
-            for (int t = 0; t < T; t++) {
-                const float *qt = q + ((int64_t)b * T + t) * C + h * D;
-                float *at = a + (int64_t)t * T;
-                float maxv = -INFINITY;
-                for (int s = 0; s <= t; s++) {
-                    const float *ks = k + ((int64_t)b * T + s) * C + h * D;
-                    float dot = 0.0f;
-                    for (int i = 0; i < D; i++) dot += qt[i] * ks[i];
-                    dot *= scale;
-                    at[s] = dot;
-                    if (dot > maxv) maxv = dot;
-                }
-                float sum = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    at[s] = expf(at[s] - maxv);
-                    sum += at[s];
-                }
-                float inv = 1.0f / sum;
-                for (int s = 0; s <= t; s++) at[s] *= inv;
-                for (int s = t + 1; s < T; s++) at[s] = 0.0f;
-                float *ot = out + ((int64_t)b * T + t) * C + h * D;
-                for (int i = 0; i < D; i++) ot[i] = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    const float *vs = v + ((int64_t)b * T + s) * C + h * D;
-                    float w = at[s];
-                    for (int i = 0; i < D; i++) ot[i] += w * vs[i];
-                }
-            }
-        }
-}
-
-void moe__attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                             const float *k, const float *v, const float *att, int B, int T, int C, int H) {
-    // Each (b,h) touches only its own head slice of dq, dk, dv: no two threads write the same element.
-    int D = C / H;
-    float scale = 1.0f / sqrtf((float)D);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            const float *a = att + ((int64_t)b * H + h) * T * T;
-            for (int t = 0; t < T; t++) {
-                const float *at = a + (int64_t)t * T;
-                const float *dot_ = dout + ((int64_t)b * T + t) * C + h * D;
-                const float *qt = q + ((int64_t)b * T + t) * C + h * D;
-                float *dqt = dq + ((int64_t)b * T + t) * C + h * D;
-                // out_t = sum_s att_ts v_s: datt_ts = dout_t . v_s, dv_s += att_ts dout_t
-                float datt_dot = 0.0f; // sum_s att_ts datt_ts
-                for (int s = 0; s <= t; s++) {
-                    const float *vs = v + ((int64_t)b * T + s) * C + h * D;
-                    float *dvs = dv + ((int64_t)b * T + s) * C + h * D;
-                    float d = 0.0f;
-                    for (int i = 0; i < D; i++) {
-                        d += dot_[i] * vs[i];
-                        dvs[i] += at[s] * dot_[i];
-                    }
-                    datt_dot += at[s] * d;
-                }
-                // att_t = softmax(scores_t): dscore_ts = att_ts (datt_ts - sum_s' att_ts' datt_ts')
-                for (int s = 0; s <= t; s++) {
-                    const float *vs = v + ((int64_t)b * T + s) * C + h * D;
-                    float d = 0.0f;
-                    for (int i = 0; i < D; i++) d += dot_[i] * vs[i];
-                    float ds = at[s] * (d - datt_dot) * scale;
-                    // score_ts = scale * q_t . k_s
-                    const float *ks = k + ((int64_t)b * T + s) * C + h * D;
-                    float *dks = dk + ((int64_t)b * T + s) * C + h * D;
-                    for (int i = 0; i < D; i++) {
-                        dqt[i] += ds * ks[i];
-                        dks[i] += ds * qt[i];
-                    }
-                }
-            }
-        }
 }
 
 /* ---------------------------------------------------------------- SwiGLU */

@@ -1,0 +1,176 @@
+/*
+ * attention.c — causal multi-head attention, softmax(q k^T / sqrt(D)) v per head, on (B,T,C)
+ * activations with H heads of size D = C/H (heads are column slices of C).
+ *
+ * The fast path runs each (batch, head) on one thread with single-threaded BLAS products on
+ * row tiles of TILE queries, each against the keys up to its last row only (the causal
+ * triangle, so about half the products of the full square); the _ref path is plain loops.
+ * att (B,H,T,T) keeps the probabilities for the backward pass (zero above the diagonal).
+ * Backward: dq, dk, dv accumulate; datt (B,H,T,T) is scratch.
+ */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#define TILE 64
+
+void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                            int B, int T, int C, int H) {
+    int D = C / H;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            const float *Q = q + (int64_t)b * T * C + h * D, *K = k + (int64_t)b * T * C + h * D;
+            const float *V = v + (int64_t)b * T * C + h * D;
+            float *A = att + ((int64_t)b * H + h) * T * T, *O = out + (int64_t)b * T * C + h * D;
+            for (int t0 = 0; t0 < T; t0 += TILE) {
+                int rows = T - t0 < TILE ? T - t0 : TILE, cols = t0 + rows; // keys 0 .. cols-1
+                // scores = scale * Q[t0:t0+rows] K[0:cols]^T
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, D, scale, Q + (int64_t)t0 * C, C, K,
+                            C, 0.0f, A + (int64_t)t0 * T, T);
+                for (int r = 0; r < rows; r++) {
+                    int t = t0 + r;
+                    float *at = A + (int64_t)t * T;
+                    float maxv = at[0];
+                    for (int s = 1; s <= t; s++) maxv = at[s] > maxv ? at[s] : maxv;
+                    float sum = 0.0f;
+                    for (int s = 0; s <= t; s++) sum += (at[s] = expf(at[s] - maxv));
+                    float inv = 1.0f / sum;
+                    for (int s = 0; s <= t; s++) at[s] *= inv;
+                    for (int s = t + 1; s < T; s++) at[s] = 0.0f;
+                }
+                // out = att V
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, cols, 1.0f, A + (int64_t)t0 * T, T, V,
+                            C, 0.0f, O + (int64_t)t0 * C, C);
+            }
+        }
+}
+
+void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
+                             const float *k, const float *v, const float *att, int B, int T, int C, int H) {
+    // each (b,h) writes only its own head slices of dq, dk, dv and its own datt block
+    int D = C / H;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int64_t ho = (int64_t)b * T * C + h * D;
+            const float *A = att + ((int64_t)b * H + h) * T * T;
+            float *dA = datt + ((int64_t)b * H + h) * T * T;
+            for (int t0 = 0; t0 < T; t0 += TILE) {
+                int rows = T - t0 < TILE ? T - t0 : TILE, cols = t0 + rows;
+                const float *At = A + (int64_t)t0 * T, *dOt = dout + ho + (int64_t)t0 * C;
+                float *dAt = dA + (int64_t)t0 * T;
+                // out = att V: datt = dout V^T, dV += att^T dout
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, D, 1.0f, dOt, C, v + ho, C, 0.0f, dAt,
+                            T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, D, rows, 1.0f, At, T, dOt, C, 1.0f, dv + ho,
+                            C);
+                // att = softmax(scores): dscores = att (datt - sum_s att datt), times scale
+                for (int r = 0; r < rows; r++) {
+                    int t = t0 + r;
+                    const float *at = A + (int64_t)t * T;
+                    float *da = dA + (int64_t)t * T;
+                    float dot = 0.0f;
+                    for (int s = 0; s <= t; s++) dot += at[s] * da[s];
+                    for (int s = 0; s <= t; s++) da[s] = at[s] * (da[s] - dot) * scale;
+                    for (int s = t + 1; s < cols; s++) da[s] = 0.0f;
+                }
+                // scores = Q K^T: dQ += dscores K, dK += dscores^T Q
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, cols, 1.0f, dAt, T, k + ho, C, 1.0f,
+                            dq + ho + (int64_t)t0 * C, C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, D, rows, 1.0f, dAt, T,
+                            q + ho + (int64_t)t0 * C, C, 1.0f, dk + ho, C);
+            }
+        }
+}
+
+/* ---------------------------------------------------------------- attention */
+
+void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,
+                            int B, int T, int C, int H) {
+    // q, k, v, out are (B,T,C) with H heads of size D; att is (B,H,T,T), zero above the diagonal
+    int D = C / H;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *a = att + ((int64_t)b * H + h) * T * T;
+            for (int t = 0; t < T; t++) {
+                const float *qt = q + ((int64_t)b * T + t) * C + h * D;
+                float *at = a + (int64_t)t * T;
+                float maxv = -INFINITY;
+                for (int s = 0; s <= t; s++) {
+                    const float *ks = k + ((int64_t)b * T + s) * C + h * D;
+                    float dot = 0.0f;
+                    for (int i = 0; i < D; i++) dot += qt[i] * ks[i];
+                    dot *= scale;
+                    at[s] = dot;
+                    if (dot > maxv) maxv = dot;
+                }
+                float sum = 0.0f;
+                for (int s = 0; s <= t; s++) {
+                    at[s] = expf(at[s] - maxv);
+                    sum += at[s];
+                }
+                float inv = 1.0f / sum;
+                for (int s = 0; s <= t; s++) at[s] *= inv;
+                for (int s = t + 1; s < T; s++) at[s] = 0.0f;
+                float *ot = out + ((int64_t)b * T + t) * C + h * D;
+                for (int i = 0; i < D; i++) ot[i] = 0.0f;
+                for (int s = 0; s <= t; s++) {
+                    const float *vs = v + ((int64_t)b * T + s) * C + h * D;
+                    float w = at[s];
+                    for (int i = 0; i < D; i++) ot[i] += w * vs[i];
+                }
+            }
+        }
+}
+
+void moe__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *att, int B, int T, int C, int H) {
+    // Each (b,h) touches only its own head slice of dq, dk, dv: no two threads write the same element.
+    int D = C / H;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            const float *a = att + ((int64_t)b * H + h) * T * T;
+            for (int t = 0; t < T; t++) {
+                const float *at = a + (int64_t)t * T;
+                const float *dot_ = dout + ((int64_t)b * T + t) * C + h * D;
+                const float *qt = q + ((int64_t)b * T + t) * C + h * D;
+                float *dqt = dq + ((int64_t)b * T + t) * C + h * D;
+                // out_t = sum_s att_ts v_s: datt_ts = dout_t . v_s, dv_s += att_ts dout_t
+                float datt_dot = 0.0f; // sum_s att_ts datt_ts
+                for (int s = 0; s <= t; s++) {
+                    const float *vs = v + ((int64_t)b * T + s) * C + h * D;
+                    float *dvs = dv + ((int64_t)b * T + s) * C + h * D;
+                    float d = 0.0f;
+                    for (int i = 0; i < D; i++) {
+                        d += dot_[i] * vs[i];
+                        dvs[i] += at[s] * dot_[i];
+                    }
+                    datt_dot += at[s] * d;
+                }
+                // att_t = softmax(scores_t): dscore_ts = att_ts (datt_ts - sum_s' att_ts' datt_ts')
+                for (int s = 0; s <= t; s++) {
+                    const float *vs = v + ((int64_t)b * T + s) * C + h * D;
+                    float d = 0.0f;
+                    for (int i = 0; i < D; i++) d += dot_[i] * vs[i];
+                    float ds = at[s] * (d - datt_dot) * scale;
+                    // score_ts = scale * q_t . k_s
+                    const float *ks = k + ((int64_t)b * T + s) * C + h * D;
+                    float *dks = dk + ((int64_t)b * T + s) * C + h * D;
+                    for (int i = 0; i < D; i++) {
+                        dqt[i] += ds * ks[i];
+                        dks[i] += ds * qt[i];
+                    }
+                }
+            }
+        }
+}
+
