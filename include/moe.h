@@ -216,6 +216,22 @@ const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i);
  * out must hold B*T*slots ints; returns slots. */
 int moe_model_routing(const moe_model *m, int i, int *out);
 
+/* Where the time of forward, backward and optimizer passes goes, accumulated in seconds. */
+typedef enum {
+    MOE_PHASE_ATTENTION = 0, /* norms, q/k/v/o projections, RoPE, attention */
+    MOE_PHASE_ROUTER,        /* router logits, scores, selection, balance losses and their gradients */
+    MOE_PHASE_DISPATCH,      /* capacity, permutation, gathering rows into expert order, scattering back */
+    MOE_PHASE_EXPERTS,       /* routed and shared expert FFNs, dense FFNs */
+    MOE_PHASE_COMBINE,       /* weighted sum of expert outputs (and its gradient) */
+    MOE_PHASE_OPTIMIZER,     /* gradient norm, clipping, AdamW */
+    MOE_PHASE_HEAD,          /* embedding, final norm, lm_head, cross-entropy */
+    MOE_PHASE_COUNT
+} moe_phase;
+/* Copies the accumulated seconds per phase into out[MOE_PHASE_COUNT]. */
+void moe_model_profile(const moe_model *m, double *out);
+void moe_model_profile_reset(moe_model *m);
+const char *moe_phase_name(moe_phase p);
+
 /* Weights as safetensors, config in the metadata. Written atomically (temp, fsync, rename). */
 moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
 /* Reads a safetensors checkpoint written by moe_model_save: config from its metadata, a model

@@ -122,7 +122,14 @@ typedef struct {
     float jitter_eps;            /* Switch input jitter: router input * U(1-eps, 1+eps) */
     int random_routing;          /* GShard: keep the 2nd expert with probability 2 g2 / (g1 + g2) */
     uint64_t noise_seed;         /* draws of this forward (counter-based, thread-independent) */
+    double *prof;                /* seconds per moe_phase, accumulated; NULL = not timed */
 } moe__moe_dims;
+
+/* Phase timing: t = moe__prof_begin(); ...; moe__prof_end(prof, MOE_PHASE_X, t) (no-op on NULL). */
+static inline double moe__prof_begin(const double *prof) { return prof ? moe__now() : 0.0; }
+static inline void moe__prof_end(double *prof, moe_phase p, double t0) {
+    if (prof) prof[p] += moe__now() - t0;
+}
 
 /* Slots per token: K for token choice, E for expert choice and the dense soft mixture. */
 int moe__moe_slots(const moe__moe_dims *d);
@@ -220,6 +227,8 @@ float moe__hash_normal(uint64_t seed, uint64_t index);    /* N(0, 1) */
 
 /* Seeds the random draws (noise, jitter, random routing) of the next training forwards. */
 void moe__model_set_noise_seed(moe_model *m, uint64_t seed);
+/* The model's phase-time accumulators (for the optimizer's share). */
+double *moe__model_prof(moe_model *m);
 /* For tests: the MoE cache of layer l of the last forward (NULL for a dense layer). */
 const moe__moe_cache *moe__model_moe_cache(const moe_model *m, int l);
 

@@ -92,6 +92,7 @@ static const char *train_help =
     "  --stop-after N     stop (and checkpoint) after N steps of this invocation, keeping the\n"
     "                     schedule of --steps; continue later with --resume\n"
     "  --quiet            no progress lines (metrics.jsonl is still written)\n"
+    "  --profile          at the end, print where the training time went, by phase\n"
     "\n";
 
 static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m) {
@@ -111,7 +112,7 @@ static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m
 
 static int cmd_train(int argc, char **argv) {
     char *data = NULL, *val = NULL, *out = NULL, *config = NULL;
-    int resume = 0, quiet = 0;
+    int resume = 0, quiet = 0, profile = 0;
     long stop_after = 0;
     moe_config c = moe_config_default();
     char **sets = calloc((size_t)argc, sizeof(char *));
@@ -139,6 +140,7 @@ static int cmd_train(int argc, char **argv) {
         } else if (!strcmp(a, "--stop-after")) stop_after = parse_long("--stop-after", need(argc, argv, &i), 1, 2147483647L);
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "--profile")) profile = 1;
         else die(2, "train: unknown option '%s' (see moe train --help)", a);
     }
     if (!data) die(2, "train: --data is required (see moe train --help)");
@@ -188,10 +190,24 @@ static int cmd_train(int argc, char **argv) {
         if (resume) printf("moe: resumed %s at step %lld\n", out, (long long)moe_trainer_steps_done(t));
     }
     int64_t first = moe_trainer_steps_done(t);
+    double train_ms = 0.0;
+    moe_model_profile_reset(m);
     while (moe_trainer_steps_done(t) < tc->steps && (stop_after == 0 || moe_trainer_steps_done(t) - first < stop_after)) {
         moe_step_info s;
         check(moe_trainer_step(t, &s));
+        train_ms += s.step_ms;
         if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&s, tc, m);
+    }
+    if (profile && train_ms > 0) {
+        double ph[MOE_PHASE_COUNT], sum = 0.0;
+        moe_model_profile(m, ph);
+        for (int i = 0; i < MOE_PHASE_COUNT; i++) sum += ph[i];
+        double total = train_ms / 1e3 > sum ? train_ms / 1e3 : sum;
+        printf("profile over %lld steps (%.2f s of training steps):\n", (long long)(moe_trainer_steps_done(t) - first),
+               train_ms / 1e3);
+        for (int i = 0; i < MOE_PHASE_COUNT; i++)
+            printf("  %-10s %8.3f s  %5.1f%%\n", moe_phase_name((moe_phase)i), ph[i], 100.0 * ph[i] / total);
+        printf("  %-10s %8.3f s  %5.1f%%\n", "other", total - sum, 100.0 * (total - sum) / total);
     }
     // the trainer saves at the last step; save here when stopped early or when there was no step
     if (moe_trainer_steps_done(t) < tc->steps || moe_trainer_steps_done(t) == first) check(moe_trainer_save(t));

@@ -68,6 +68,7 @@ struct moe_model {
     int B, T, has_targets, training;
     moe_layer_stats *stats;
     int64_t *stats_load;
+    double prof[MOE_PHASE_COUNT];
 };
 
 /* ---------------------------------------------------------------- tensor table */
@@ -172,6 +173,7 @@ static moe__moe_dims moe_dims(const moe_model *m, int l, int T, int training) {
     d.jitter_eps = c->jitter_eps;
     d.random_routing = c->random_routing;
     d.noise_seed = m->noise_seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1));
+    d.prof = (double *)m->prof;
     return d;
 }
 
@@ -434,13 +436,16 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
     m->training = training;
     const float *wte = m->params + m->off_embed;
     // x_n = wte[token_n]
+    double *prof = m->prof, t = moe__prof_begin(prof);
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) memcpy(m->resid[0] + n * C, wte + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
     double aux = 0.0, z = 0.0, seq = 0.0, imp = 0.0, ld = 0.0;
     for (int l = 0; l < c->n_layer; l++) {
         layer_w w = layer_weights(m, m->params, l);
         layer_act *a = &m->la[l];
         float *x = m->resid[l], *xo = m->resid[l + 1];
+        t = moe__prof_begin(prof);
         moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
         moe__matmul_forward(a->q, a->ln1, w.wq, N, C, C, 0);
         moe__matmul_forward(a->k, a->ln1, w.wk, N, C, C, 0);
@@ -452,15 +457,20 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
         moe__matmul_forward(a->resid_mid, a->atty, w.wo, N, C, C, 1);
         moe__rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps);
         memcpy(xo, a->resid_mid, (size_t)N * C * sizeof(float));
+        moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
         int s = m->moe_slot[l];
         if (s < 0) {
+            t = moe__prof_begin(prof);
             moe__ffn_forward(xo, a->h1, a->h3, a->act, a->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
+            moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
             continue;
         }
         moe__moe_dims dims = moe_dims(m, l, T, training);
         moe__moe_forward(m->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
+        t = moe__prof_begin(prof);
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * C; i++) xo[i] += m->tmp[i];
+        moe__prof_end(prof, MOE_PHASE_COMBINE, t);
         moe_layer_stats *st = &m->stats[s];
         memcpy(st->load, a->mc.load, (size_t)dims.E * sizeof(int64_t));
         st->dropped = a->mc.dropped;
@@ -478,8 +488,10 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
         imp += a->mc.imp_loss;
         ld += a->mc.load_loss;
     }
+    t = moe__prof_begin(prof);
     moe__rmsnorm_forward(m->lnf, m->rstdf, m->resid[c->n_layer], m->params + m->off_normf, N, C, c->norm_eps);
     moe__matmul_forward(m->logits, m->lnf, m->params + m->off_lm, N, C, V, 0);
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
     if (out) {
         memset(out, 0, sizeof *out);
         if (m->n_moe) {
@@ -511,6 +523,7 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
     int64_t N = (int64_t)B * T;
     size_t NC = (size_t)N * C * sizeof(float);
     float *g = m->grads;
+    double *prof = m->prof, t = moe__prof_begin(prof);
     // loss = mean_n ce_n: dlogits = scale (softmax - onehot) / N
     moe__crossentropy(m->dlogits, m->row_loss, m->logits, m->targets, N, V, grad_scale);
     // logits = lnf @ lm^T
@@ -519,6 +532,7 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
     memset(m->dresid, 0, NC);
     moe__rmsnorm_backward(m->dresid, g + m->off_normf, m->dln, m->resid[c->n_layer], m->params + m->off_normf,
                           m->rstdf, N, C);
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
     float per_layer = m->n_moe ? grad_scale / (float)m->n_moe : 0.0f;
     moe__moe_loss_scales ls = {per_layer * c->aux_loss_coef, per_layer * c->z_loss_coef,
                                per_layer * c->seq_aux_loss_coef, per_layer * c->importance_loss_coef,
@@ -529,6 +543,7 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
         layer_act *a = &m->la[l];
         // xo = resid_mid + ffn(ln2): dresid holds d xo and becomes d resid_mid
         memset(m->dln, 0, NC);
+        t = moe__prof_begin(prof);
         if (m->moe_slot[l] < 0)
             moe__ffn_backward(m->dln, gw.w1, gw.w3, gw.w2, m->dact, m->dh1, m->dh3, m->dresid, a->ln2, a->h1, a->h3,
                               a->act, w.w1, w.w3, w.w2, N, C, c->ffn_hidden);
@@ -536,6 +551,8 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
             moe__moe_dims dims = moe_dims(m, l, T, m->training);
             moe__moe_backward(m->dln, &gw.moe, &m->ms, m->dresid, a->ln2, &w.moe, &a->mc, &dims, N, &ls);
         }
+        if (m->moe_slot[l] < 0) moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
+        t = moe__prof_begin(prof);
         moe__rmsnorm_backward(m->dresid, gw.ln2, m->dln, a->resid_mid, w.ln2, a->rstd2, N, C);
         // resid_mid = x + atty @ wo^T
         memset(m->datty, 0, NC);
@@ -551,16 +568,29 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
         moe__matmul_backward(m->dln, gw.wk, m->dk, a->ln1, w.wk, N, C, C);
         moe__matmul_backward(m->dln, gw.wv, m->dv, a->ln1, w.wv, N, C, C);
         moe__rmsnorm_backward(m->dresid, gw.ln1, m->dln, m->resid[l], w.ln1, a->rstd1, N, C);
+        moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
     }
+    t = moe__prof_begin(prof);
     // x_n = wte[token_n]: parallel over channels so each gradient row is summed in token order
     float *gwte = g + m->off_embed;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < C; i++)
         for (int64_t n = 0; n < N; n++) gwte[(int64_t)m->tokens[n] * C + i] += m->dresid[n * C + i];
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
     return MOE_STATUS_OK;
 }
 
 void moe__model_set_noise_seed(moe_model *m, uint64_t seed) { m->noise_seed = seed; }
+
+void moe_model_profile(const moe_model *m, double *out) { memcpy(out, m->prof, sizeof m->prof); }
+void moe_model_profile_reset(moe_model *m) { memset(m->prof, 0, sizeof m->prof); }
+double *moe__model_prof(moe_model *m) { return m->prof; }
+
+const char *moe_phase_name(moe_phase p) {
+    static const char *const names[MOE_PHASE_COUNT] = {"attention", "router", "dispatch", "experts",
+                                                       "combine", "optimizer", "head"};
+    return (int)p >= 0 && p < MOE_PHASE_COUNT ? names[p] : "?";
+}
 
 int moe_model_routing(const moe_model *m, int i, int *out) {
     int l = m->stats[i].layer;

@@ -19,12 +19,17 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
     // x and y are (N,C); experts w1, w3 are (E,F,C), w2 is (E,C,F)
     int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
     c->n_tokens = N;
+    double t = moe__prof_begin(d->prof);
     moe__router_forward(c, x, w, d, N);
+    moe__prof_end(d->prof, MOE_PHASE_ROUTER, t);
+    t = moe__prof_begin(d->prof);
     moe__dispatch(c, d, N);
     moe__router_losses(c, d, N);
     int64_t R = c->offsets[E];
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; r++) memcpy(c->xe + r * C, x + (int64_t)c->row_token[r] * C, (size_t)C * sizeof(float));
+    moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
+    t = moe__prof_begin(d->prof);
     for (int e = 0; e < E; e++) {
         int64_t r0 = c->offsets[e], ne = c->offsets[e + 1] - r0;
         if (ne == 0) continue; // an expert without tokens does nothing
@@ -32,6 +37,8 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
                          w->w1 + (int64_t)e * F * C, w->w3 + (int64_t)e * F * C, w->w2 + (int64_t)e * C * F,
                          ne, C, F, 0);
     }
+    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    t = moe__prof_begin(d->prof);
     // combine: y_n = sum_s gate_ns ye_row(n,s)
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -45,8 +52,11 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
             for (int i = 0; i < C; i++) yn[i] += g * ye[i];
         }
     }
+    moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
+    t = moe__prof_begin(d->prof);
     if (d->S > 0)
         moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->S * F, 1);
+    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
 }
 
 static float silu_ref(double z) { return (float)(z / (1.0 + exp(-z))); }
@@ -90,9 +100,12 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
     int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
     int64_t R = c->offsets[E];
     // y += shared(x)
+    double t = moe__prof_begin(d->prof);
     if (d->S > 0)
         moe__ffn_backward(dx, g->sw1, g->sw3, g->sw2, s->dact, s->dh1, s->dh3, dy, x, c->sh1, c->sh3, c->sact,
                           w->sw1, w->sw3, w->sw2, N, C, d->S * F);
+    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    t = moe__prof_begin(d->prof);
     // y_n = sum_s gate_ns ye_row: dye_row = gate_ns dy_n, dgate_ns = dy_n . ye_row (0 if not kept)
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -113,6 +126,8 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
             s->dgate[n * slots + k] = dot;
         }
     }
+    moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
+    t = moe__prof_begin(d->prof);
     memset(s->dxe, 0, (size_t)R * C * sizeof(float));
     for (int e = 0; e < E; e++) {
         int64_t r0 = c->offsets[e], ne = c->offsets[e + 1] - r0;
@@ -122,6 +137,8 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
                           s->dye + r0 * C, c->xe + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F,
                           w->w1 + wo, w->w3 + wo, w->w2 + wo, ne, C, F);
     }
+    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    t = moe__prof_begin(d->prof);
     // xe_row = x_n: dx_n += dxe_row for each kept slot of token n
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -133,5 +150,8 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
             for (int i = 0; i < C; i++) dxn[i] += dxe[i];
         }
     }
+    moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
+    t = moe__prof_begin(d->prof);
     moe__router_backward(dx, g, s, x, w, c, d, N, ls);
+    moe__prof_end(d->prof, MOE_PHASE_ROUTER, t);
 }

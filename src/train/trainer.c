@@ -314,6 +314,8 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
     const uint16_t *src = moe_dataset_tokens(d);
     double total = 0.0;
     moe_status st = MOE_STATUS_OK;
+    double prof[MOE_PHASE_COUNT]; // evaluation is not training time: keep it out of the profile
+    moe_model_profile(m, prof);
     for (int64_t w0 = 0; w0 < windows; w0 += batch) {
         int B = windows - w0 < batch ? (int)(windows - w0) : batch;
         for (int b = 0; b < B; b++)
@@ -335,6 +337,7 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
     }
     free(tok);
     free(tgt);
+    memcpy(moe__model_prof(m), prof, sizeof prof);
     if (st != MOE_STATUS_OK) return st;
     *loss = (float)(total / ((double)windows * T));
     if (n_tokens) *n_tokens = windows * T;
@@ -480,7 +483,9 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         }
     }
     float lr = moe__lr_at(c, t->step), norm;
+    double t_opt = moe__now();
     st = moe__adamw_step(m, t->opt, t->step, lr, c, &norm);
+    moe__model_prof(m)[MOE_PHASE_OPTIMIZER] += moe__now() - t_opt;
     if (st != MOE_STATUS_OK) return st;
     for (int i = 0; i < nm; i++) {
         moe_layer_stats *ls = (moe_layer_stats *)moe_model_layer_stats(m, i);
