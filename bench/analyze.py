@@ -50,7 +50,7 @@ def smooth(xs, w=10):
 def main():
     runs_dir, data_dir = sys.argv[1], sys.argv[2]
     os.makedirs(data_dir, exist_ok=True)
-    runs = sorted(d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, "metrics.jsonl")))
+    runs = sorted(d for d in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, d, "model.safetensors")))
     summary = {}
     for run in runs:
         r = records(os.path.join(runs_dir, run))
