@@ -289,7 +289,8 @@ moe_model *moe_trainer_model(moe_trainer *t);
 const moe_config *moe_trainer_config(const moe_trainer *t);
 /* Writes model.safetensors and state.bin to out_dir, atomically. */
 moe_status moe_trainer_save(moe_trainer *t);
-/* Mean cross-entropy over up to max_batches batches of non-overlapping windows of d; routing
+/* Mean cross-entropy over up to max_batches batches of non-overlapping windows of d (spread
+ * evenly over d when not all are evaluated; max_batches 0 = all); routing
  * statistics summed over them go to loads (n_moe_layers*E, may be NULL) and dropped
  * (would_drop at the training capacity). */
 moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches,

@@ -299,10 +299,12 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
                         int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
     const moe_config *c = moe_model_config(m);
     int T = c->seq_len, nm = moe_model_n_moe_layers(m);
-    int64_t n = moe_dataset_len(d), windows = (n - 1) / T;
+    int64_t n = moe_dataset_len(d), avail = (n - 1) / T, windows = avail;
     if (windows < 1)
         return moe__err(MOE_STATUS_DATA, "evaluation data has %lld tokens, fewer than seq_len + 1 = %d", (long long)n, T + 1);
     if (max_batches > 0 && windows > (int64_t)max_batches * batch) windows = (int64_t)max_batches * batch;
+    // when only some windows are evaluated, spread them evenly over the data (window i starts
+    // at window floor(i * avail / windows)), so a mixed validation set is sampled throughout
     int *tok = malloc((size_t)batch * T * sizeof(int)), *tgt = malloc((size_t)batch * T * sizeof(int));
     if (!tok || !tgt) {
         free(tok);
@@ -318,11 +320,13 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
     moe_model_profile(m, prof);
     for (int64_t w0 = 0; w0 < windows; w0 += batch) {
         int B = windows - w0 < batch ? (int)(windows - w0) : batch;
-        for (int b = 0; b < B; b++)
+        for (int b = 0; b < B; b++) {
+            int64_t start = (w0 + b) * avail / windows * T;
             for (int i = 0; i < T; i++) {
-                tok[b * T + i] = src[(w0 + b) * T + i];
-                tgt[b * T + i] = src[(w0 + b) * T + i + 1];
+                tok[b * T + i] = src[start + i];
+                tgt[b * T + i] = src[start + i + 1];
             }
+        }
         moe_losses l;
         st = moe_model_forward(m, tok, tgt, B, T, 0, &l);
         if (st != MOE_STATUS_OK) break;
