@@ -85,7 +85,7 @@ def main():
         )
     print("| run | final val loss | MaxVio per layer (mean of last 100 steps) | peak MaxVio | dropped (last 100) |")
     print("|---|---|---|---|---|")
-    for run in ("collapse_none", "collapse_switch", "collapse_noisy", "collapse_auxfree"):
+    for run in ("collapse_none", "collapse_switch", "collapse_noisy", "collapse_auxfree", "collapse_auxfree_fast"):
         if run in summary:
             s = summary[run]
             mv = " / ".join(f"{v:.3f}" for v in s["maxvio"])

@@ -15,7 +15,8 @@ do for [l=0:3] {
     plot data.'/collapse_none.maxvio.dat' u 1:(column(l+2)) w l lw 2 t 'no balancing', \
          data.'/collapse_switch.maxvio.dat' u 1:(column(l+2)) w l lw 2 t 'Switch aux loss', \
          data.'/collapse_noisy.maxvio.dat' u 1:(column(l+2)) w l lw 2 t 'noisy top-K + losses', \
-         data.'/collapse_auxfree.maxvio.dat' u 1:(column(l+2)) w l lw 2 t 'aux-loss-free bias'
+         data.'/collapse_auxfree.maxvio.dat' u 1:(column(l+2)) w l lw 2 t 'aux-loss-free bias, u=0.001', \
+         data.'/collapse_auxfree_fast.maxvio.dat' u 1:(column(l+2)) w l lw 2 t 'aux-loss-free bias, u=0.01'
 }
 unset multiplot
 
@@ -28,7 +29,8 @@ set yrange [*:*]
 plot data.'/collapse_none.val.dat' u 1:3 w lp lw 2 t 'no balancing', \
      data.'/collapse_switch.val.dat' u 1:3 w lp lw 2 t 'Switch aux loss', \
      data.'/collapse_noisy.val.dat' u 1:3 w lp lw 2 t 'noisy top-K + losses', \
-     data.'/collapse_auxfree.val.dat' u 1:3 w lp lw 2 t 'aux-loss-free bias'
+     data.'/collapse_auxfree.val.dat' u 1:3 w lp lw 2 t 'aux-loss-free bias, u=0.001', \
+     data.'/collapse_auxfree_fast.val.dat' u 1:3 w lp lw 2 t 'aux-loss-free bias, u=0.01'
 
 # 3. MoE against dense, by step and by wall-clock
 set output out.'/moe_vs_dense.png'

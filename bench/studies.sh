@@ -33,6 +33,8 @@ run collapse_switch   --data "$SHAKES"
 run collapse_noisy    --data "$SHAKES" --set routing=noisy_topk --set aux_loss_coef=0 \
                       --set importance_loss_coef=0.1 --set load_loss_coef=0.1
 run collapse_auxfree  --data "$SHAKES" --set router_score=sigmoid --set bias_update_rate=0.001 --set aux_loss_coef=0
+# the same with a 10x faster bias update: 600 steps are short for u = 0.001
+run collapse_auxfree_fast --data "$SHAKES" --set router_score=sigmoid --set bias_update_rate=0.01 --set aux_loss_coef=0
 
 # 2. MoE against dense: equal active parameters (dense FFN of K*F = 512) and equal total
 #    parameters (dense FFN of E*F = 2048); MoE on tinyshakespeare is collapse_switch
@@ -48,4 +50,11 @@ run dense_total_mix     --data "$MIX_TRAIN" --val-data "$MIX_VAL" --set moe_laye
 "$MOE" route --ckpt "$OUT/moe_mix" --data "$C/english.val.txt,$C/python.val.txt,$C/c.val.txt" --max-batches 12 \
     --json > "$OUT/route_mix.json"
 "$MOE" route --ckpt "$OUT/collapse_switch" --data "$SHAKES" --max-batches 12 > "$OUT/route_shakes.txt"
+# per-source validation loss of the models trained on the mix (all windows of each source)
+for r in moe_mix dense_active_mix dense_total_mix; do
+    for src in english python c; do
+        printf "%s %s " "$r" "$src"
+        "$MOE" eval --ckpt "$OUT/$r" --data "$C/$src.val.txt" --json --max-batches 0
+    done
+done > "$OUT/eval_mix.txt"
 echo "studies: done in $OUT"
