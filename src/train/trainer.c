@@ -351,11 +351,25 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
 /* ---------------------------------------------------------------- optimizer */
 
 moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm) {
-    // global gradient norm, summed in a fixed order
+    // global gradient norm: partial sums over fixed chunks, added in chunk order, so the value
+    // does not depend on the thread count
+    enum { NORM_CHUNK = 16384, NORM_ROUND = 1024 };
     int64_t P = moe_model_n_params(m);
     float *g = moe_model_grads(m), *p = moe_model_params(m);
     double ss = 0.0;
-    for (int64_t i = 0; i < P; i++) ss += (double)g[i] * g[i];
+    for (int64_t r0 = 0; r0 < P; r0 += (int64_t)NORM_CHUNK * NORM_ROUND) {
+        double part[NORM_ROUND];
+        int64_t left = P - r0, nchunks = (left + NORM_CHUNK - 1) / NORM_CHUNK;
+        if (nchunks > NORM_ROUND) nchunks = NORM_ROUND;
+#pragma omp parallel for schedule(static)
+        for (int64_t ci = 0; ci < nchunks; ci++) {
+            int64_t a = r0 + ci * NORM_CHUNK, b = a + NORM_CHUNK < P ? a + NORM_CHUNK : P;
+            double acc = 0.0;
+            for (int64_t i = a; i < b; i++) acc += (double)g[i] * g[i];
+            part[ci] = acc;
+        }
+        for (int64_t ci = 0; ci < nchunks; ci++) ss += part[ci];
+    }
     float norm = (float)sqrt(ss);
     *grad_norm = norm;
     if (!isfinite(norm))
