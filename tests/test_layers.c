@@ -569,12 +569,24 @@ static void test_routing_edges(void) {
             none += k == 0, several += k > 1;
         }
         CHECK(several > 0, "expert choice gives some token several experts");
+        // with capacity factor 0.5 the experts take 20 slots for 20 tokens: a token with
+        // several experts means another with none
+        m.d.capacity_factor = 0.5f;
+        moe_loss(&m);
+        none = several = 0;
+        for (int n = 0; n < 20; n++) {
+            int k = 0;
+            for (int e = 0; e < 4; e++) k += m.c.row_of[n * 4 + e] >= 0;
+            none += k == 0, several += k > 1;
+        }
+        CHECK(m.c.offsets[4] == 20 && several > 0 && none > 0,
+              "expert choice at cf 0.5: %lld rows, %d tokens with several experts, %d with none",
+              (long long)m.c.offsets[4], several, none);
         CHECK(m.c.dropped == 0, "expert choice drops nothing");
         m.d.training = 0;
         moe_loss(&m);
         CHECK(moe__moe_slots(&m.d) == 2 && m.c.routed == 40, "expert choice evaluates by token choice: routed %lld",
               (long long)m.c.routed);
-        (void)none;
         moe_release(&m);
     }
     {

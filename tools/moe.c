@@ -500,7 +500,6 @@ static int cmd_route(int argc, char **argv) {
             for (int64_t i = 0; i < (int64_t)B * T; i++) tok[i] = toks[w0 * T + i];
             check(moe_model_forward(m, tok, NULL, B, T, 0, NULL));
             for (int l = 0; l < nm; l++) {
-                int E = moe_model_layer_stats(m, l)->n_experts;
                 int slots = moe_model_routing(m, l, routes);
                 for (int64_t n = 0; n < (int64_t)B * T; n++)
                     for (int s = 0; s < slots; s++) {
@@ -509,7 +508,6 @@ static int cmd_route(int argc, char **argv) {
                         by_cls[((int64_t)l * N_CLS + byte_class(tok[n])) * maxE + e] += 1;
                         by_src[((int64_t)l * n_src + src) * maxE + e] += 1;
                     }
-                (void)E;
             }
         }
         moe_dataset_free(d);
