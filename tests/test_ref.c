@@ -163,6 +163,22 @@ static const moe__st_tensor *need(const moe__st_file *f, const char *name, const
     return t;
 }
 
+/* Compares every tensor of the model's table (in buf: gradients or parameters) with the
+ * reference tensor named prefix + name; returns the largest absolute error. */
+static double compare_tensors(const moe_model *m, const moe__st_file *ref, const char *prefix, const float *buf,
+                              double atol, double rtol) {
+    double worst = 0;
+    for (int i = 0; i < moe_model_n_tensors(m); i++) {
+        const moe_tensor_info *t = moe_model_tensor(m, i);
+        char name[256];
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        const float *want = (const float *)need(ref, name, "F32", t->numel * 4)->data;
+        double e = CHECK_ARRAYS(buf + t->offset, want, t->numel, atol, rtol, name);
+        worst = e > worst ? e : worst;
+    }
+    return worst;
+}
+
 static void compare_case(const char *dir, const ref_case *rc) {
     char path[512];
     moe__st_file batch, ref;
@@ -217,15 +233,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
     CHECK(dropped > 0 || !rc->need_drops, "%s: the reference case must drop tokens", rc->name);
     moe_model_zero_grad(m);
     CHECK_OK(moe_model_backward(m, 1.0f));
-    double worst = 0;
-    for (int i = 0; i < moe_model_n_tensors(m); i++) {
-        const moe_tensor_info *t = moe_model_tensor(m, i);
-        char name[256];
-        snprintf(name, sizeof name, "grad.%s", t->name);
-        const float *want = (const float *)need(&ref, name, "F32", t->numel * 4)->data;
-        double e = CHECK_ARRAYS(moe_model_grads(m) + t->offset, want, t->numel, 1e-6, 1e-4, name);
-        worst = e > worst ? e : worst;
-    }
+    double worst = compare_tensors(m, &ref, "grad.", moe_model_grads(m), 1e-6, 1e-4);
     printf("%s: %d gradients, max abs err %.3g\n", rc->name, moe_model_n_tensors(m), worst);
 
     // NSTEPS AdamW steps, batch s at step s
@@ -241,15 +249,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
         CHECK_OK(moe__adamw_step(m, opt, s, moe__lr_at(&c, s), &c, &norm));
         printf("%s: step %d loss %.6f (torch %.6f) grad norm %.4f\n", rc->name, s, l.total, want_steps[s], norm);
     }
-    worst = 0;
-    for (int i = 0; i < moe_model_n_tensors(m); i++) {
-        const moe_tensor_info *t = moe_model_tensor(m, i);
-        char name[256];
-        snprintf(name, sizeof name, "final.%s", t->name);
-        const float *want = (const float *)need(&ref, name, "F32", t->numel * 4)->data;
-        double e = CHECK_ARRAYS(moe_model_params(m) + t->offset, want, t->numel, 2e-5, 1e-3, name);
-        worst = e > worst ? e : worst;
-    }
+    worst = compare_tensors(m, &ref, "final.", moe_model_params(m), 2e-5, 1e-3);
     printf("%s: parameters after %d AdamW steps, max abs err %.3g\n", rc->name, NSTEPS, worst);
     free(opt);
     moe_model_free(m);
