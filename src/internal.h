@@ -266,6 +266,8 @@ typedef struct {
 } moe__st_entry;
 
 /* Writes a safetensors file atomically; meta_keys/meta_vals are n_meta string pairs. */
+/* The config (and step, when not NULL) stored in an opened checkpoint, checked. */
+moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step);
 /* Copies every tensor of m's table from f, checking names, dtypes and shapes. */
 moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path);
 

@@ -39,7 +39,7 @@ moe_status moe_model_save(const moe_model *m, const char *path, int64_t step) {
     return st;
 }
 
-static moe_status read_config(const moe__st_file *f, const char *path, moe_config *out, int64_t *step) {
+moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step) {
     char *format = moe__st_meta(f, "format"), *version = moe__st_meta(f, "format_version");
     char *cfg = moe__st_meta(f, "config"), *stepv = moe__st_meta(f, "step");
     moe_status st = MOE_STATUS_OK;
@@ -77,7 +77,7 @@ moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *ste
     moe__st_file f;
     moe_status st = moe__st_read(path, &f);
     if (st != MOE_STATUS_OK) return st;
-    st = read_config(&f, path, out, step);
+    st = moe__checkpoint_config_of(&f, path, out, step);
     moe__st_free(&f);
     return st;
 }
@@ -113,7 +113,7 @@ moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     if (st != MOE_STATUS_OK) return st;
     moe_config c;
     moe_model *m = NULL;
-    st = read_config(&f, path, &c, NULL);
+    st = moe__checkpoint_config_of(&f, path, &c, NULL);
     if (st == MOE_STATUS_OK) st = moe_model_create(&c, max_batch, &m);
     if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, path);
     moe__st_free(&f);

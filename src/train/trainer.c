@@ -34,6 +34,7 @@ struct moe_trainer {
     int *tokens, *targets;       /* (B,T) */
     int64_t *load_acc;           /* (sum of E over MoE layers) over the micro-batches of a step */
     int64_t *load_off;           /* (n_moe) offset of each MoE layer in load_acc */
+    int64_t total_e;             /* length of load_acc */
     int64_t *dropped_acc;        /* (n_moe) */
     int64_t *routed_acc;         /* (n_moe) */
     FILE *metrics;
@@ -155,6 +156,8 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
                               int resume, moe_trainer **out) {
     *out = NULL;
     moe_status st = MOE_STATUS_OK;
+    moe__st_file ckpt; // on resume, the checkpoint, read once for its config and its weights
+    memset(&ckpt, 0, sizeof ckpt);
     moe_trainer *t = calloc(1, sizeof *t);
     if (!t) {
         moe_dataset_free(train);
@@ -175,7 +178,8 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     int64_t model_step = 0;
     if (resume) {
         moe_config saved;
-        st = moe_checkpoint_config(t->model_path, &saved, &model_step);
+        st = moe__st_read(t->model_path, &ckpt);
+        if (st == MOE_STATUS_OK) st = moe__checkpoint_config_of(&ckpt, t->model_path, &saved, &model_step);
         if (st != MOE_STATUS_OK) goto fail;
         moe__config_take_training(&saved, c); // model from the checkpoint, training keys from the caller
         t->cfg = saved;
@@ -209,12 +213,9 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         goto fail;
     }
     if (resume) {
-        moe__st_file f;
-        st = moe__st_read(t->model_path, &f);
-        if (st != MOE_STATUS_OK) goto fail;
         st = moe_model_create(c, c->batch_size, &t->m);
-        if (st == MOE_STATUS_OK) st = moe__model_load_weights(t->m, &f, t->model_path);
-        moe__st_free(&f);
+        if (st == MOE_STATUS_OK) st = moe__model_load_weights(t->m, &ckpt, t->model_path);
+        moe__st_free(&ckpt);
         if (st != MOE_STATUS_OK) goto fail;
     } else {
         st = moe_model_create(c, c->batch_size, &t->m);
@@ -233,6 +234,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         t->load_off[i] = total_e;
         total_e += moe_model_layer_stats(t->m, i)->n_experts;
     }
+    t->total_e = total_e;
     t->load_acc = calloc((size_t)(total_e ? total_e : 1), sizeof(int64_t));
     t->dropped_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
     t->routed_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
@@ -253,6 +255,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     *out = t;
     return MOE_STATUS_OK;
 fail:
+    moe__st_free(&ckpt);
     moe_trainer_free(t);
     return st;
 }
@@ -295,8 +298,10 @@ int64_t moe__total_experts(const moe_model *m) {
     return n;
 }
 
-moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches, float *loss,
-                        int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
+/* moe_evaluate with caller-provided token and target buffers of batch * seq_len ints, so that
+ * the evaluations inside training allocate nothing. */
+static moe_status evaluate_into(moe_model *m, const moe_dataset *d, int batch, int max_batches, int *tok, int *tgt,
+                                float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
     const moe_config *c = moe_model_config(m);
     int T = c->seq_len, nm = moe_model_n_moe_layers(m);
     int64_t n = moe_dataset_len(d), avail = (n - 1) / T, windows = avail;
@@ -305,12 +310,6 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
     if (max_batches > 0 && windows > (int64_t)max_batches * batch) windows = (int64_t)max_batches * batch;
     // when only some windows are evaluated, spread them evenly over the data (window i starts
     // at window floor(i * avail / windows)), so a mixed validation set is sampled throughout
-    int *tok = malloc((size_t)batch * T * sizeof(int)), *tgt = malloc((size_t)batch * T * sizeof(int));
-    if (!tok || !tgt) {
-        free(tok);
-        free(tgt);
-        return moe__err(MOE_STATUS_NOMEM, "out of memory");
-    }
     if (loads) memset(loads, 0, (size_t)moe__total_experts(m) * sizeof(int64_t));
     if (would_drop) *would_drop = 0;
     const uint16_t *src = moe_dataset_tokens(d);
@@ -339,13 +338,22 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
             if (would_drop) *would_drop += s->would_drop;
         }
     }
-    free(tok);
-    free(tgt);
     memcpy(moe__model_prof(m), prof, sizeof prof);
     if (st != MOE_STATUS_OK) return st;
     *loss = (float)(total / ((double)windows * T));
     if (n_tokens) *n_tokens = windows * T;
     return MOE_STATUS_OK;
+}
+
+moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches, float *loss,
+                        int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
+    size_t n = (size_t)batch * moe_model_config(m)->seq_len;
+    int *tok = malloc(n * sizeof(int)), *tgt = malloc(n * sizeof(int));
+    moe_status st = tok && tgt ? evaluate_into(m, d, batch, max_batches, tok, tgt, loss, n_tokens, loads, would_drop)
+                               : moe__err(MOE_STATUS_NOMEM, "out of memory");
+    free(tok);
+    free(tgt);
+    return st;
 }
 
 /* ---------------------------------------------------------------- optimizer */
@@ -470,7 +478,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     double t0 = moe__now();
     int nm = moe_model_n_moe_layers(m);
     memset(info, 0, sizeof *info);
-    memset(t->load_acc, 0, (size_t)(moe__total_experts(m) ? moe__total_experts(m) : 1) * sizeof(int64_t));
+    memset(t->load_acc, 0, (size_t)t->total_e * sizeof(int64_t));
     memset(t->dropped_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
     memset(t->routed_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
     moe_model_zero_grad(m);
@@ -532,7 +540,8 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     info->tokens_per_s = (double)c->grad_accum * c->batch_size * c->seq_len / dt;
     int last = t->step >= c->steps;
     if ((c->eval_every > 0 && t->step % c->eval_every == 0) || last) {
-        st = moe_evaluate(m, t->val, c->batch_size, c->eval_batches, &info->val_loss, NULL, NULL, NULL);
+        st = evaluate_into(m, t->val, c->batch_size, c->eval_batches, t->tokens, t->targets, &info->val_loss, NULL,
+                           NULL, NULL);
         if (st != MOE_STATUS_OK) return st;
         info->has_val = 1;
     }
