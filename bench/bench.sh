@@ -7,7 +7,11 @@
 #   peers: bench/peer_torch.py, per-expert loop (HF Mixtral) and sort-by-expert dispatch.
 # Prints tokens/s, the ratio to the faster PyTorch variant, model FLOP/s (6 x active params +
 # 12 L C T per token, PaLM's accounting) and its share of the sgemm rate measured here with the
-# same BLAS, peak resident memory, 1- vs 2-thread scaling, and a per-phase profile.
+# same BLAS, peak resident memory, 1- vs 2-thread scaling, and a per-phase profile; the
+# standard config also with recompute=1 (activation recompute: memory against speed).
+# Training rates are the median step after the first; the sgemm and triad rates the best of 5
+# and 10 (the largest denominator for the utilisation). This machine shares its cores with
+# neighbours: figures move by up to 20% from one run to the next, so compare rows of one run.
 # usage: bench/bench.sh [STEPS]      (needs build/ with moe and bench_gemm; PyTorch for the peer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +22,12 @@ W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 head -c 2000000 /dev/urandom | base64 > "$W/data.txt" # any bytes will do for timing
 
-PEAK=$(./build/bench_gemm "$THREADS" | awk '/^peak/ {print $2}')
+./build/bench_gemm "$THREADS" > "$W/gemm"
+./build/bench_gemm 1 > "$W/gemm1"
+PEAK=$(awk '/^peak/ {print $2}' "$W/gemm")
 echo "machine: $(nproc) cores, $THREADS threads, sgemm peak measured $PEAK GFLOP/s (build/bench_gemm)"
+echo "  1 thread: sgemm $(awk '/^peak/ {print $2}' "$W/gemm1") GFLOP/s, triad $(awk '/^triad/ {print $2}' "$W/gemm1") GB/s;" \
+     "$THREADS threads: triad $(awk '/^triad/ {print $2}' "$W/gemm") GB/s"
 
 moe_run() { # name threads sets...
     local name=$1 th=$2
@@ -67,10 +75,15 @@ for cfg in standard fine dense; do
 tps, best, flops, peak = $tps, $best, $flops, $PEAK
 print('%-22s %10.0f %7.2fx %12.1f %8.1f%% %10s' % ('moe_$cfg', tps, tps / best, tps * flops / 1e9, 100 * tps * flops / 1e9 / peak, '$mem'))"
     if [ "$cfg" = standard ]; then
+        read -r rtps rmem _ < <(moe_run moe_standard_recompute "$THREADS" --set recompute=1)
+        python3 -c "
+print('%-22s %10.0f %7.2fx %12s %9s %10s' % ('moe_standard_recompute', $rtps, $rtps / $best, '', '', '$rmem'))"
         echo "  profile of moe_standard (share of training-step time):"
         sed 's/^/  /' "$W/moe_standard.prof" | tail -n +2
     fi
 done
 python3 -c "print('moe standard / dense step time: %.2f' % (${TPS[dense]} / ${TPS[standard]}))"
+# 1 thread, then the same run at $THREADS threads right after it (this machine's neighbours vary)
 read -r tps1 _ < <(moe_run moe_standard_1t 1)
-python3 -c "print('moe standard, 2 threads / 1 thread: %.2fx (%d vs %d tokens/s)' % (${TPS[standard]} / $tps1, ${TPS[standard]}, $tps1))"
+read -r tps2 _ < <(moe_run moe_standard_again "$THREADS")
+python3 -c "print('moe standard, $THREADS threads / 1 thread: %.2fx (%d vs %d tokens/s)' % ($tps2 / $tps1, $tps2, $tps1))"

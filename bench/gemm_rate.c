@@ -2,7 +2,9 @@
  * gemm_rate.c — the machine's single-precision GEMM rate with the BLAS moe links (the
  * denominator of the benchmark's model-FLOP utilisation): C = A B^T at the shapes of the
  * standard benchmark's expert and projection products, and a large square one; best of 5.
- * usage: bench_gemm [threads]   prints "shape GFLOP/s" lines and "peak GFLOP/s".
+ * Also the memory bandwidth of an OpenMP triad a[i] = b[i] + s c[i] over 3 x 64 MiB (the
+ * bound of the elementwise passes), so that 1- and 2-thread runs show how each scales.
+ * usage: bench_gemm [threads]   prints "shape GFLOP/s" lines, "peak GFLOP/s" and "triad GB/s".
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -49,5 +51,19 @@ int main(int argc, char **argv) {
         free(a), free(b), free(c);
     }
     printf("peak %.1f GFLOP/s\n", peak);
+    size_t n = (size_t)16 << 20;
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float)), *c = malloc(n * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) a[i] = 0.0f, b[i] = (float)(i % 3), c[i] = (float)(i % 5);
+    double best = 1e30;
+    for (int rep = 0; rep < 10; rep++) {
+        double t0 = now();
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) a[i] = b[i] + 0.5f * c[i];
+        double t = now() - t0;
+        if (t < best) best = t;
+    }
+    printf("triad %.1f GB/s (check %g)\n", 3.0 * n * sizeof(float) / best / 1e9, (double)a[n / 2]);
+    free(a), free(b), free(c);
     return 0;
 }

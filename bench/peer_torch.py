@@ -185,7 +185,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - t0)
-    med = sorted(times[1:])[len(times[1:]) // 2]
+    med = sorted(times[1:])[len(times[1:]) // 2]  # the median step after the first, as bench.sh takes for moe
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"torch-{a.dispatch}-{a.config} {B * T / med:.0f} {rss:.1f}")
 

@@ -114,6 +114,7 @@ typedef struct moe_config {
     float val_frac;        /* held-out fraction when no validation file is given */
     uint64_t seed;
     int threads;           /* 0 = OpenMP default */
+    int recompute;         /* keep only each block's input; recompute its activations in backward */
 } moe_config;
 
 moe_config moe_config_default(void);
@@ -213,7 +214,8 @@ const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i);
 /* Routing decisions of the last forward for MoE layer i (0-based among MoE layers): for each
  * token (B*T of them) `slots` entries (K for token choice, E for expert choice and soft
  * mixture in training), each an expert id, or -1 for a slot that was dropped or not routed.
- * out must hold B*T*slots ints; returns slots. */
+ * out must hold B*T*slots ints; returns slots, or -1 for a model created with recompute (its
+ * blocks share one activation slot; moe_model_load creates models without it). */
 int moe_model_routing(const moe_model *m, int i, int *out);
 
 /* Where the time of forward, backward and optimizer passes goes, accumulated in seconds. */

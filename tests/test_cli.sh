@@ -61,6 +61,11 @@ checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/again" --steps 8 "${SMALL[@]}" || fail "second run failed"
 losses "$W/again/metrics.jsonl" > "$W/c"
 cmp -s "$W/a" "$W/c" || fail "two runs with the same seed differ"
+checks=$((checks + 1)) # activation recompute changes memory, not one bit of the results
+"$MOE" train --data "$W/corpus.txt" --out "$W/recompute" --steps 8 "${SMALL[@]}" --set recompute=1 \
+    || fail "recompute run failed"
+losses "$W/recompute/metrics.jsonl" > "$W/r"
+cmp -s "$W/a" "$W/r" || { fail "recompute=1 losses differ from the stored-activation run"; diff "$W/a" "$W/r" >&2; }
 checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/accum" --steps 3 "${SMALL[@]}" --set grad_accum=2 --set eval_every=0 \
     || fail "grad_accum run failed"

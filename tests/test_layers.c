@@ -708,6 +708,70 @@ static void test_model_gradients(void) {
     moe_model_free(c.m);
 }
 
+/* recompute=1 keeps only each block's input and redoes its forward in backward: losses,
+ * statistics and every gradient must be bit-identical to the stored-activation run, for each
+ * routing method (random draws included), dense and MoE blocks mixed, and pyramid experts. */
+static void test_recompute(void) {
+    const char *variants[][4] = {
+        {"routing", "topk", "moe_layers", "all"},
+        {"routing", "topk", "moe_layers", "0,2"},
+        {"routing", "noisy_topk", "load_loss_coef", "0.1"},
+        {"routing", "expert_choice", "n_shared", "1"},
+        {"routing", "soft", "moe_layers", "1"},
+        {"jitter_eps", "0.1", "random_routing", "1"},
+        {"expert_counts", "2,4,8", "router_score", "sigmoid"},
+        {"bias_update_rate", "0.01", "seq_aux_loss_coef", "0.01"},
+    };
+    int B = 3, T = 8, N = B * T;
+    int *tok = malloc((size_t)N * sizeof(int)), *tgt = malloc((size_t)N * sizeof(int));
+    for (size_t v = 0; v < sizeof variants / sizeof variants[0]; v++) {
+        moe_model *m[2];
+        moe_losses l[2];
+        for (int r = 0; r < 2; r++) {
+            moe_config cfg = moe_config_default();
+            const char *sets[][2] = {{"vocab_size", "40"}, {"seq_len", "8"}, {"n_embd", "16"}, {"n_layer", "3"},
+                                     {"n_head", "2"}, {"ffn_hidden", "24"}, {"n_experts", "4"}, {"top_k", "2"},
+                                     {"expert_hidden", "12"}, {"capacity_factor", "1.0"}, {"min_capacity", "1"},
+                                     {"init_std", "0.2"}, {"recompute", r ? "1" : "0"}};
+            for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
+                CHECK_OK(moe_config_set(&cfg, sets[i][0], sets[i][1]));
+            CHECK_OK(moe_config_set(&cfg, variants[v][0], variants[v][1]));
+            CHECK_OK(moe_config_set(&cfg, variants[v][2], variants[v][3]));
+            CHECK_OK(moe_model_create(&cfg, B, &m[r]));
+            moe_model_init(m[r], 11);
+            moe_model_zero_grad(m[r]);
+        }
+        for (int pass = 0; pass < 2; pass++) { // gradients accumulate over two micro-batches
+            for (int i = 0; i < N; i++) tok[i] = (i * 7 + 3 * pass + 1) % 40, tgt[i] = (i * 13 + pass) % 40;
+            for (int r = 0; r < 2; r++) {
+                moe__model_set_noise_seed(m[r], 99 + (uint64_t)pass);
+                CHECK_OK(moe_model_forward(m[r], tok, tgt, B, T, 1, &l[r]));
+                CHECK_OK(moe_model_backward(m[r], 0.5f));
+            }
+            CHECK(memcmp(&l[0], &l[1], sizeof l[0]) == 0, "recompute %s=%s %s=%s pass %d: losses %.9g vs %.9g",
+                  variants[v][0], variants[v][1], variants[v][2], variants[v][3], pass, l[0].total, l[1].total);
+            for (int i = 0; i < moe_model_n_moe_layers(m[0]); i++) {
+                const moe_layer_stats *a = moe_model_layer_stats(m[0], i), *b = moe_model_layer_stats(m[1], i);
+                CHECK(!memcmp(a->load, b->load, (size_t)a->n_experts * sizeof(int64_t)) && a->dropped == b->dropped,
+                      "recompute %s=%s: loads of MoE layer %d", variants[v][1], variants[v][3], i);
+            }
+        }
+        int64_t P = moe_model_n_params(m[0]), bad = 0;
+        const float *g0 = moe_model_grads(m[0]), *g1 = moe_model_grads(m[1]);
+        for (int64_t i = 0; i < P; i++) bad += memcmp(&g0[i], &g1[i], sizeof(float)) != 0;
+        CHECK(bad == 0, "recompute %s=%s %s=%s: %lld of %lld gradients differ", variants[v][0], variants[v][1],
+              variants[v][2], variants[v][3], (long long)bad, (long long)P);
+        double gsum = 0;
+        for (int64_t i = 0; i < P; i++) gsum += fabs(g0[i]);
+        CHECK(gsum > 0, "recompute %s=%s: gradients are not all zero", variants[v][1], variants[v][3]);
+        int routes[3 * 8 * 8];
+        CHECK(moe_model_routing(m[1], 0, routes) == -1, "routing() reports -1 for a recompute model");
+        moe_model_free(m[0]);
+        moe_model_free(m[1]);
+    }
+    free(tok), free(tgt);
+}
+
 int main(void) {
     // MOE_TEST_SEED draws other random shapes and values (the default is what CI runs)
     const char *seed = getenv("MOE_TEST_SEED");
@@ -720,5 +784,6 @@ int main(void) {
     test_moe_gradients();
     test_routing_edges();
     test_model_gradients();
+    test_recompute();
     CHECK_SUMMARY("test_layers");
 }

@@ -114,6 +114,7 @@ moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     moe_config c;
     moe_model *m = NULL;
     st = moe__checkpoint_config_of(&f, path, &c, NULL);
+    c.recompute = 0; // inference: no backward to save memory for
     if (st == MOE_STATUS_OK) st = moe_model_create(&c, max_batch, &m);
     if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, path);
     moe__st_free(&f);

@@ -80,7 +80,9 @@ static const char *const score_names[] = {"softmax", "sigmoid", NULL};
     X(log_every, K_INT, 10, 1, INT_MAX, KIND_TRAIN, NULL, "steps between progress lines")                            \
     X(val_frac, K_FLOAT, 0.1, 0.0, 0.9, KIND_TRAIN, NULL, "held-out fraction when no validation file is given")     \
     X(seed, K_U64, 1337, 0, 0, KIND_TRAIN, NULL, "random seed (initialisation, data order)")                         \
-    X(threads, K_INT, 0, 0, 4096, KIND_TRAIN, NULL, "OpenMP threads; 0 = the OpenMP default")
+    X(threads, K_INT, 0, 0, 4096, KIND_TRAIN, NULL, "OpenMP threads; 0 = the OpenMP default")                      \
+    X(recompute, K_BOOL, 0, 0, 1, KIND_TRAIN, NULL,                                                                  \
+      "activation recompute: keep each block's input only, redo its forward in backward (less memory, ~1/3 more compute)")
 
 typedef struct {
     const char *name;

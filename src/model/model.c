@@ -198,6 +198,59 @@ static void *take(planner *p, size_t bytes) {
 #define TAKE_I(p, n) ((int *)take(p, (size_t)(n) * sizeof(int)))
 #define TAKE_I64(p, n) ((int64_t *)take(p, (size_t)(n) * sizeof(int64_t)))
 
+/* Saved activations of one block: a dense FFN (E = 0) or an MoE layer with E experts and P
+ * assignments. */
+static void plan_block(planner *p, layer_act *a, const moe_config *c, int64_t B, int64_t E, int64_t P) {
+    int64_t T = c->seq_len, N = B * T, C = c->n_embd, H = c->n_head;
+    int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, Fd = c->ffn_hidden;
+    int noisy = c->routing == MOE_ROUTING_NOISY_TOPK, jitter = c->jitter_eps > 0.0f;
+    a->ln1 = TAKE_F(p, N * C);
+    a->rstd1 = TAKE_F(p, N);
+    a->q = TAKE_F(p, N * C);
+    a->k = TAKE_F(p, N * C);
+    a->v = TAKE_F(p, N * C);
+    a->att = TAKE_F(p, B * H * T * T);
+    a->atty = TAKE_F(p, N * C);
+    a->resid_mid = TAKE_F(p, N * C);
+    a->ln2 = TAKE_F(p, N * C);
+    a->rstd2 = TAKE_F(p, N);
+    if (E == 0) {
+        a->h1 = TAKE_F(p, N * Fd);
+        a->h3 = TAKE_F(p, N * Fd);
+        a->act = TAKE_F(p, N * Fd);
+        return;
+    }
+    moe__moe_cache *mc = &a->mc;
+    mc->xr = jitter ? TAKE_F(p, N * C) : NULL;
+    mc->jit = jitter ? TAKE_F(p, N * C) : NULL;
+    mc->logits = TAKE_F(p, N * E);
+    mc->scores = TAKE_F(p, N * E);
+    mc->probs = TAKE_F(p, N * E);
+    mc->noise_raw = noisy ? TAKE_F(p, N * E) : NULL;
+    mc->noise_eps = noisy ? TAKE_F(p, N * E) : NULL;
+    mc->noisy = noisy ? TAKE_F(p, N * E) : NULL;
+    mc->lse = TAKE_F(p, N);
+    mc->sel = TAKE_I(p, P);
+    mc->gate = TAKE_F(p, P);
+    mc->row_of = TAKE_I(p, P);
+    mc->row_token = TAKE_I(p, P);
+    mc->offsets = TAKE_I64(p, E + 1);
+    mc->load = TAKE_I64(p, E);
+    mc->f = TAKE_F(p, E);
+    mc->seq_f = TAKE_F(p, B * E);
+    mc->imp = TAKE_F(p, E);
+    mc->loadest = TAKE_F(p, E);
+    mc->xe = TAKE_F(p, P * C);
+    mc->ye = TAKE_F(p, P * C);
+    mc->h1 = TAKE_F(p, P * F);
+    mc->h3 = TAKE_F(p, P * F);
+    mc->act = TAKE_F(p, P * F);
+    mc->sh1 = TAKE_F(p, N * SF);
+    mc->sh3 = TAKE_F(p, N * SF);
+    mc->sact = TAKE_F(p, N * SF);
+    mc->scratch_idx = TAKE_I(p, 2 * (P > N ? P : N));
+}
+
 static size_t plan(moe_model *m, char *base) {
     const moe_config *c = &m->cfg;
     planner p = {base, 0};
@@ -205,56 +258,21 @@ static size_t plan(moe_model *m, char *base) {
     int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, Fd = c->ffn_hidden, EM = m->max_e;
     int64_t PM = 0; // the most assignments of any layer
     int noisy = c->routing == MOE_ROUTING_NOISY_TOPK, jitter = c->jitter_eps > 0.0f;
+    for (int l = 0; l < c->n_layer; l++)
+        if (m->moe_slot[l] >= 0 && max_slots(c, m->n_exp[l]) * N > PM) PM = max_slots(c, m->n_exp[l]) * N;
     for (int l = 0; l <= c->n_layer; l++) m->resid[l] = TAKE_F(&p, N * C);
-    for (int l = 0; l < c->n_layer; l++) {
-        layer_act *a = &m->la[l];
-        a->ln1 = TAKE_F(&p, N * C);
-        a->rstd1 = TAKE_F(&p, N);
-        a->q = TAKE_F(&p, N * C);
-        a->k = TAKE_F(&p, N * C);
-        a->v = TAKE_F(&p, N * C);
-        a->att = TAKE_F(&p, B * H * T * T);
-        a->atty = TAKE_F(&p, N * C);
-        a->resid_mid = TAKE_F(&p, N * C);
-        a->ln2 = TAKE_F(&p, N * C);
-        a->rstd2 = TAKE_F(&p, N);
-        if (m->moe_slot[l] < 0) {
-            a->h1 = TAKE_F(&p, N * Fd);
-            a->h3 = TAKE_F(&p, N * Fd);
-            a->act = TAKE_F(&p, N * Fd);
-            continue;
-        }
-        moe__moe_cache *mc = &a->mc;
-        int64_t E = m->n_exp[l], P = max_slots(c, (int)E) * N;
-        PM = P > PM ? P : PM;
-        mc->xr = jitter ? TAKE_F(&p, N * C) : NULL;
-        mc->jit = jitter ? TAKE_F(&p, N * C) : NULL;
-        mc->logits = TAKE_F(&p, N * E);
-        mc->scores = TAKE_F(&p, N * E);
-        mc->probs = TAKE_F(&p, N * E);
-        mc->noise_raw = noisy ? TAKE_F(&p, N * E) : NULL;
-        mc->noise_eps = noisy ? TAKE_F(&p, N * E) : NULL;
-        mc->noisy = noisy ? TAKE_F(&p, N * E) : NULL;
-        mc->lse = TAKE_F(&p, N);
-        mc->sel = TAKE_I(&p, P);
-        mc->gate = TAKE_F(&p, P);
-        mc->row_of = TAKE_I(&p, P);
-        mc->row_token = TAKE_I(&p, P);
-        mc->offsets = TAKE_I64(&p, E + 1);
-        mc->load = TAKE_I64(&p, E);
-        mc->f = TAKE_F(&p, E);
-        mc->seq_f = TAKE_F(&p, B * E);
-        mc->imp = TAKE_F(&p, E);
-        mc->loadest = TAKE_F(&p, E);
-        mc->xe = TAKE_F(&p, P * C);
-        mc->ye = TAKE_F(&p, P * C);
-        mc->h1 = TAKE_F(&p, P * F);
-        mc->h3 = TAKE_F(&p, P * F);
-        mc->act = TAKE_F(&p, P * F);
-        mc->sh1 = TAKE_F(&p, N * SF);
-        mc->sh3 = TAKE_F(&p, N * SF);
-        mc->sact = TAKE_F(&p, N * SF);
-        mc->scratch_idx = TAKE_I(&p, 2 * (P > N ? P : N));
+    if (c->recompute) {
+        // one block's activations for each kind of block, shared by all blocks of that kind:
+        // backward recomputes a block's forward from resid[l] just before its own backward
+        layer_act dense, moe;
+        memset(&dense, 0, sizeof dense);
+        memset(&moe, 0, sizeof moe);
+        if (m->n_moe < c->n_layer) plan_block(&p, &dense, c, B, 0, 0);
+        if (m->n_moe > 0) plan_block(&p, &moe, c, B, EM, PM);
+        for (int l = 0; l < c->n_layer; l++) m->la[l] = m->moe_slot[l] >= 0 ? moe : dense;
+    } else {
+        for (int l = 0; l < c->n_layer; l++)
+            plan_block(&p, &m->la[l], c, B, m->n_exp[l], m->moe_slot[l] >= 0 ? max_slots(c, m->n_exp[l]) * N : 0);
     }
     m->lnf = TAKE_F(&p, N * C);
     m->rstdf = TAKE_F(&p, N);
@@ -415,6 +433,43 @@ void moe_model_zero_grad(moe_model *m) { memset(m->grads, 0, (size_t)m->n_params
 
 /* ---------------------------------------------------------------- forward */
 
+/* One block: resid[l+1] = resid[l] + attn(...) + ffn(...), saving its activations in la[l] (in
+ * recompute mode the slot shared by every block of its kind). Deterministic for a given thread
+ * count and noise seed, so that backward can redo it bit for bit. */
+static void block_forward(moe_model *m, int l, int B, int T, int training) {
+    const moe_config *c = &m->cfg;
+    int64_t N = (int64_t)B * T;
+    int C = c->n_embd, H = c->n_head;
+    double *prof = m->prof, t = moe__prof_begin(prof);
+    layer_w w = layer_weights(m, m->params, l);
+    layer_act *a = &m->la[l];
+    float *x = m->resid[l], *xo = m->resid[l + 1];
+    moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
+    moe__matmul_forward(a->q, a->ln1, w.wq, N, C, C, 0);
+    moe__matmul_forward(a->k, a->ln1, w.wk, N, C, C, 0);
+    moe__matmul_forward(a->v, a->ln1, w.wv, N, C, C, 0);
+    moe__rope_forward(a->q, m->rope_cos, m->rope_sin, B, T, C, H);
+    moe__rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, C, H);
+    moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H);
+    memcpy(a->resid_mid, x, (size_t)N * C * sizeof(float));
+    moe__matmul_forward(a->resid_mid, a->atty, w.wo, N, C, C, 1);
+    moe__rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps);
+    memcpy(xo, a->resid_mid, (size_t)N * C * sizeof(float));
+    moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
+    if (m->moe_slot[l] < 0) {
+        t = moe__prof_begin(prof);
+        moe__ffn_forward(xo, a->h1, a->h3, a->act, a->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
+        moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
+        return;
+    }
+    moe__moe_dims dims = moe_dims(m, l, T, training);
+    moe__moe_forward(m->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
+    t = moe__prof_begin(prof);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * C; i++) xo[i] += m->tmp[i];
+    moe__prof_end(prof, MOE_PHASE_COMBINE, t);
+}
+
 moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
                              moe_losses *out) {
     const moe_config *c = &m->cfg;
@@ -422,7 +477,7 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
         return moe__err(MOE_STATUS_ARG, "forward: batch %d x %d exceeds the planned %d x %d", B, T, m->max_batch,
                         c->seq_len);
     int64_t N = (int64_t)B * T;
-    int C = c->n_embd, V = c->vocab_size, H = c->n_head;
+    int C = c->n_embd, V = c->vocab_size;
     for (int64_t n = 0; n < N; n++) {
         if (tokens[n] < 0 || tokens[n] >= V || (targets && (targets[n] < 0 || targets[n] >= V)))
             return moe__err(MOE_STATUS_DATA, "forward: token %d at position %lld is outside the vocabulary [0, %d)",
@@ -442,37 +497,12 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
     double aux = 0.0, z = 0.0, seq = 0.0, imp = 0.0, ld = 0.0;
     for (int l = 0; l < c->n_layer; l++) {
-        layer_w w = layer_weights(m, m->params, l);
-        layer_act *a = &m->la[l];
-        float *x = m->resid[l], *xo = m->resid[l + 1];
-        t = moe__prof_begin(prof);
-        moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
-        moe__matmul_forward(a->q, a->ln1, w.wq, N, C, C, 0);
-        moe__matmul_forward(a->k, a->ln1, w.wk, N, C, C, 0);
-        moe__matmul_forward(a->v, a->ln1, w.wv, N, C, C, 0);
-        moe__rope_forward(a->q, m->rope_cos, m->rope_sin, B, T, C, H);
-        moe__rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, C, H);
-        moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H);
-        memcpy(a->resid_mid, x, (size_t)N * C * sizeof(float));
-        moe__matmul_forward(a->resid_mid, a->atty, w.wo, N, C, C, 1);
-        moe__rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps);
-        memcpy(xo, a->resid_mid, (size_t)N * C * sizeof(float));
-        moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
+        block_forward(m, l, B, T, training);
         int s = m->moe_slot[l];
-        if (s < 0) {
-            t = moe__prof_begin(prof);
-            moe__ffn_forward(xo, a->h1, a->h3, a->act, a->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
-            moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
-            continue;
-        }
-        moe__moe_dims dims = moe_dims(m, l, T, training);
-        moe__moe_forward(m->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
-        t = moe__prof_begin(prof);
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < N * C; i++) xo[i] += m->tmp[i];
-        moe__prof_end(prof, MOE_PHASE_COMBINE, t);
+        if (s < 0) continue;
+        const layer_act *a = &m->la[l];
         moe_layer_stats *st = &m->stats[s];
-        memcpy(st->load, a->mc.load, (size_t)dims.E * sizeof(int64_t));
+        memcpy(st->load, a->mc.load, (size_t)m->n_exp[l] * sizeof(int64_t));
         st->dropped = a->mc.dropped;
         st->would_drop = a->mc.would_drop;
         st->assignments = a->mc.routed;
@@ -541,6 +571,7 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
         layer_w w = layer_weights(m, m->params, l);
         layer_w gw = layer_weights(m, g, l);
         layer_act *a = &m->la[l];
+        if (c->recompute) block_forward(m, l, B, T, m->training); // refills la[l]; resid[l+1] is rewritten
         // xo = resid_mid + ffn(ln2): dresid holds d xo and becomes d resid_mid
         memset(m->dln, 0, NC);
         t = moe__prof_begin(prof);
@@ -594,6 +625,7 @@ const char *moe_phase_name(moe_phase p) {
 
 int moe_model_routing(const moe_model *m, int i, int *out) {
     int l = m->stats[i].layer;
+    if (m->cfg.recompute) return -1; // the blocks share one activation slot
     moe__moe_dims d = moe_dims(m, l, m->T, m->training);
     int slots = moe__moe_slots(&d);
     const moe__moe_cache *c = &m->la[l].mc;

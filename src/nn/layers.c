@@ -9,6 +9,7 @@
  */
 #include "internal.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -127,9 +128,9 @@ void moe__ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dac
                        const float *dy, const float *x, const float *h1, const float *h3, const float *act,
                        const float *w1, const float *w3, const float *w2, int64_t N, int C, int F) {
     if (N == 0) return;
-    // y = act @ w2^T
-    memset(dact, 0, (size_t)N * F * sizeof(float));
-    moe__matmul_backward(dact, dw2, dy, act, w2, N, F, C);
+    // y = act @ w2^T: dact = dy @ w2 (overwritten, no memset pass), dw2 += dy^T @ act
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, F, C, 1.0f, dy, C, w2, F, 0.0f, dact, F);
+    moe__matmul_backward(NULL, dw2, dy, act, w2, N, F, C);
     // act = silu(h1) * h3
     moe__swiglu_backward(dh1, dh3, dact, h1, h3, N * F);
     // h1 = x @ w1^T, h3 = x @ w3^T
