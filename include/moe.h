@@ -273,6 +273,10 @@ typedef struct {
     float dropped_frac;  /* dropped assignments / routed assignments, mean over MoE layers */
     double tokens_per_s;
     double step_ms;
+    /* multi-rank runs, this rank (rank 0 in metrics.jsonl): bytes sent to other ranks and
+     * seconds inside the calls, for token dispatch/combine (all-to-all) and all-reduces */
+    int64_t a2a_bytes, allreduce_bytes;
+    double a2a_s, allreduce_s;
     int has_val;
     float val_loss;
 } moe_step_info;
@@ -301,4 +305,18 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
 #ifdef __cplusplus
 }
 #endif
+/* ---------------------------------------------------------------- distributed (MPI) */
+
+/* Starts MPI when this build has it (a no-op otherwise); call first in main. */
+moe_status moe_dist_init(int *argc, char ***argv);
+/* Arranges the ranks as a dp x ep grid: ep ranks share each MoE layer's experts (E/ep each),
+ * the dp = ranks/ep replicas split the batch. Call before creating models or trainers. */
+moe_status moe_dist_setup(int ep);
+void moe_dist_finalize(void);
+int moe_dist_rank(void);
+int moe_dist_size(void);
+int moe_dist_available(void);     /* 1 when built with MPI */
+/* Ends the process, and under MPI every rank of the job (MPI_Abort). */
+_Noreturn void moe_dist_abort(int code);
+
 #endif

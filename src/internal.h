@@ -5,6 +5,7 @@
 #define MOE_INTERNAL_H
 
 #include "moe.h"
+#include "dist/dist.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -123,6 +124,9 @@ typedef struct {
     int random_routing;          /* GShard: keep the 2nd expert with probability 2 g2 / (g1 + g2) */
     uint64_t noise_seed;         /* draws of this forward (counter-based, thread-independent) */
     double *prof;                /* seconds per moe_phase, accumulated; NULL = not timed */
+    int ep, El;                  /* expert parallelism: ep ranks, El = E/ep experts on this rank */
+    float *a2a_buf;              /* (ep*P,C) scratch in peer order (ep > 1) */
+    int64_t *a2a_cnt;            /* (2 ep El) scratch: rows per (peer, local expert), sent and received */
 } moe__moe_dims;
 
 /* Phase timing: t = moe__prof_begin(); ...; moe__prof_end(prof, MOE_PHASE_X, t) (no-op on NULL). */
@@ -174,6 +178,12 @@ typedef struct {
     float *h1, *h3, *act;        /* (P,F) */
     float *sh1, *sh3, *sact;     /* (N,S*F) shared experts */
     int *scratch_idx;            /* (2P) for capacity selection */
+    /* expert parallelism (ep > 1): rows this rank's experts received from the ep group, at most
+     * PL = ep*P, in local-expert-contiguous order; h1, h3, act are then (PL,F) for these rows */
+    float *xl, *yl;              /* (PL,C) */
+    int *perm;                   /* (PL) received row r (peer order) -> local row perm[r] */
+    int64_t *loff;               /* (El+1) local expert i has local rows loff[i] .. loff[i+1] */
+    int64_t *send_rows, *recv_rows; /* (ep) rows to and from each peer */
     int64_t n_tokens;
     int capacity;
     int64_t routed, dropped, would_drop;
@@ -189,6 +199,7 @@ typedef struct {
     float *dnoise;               /* (N,E) d loss / d noise_raw (noisy top-K) */
     float *dxr;                  /* (N,C) d loss / d router input (jitter) */
     float *gvec;                 /* (2E) loss gradients per expert (noisy top-K) */
+    float *dyl, *dxl;            /* (PL,C) expert parallelism: local dy and dx */
 } moe__moe_scratch;
 
 /* d total / d (each loss of this layer), already divided by the number of MoE layers. */
@@ -270,6 +281,13 @@ typedef struct {
 moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step);
 /* Copies every tensor of m's table from f, checking names, dtypes and shapes. */
 moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path);
+/* Expert parallelism of a model: *ep ranks share its experts, this one is *rank. */
+void moe__model_ep(const moe_model *m, int *ep, int *rank);
+/* Multi-rank checkpoints: DIR/KIND-J-of-EP.stepS.{safetensors,bin} for KIND experts or state. */
+void moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step);
+moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step);
+/* model.safetensors of a multi-rank checkpoint: every tensor but the experts, expert_shards = ep. */
+moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep);
 
 moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
                          const char *const *meta_vals, int n_meta);

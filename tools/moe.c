@@ -20,11 +20,12 @@
 static _Noreturn void die(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "moe: ");
+    if (moe_dist_size() > 1) fprintf(stderr, "moe (rank %d of %d): ", moe_dist_rank(), moe_dist_size());
+    else fprintf(stderr, "moe: ");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
-    exit(code);
+    moe_dist_abort(code); // under MPI: ends every rank, none is left waiting in a collective
 }
 
 static void check(moe_status st) {
@@ -87,6 +88,8 @@ static const char *train_help =
     "  --set KEY=VALUE    set one config key; repeatable, applied after --config\n"
     "  --out DIR          run directory (created if missing)\n"
     "  --steps N          same as --set steps=N\n"
+    "  --ep N             under mpirun: N ranks share each MoE layer's experts (E/N each);\n"
+    "                     the other ranks/N-fold is data parallel (docs/distributed.md)\n"
     "  --resume           continue the run in DIR from its checkpoint: model keys come from the\n"
     "                     checkpoint, training keys from this command line\n"
     "  --stop-after N     stop (and checkpoint) after N steps of this invocation, keeping the\n"
@@ -113,7 +116,7 @@ static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m
 static int cmd_train(int argc, char **argv) {
     char *data = NULL, *val = NULL, *out = NULL, *config = NULL;
     int resume = 0, quiet = 0, profile = 0;
-    long stop_after = 0;
+    long stop_after = 0, ep = 1;
     moe_config c = moe_config_default();
     char **sets = calloc((size_t)argc, sizeof(char *));
     int n_sets = 0;
@@ -139,6 +142,7 @@ static int cmd_train(int argc, char **argv) {
             snprintf(sets[n_sets++], n, "steps=%s", v);
         } else if (!strcmp(a, "--stop-after")) stop_after = parse_long("--stop-after", need(argc, argv, &i), 1, 2147483647L);
         else if (!strcmp(a, "--resume")) resume = 1;
+        else if (!strcmp(a, "--ep")) ep = parse_long("--ep", need(argc, argv, &i), 1, 65536);
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--profile")) profile = 1;
         else die(2, "train: unknown option '%s' (see moe train --help)", a);
@@ -166,6 +170,9 @@ static int cmd_train(int argc, char **argv) {
         check(moe_config_set(&c, sets[i], eq + 1));
     }
     check(moe_config_validate(&c));
+    check(moe_dist_setup((int)ep));
+    quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
+    profile &= moe_dist_rank() == 0;
     char *paths[256];
     int n_paths = split_list(data, paths, 256);
     if (n_paths == 0) die(2, "train: --data is empty");
@@ -212,6 +219,7 @@ static int cmd_train(int argc, char **argv) {
     // the trainer saves at the last step; save here when stopped early or when there was no step
     if (moe_trainer_steps_done(t) < tc->steps || moe_trainer_steps_done(t) == first) check(moe_trainer_save(t));
     if (!quiet) printf("moe: saved %s/model.safetensors at step %lld\n", out, (long long)moe_trainer_steps_done(t));
+
     moe_trainer_free(t);
     for (int i = 0; i < n_sets; i++) free(sets[i]);
     free(sets);
@@ -560,6 +568,8 @@ static const char *main_help =
     "  route    which experts take which tokens: by byte class and by source (moe route --help)\n";
 
 int main(int argc, char **argv) {
+    check(moe_dist_init(&argc, &argv));
+    atexit(moe_dist_finalize);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(main_help, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -11,8 +11,11 @@
 #define CKPT_FORMAT "moe"
 #define CKPT_VERSION "1"
 
-moe_status moe_model_save(const moe_model *m, const char *path, int64_t step) {
-    int n = moe_model_n_tensors(m);
+/* Writes the tensors of m that `keep` selects (NULL = all) with the checkpoint metadata and
+ * n_extra more metadata pairs. */
+static moe_status save_tensors(const moe_model *m, const char *path, int64_t step, int (*keep)(const moe_tensor_info *),
+                               const char *const *extra_keys, const char *const *extra_vals, int n_extra) {
+    int n = moe_model_n_tensors(m), k = 0;
     moe__st_entry *e = calloc((size_t)n, sizeof *e);
     char *cfg = moe_config_to_json(moe_model_config(m));
     if (!e || !cfg) {
@@ -23,20 +26,49 @@ moe_status moe_model_save(const moe_model *m, const char *path, int64_t step) {
     const float *params = moe_model_params((moe_model *)m);
     for (int i = 0; i < n; i++) {
         const moe_tensor_info *t = moe_model_tensor(m, i);
-        e[i].name = t->name;
-        e[i].dtype = "F32";
-        e[i].ndim = t->ndim;
-        for (int d = 0; d < t->ndim; d++) e[i].shape[d] = t->shape[d];
-        e[i].data = params + t->offset;
+        if (keep && !keep(t)) continue;
+        e[k].name = t->name;
+        e[k].dtype = "F32";
+        e[k].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) e[k].shape[d] = t->shape[d];
+        e[k].data = params + t->offset;
+        k++;
     }
     char stepbuf[32];
     snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
-    const char *keys[] = {"format", "format_version", "config", "step"};
-    const char *vals[] = {CKPT_FORMAT, CKPT_VERSION, cfg, stepbuf};
-    moe_status st = moe__st_write(path, e, n, keys, vals, 4);
+    const char *keys[8] = {"format", "format_version", "config", "step"};
+    const char *vals[8] = {CKPT_FORMAT, CKPT_VERSION, cfg, stepbuf};
+    for (int i = 0; i < n_extra && i < 4; i++) keys[4 + i] = extra_keys[i], vals[4 + i] = extra_vals[i];
+    moe_status st = moe__st_write(path, e, k, keys, vals, 4 + (n_extra < 4 ? n_extra : 4));
     free(e);
     free(cfg);
     return st;
+}
+
+static int is_expert(const moe_tensor_info *t) { return t->group == MOE_GROUP_EXPERT; }
+static int is_replicated(const moe_tensor_info *t) { return t->group != MOE_GROUP_EXPERT; }
+
+moe_status moe_model_save(const moe_model *m, const char *path, int64_t step) {
+    int ep, ep_rank;
+    moe__model_ep(m, &ep, &ep_rank);
+    if (ep > 1) return moe__err(MOE_STATUS_ARG, "'%s': an expert-parallel model is saved by its trainer (shards)", path);
+    return save_tensors(m, path, step, NULL, NULL, NULL, 0);
+}
+
+void moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step) {
+    snprintf(out, n, "%s/%s-%d-of-%d.step%lld.%s", dir, kind, j, ep, (long long)step,
+             strcmp(kind, "experts") ? "bin" : "safetensors");
+}
+
+moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step) {
+    return save_tensors(m, path, step, is_expert, NULL, NULL, 0);
+}
+
+moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep) {
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", ep);
+    const char *k[] = {"expert_shards"}, *v[] = {buf};
+    return save_tensors(m, path, step, is_replicated, k, v, 1);
 }
 
 moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step) {
@@ -82,28 +114,108 @@ moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *ste
     return st;
 }
 
+static moe_status bad_shape(const char *path, const moe__st_tensor *s, const moe_tensor_info *t, int64_t rows) {
+    return moe__err(MOE_STATUS_FORMAT,
+                    "'%s': tensor '%s' is %s with %d dims [%lld, ...]; the config needs F32 [%lld, %lld, %lld]", path,
+                    t->name, s->dtype, s->ndim, (long long)(s->ndim ? s->shape[0] : 0), (long long)rows,
+                    (long long)t->shape[1], (long long)t->shape[2]);
+}
+
+/* Rows [e0, e0 + t->shape[0]) of a stacked expert tensor of E experts, from the checkpoint
+ * itself or from its n_sh expert shards (shard j holds experts [j E/n_sh, (j+1) E/n_sh)). */
+static moe_status load_experts(float *dst, const moe_tensor_info *t, int64_t E, int64_t e0, const moe__st_file *f,
+                               const moe__st_file *sh, int n_sh, const char *const *sh_path, const char *path) {
+    int64_t per = t->numel / t->shape[0], Es = n_sh ? E / n_sh : E;
+    for (int64_t i = 0; i < t->shape[0]; i++) {
+        int64_t e = e0 + i;
+        int j = n_sh ? (int)(e / Es) : 0;
+        const moe__st_file *src = n_sh ? &sh[j] : f;
+        const char *sp = n_sh ? sh_path[j] : path;
+        const moe__st_tensor *s = moe__st_find(src, t->name);
+        if (!s) return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is missing", sp, t->name);
+        int same = !strcmp(s->dtype, "F32") && s->ndim == t->ndim && s->shape[0] == Es;
+        for (int d = 1; same && d < t->ndim; d++) same = s->shape[d] == t->shape[d];
+        if (!same) return bad_shape(sp, s, t, Es);
+        memcpy(dst + i * per, s->data + (size_t)((e - (int64_t)j * Es) * per) * sizeof(float), (size_t)per * sizeof(float));
+    }
+    return MOE_STATUS_OK;
+}
+
 moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path) {
-    int n = moe_model_n_tensors(m);
+    int n = moe_model_n_tensors(m), ep, ep_rank, n_sh = 0;
+    moe__model_ep(m, &ep, &ep_rank);
     float *params = moe_model_params(m);
-    for (int i = 0; i < n; i++) {
+    moe_status st = MOE_STATUS_OK;
+    // a multi-rank checkpoint keeps its experts in shard files named by its step
+    char *shv = moe__st_meta(f, "expert_shards"), *stepv = moe__st_meta(f, "step");
+    moe__st_file *sh = NULL;
+    char **sh_path = NULL;
+    if (shv) {
+        n_sh = atoi(shv);
+        if (n_sh < 1 || n_sh > 65536 || !stepv) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': metadata expert_shards '%s' is bad", path, shv);
+            goto done;
+        }
+        sh = calloc((size_t)n_sh, sizeof *sh);
+        sh_path = calloc((size_t)n_sh, sizeof *sh_path);
+        if (!sh || !sh_path) {
+            st = moe__err(MOE_STATUS_NOMEM, "out of memory");
+            goto done;
+        }
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+        for (int j = 0; j < n_sh && st == MOE_STATUS_OK; j++) {
+            char name[4200];
+            moe__shard_name(name, sizeof name, dir, "experts", j, n_sh, strtoll(stepv, NULL, 10));
+            sh_path[j] = strdup(name);
+            st = moe__st_read(name, &sh[j]);
+            if (st != MOE_STATUS_OK)
+                st = moe__err(MOE_STATUS_FORMAT, "'%s' names %d expert shards of step %s, but shard %d cannot be read: %s",
+                              path, n_sh, stepv, j, moe_last_error());
+        }
+        if (st != MOE_STATUS_OK) goto done;
+    }
+    for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
         const moe_tensor_info *t = moe_model_tensor(m, i);
+        if (t->group == MOE_GROUP_EXPERT) {
+            int64_t E = t->shape[0] * ep;
+            if (n_sh && E % n_sh) {
+                st = moe__err(MOE_STATUS_FORMAT, "'%s': %lld experts do not split into %d shards", path, (long long)E, n_sh);
+                break;
+            }
+            st = load_experts(params + t->offset, t, E, (int64_t)ep_rank * t->shape[0], f, sh, n_sh,
+                              (const char *const *)sh_path, path);
+            continue;
+        }
         const moe__st_tensor *s = moe__st_find(f, t->name);
-        if (!s) return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is missing", path, t->name);
+        if (!s) {
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is missing", path, t->name);
+            break;
+        }
         int same = !strcmp(s->dtype, "F32") && s->ndim == t->ndim;
         for (int d = 0; same && d < t->ndim; d++) same = s->shape[d] == t->shape[d];
-        if (!same)
-            return moe__err(MOE_STATUS_FORMAT,
-                            "'%s': tensor '%s' is %s with %d dims [%lld, ...]; the config needs F32 [%lld, %lld, %lld]",
-                            path, t->name, s->dtype, s->ndim, (long long)(s->ndim ? s->shape[0] : 0),
-                            (long long)t->shape[0], (long long)t->shape[1], (long long)t->shape[2]);
+        if (!same) {
+            st = bad_shape(path, s, t, t->shape[0]);
+            break;
+        }
         memcpy(params + t->offset, s->data, (size_t)s->nbytes);
     }
-    if (f->n != n)
-        for (int i = 0; i < f->n; i++)
-            if (!moe_model_find(m, f->t[i].name))
-                return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is not part of this model's config", path,
-                                f->t[i].name);
-    return MOE_STATUS_OK;
+    for (int i = 0; i < f->n && st == MOE_STATUS_OK; i++)
+        if (!moe_model_find(m, f->t[i].name))
+            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is not part of this model's config", path, f->t[i].name);
+done:
+    for (int j = 0; j < n_sh && sh; j++) {
+        moe__st_free(&sh[j]);
+        if (sh_path) free(sh_path[j]);
+    }
+    free(sh);
+    free(sh_path);
+    free(shv);
+    free(stepv);
+    return st;
 }
 
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {

@@ -55,6 +55,7 @@ struct moe_model {
     int *moe_slot;                      /* layer -> index among MoE layers, or -1 */
     int *n_exp;                         /* layer -> routed experts (0 for dense layers) */
     int n_moe, max_e;
+    int ep, ep_rank;                    /* expert parallelism: this rank holds experts [ep_rank*E/ep, +E/ep) */
     uint64_t noise_seed;                /* draws of the next training forward */
     /* activations and scratch: one allocation */
     char *arena;
@@ -63,6 +64,8 @@ struct moe_model {
     float *lnf, *rstdf, *logits, *dlogits, *row_loss, *rope_cos, *rope_sin, *tmp;
     float *dresid, *dln, *datty, *dq, *dk, *dv, *datt, *dact, *dh1, *dh3;
     moe__moe_scratch ms;
+    float *a2a_buf;                     /* expert parallelism scratch (moe__moe_dims) */
+    int64_t *a2a_cnt;
     int *tokens, *targets;
     /* last forward */
     int B, T, has_targets, training;
@@ -121,9 +124,14 @@ static moe_status build_table(moe_model *m) {
                 o->wnoise = add_tensor(m, MOE_GROUP_ROUTER, INIT_ZERO, l, NAME("block_sparse_moe.noise.weight"), 2, E, C, 0);
             if (c->bias_update_rate > 0.0f) // DeepSeek-V3's name for the aux-loss-free bias
                 o->bias = add_tensor(m, MOE_GROUP_BUFFER, INIT_ZERO, l, NAME("block_sparse_moe.e_score_correction_bias"), 1, E, 0, 0);
-            o->ew1 = add_tensor(m, MOE_GROUP_EXPERT, INIT_NORMAL, l, NAME("block_sparse_moe.experts.w1.weight"), 3, E, F, C);
-            o->ew3 = add_tensor(m, MOE_GROUP_EXPERT, INIT_NORMAL, l, NAME("block_sparse_moe.experts.w3.weight"), 3, E, F, C);
-            o->ew2 = add_tensor(m, MOE_GROUP_EXPERT, INIT_PROJ, l, NAME("block_sparse_moe.experts.w2.weight"), 3, E, C, F);
+            // with expert parallelism this rank stores its E/ep experts only
+            if (E % m->ep != 0)
+                return moe__err(MOE_STATUS_CONFIG, "config: layer %d has %lld experts, not divisible by the expert-parallel size %d",
+                                l, (long long)E, m->ep);
+            int64_t El = E / m->ep;
+            o->ew1 = add_tensor(m, MOE_GROUP_EXPERT, INIT_NORMAL, l, NAME("block_sparse_moe.experts.w1.weight"), 3, El, F, C);
+            o->ew3 = add_tensor(m, MOE_GROUP_EXPERT, INIT_NORMAL, l, NAME("block_sparse_moe.experts.w3.weight"), 3, El, F, C);
+            o->ew2 = add_tensor(m, MOE_GROUP_EXPERT, INIT_PROJ, l, NAME("block_sparse_moe.experts.w2.weight"), 3, El, C, F);
             if (SF > 0) {
                 o->sw1 = add_tensor(m, MOE_GROUP_DENSE, INIT_NORMAL, l, NAME("block_sparse_moe.shared_experts.gate_proj.weight"), 2, SF, C, 0);
                 o->sw3 = add_tensor(m, MOE_GROUP_DENSE, INIT_NORMAL, l, NAME("block_sparse_moe.shared_experts.up_proj.weight"), 2, SF, C, 0);
@@ -174,6 +182,10 @@ static moe__moe_dims moe_dims(const moe_model *m, int l, int T, int training) {
     d.random_routing = c->random_routing;
     d.noise_seed = m->noise_seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1));
     d.prof = (double *)m->prof;
+    d.ep = m->ep;
+    d.El = d.E / m->ep;
+    d.a2a_buf = m->a2a_buf;
+    d.a2a_cnt = m->a2a_cnt;
     return d;
 }
 
@@ -200,7 +212,7 @@ static void *take(planner *p, size_t bytes) {
 
 /* Saved activations of one block: a dense FFN (E = 0) or an MoE layer with E experts and P
  * assignments. */
-static void plan_block(planner *p, layer_act *a, const moe_config *c, int64_t B, int64_t E, int64_t P) {
+static void plan_block(planner *p, layer_act *a, const moe_config *c, int64_t B, int64_t E, int64_t P, int ep) {
     int64_t T = c->seq_len, N = B * T, C = c->n_embd, H = c->n_head;
     int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, Fd = c->ffn_hidden;
     int noisy = c->routing == MOE_ROUTING_NOISY_TOPK, jitter = c->jitter_eps > 0.0f;
@@ -242,9 +254,18 @@ static void plan_block(planner *p, layer_act *a, const moe_config *c, int64_t B,
     mc->loadest = TAKE_F(p, E);
     mc->xe = TAKE_F(p, P * C);
     mc->ye = TAKE_F(p, P * C);
-    mc->h1 = TAKE_F(p, P * F);
-    mc->h3 = TAKE_F(p, P * F);
-    mc->act = TAKE_F(p, P * F);
+    int64_t PL = ep > 1 ? ep * P : P; // rows the experts of this rank may receive
+    mc->h1 = TAKE_F(p, PL * F);
+    mc->h3 = TAKE_F(p, PL * F);
+    mc->act = TAKE_F(p, PL * F);
+    if (ep > 1) {
+        mc->xl = TAKE_F(p, PL * C);
+        mc->yl = TAKE_F(p, PL * C);
+        mc->perm = TAKE_I(p, PL);
+        mc->loff = TAKE_I64(p, E / ep + 1);
+        mc->send_rows = TAKE_I64(p, ep);
+        mc->recv_rows = TAKE_I64(p, ep);
+    }
     mc->sh1 = TAKE_F(p, N * SF);
     mc->sh3 = TAKE_F(p, N * SF);
     mc->sact = TAKE_F(p, N * SF);
@@ -267,12 +288,12 @@ static size_t plan(moe_model *m, char *base) {
         layer_act dense, moe;
         memset(&dense, 0, sizeof dense);
         memset(&moe, 0, sizeof moe);
-        if (m->n_moe < c->n_layer) plan_block(&p, &dense, c, B, 0, 0);
-        if (m->n_moe > 0) plan_block(&p, &moe, c, B, EM, PM);
+        if (m->n_moe < c->n_layer) plan_block(&p, &dense, c, B, 0, 0, 1);
+        if (m->n_moe > 0) plan_block(&p, &moe, c, B, EM, PM, m->ep);
         for (int l = 0; l < c->n_layer; l++) m->la[l] = m->moe_slot[l] >= 0 ? moe : dense;
     } else {
         for (int l = 0; l < c->n_layer; l++)
-            plan_block(&p, &m->la[l], c, B, m->n_exp[l], m->moe_slot[l] >= 0 ? max_slots(c, m->n_exp[l]) * N : 0);
+            plan_block(&p, &m->la[l], c, B, m->n_exp[l], m->moe_slot[l] >= 0 ? max_slots(c, m->n_exp[l]) * N : 0, m->ep);
     }
     m->lnf = TAKE_F(&p, N * C);
     m->rstdf = TAKE_F(&p, N);
@@ -291,7 +312,14 @@ static size_t plan(moe_model *m, char *base) {
     m->datt = TAKE_F(&p, B * H * T * T);
     int64_t hid = Fd;
     if (m->n_moe > 0) {
-        hid = PM * F > N * hid ? PM * F : N * hid;
+        int64_t PLM = m->ep > 1 ? m->ep * PM : PM;
+        if (m->ep > 1) {
+            m->a2a_buf = TAKE_F(&p, PLM * C);
+            m->a2a_cnt = TAKE_I64(&p, 2 * (int64_t)m->ep * EM);
+            m->ms.dyl = TAKE_F(&p, PLM * C);
+            m->ms.dxl = TAKE_F(&p, PLM * C);
+        }
+        hid = PLM * F > N * hid ? PLM * F : N * hid;
         hid = N * SF > hid ? N * SF : hid;
         m->ms.dye = TAKE_F(&p, PM * C);
         m->ms.dxe = TAKE_F(&p, PM * C);
@@ -331,6 +359,8 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
     if (!m) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     m->cfg = *c;
     m->max_batch = max_batch;
+    m->ep = moe__dist_get()->ep;
+    m->ep_rank = moe__dist_get()->ep_rank;
     st = build_table(m);
     if (st != MOE_STATUS_OK) goto fail;
     m->params = moe__calloc((size_t)m->n_params * sizeof(float));
@@ -393,8 +423,14 @@ void moe_model_init(moe_model *m, uint64_t seed) {
         const tensor *t = &m->tensors[i];
         float *p = m->params + t->info.offset;
         float std = t->init == INIT_PROJ ? proj_std : t->init == INIT_ROUTER ? m->cfg.router_init_std : m->cfg.init_std;
-        for (int64_t j = 0; j < t->info.numel; j++)
-            p[j] = t->init == INIT_ONE ? 1.0f : t->init == INIT_ZERO ? 0.0f : std * moe__rng_normal(&r);
+        // an expert-parallel rank draws the whole stacked tensor and keeps its slice, so that
+        // its experts equal those of the same seed on one process
+        int64_t copies = t->info.group == MOE_GROUP_EXPERT ? m->ep : 1, keep = t->info.group == MOE_GROUP_EXPERT ? m->ep_rank : 0;
+        for (int64_t k = 0; k < copies; k++)
+            for (int64_t j = 0; j < t->info.numel; j++) {
+                float v = t->init == INIT_ONE ? 1.0f : t->init == INIT_ZERO ? 0.0f : std * moe__rng_normal(&r);
+                if (k == keep) p[j] = v;
+            }
     }
 }
 
@@ -612,6 +648,10 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
 }
 
 void moe__model_set_noise_seed(moe_model *m, uint64_t seed) { m->noise_seed = seed; }
+void moe__model_ep(const moe_model *m, int *ep, int *rank) {
+    *ep = m->ep;
+    *rank = m->ep_rank;
+}
 
 void moe_model_profile(const moe_model *m, double *out) { memcpy(out, m->prof, sizeof m->prof); }
 void moe_model_profile_reset(moe_model *m) { memset(m->prof, 0, sizeof m->prof); }

@@ -14,6 +14,86 @@
 #include <math.h>
 #include <string.h>
 
+/* ---------------------------------------------------------------- expert parallelism
+ *
+ * Rows are grouped by global expert, so the rows for peer j (experts j*El .. j*El+El-1) are one
+ * contiguous block: the counts per (peer, local expert) go first (all-to-all), then the rows
+ * (all-to-allv). The receiver reorders them from (peer, expert) to (expert, peer) blocks so that
+ * each of its experts is one GEMM over contiguous rows; perm remembers the reordering for the
+ * way back. Backward sends dy the same way and returns dx along the reverse path.
+ */
+static void ep_plan(moe__moe_cache *c, const moe__moe_dims *d) {
+    int p = d->ep, El = d->El;
+    int64_t *sent = d->a2a_cnt, *recv = d->a2a_cnt + (int64_t)p * El;
+    for (int j = 0; j < p; j++) {
+        c->send_rows[j] = c->offsets[(j + 1) * El] - c->offsets[j * El];
+        for (int i = 0; i < El; i++) sent[j * El + i] = c->offsets[j * El + i + 1] - c->offsets[j * El + i];
+    }
+    moe__dist_alltoall_i64(sent, recv, El);
+    c->loff[0] = 0;
+    for (int i = 0; i < El; i++) {
+        int64_t n = 0;
+        for (int j = 0; j < p; j++) n += recv[j * El + i];
+        c->loff[i + 1] = c->loff[i] + n;
+    }
+    int64_t r = 0;
+    for (int j = 0; j < p; j++) {
+        c->recv_rows[j] = 0;
+        for (int i = 0; i < El; i++) {
+            int64_t at = c->loff[i];
+            for (int q = 0; q < j; q++) at += recv[q * El + i]; // after the rows of earlier peers
+            for (int64_t k = 0; k < recv[j * El + i]; k++) c->perm[r++] = (int)(at + k);
+            c->recv_rows[j] += recv[j * El + i];
+        }
+    }
+}
+
+/* dst[perm[r]] = src[r] (to local order) or dst[r] = src[perm[r]] (back to peer order). */
+static void ep_permute(float *dst, const float *src, const int *perm, int64_t R, int C, int to_local) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        if (to_local)
+            memcpy(dst + (int64_t)perm[r] * C, src + r * C, (size_t)C * sizeof(float));
+        else
+            memcpy(dst + r * C, src + (int64_t)perm[r] * C, (size_t)C * sizeof(float));
+    }
+}
+
+static void experts_forward_ep(moe__moe_cache *c, const moe__moe_weights *w, const moe__moe_dims *d) {
+    int C = d->C, F = d->F, El = d->El;
+    ep_plan(c, d);
+    int64_t RL = c->loff[El];
+    moe__dist_alltoallv_rows(c->xe, c->send_rows, d->a2a_buf, c->recv_rows, C);
+    ep_permute(c->xl, d->a2a_buf, c->perm, RL, C, 1);
+    for (int i = 0; i < El; i++) {
+        int64_t r0 = c->loff[i], ne = c->loff[i + 1] - r0;
+        if (ne == 0) continue;
+        moe__ffn_forward(c->yl + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F, c->xl + r0 * C,
+                         w->w1 + (int64_t)i * F * C, w->w3 + (int64_t)i * F * C, w->w2 + (int64_t)i * C * F, ne, C, F, 0);
+    }
+    ep_permute(d->a2a_buf, c->yl, c->perm, RL, C, 0);
+    moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, c->ye, c->send_rows, C);
+}
+
+static void experts_backward_ep(const moe__moe_weights *g, moe__moe_scratch *s, const moe__moe_weights *w,
+                                const moe__moe_cache *c, const moe__moe_dims *d) {
+    int C = d->C, F = d->F, El = d->El;
+    int64_t RL = c->loff[El];
+    moe__dist_alltoallv_rows(s->dye, c->send_rows, d->a2a_buf, c->recv_rows, C);
+    ep_permute(s->dyl, d->a2a_buf, c->perm, RL, C, 1);
+    memset(s->dxl, 0, (size_t)RL * C * sizeof(float));
+    for (int i = 0; i < El; i++) {
+        int64_t r0 = c->loff[i], ne = c->loff[i + 1] - r0;
+        if (ne == 0) continue;
+        int64_t wo = (int64_t)i * F * C;
+        moe__ffn_backward(s->dxl + r0 * C, g->w1 + wo, g->w3 + wo, g->w2 + wo, s->dact, s->dh1, s->dh3,
+                          s->dyl + r0 * C, c->xl + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F,
+                          w->w1 + wo, w->w3 + wo, w->w2 + wo, ne, C, F);
+    }
+    ep_permute(d->a2a_buf, s->dxl, c->perm, RL, C, 0);
+    moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, s->dxe, c->send_rows, C);
+}
+
 void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
                       const moe__moe_dims *d, int64_t N) {
     // x and y are (N,C); experts w1, w3 are (E,F,C), w2 is (E,C,F)
@@ -30,13 +110,14 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
     for (int64_t r = 0; r < R; r++) memcpy(c->xe + r * C, x + (int64_t)c->row_token[r] * C, (size_t)C * sizeof(float));
     moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
     t = moe__prof_begin(d->prof);
-    for (int e = 0; e < E; e++) {
+    for (int e = 0; e < E && d->ep <= 1; e++) {
         int64_t r0 = c->offsets[e], ne = c->offsets[e + 1] - r0;
         if (ne == 0) continue; // an expert without tokens does nothing
         moe__ffn_forward(c->ye + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F, c->xe + r0 * C,
                          w->w1 + (int64_t)e * F * C, w->w3 + (int64_t)e * F * C, w->w2 + (int64_t)e * C * F,
                          ne, C, F, 0);
     }
+    if (d->ep > 1) experts_forward_ep(c, w, d);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     t = moe__prof_begin(d->prof);
     // combine: y_n = sum_s gate_ns ye_row(n,s)
@@ -128,8 +209,9 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
     }
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
     t = moe__prof_begin(d->prof);
-    memset(s->dxe, 0, (size_t)R * C * sizeof(float));
-    for (int e = 0; e < E; e++) {
+    if (d->ep > 1) experts_backward_ep(g, s, w, c, d);
+    else memset(s->dxe, 0, (size_t)R * C * sizeof(float));
+    for (int e = 0; e < E && d->ep <= 1; e++) {
         int64_t r0 = c->offsets[e], ne = c->offsets[e + 1] - r0;
         if (ne == 0) continue;
         int64_t wo = (int64_t)e * F * C;

@@ -10,6 +10,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 
+#include <dirent.h>
+#include <unistd.h>
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -37,7 +40,8 @@ struct moe_trainer {
     int64_t total_e;             /* length of load_acc */
     int64_t *dropped_acc;        /* (n_moe) */
     int64_t *routed_acc;         /* (n_moe) */
-    FILE *metrics;
+    int64_t *win;                /* (grad_accum * B) window starts of this rank's micro-batches */
+    FILE *metrics;               /* rank 0 only */
 };
 
 static char *join(const char *dir, const char *name) {
@@ -59,7 +63,7 @@ float moe__lr_at(const moe_config *c, int64_t step) {
 
 /* ---------------------------------------------------------------- state file */
 
-static moe_status save_state(moe_trainer *t) {
+static moe_status save_state(moe_trainer *t, const char *path) {
     int64_t P = moe_model_n_params(t->m);
     char head[64];
     memset(head, 0, sizeof head);
@@ -74,25 +78,30 @@ static moe_status save_state(moe_trainer *t) {
     sum = moe__fnv1a(sum, t->opt, opt_bytes);
     const void *parts[] = {head, t->opt, &sum};
     size_t lens[] = {sizeof head, opt_bytes, sizeof sum};
-    return moe__write_atomic(t->state_path, parts, lens, 3);
+    return moe__write_atomic(path, parts, lens, 3);
 }
 
-static moe_status load_state(moe_trainer *t, int64_t model_step) {
+static moe_status load_state(moe_trainer *t, const char *path, int64_t model_step) {
     size_t len;
-    char *buf = moe__read_file(t->state_path, &len);
-    if (!buf) return MOE_STATUS_IO;
+    char *buf = moe__read_file(path, &len);
+    if (!buf) {
+        if (moe__dist_get()->ep > 1)
+            return moe__err(MOE_STATUS_IO, "cannot read '%s': resuming needs the --ep of the run that wrote the checkpoint",
+                            path);
+        return MOE_STATUS_IO;
+    }
     moe_status st = MOE_STATUS_OK;
     int64_t P = moe_model_n_params(t->m), step, P_file;
     size_t opt_bytes = (size_t)P * 2 * sizeof(float);
     uint32_t version;
     uint64_t sum;
     if (len < 64 || memcmp(buf, STATE_MAGIC, 8) != 0) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s' is not a moe training state (bad magic)", t->state_path);
+        st = moe__err(MOE_STATUS_FORMAT, "'%s' is not a moe training state (bad magic)", path);
         goto done;
     }
     memcpy(&version, buf + 8, 4);
     if (version != STATE_VERSION) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': state version %u is not supported (expected %u)", t->state_path,
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': state version %u is not supported (expected %u)", path,
                       version, STATE_VERSION);
         goto done;
     }
@@ -100,16 +109,16 @@ static moe_status load_state(moe_trainer *t, int64_t model_step) {
     memcpy(&P_file, buf + 24, 8);
     if (P_file != P || len != 64 + opt_bytes + 8) {
         st = moe__err(MOE_STATUS_FORMAT, "'%s': holds %lld parameters in %zu bytes; the model has %lld (truncated or foreign)",
-                      t->state_path, (long long)P_file, len, (long long)P);
+                      path, (long long)P_file, len, (long long)P);
         goto done;
     }
     memcpy(&sum, buf + 64 + opt_bytes, 8);
     if (sum != moe__fnv1a(MOE_FNV_INIT, buf, 64 + opt_bytes)) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch (the file is corrupt)", t->state_path);
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch (the file is corrupt)", path);
         goto done;
     }
     if (step != model_step) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", t->state_path,
+        st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", path,
                       (long long)step, (long long)model_step);
         goto done;
     }
@@ -227,6 +236,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     int nm = moe_model_n_moe_layers(t->m);
     t->opt = moe__calloc((size_t)P * 2 * sizeof(float));
     t->tokens = malloc((size_t)BT * sizeof(int));
+    t->win = malloc((size_t)c->grad_accum * c->batch_size * sizeof(int64_t));
     t->targets = malloc((size_t)BT * sizeof(int));
     int64_t total_e = 0;
     t->load_off = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
@@ -238,17 +248,20 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->load_acc = calloc((size_t)(total_e ? total_e : 1), sizeof(int64_t));
     t->dropped_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
     t->routed_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
-    if (!t->opt || !t->tokens || !t->targets || !t->load_acc || !t->dropped_acc || !t->load_off || !t->routed_acc) {
+    if (!t->opt || !t->tokens || !t->targets || !t->win || !t->load_acc || !t->dropped_acc || !t->load_off || !t->routed_acc) {
         st = moe__err(MOE_STATUS_NOMEM, "cannot allocate optimizer state for %lld parameters", (long long)P);
         goto fail;
     }
+    const moe__dist *g = moe__dist_get();
     if (resume) {
-        st = load_state(t, model_step);
-        if (st == MOE_STATUS_OK) st = trim_metrics(t);
+        char shard[4200];
+        if (g->ep > 1) moe__shard_name(shard, sizeof shard, t->dir, "state", g->ep_rank, g->ep, model_step);
+        st = load_state(t, g->ep > 1 ? shard : t->state_path, model_step);
+        if (st == MOE_STATUS_OK && g->rank == 0) st = trim_metrics(t);
         if (st != MOE_STATUS_OK) goto fail;
     }
-    t->metrics = fopen(t->metrics_path, resume ? "a" : "w");
-    if (!t->metrics) {
+    if (g->rank == 0) t->metrics = fopen(t->metrics_path, resume ? "a" : "w"); // one writer of the run's files
+    if (g->rank == 0 && !t->metrics) {
         st = moe__err(MOE_STATUS_IO, "cannot open '%s': %s", t->metrics_path, strerror(errno));
         goto fail;
     }
@@ -269,6 +282,7 @@ void moe_trainer_free(moe_trainer *t) {
     free(t->opt);
     free(t->tokens);
     free(t->targets);
+    free(t->win);
     free(t->load_acc);
     free(t->load_off);
     free(t->dropped_acc);
@@ -284,10 +298,62 @@ int64_t moe_trainer_steps_done(const moe_trainer *t) { return t->step; }
 moe_model *moe_trainer_model(moe_trainer *t) { return t->m; }
 const moe_config *moe_trainer_config(const moe_trainer *t) { return &t->cfg; }
 
+/* Removes this rank's shard files of other steps (after a newer set was committed). */
+static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char keep_e[4200], keep_s[4200], pre_e[64], pre_s[64];
+    moe__shard_name(keep_e, sizeof keep_e, ".", "experts", j, ep, step);
+    moe__shard_name(keep_s, sizeof keep_s, ".", "state", j, ep, step);
+    snprintf(pre_e, sizeof pre_e, "experts-%d-of-%d.step", j, ep);
+    snprintf(pre_s, sizeof pre_s, "state-%d-of-%d.step", j, ep);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        if (strncmp(n, pre_e, strlen(pre_e)) && strncmp(n, pre_s, strlen(pre_s))) continue;
+        if (!strcmp(n, keep_e + 2) || !strcmp(n, keep_s + 2)) continue;
+        char *path = join(dir, n);
+        if (path) unlink(path);
+        free(path);
+    }
+    closedir(d);
+}
+
+/* A checkpoint of a multi-rank run. With ep = 1, rank 0 writes model.safetensors and
+ * state.bin as one process does. With ep > 1 each rank of the first replica writes what it
+ * owns (its experts, its AdamW moments) under names carrying the step; when every rank has
+ * succeeded, rank 0 writes model.safetensors, which names the step: that rename commits the set.
+ * Until then the previous model.safetensors and its shards are untouched; after it, older
+ * shards are removed. COLLECTIVE (world). */
 moe_status moe_trainer_save(moe_trainer *t) {
-    moe_status st = moe_model_save(t->m, t->model_path, t->step);
-    if (st == MOE_STATUS_OK) st = save_state(t);
-    return st;
+    const moe__dist *g = moe__dist_get();
+    moe_status st = MOE_STATUS_OK;
+    if (g->ep == 1) {
+        if (g->rank == 0) {
+            st = moe_model_save(t->m, t->model_path, t->step);
+            if (st == MOE_STATUS_OK) st = save_state(t, t->state_path);
+        }
+        if (!moe__dist_min_int(st == MOE_STATUS_OK) && st == MOE_STATUS_OK)
+            st = moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not write it", (long long)t->step);
+        return st;
+    }
+    char ex[4200], sp[4200];
+    if (g->dp_rank == 0) {
+        moe__shard_name(ex, sizeof ex, t->dir, "experts", g->ep_rank, g->ep, t->step);
+        moe__shard_name(sp, sizeof sp, t->dir, "state", g->ep_rank, g->ep, t->step);
+        st = moe__model_save_experts(t->m, ex, t->step);
+        if (st == MOE_STATUS_OK) st = save_state(t, sp);
+    }
+    if (!moe__dist_min_int(st == MOE_STATUS_OK))
+        return st != MOE_STATUS_OK ? st
+                                   : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: another rank could not write its shard; the previous checkpoint is kept",
+                                              (long long)t->step);
+    if (g->rank == 0) st = moe__model_save_replicated(t->m, t->model_path, t->step, g->ep);
+    if (!moe__dist_min_int(st == MOE_STATUS_OK))
+        return st != MOE_STATUS_OK ? st
+                                   : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not commit it", (long long)t->step);
+    if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->step);
+    return MOE_STATUS_OK;
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -361,24 +427,35 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
 moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm) {
     // global gradient norm: partial sums over fixed chunks, added in chunk order, so the value
     // does not depend on the thread count
+    // per tensor, in fixed chunks added in order, so the value does not depend on the thread
+    // count; with expert parallelism each rank holds some experts: their squares are summed over
+    // the ep group, the replicated tensors count once
     enum { NORM_CHUNK = 16384, NORM_ROUND = 1024 };
     int64_t P = moe_model_n_params(m);
     float *g = moe_model_grads(m), *p = moe_model_params(m);
-    double ss = 0.0;
-    for (int64_t r0 = 0; r0 < P; r0 += (int64_t)NORM_CHUNK * NORM_ROUND) {
-        double part[NORM_ROUND];
-        int64_t left = P - r0, nchunks = (left + NORM_CHUNK - 1) / NORM_CHUNK;
-        if (nchunks > NORM_ROUND) nchunks = NORM_ROUND;
+    double ss = 0.0, ss_exp = 0.0;
+    for (int ti_ = 0; ti_ < moe_model_n_tensors(m); ti_++) {
+        const moe_tensor_info *ti = moe_model_tensor(m, ti_);
+        if (ti->group == MOE_GROUP_BUFFER) continue;
+        int64_t o = ti->offset, e = ti->offset + ti->numel;
+        double *acc_t = ti->group == MOE_GROUP_EXPERT ? &ss_exp : &ss;
+        for (int64_t r0 = o; r0 < e; r0 += (int64_t)NORM_CHUNK * NORM_ROUND) {
+            double part[NORM_ROUND];
+            int64_t left = e - r0, nchunks = (left + NORM_CHUNK - 1) / NORM_CHUNK;
+            if (nchunks > NORM_ROUND) nchunks = NORM_ROUND;
 #pragma omp parallel for schedule(static)
-        for (int64_t ci = 0; ci < nchunks; ci++) {
-            int64_t a = r0 + ci * NORM_CHUNK, b = a + NORM_CHUNK < P ? a + NORM_CHUNK : P;
-            double acc = 0.0;
+            for (int64_t ci = 0; ci < nchunks; ci++) {
+                int64_t a = r0 + ci * NORM_CHUNK, b = a + NORM_CHUNK < e ? a + NORM_CHUNK : e;
+                double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
-            for (int64_t i = a; i < b; i++) acc += (double)g[i] * g[i];
-            part[ci] = acc;
+                for (int64_t i = a; i < b; i++) acc += (double)g[i] * g[i];
+                part[ci] = acc;
+            }
+            for (int64_t ci = 0; ci < nchunks; ci++) *acc_t += part[ci];
         }
-        for (int64_t ci = 0; ci < nchunks; ci++) ss += part[ci];
     }
+    if (moe__dist_get()->ep > 1) moe__dist_allreduce_f64(MOE_COMM_EP, &ss_exp, 1);
+    ss += ss_exp;
     float norm = (float)sqrt(ss);
     *grad_norm = norm;
     if (!isfinite(norm))
@@ -419,17 +496,50 @@ moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, con
 
 /* ---------------------------------------------------------------- step */
 
-static void next_batch(moe_trainer *t) {
+/* Draws the window starts of one optimizer step: all ranks draw the whole global batch in the
+ * same order (micro-batch q = rank * grad_accum + a of the ranks * grad_accum) and keep their
+ * own, so the data RNG stays the same everywhere and one process with grad_accum * ranks
+ * micro-batches sees the same sequences. */
+static void draw_windows(moe_trainer *t) {
+    const moe_config *c = &t->cfg;
+    const moe__dist *g = moe__dist_get();
+    uint64_t span = (uint64_t)(moe_dataset_len(t->train) - c->seq_len); // window starts in [0, n - T - 1]
+    int64_t mine = (int64_t)c->grad_accum * c->batch_size;
+    for (int r = 0; r < g->size; r++)
+        for (int64_t i = 0; i < mine; i++) {
+            int64_t off = (int64_t)(moe__rng_u64(&t->data_rng) % span);
+            if (r == g->rank) t->win[i] = off;
+        }
+}
+
+static void fill_batch(moe_trainer *t, int micro) {
     const moe_config *c = &t->cfg;
     int T = c->seq_len;
     const uint16_t *src = moe_dataset_tokens(t->train);
-    uint64_t span = (uint64_t)(moe_dataset_len(t->train) - T); // window starts in [0, n - T - 1]
     for (int b = 0; b < c->batch_size; b++) {
-        int64_t off = (int64_t)(moe__rng_u64(&t->data_rng) % span);
+        int64_t off = t->win[(int64_t)micro * c->batch_size + b];
         for (int i = 0; i < T; i++) {
             t->tokens[b * T + i] = src[off + i];
             t->targets[b * T + i] = src[off + i + 1];
         }
+    }
+}
+
+/* Sums the gradients of all ranks: experts over the ranks that hold the same experts (the dp
+ * group), everything else over all ranks. */
+static void allreduce_grads(moe_model *m) {
+    const moe__dist *g = moe__dist_get();
+    if (g->size == 1) return;
+    float *grads = moe_model_grads(m);
+    if (g->ep == 1) {
+        moe__dist_allreduce_f32(MOE_COMM_WORLD, grads, moe_model_n_params(m));
+        return;
+    }
+    for (int i = 0; i < moe_model_n_tensors(m); i++) {
+        const moe_tensor_info *ti = moe_model_tensor(m, i);
+        if (ti->group == MOE_GROUP_BUFFER) continue;
+        moe__dist_allreduce_f32(ti->group == MOE_GROUP_EXPERT ? MOE_COMM_DP : MOE_COMM_WORLD, grads + ti->offset,
+                                ti->numel);
     }
 }
 
@@ -448,6 +558,7 @@ static float maxvio(const int64_t *load, int E) {
 static void write_record(moe_trainer *t, const moe_step_info *info) {
     const moe_config *c = &t->cfg;
     FILE *f = t->metrics;
+    if (!f) return; // ranks other than 0
     int nm = moe_model_n_moe_layers(t->m);
     (void)c;
     fprintf(f, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"aux_loss\":%.9g,\"z_loss\":%.9g,"
@@ -457,6 +568,9 @@ static void write_record(moe_trainer *t, const moe_step_info *info) {
             info->loss.seq_aux, info->loss.importance, info->loss.load, info->loss.total, info->tokens_per_s,
             info->step_ms);
     if (info->has_val) fprintf(f, ",\"val_loss\":%.9g", info->val_loss);
+    if (moe__dist_get()->size > 1)
+        fprintf(f, ",\"a2a_bytes\":%lld,\"a2a_s\":%.6f,\"allreduce_bytes\":%lld,\"allreduce_s\":%.6f",
+                (long long)info->a2a_bytes, info->a2a_s, (long long)info->allreduce_bytes, info->allreduce_s);
     fprintf(f, ",\"moe\":[");
     for (int i = 0; i < nm; i++) {
         const moe_layer_stats *st = moe_model_layer_stats(t->m, i);
@@ -487,13 +601,22 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     memset(t->dropped_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
     memset(t->routed_acc, 0, (size_t)(nm ? nm : 1) * sizeof(int64_t));
     moe_model_zero_grad(m);
-    float inv = 1.0f / (float)c->grad_accum;
+    const moe__dist *g = moe__dist_get();
+    moe__dist_reset_counters();
+    int64_t n_micro = (int64_t)c->grad_accum * g->size; // micro-batches of the global batch
+    float inv = 1.0f / (float)n_micro;
     moe_status st;
+    // fault injection for the tests: MOE_TEST_FAIL_RANK=r makes rank r fail its second step
+    const char *fail_rank = getenv("MOE_TEST_FAIL_RANK");
+    if (fail_rank && atoi(fail_rank) == g->rank && t->step == 1)
+        return moe__err(MOE_STATUS_IO, "rank %d: injected failure at step 2 (MOE_TEST_FAIL_RANK)", g->rank);
+    draw_windows(t);
     for (int micro = 0; micro < c->grad_accum; micro++) {
-        next_batch(t);
-        // noise, jitter and random-routing draws are a function of (seed, micro-batch index),
-        // so a resumed run draws what the uninterrupted run would have
-        moe__model_set_noise_seed(m, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)(t->step * c->grad_accum + micro) + 1);
+        fill_batch(t, micro);
+        // noise, jitter and random-routing draws are a function of (seed, global micro-batch
+        // index), so a resumed run, or one on another number of ranks, draws the same
+        int64_t q = t->step * n_micro + (int64_t)g->rank * c->grad_accum + micro;
+        moe__model_set_noise_seed(m, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)q + 1);
         moe_losses l;
         st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
         if (st != MOE_STATUS_OK) return st;
@@ -512,6 +635,18 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
             t->dropped_acc[i] += s->dropped;
             t->routed_acc[i] += s->assignments;
         }
+    }
+    if (g->size > 1) {
+        allreduce_grads(m);
+        double lv[7] = {info->loss.ce, info->loss.aux, info->loss.z, info->loss.seq_aux, info->loss.importance,
+                        info->loss.load, info->loss.total};
+        moe__dist_allreduce_f64(MOE_COMM_WORLD, lv, 7);
+        info->loss.ce = (float)lv[0], info->loss.aux = (float)lv[1], info->loss.z = (float)lv[2];
+        info->loss.seq_aux = (float)lv[3], info->loss.importance = (float)lv[4], info->loss.load = (float)lv[5];
+        info->loss.total = (float)lv[6];
+        moe__dist_allreduce_i64(MOE_COMM_WORLD, t->load_acc, t->total_e);
+        moe__dist_allreduce_i64(MOE_COMM_WORLD, t->dropped_acc, nm);
+        moe__dist_allreduce_i64(MOE_COMM_WORLD, t->routed_acc, nm);
     }
     float lr = moe__lr_at(c, t->step), norm;
     double t_opt = moe__now();
@@ -542,7 +677,9 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     info->lr = lr;
     info->grad_norm = norm;
     info->step_ms = dt * 1e3;
-    info->tokens_per_s = (double)c->grad_accum * c->batch_size * c->seq_len / dt;
+    info->tokens_per_s = (double)n_micro * c->batch_size * c->seq_len / dt;
+    info->a2a_bytes = g->a2a_bytes, info->allreduce_bytes = g->ar_bytes;
+    info->a2a_s = g->a2a_s, info->allreduce_s = g->ar_s;
     int last = t->step >= c->steps;
     if ((c->eval_every > 0 && t->step % c->eval_every == 0) || last) {
         st = evaluate_into(m, t->val, c->batch_size, c->eval_batches, t->tokens, t->targets, &info->val_loss, NULL,
