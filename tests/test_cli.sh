@@ -71,6 +71,14 @@ checks=$((checks + 1))
     || fail "grad_accum run failed"
 [ "$(wc -l < "$W/accum/metrics.jsonl")" -eq 3 ] || fail "grad_accum run: wrong number of records"
 
+# ---- the run directory is created with its parents; a file in its way is an error
+checks=$((checks + 1))
+"$MOE" train --data "$W/corpus.txt" --out "$W/new/nested/run" --steps 1 "${SMALL[@]}" || fail "nested --out failed"
+[ -f "$W/new/nested/run/model.safetensors" ] || fail "nested --out: no checkpoint"
+touch "$W/plainfile"
+expect_error "out is a file" "cannot create run directory" -- "$MOE" train --data "$W/corpus.txt" --out "$W/plainfile" \
+    --steps 1 "${SMALL[@]}"
+
 # ---- the loss falls
 checks=$((checks + 1))
 python3 - "$W/straight/metrics.jsonl" <<'EOF' || fail "loss did not fall"

@@ -44,6 +44,29 @@ struct moe_trainer {
     FILE *metrics;               /* rank 0 only */
 };
 
+/* mkdir -p: creates dir and its missing parents; 0 or -1 with errno. */
+static int mkdir_p(const char *dir) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) return -1;
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
 static char *join(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
     char *p = malloc(n);
@@ -217,7 +240,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
                       (long long)moe_dataset_len(t->val), c->seq_len + 1);
         goto fail;
     }
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+    if (mkdir_p(out_dir) != 0) {
         st = moe__err(MOE_STATUS_IO, "cannot create run directory '%s': %s", out_dir, strerror(errno));
         goto fail;
     }
