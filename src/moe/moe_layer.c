@@ -14,6 +14,30 @@
 #include <math.h>
 #include <string.h>
 
+/* Experts 0..n-1 on expert-contiguous rows: expert i has rows off[i] .. off[i+1] of x (C wide)
+ * and of h1, h3, act (F wide); an expert without rows does nothing. */
+static void experts_forward_rows(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
+                                 const moe__moe_weights *w, int C, int F) {
+    for (int i = 0; i < n; i++) {
+        int64_t r0 = off[i], ne = off[i + 1] - r0, wo = (int64_t)i * F * C;
+        if (ne == 0) continue;
+        moe__ffn_forward(y + r0 * C, h1 + r0 * F, h3 + r0 * F, act + r0 * F, x + r0 * C, w->w1 + wo, w->w3 + wo,
+                         w->w2 + wo, ne, C, F, 0);
+    }
+}
+
+static void experts_backward_rows(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                                  const float *x, const float *h1, const float *h3, const float *act,
+                                  const int64_t *off, int n, const moe__moe_weights *w, int C, int F) {
+    for (int i = 0; i < n; i++) {
+        int64_t r0 = off[i], ne = off[i + 1] - r0, wo = (int64_t)i * F * C;
+        if (ne == 0) continue;
+        moe__ffn_backward(dx + r0 * C, g->w1 + wo, g->w3 + wo, g->w2 + wo, s->dact, s->dh1, s->dh3, dy + r0 * C,
+                          x + r0 * C, h1 + r0 * F, h3 + r0 * F, act + r0 * F, w->w1 + wo, w->w3 + wo, w->w2 + wo, ne, C,
+                          F);
+    }
+}
+
 /* ---------------------------------------------------------------- expert parallelism
  *
  * Rows are grouped by global expert, so the rows for peer j (experts j*El .. j*El+El-1) are one
@@ -65,12 +89,7 @@ static void experts_forward_ep(moe__moe_cache *c, const moe__moe_weights *w, con
     int64_t RL = c->loff[El];
     moe__dist_alltoallv_rows(c->xe, c->send_rows, d->a2a_buf, c->recv_rows, C);
     ep_permute(c->xl, d->a2a_buf, c->perm, RL, C, 1);
-    for (int i = 0; i < El; i++) {
-        int64_t r0 = c->loff[i], ne = c->loff[i + 1] - r0;
-        if (ne == 0) continue;
-        moe__ffn_forward(c->yl + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F, c->xl + r0 * C,
-                         w->w1 + (int64_t)i * F * C, w->w3 + (int64_t)i * F * C, w->w2 + (int64_t)i * C * F, ne, C, F, 0);
-    }
+    experts_forward_rows(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, C, F);
     ep_permute(d->a2a_buf, c->yl, c->perm, RL, C, 0);
     moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, c->ye, c->send_rows, C);
 }
@@ -82,14 +101,7 @@ static void experts_backward_ep(const moe__moe_weights *g, moe__moe_scratch *s, 
     moe__dist_alltoallv_rows(s->dye, c->send_rows, d->a2a_buf, c->recv_rows, C);
     ep_permute(s->dyl, d->a2a_buf, c->perm, RL, C, 1);
     memset(s->dxl, 0, (size_t)RL * C * sizeof(float));
-    for (int i = 0; i < El; i++) {
-        int64_t r0 = c->loff[i], ne = c->loff[i + 1] - r0;
-        if (ne == 0) continue;
-        int64_t wo = (int64_t)i * F * C;
-        moe__ffn_backward(s->dxl + r0 * C, g->w1 + wo, g->w3 + wo, g->w2 + wo, s->dact, s->dh1, s->dh3,
-                          s->dyl + r0 * C, c->xl + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F,
-                          w->w1 + wo, w->w3 + wo, w->w2 + wo, ne, C, F);
-    }
+    experts_backward_rows(s->dxl, g, s, s->dyl, c->xl, c->h1, c->h3, c->act, c->loff, El, w, C, F);
     ep_permute(d->a2a_buf, s->dxl, c->perm, RL, C, 0);
     moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, s->dxe, c->send_rows, C);
 }
@@ -110,14 +122,8 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
     for (int64_t r = 0; r < R; r++) memcpy(c->xe + r * C, x + (int64_t)c->row_token[r] * C, (size_t)C * sizeof(float));
     moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
     t = moe__prof_begin(d->prof);
-    for (int e = 0; e < E && d->ep <= 1; e++) {
-        int64_t r0 = c->offsets[e], ne = c->offsets[e + 1] - r0;
-        if (ne == 0) continue; // an expert without tokens does nothing
-        moe__ffn_forward(c->ye + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F, c->xe + r0 * C,
-                         w->w1 + (int64_t)e * F * C, w->w3 + (int64_t)e * F * C, w->w2 + (int64_t)e * C * F,
-                         ne, C, F, 0);
-    }
     if (d->ep > 1) experts_forward_ep(c, w, d);
+    else experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     t = moe__prof_begin(d->prof);
     // combine: y_n = sum_s gate_ns ye_row(n,s)
@@ -209,15 +215,11 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
     }
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
     t = moe__prof_begin(d->prof);
-    if (d->ep > 1) experts_backward_ep(g, s, w, c, d);
-    else memset(s->dxe, 0, (size_t)R * C * sizeof(float));
-    for (int e = 0; e < E && d->ep <= 1; e++) {
-        int64_t r0 = c->offsets[e], ne = c->offsets[e + 1] - r0;
-        if (ne == 0) continue;
-        int64_t wo = (int64_t)e * F * C;
-        moe__ffn_backward(s->dxe + r0 * C, g->w1 + wo, g->w3 + wo, g->w2 + wo, s->dact, s->dh1, s->dh3,
-                          s->dye + r0 * C, c->xe + r0 * C, c->h1 + r0 * F, c->h3 + r0 * F, c->act + r0 * F,
-                          w->w1 + wo, w->w3 + wo, w->w2 + wo, ne, C, F);
+    if (d->ep > 1) {
+        experts_backward_ep(g, s, w, c, d);
+    } else {
+        memset(s->dxe, 0, (size_t)R * C * sizeof(float));
+        experts_backward_rows(s->dxe, g, s, s->dye, c->xe, c->h1, c->h3, c->act, c->offsets, E, w, C, F);
     }
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     t = moe__prof_begin(d->prof);
