@@ -305,6 +305,12 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
 #ifdef __cplusplus
 }
 #endif
+/* ---------------------------------------------------------------- Hugging Face */
+
+/* Writes dir/config.json and dir/model.safetensors for transformers' MixtralForCausalLM (F32,
+ * or BF16 when bf16), when the model maps onto it exactly; otherwise an error naming why. */
+moe_status moe_export_hf(const moe_model *m, const char *dir, int bf16);
+
 /* ---------------------------------------------------------------- distributed (MPI) */
 
 /* Starts MPI when this build has it (a no-op otherwise); call first in main. */

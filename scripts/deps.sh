@@ -3,6 +3,9 @@
 # present). Used by quickstart.sh, test.sh and CI.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libcjson-dev python3 openmpi-bin libopenmpi-dev)
+# --hf: also what the Hugging Face interop test needs (Debian's PyTorch, and transformers from PyPI)
+HF=0
+[ "${1:-}" = --hf ] && HF=1 && PKGS+=(python3-torch python3-numpy python3-pip)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,4 +16,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "deps: installing ${missing[*]}"
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ $HF = 1 ] && ! /usr/bin/python3 -c "import transformers" 2>/dev/null; then
+    echo "deps: installing transformers (PyPI) for /usr/bin/python3"
+    # pinned: a version that works with Debian's torch 1.13 (checked by tests/test_hf.sh)
+    /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.44.2" safetensors
 fi

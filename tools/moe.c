@@ -565,7 +565,92 @@ static const char *main_help =
     "  train    train a model on text or token shards (moe train --help)\n"
     "  sample   generate text from a checkpoint (moe sample --help)\n"
     "  eval     loss and expert loads of a checkpoint on data (moe eval --help)\n"
+    "  export   a Hugging Face (Mixtral) checkpoint of a model (moe export --help)\n"
+    "  logits   raw logits of a token sequence, for comparisons (moe logits --help)\n"
     "  route    which experts take which tokens: by byte class and by source (moe route --help)\n";
+
+/* ---------------------------------------------------------------- export */
+
+static const char *export_help =
+    "usage: moe export --ckpt DIR --out HFDIR [--dtype f32|bf16]\n"
+    "\n"
+    "Writes a Hugging Face checkpoint (config.json + model.safetensors) that transformers loads as\n"
+    "MixtralForCausalLM, when the model maps onto Mixtral exactly (every layer MoE, softmax top-K\n"
+    "renormalised, no shared experts, no gate scale or selection bias); otherwise says why not.\n";
+
+static int cmd_export(int argc, char **argv) {
+    const char *ckpt = NULL, *out = NULL, *dtype = "f32";
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(export_help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
+        else if (!strcmp(a, "--out")) out = need(argc, argv, &i);
+        else if (!strcmp(a, "--dtype")) dtype = need(argc, argv, &i);
+        else die(2, "export: unknown option '%s' (see moe export --help)", a);
+    }
+    if (!ckpt || !out) die(2, "export: --ckpt and --out are required (see moe export --help)");
+    if (strcmp(dtype, "f32") && strcmp(dtype, "bf16")) die(2, "export: --dtype must be f32 or bf16, got '%s'", dtype);
+    char *path = ckpt_path(ckpt);
+    moe_model *m;
+    check(moe_model_load(path, 1, &m));
+    free(path);
+    check(moe_export_hf(m, out, !strcmp(dtype, "bf16")));
+    printf("moe: wrote %s/config.json and %s/model.safetensors (MixtralForCausalLM, %s)\n", out, out, dtype);
+    moe_model_free(m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- logits */
+
+static const char *logits_help =
+    "usage: moe logits --ckpt DIR --tokens FILE --out FILE\n"
+    "\n"
+    "Writes the model's logits (inference routing) for one sequence of token ids (whitespace-\n"
+    "separated in --tokens) as float32 little-endian (T, V) to --out: for comparisons with other\n"
+    "implementations (tests/hf/check_export.py).\n";
+
+static int cmd_logits(int argc, char **argv) {
+    const char *ckpt = NULL, *tokf = NULL, *out = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(logits_help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
+        else if (!strcmp(a, "--tokens")) tokf = need(argc, argv, &i);
+        else if (!strcmp(a, "--out")) out = need(argc, argv, &i);
+        else die(2, "logits: unknown option '%s' (see moe logits --help)", a);
+    }
+    if (!ckpt || !tokf || !out) die(2, "logits: --ckpt, --tokens and --out are required");
+    char *path = ckpt_path(ckpt);
+    moe_model *m;
+    check(moe_model_load(path, 1, &m));
+    free(path);
+    const moe_config *c = moe_model_config(m);
+    FILE *f = fopen(tokf, "r");
+    if (!f) die(1, "logits: cannot open '%s'", tokf);
+    int *tok = malloc((size_t)c->seq_len * sizeof(int)), T = 0;
+    if (!tok) die(1, "out of memory");
+    long v;
+    while (fscanf(f, "%ld", &v) == 1) {
+        if (T == c->seq_len) die(2, "logits: '%s' has more than seq_len = %d tokens", tokf, c->seq_len);
+        if (v < 0 || v >= c->vocab_size) die(2, "logits: token %ld in '%s' is outside the vocabulary [0, %d)", v, tokf, c->vocab_size);
+        tok[T++] = (int)v;
+    }
+    if (!feof(f)) die(2, "logits: '%s' holds something that is not a token id", tokf);
+    fclose(f);
+    if (T == 0) die(2, "logits: '%s' has no tokens", tokf);
+    check(moe_model_forward(m, tok, NULL, 1, T, 0, NULL));
+    FILE *o = fopen(out, "wb");
+    if (!o || fwrite(moe_model_logits(m), sizeof(float), (size_t)T * c->vocab_size, o) != (size_t)T * c->vocab_size ||
+        fclose(o) != 0)
+        die(1, "logits: cannot write '%s'", out);
+    free(tok);
+    moe_model_free(m);
+    return 0;
+}
 
 int main(int argc, char **argv) {
     check(moe_dist_init(&argc, &argv));
@@ -578,5 +663,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "route")) return cmd_route(argc - 2, argv + 2);
-    die(2, "unknown command '%s' (commands: train, sample, eval, route)", argv[1]);
+    if (!strcmp(argv[1], "export")) return cmd_export(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
+    die(2, "unknown command '%s' (commands: train, sample, eval, route, export, logits)", argv[1]);
 }
