@@ -322,7 +322,8 @@ void moe_dist_finalize(void);
 int moe_dist_rank(void);
 int moe_dist_size(void);
 int moe_dist_available(void);     /* 1 when built with MPI */
-/* Ends the process, and under MPI every rank of the job (MPI_Abort). */
-_Noreturn void moe_dist_abort(int code);
+/* Under MPI with several ranks, ends every rank of the job (MPI_Abort) so that none waits in a
+ * collective; with one process it returns and the caller exits. */
+void moe_dist_abort(int code);
 
 #endif

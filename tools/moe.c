@@ -26,6 +26,7 @@ static _Noreturn void die(int code, const char *fmt, ...) {
     fprintf(stderr, "\n");
     va_end(ap);
     moe_dist_abort(code); // under MPI: ends every rank, none is left waiting in a collective
+    exit(code);
 }
 
 static void check(moe_status st) {

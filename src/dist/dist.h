@@ -44,9 +44,5 @@ void moe__dist_alltoall_i64(const int64_t *send, int64_t *recv, int n);
  * peer order in send; recv gets recv_rows[p] rows from each peer p, in peer order. */
 void moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float *recv, const int64_t *recv_rows,
                               int width);
-/* COLLECTIVE (world). */
-void moe__dist_barrier(void);
-/* Local: ends every rank of the job (MPI_Abort) after this rank's message is printed. */
-_Noreturn void moe__dist_abort(int code);
 
 #endif

@@ -2,7 +2,7 @@
  * dist_mpi.c — the communication interface over MPI (built when CMake finds MPI).
  *
  * Errors: MPI's default handler (MPI_ERRORS_ARE_FATAL) ends the whole job on a failed call,
- * and moe__dist_abort() ends it with MPI_Abort when one rank meets an error of its own, so a
+ * and moe_dist_abort() ends it with MPI_Abort when one rank meets an error of its own, so a
  * rank that fails never leaves the others waiting in a collective.
  */
 #include <mpi.h>
@@ -124,17 +124,9 @@ void moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float
     grid.a2a_s += MPI_Wtime() - t0;
 }
 
-void moe__dist_barrier(void) {
-    if (grid.size > 1) MPI_Barrier(MPI_COMM_WORLD);
+void moe_dist_abort(int code) {
+    if (!started || grid.size == 1) return; // one process: the caller exits
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
 }
-
-_Noreturn void moe__dist_abort(int code) {
-    if (started && grid.size > 1) {
-        fflush(stdout);
-        fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, code);
-    }
-    exit(code);
-}
-
-_Noreturn void moe_dist_abort(int code) { moe__dist_abort(code); }

@@ -65,23 +65,20 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, int bf16) {
     cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("MixtralForCausalLM"));
     cJSON_AddStringToObject(j, "model_type", "mixtral");
-    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
-    cJSON_AddNumberToObject(j, "hidden_size", c->n_embd);
-    cJSON_AddNumberToObject(j, "intermediate_size", c->expert_hidden);
-    cJSON_AddNumberToObject(j, "num_hidden_layers", c->n_layer);
-    cJSON_AddNumberToObject(j, "num_attention_heads", c->n_head);
-    cJSON_AddNumberToObject(j, "num_key_value_heads", c->n_head);
-    cJSON_AddNumberToObject(j, "max_position_embeddings", c->seq_len);
-    cJSON_AddNumberToObject(j, "rms_norm_eps", c->norm_eps);
-    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
-    cJSON_AddNumberToObject(j, "num_local_experts", c->n_experts);
-    cJSON_AddNumberToObject(j, "num_experts_per_tok", c->top_k);
+    const struct {
+        const char *key;
+        double value;
+    } nums[] = {{"vocab_size", c->vocab_size},          {"hidden_size", c->n_embd},
+                {"intermediate_size", c->expert_hidden}, {"num_hidden_layers", c->n_layer},
+                {"num_attention_heads", c->n_head},      {"num_key_value_heads", c->n_head},
+                {"max_position_embeddings", c->seq_len}, {"rms_norm_eps", c->norm_eps},
+                {"rope_theta", c->rope_theta},           {"num_local_experts", c->n_experts},
+                {"num_experts_per_tok", c->top_k},       {"attention_dropout", 0.0},
+                {"router_aux_loss_coef", c->aux_loss_coef}, {"initializer_range", c->init_std}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) cJSON_AddNumberToObject(j, nums[i].key, nums[i].value);
     cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_embeddings);
     cJSON_AddStringToObject(j, "hidden_act", "silu");
     cJSON_AddNullToObject(j, "sliding_window");
-    cJSON_AddNumberToObject(j, "attention_dropout", 0.0);
-    cJSON_AddNumberToObject(j, "router_aux_loss_coef", c->aux_loss_coef);
-    cJSON_AddNumberToObject(j, "initializer_range", c->init_std);
     cJSON_AddStringToObject(j, "torch_dtype", bf16 ? "bfloat16" : "float32");
     char *txt = cJSON_Print(j);
     cJSON_Delete(j);

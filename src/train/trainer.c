@@ -41,6 +41,7 @@ struct moe_trainer {
     int64_t *dropped_acc;        /* (n_moe) */
     int64_t *routed_acc;         /* (n_moe) */
     int64_t *win;                /* (grad_accum * B) window starts of this rank's micro-batches */
+    int fail_rank;               /* tests: MOE_TEST_FAIL_RANK makes this rank fail its 2nd step; -1 */
     FILE *metrics;               /* rank 0 only */
 };
 
@@ -260,6 +261,8 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->opt = moe__calloc((size_t)P * 2 * sizeof(float));
     t->tokens = malloc((size_t)BT * sizeof(int));
     t->win = malloc((size_t)c->grad_accum * c->batch_size * sizeof(int64_t));
+    // fault injection for the tests: MOE_TEST_FAIL_RANK=r makes rank r fail its second step
+    t->fail_rank = getenv("MOE_TEST_FAIL_RANK") ? atoi(getenv("MOE_TEST_FAIL_RANK")) : -1;
     t->targets = malloc((size_t)BT * sizeof(int));
     int64_t total_e = 0;
     t->load_off = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
@@ -629,9 +632,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     int64_t n_micro = (int64_t)c->grad_accum * g->size; // micro-batches of the global batch
     float inv = 1.0f / (float)n_micro;
     moe_status st;
-    // fault injection for the tests: MOE_TEST_FAIL_RANK=r makes rank r fail its second step
-    const char *fail_rank = getenv("MOE_TEST_FAIL_RANK");
-    if (fail_rank && atoi(fail_rank) == g->rank && t->step == 1)
+    if (t->fail_rank == g->rank && t->step == 1)
         return moe__err(MOE_STATUS_IO, "rank %d: injected failure at step 2 (MOE_TEST_FAIL_RANK)", g->rank);
     draw_windows(t);
     for (int micro = 0; micro < c->grad_accum; micro++) {
