@@ -132,6 +132,8 @@ void moe_config_help(FILE *f);
 int moe_config_layer_is_moe(const moe_config *c, int l);
 /* Routed experts of MoE layer l (expert_counts, or n_experts). */
 int moe_config_layer_experts(const moe_config *c, int l);
+/* Copies the training keys ([training] in moe_config_help) of src into dst; model keys stay. */
+void moe_config_take_training(moe_config *dst, const moe_config *src);
 
 /* ---------------------------------------------------------------- model */
 
@@ -302,14 +304,40 @@ moe_status moe_trainer_save(moe_trainer *t);
 moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches,
                         float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop);
 
-#ifdef __cplusplus
-}
-#endif
 /* ---------------------------------------------------------------- Hugging Face */
 
 /* Writes dir/config.json and dir/model.safetensors for transformers' MixtralForCausalLM (F32,
  * or BF16 when bf16), when the model maps onto it exactly; otherwise an error naming why. */
 moe_status moe_export_hf(const moe_model *m, const char *dir, int bf16);
+
+/* The config of the Hugging Face checkpoint in dir (its config.json): MixtralForCausalLM maps
+ * onto an all-MoE model (dropless, like Mixtral), LlamaForCausalLM and MistralForCausalLM onto
+ * a dense one (moe_layers "none", expert_hidden = ffn_hidden, ready for upcycling). seq_len is
+ * max_position_embeddings capped at 4096 and at sliding_window. A field the model cannot
+ * represent (biases, rope_scaling, another activation) is an error naming it. */
+moe_status moe_hf_config(const char *dir, moe_config *out);
+/* Loads the weights of the HF checkpoint in dir (model.safetensors, or every shard that
+ * model.safetensors.index.json lists; F32, BF16 or F16) into a new model of config c (from
+ * moe_hf_config; keys that do not change shapes may differ), sized for max_batch. Per-expert
+ * tensors are stacked; grouped-query K/V heads are repeated to one per query head (exact). */
+moe_status moe_hf_load(const char *dir, const moe_config *c, int max_batch, moe_model **out);
+
+/* ---------------------------------------------------------------- init from another model */
+
+typedef struct {
+    int copied;    /* tensors copied as they are */
+    int upcycled;  /* MoE layers whose experts all start as the source's dense FFN */
+    int fresh;     /* tensors with no source counterpart that keep their initialisation (routers) */
+} moe_init_report;
+
+/* Initialises dst from src, tensor by tensor: a tensor of the same name and shape is copied;
+ * the routed experts of a layer that is dense in src are each a copy of its FFN (sparse
+ * upcycling, Komatsuzaki et al. 2022; needs expert_hidden = the source's ffn_hidden); routers
+ * (and noise weights, selection biases) missing from src keep dst's initialisation. Any other
+ * difference (a shape, a tensor only one side has) is an error naming the tensor. */
+moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_report *report);
+/* Before the first step of a new run: the weights start from src (moe_model_init_from). */
+moe_status moe_trainer_init_from(moe_trainer *t, const moe_model *src, moe_init_report *report);
 
 /* ---------------------------------------------------------------- distributed (MPI) */
 
@@ -325,5 +353,10 @@ int moe_dist_available(void);     /* 1 when built with MPI */
 /* Under MPI with several ranks, ends every rank of the job (MPI_Abort) so that none waits in a
  * collective; with one process it returns and the caller exits. */
 void moe_dist_abort(int code);
+
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

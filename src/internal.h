@@ -251,11 +251,12 @@ typedef struct {
     int ndim;
     int64_t shape[8];
     int64_t nbytes;
-    const uint8_t *data;         /* into the file buffer */
+    const uint8_t *data;         /* into the file buffer, or own */
+    uint8_t *own;                /* data this entry owns (tensors built in memory), or NULL */
 } moe__st_tensor;
 
 typedef struct {
-    char *buf;                   /* whole file */
+    char *buf;                   /* whole file (NULL for a set built in memory) */
     size_t len;
     int n;
     moe__st_tensor *t;

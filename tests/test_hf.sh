@@ -4,6 +4,8 @@
 # <= 1e-4 in fp32); bf16 export loads too (looser tolerance); a model that maps onto no family
 # gets its reason. Needs /usr/bin/python3 with torch and transformers (scripts/deps.sh --hf);
 # exits 77 (ctest: skipped) without them.
+# Import: tiny random Mixtral and Llama checkpoints written by transformers (GQA, sharded, bf16,
+# f16, tied) are imported with `moe import` (Llama also upcycled) and give transformers' logits.
 # usage: test_hf.sh path/to/moe
 set -u
 MOE=${1:?usage: test_hf.sh path/to/moe}
@@ -47,5 +49,29 @@ for bad in "n_shared=1:shared experts" "norm_topk=0:not renormalised" "moe_layer
         fail "${bad%%:*}: unclear error: $(cat "$W/err")"
     fi
 done
+# import: tiny random checkpoints written by transformers, read by moe import, same logits
+# (the stored weights' logits, computed by transformers in float32; tolerance 1e-4)
+for spec in "mixtral:--kv-heads 4:" "mixtral:--kv-heads 2 --dtype bfloat16 --shard 40KB:" \
+            "mixtral:--kv-heads 1 --dtype float16 --tie:" "llama:--kv-heads 2 --dtype bfloat16:" \
+            "llama:--kv-heads 2:--set moe_layers=all --set n_experts=4 --set top_k=2"; do
+    IFS=: read -r fam opts sets <<< "$spec"
+    checks=$((checks + 1))
+    d="$W/tiny_$checks"
+    first_tiny=${first_tiny:-$d}
+    # shellcheck disable=SC2086
+    "$PY" "$SRC/tests/hf/make_tiny.py" $fam "$d" "$W/tok.txt" "$d.theirs" $opts > /dev/null 2>&1 \
+        || { fail "make_tiny.py $fam $opts"; continue; }
+    # shellcheck disable=SC2086
+    "$MOE" import --from "$d" --out "$d.moe" $sets > /dev/null || { fail "import $fam $opts"; continue; }
+    "$MOE" logits --ckpt "$d.moe" --tokens "$W/tok.txt" --out "$d.ours" || { fail "logits $fam $opts"; continue; }
+    diff=$("$PY" -c "import numpy as np, sys; a, b = (np.fromfile(f, '<f4') for f in sys.argv[1:]); print(float(abs(a - b).max()) if a.size == b.size else 1e9)" "$d.theirs" "$d.ours")
+    echo "import $fam $opts ${sets:+($sets) }: max |logit difference| against transformers = $diff"
+    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-4 else 1)" "$diff" || fail "import $fam $opts $sets: $diff"
+    [ -f "$d/model.safetensors.index.json" ] && echo "  (read from $(ls "$d"/model-*.safetensors | wc -l) shards via model.safetensors.index.json)"
+done
+# continue training an imported model: train --init-from a transformers directory
+checks=$((checks + 1))
+"$MOE" train --data "$W/corpus.txt" --out "$W/cont" --steps 3 --init-from "$first_tiny" --set batch_size=2 \
+    --set seq_len=32 --quiet || fail "train --init-from a Hugging Face directory"
 echo "test_hf: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
 [ $fails -eq 0 ]

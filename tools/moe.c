@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifdef _OPENMP
@@ -73,6 +75,79 @@ static char *ckpt_path(const char *arg) {
     return p;
 }
 
+/* Applies a JSON config file (may be NULL), then each --set KEY=VALUE, to c. */
+static void apply_keys(moe_config *c, const char *config, char **sets, int n_sets) {
+    if (config) {
+        size_t len;
+        FILE *f = fopen(config, "rb");
+        if (!f) die(1, "cannot open config '%s'", config);
+        fseek(f, 0, SEEK_END);
+        len = (size_t)ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *txt = malloc(len + 1);
+        if (!txt || fread(txt, 1, len, f) != len) die(1, "cannot read config '%s'", config);
+        txt[len] = 0;
+        fclose(f);
+        check(moe_config_apply_json(c, txt, config));
+        free(txt);
+    }
+    for (int i = 0; i < n_sets; i++) {
+        char *eq = strchr(sets[i], '=');
+        if (!eq) die(2, "--set needs KEY=VALUE, got '%s'", sets[i]);
+        *eq = 0;
+        check(moe_config_set(c, sets[i], eq + 1));
+        *eq = '=';
+    }
+}
+
+/* A model to start from is a Hugging Face directory (it has config.json) or a moe checkpoint. */
+static int is_hf_dir(const char *src) {
+    size_t n = strlen(src) + 16;
+    char *p = malloc(n);
+    if (!p) die(1, "out of memory");
+    snprintf(p, n, "%s/config.json", src);
+    FILE *f = fopen(p, "rb");
+    free(p);
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+/* c = the source's model keys, with default training keys. */
+static void source_config(const char *src, moe_config *c) {
+    moe_config train = moe_config_default();
+    if (is_hf_dir(src)) {
+        check(moe_hf_config(src, c));
+    } else {
+        char *path = ckpt_path(src);
+        check(moe_checkpoint_config(path, c, NULL));
+        free(path);
+    }
+    moe_config_take_training(c, &train);
+}
+
+/* Loads the source model; its activations are planned for at most seq_len tokens. */
+static moe_model *source_load(const char *src, int seq_len) {
+    moe_model *m;
+    if (is_hf_dir(src)) {
+        moe_config c;
+        check(moe_hf_config(src, &c));
+        if (seq_len < c.seq_len) c.seq_len = seq_len; // shapes do not depend on it
+        check(moe_hf_load(src, &c, 1, &m));
+    } else {
+        char *path = ckpt_path(src);
+        check(moe_model_load(path, 1, &m));
+        free(path);
+    }
+    return m;
+}
+
+static void print_init_report(const char *src, const moe_init_report *r) {
+    printf("moe: initialised from %s: %d tensors copied", src, r->copied);
+    if (r->upcycled) printf(", %d layers upcycled (dense FFN copied into every expert)", r->upcycled);
+    if (r->fresh) printf(", %d router tensors fresh", r->fresh);
+    printf("\n");
+}
+
 /* ---------------------------------------------------------------- train */
 
 static const char *train_help =
@@ -93,6 +168,10 @@ static const char *train_help =
     "                     the other ranks/N-fold is data parallel (docs/distributed.md)\n"
     "  --resume           continue the run in DIR from its checkpoint: model keys come from the\n"
     "                     checkpoint, training keys from this command line\n"
+    "  --init-from SRC    start a new run from SRC's weights: a Hugging Face directory (Mixtral;\n"
+    "                     Llama/Mistral dense) or a moe checkpoint. Model keys come from SRC, then\n"
+    "                     --config/--set; a layer made MoE where SRC is dense is upcycled (its FFN\n"
+    "                     copied into every expert, router fresh; see moe import --help)\n"
     "  --stop-after N     stop (and checkpoint) after N steps of this invocation, keeping the\n"
     "                     schedule of --steps; continue later with --resume\n"
     "  --quiet            no progress lines (metrics.jsonl is still written)\n"
@@ -115,7 +194,7 @@ static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m
 }
 
 static int cmd_train(int argc, char **argv) {
-    char *data = NULL, *val = NULL, *out = NULL, *config = NULL;
+    char *data = NULL, *val = NULL, *out = NULL, *config = NULL, *init_from = NULL;
     int resume = 0, quiet = 0, profile = 0;
     long stop_after = 0, ep = 1;
     moe_config c = moe_config_default();
@@ -143,6 +222,7 @@ static int cmd_train(int argc, char **argv) {
             snprintf(sets[n_sets++], n, "steps=%s", v);
         } else if (!strcmp(a, "--stop-after")) stop_after = parse_long("--stop-after", need(argc, argv, &i), 1, 2147483647L);
         else if (!strcmp(a, "--resume")) resume = 1;
+        else if (!strcmp(a, "--init-from")) init_from = strdup(need(argc, argv, &i));
         else if (!strcmp(a, "--ep")) ep = parse_long("--ep", need(argc, argv, &i), 1, 65536);
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--profile")) profile = 1;
@@ -150,26 +230,11 @@ static int cmd_train(int argc, char **argv) {
     }
     if (!data) die(2, "train: --data is required (see moe train --help)");
     if (!out) die(2, "train: --out is required (see moe train --help)");
-    if (config) {
-        size_t len;
-        FILE *f = fopen(config, "rb");
-        if (!f) die(1, "cannot open config '%s'", config);
-        fseek(f, 0, SEEK_END);
-        len = (size_t)ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *txt = malloc(len + 1);
-        if (!txt || fread(txt, 1, len, f) != len) die(1, "cannot read config '%s'", config);
-        txt[len] = 0;
-        fclose(f);
-        check(moe_config_apply_json(&c, txt, config));
-        free(txt);
+    if (init_from) {
+        if (resume) die(2, "train: --init-from starts a new run; --resume continues one (not both)");
+        source_config(init_from, &c);
     }
-    for (int i = 0; i < n_sets; i++) {
-        char *eq = strchr(sets[i], '=');
-        if (!eq) die(2, "--set needs KEY=VALUE, got '%s'", sets[i]);
-        *eq = 0;
-        check(moe_config_set(&c, sets[i], eq + 1));
-    }
+    apply_keys(&c, config, sets, n_sets);
     check(moe_config_validate(&c));
     check(moe_dist_setup((int)ep));
     quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
@@ -196,6 +261,13 @@ static int cmd_train(int argc, char **argv) {
                (long long)moe_model_n_params(m), (long long)moe_model_active_params(m), tc->n_layer,
                moe_model_n_moe_layers(m), tc->n_experts, tc->top_k, tc->n_shared, threads);
         if (resume) printf("moe: resumed %s at step %lld\n", out, (long long)moe_trainer_steps_done(t));
+    }
+    if (init_from) {
+        moe_model *src = source_load(init_from, tc->seq_len);
+        moe_init_report r;
+        check(moe_trainer_init_from(t, src, &r));
+        moe_model_free(src);
+        if (!quiet) print_init_report(init_from, &r);
     }
     int64_t first = moe_trainer_steps_done(t);
     double train_ms = 0.0;
@@ -228,6 +300,7 @@ static int cmd_train(int argc, char **argv) {
     free(val);
     free(out);
     free(config);
+    free(init_from);
     return 0;
 }
 
@@ -567,6 +640,7 @@ static const char *main_help =
     "  sample   generate text from a checkpoint (moe sample --help)\n"
     "  eval     loss and expert loads of a checkpoint on data (moe eval --help)\n"
     "  export   a Hugging Face (Mixtral) checkpoint of a model (moe export --help)\n"
+    "  import   a model from a Hugging Face checkpoint or another model; upcycling (moe import --help)\n"
     "  logits   raw logits of a token sequence, for comparisons (moe logits --help)\n"
     "  route    which experts take which tokens: by byte class and by source (moe route --help)\n";
 
@@ -600,6 +674,73 @@ static int cmd_export(int argc, char **argv) {
     check(moe_export_hf(m, out, !strcmp(dtype, "bf16")));
     printf("moe: wrote %s/config.json and %s/model.safetensors (MixtralForCausalLM, %s)\n", out, out, dtype);
     moe_model_free(m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- import */
+
+static const char *import_help =
+    "usage: moe import --from SRC --out DIR [--config FILE] [--set KEY=VALUE ...] [--seed N]\n"
+    "\n"
+    "Writes DIR/model.safetensors (a moe checkpoint at step 0) from SRC: a Hugging Face directory\n"
+    "(config.json with model.safetensors or model.safetensors.index.json and its shards; F32, BF16\n"
+    "or F16) of MixtralForCausalLM, or of LlamaForCausalLM / MistralForCausalLM (dense), or a moe\n"
+    "checkpoint. The model keys come from SRC, then --config and --set may change them:\n"
+    "\n"
+    "  * keys that change no shape (seq_len, capacity_factor, routing details, losses) apply as set;\n"
+    "  * sparse upcycling: --set moe_layers=all --set n_experts=8 on a dense SRC makes every FFN an\n"
+    "    MoE layer whose experts all start as that FFN, with a fresh router (Komatsuzaki et al. 2022);\n"
+    "    expert_hidden must equal SRC's ffn_hidden; with norm_topk=1 the model computes the same\n"
+    "    function as SRC until trained;\n"
+    "  * any other difference is an error naming the tensor.\n"
+    "\n"
+    "Grouped-query attention (num_key_value_heads < num_attention_heads) is expanded to one K/V head\n"
+    "per query head: the same function, but K/V projections untied from then on if trained.\n"
+    "seq_len defaults to max_position_embeddings capped at 4096 (and at sliding_window).\n"
+    "moe train --init-from SRC does the same as the start of a training run.\n";
+
+static int cmd_import(int argc, char **argv) {
+    const char *src = NULL, *out = NULL, *config = NULL;
+    char **sets = calloc((size_t)argc + 1, sizeof(char *));
+    int n_sets = 0;
+    unsigned long long seed = 1337;
+    if (!sets) die(1, "out of memory");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(import_help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--from")) src = need(argc, argv, &i);
+        else if (!strcmp(a, "--out")) out = need(argc, argv, &i);
+        else if (!strcmp(a, "--config")) config = need(argc, argv, &i);
+        else if (!strcmp(a, "--set")) sets[n_sets++] = strdup(need(argc, argv, &i));
+        else if (!strcmp(a, "--seed")) seed = (unsigned long long)parse_long("--seed", need(argc, argv, &i), 0, 2147483647L);
+        else die(2, "import: unknown option '%s' (see moe import --help)", a);
+    }
+    if (!src || !out) die(2, "import: --from and --out are required (see moe import --help)");
+    moe_config c;
+    source_config(src, &c);
+    apply_keys(&c, config, sets, n_sets);
+    check(moe_config_validate(&c));
+    moe_model *from = source_load(src, c.seq_len), *m;
+    check(moe_model_create(&c, 1, &m));
+    moe_model_init(m, seed); // what init_from does not copy (routers) keeps this
+    moe_init_report r;
+    check(moe_model_init_from(m, from, &r));
+    moe_model_free(from);
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) die(1, "import: cannot create '%s': %s", out, strerror(errno));
+    size_t n = strlen(out) + 32;
+    char *path = malloc(n);
+    if (!path) die(1, "out of memory");
+    snprintf(path, n, "%s/model.safetensors", out);
+    check(moe_model_save(m, path, 0));
+    print_init_report(src, &r);
+    printf("moe: wrote %s (%lld parameters, %d of %d layers MoE)\n", path, (long long)moe_model_n_params(m),
+           moe_model_n_moe_layers(m), c.n_layer);
+    free(path);
+    moe_model_free(m);
+    for (int i = 0; i < n_sets; i++) free(sets[i]);
+    free(sets);
     return 0;
 }
 
@@ -666,5 +807,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "route")) return cmd_route(argc - 2, argv + 2);
     if (!strcmp(argv[1], "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
-    die(2, "unknown command '%s' (commands: train, sample, eval, route, export, logits)", argv[1]);
+    if (!strcmp(argv[1], "import")) return cmd_import(argc - 2, argv + 2);
+    die(2, "unknown command '%s' (commands: train, sample, eval, route, export, import, logits)", argv[1]);
 }

@@ -21,7 +21,10 @@ static int dtype_size(const char *dt) {
 
 void moe__st_free(moe__st_file *f) {
     if (!f) return;
-    for (int i = 0; i < f->n; i++) free(f->t[i].name);
+    for (int i = 0; i < f->n; i++) {
+        free(f->t[i].name);
+        free(f->t[i].own);
+    }
     free(f->t);
     free(f->buf);
     free(f->metadata_json);

@@ -393,7 +393,7 @@ moe_status moe_config_validate(const moe_config *c) {
     return MOE_STATUS_OK;
 }
 
-void moe__config_take_training(moe_config *dst, const moe_config *src) {
+void moe_config_take_training(moe_config *dst, const moe_config *src) {
     for (int i = 0; i < N_KEYS; i++) {
         if (keys[i].kind != KIND_TRAIN) continue;
         size_t sz = keys[i].type == K_U64     ? sizeof(uint64_t)

@@ -214,7 +214,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         st = moe__st_read(t->model_path, &ckpt);
         if (st == MOE_STATUS_OK) st = moe__checkpoint_config_of(&ckpt, t->model_path, &saved, &model_step);
         if (st != MOE_STATUS_OK) goto fail;
-        moe__config_take_training(&saved, c); // model from the checkpoint, training keys from the caller
+        moe_config_take_training(&saved, c); // model from the checkpoint, training keys from the caller
         t->cfg = saved;
     }
     st = moe_config_validate(&t->cfg);
@@ -323,6 +323,13 @@ void moe_trainer_free(moe_trainer *t) {
 int64_t moe_trainer_steps_done(const moe_trainer *t) { return t->step; }
 moe_model *moe_trainer_model(moe_trainer *t) { return t->m; }
 const moe_config *moe_trainer_config(const moe_trainer *t) { return &t->cfg; }
+
+moe_status moe_trainer_init_from(moe_trainer *t, const moe_model *src, moe_init_report *report) {
+    if (t->step > 0)
+        return moe__err(MOE_STATUS_ARG, "init from a model: the run is at step %lld; only a new run starts from another model",
+                        (long long)t->step);
+    return moe_model_init_from(t->m, src, report);
+}
 
 /* Removes this rank's shard files of other steps (after a newer set was committed). */
 static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
