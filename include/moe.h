@@ -306,9 +306,12 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
 
 /* ---------------------------------------------------------------- Hugging Face */
 
-/* Writes dir/config.json and dir/model.safetensors for transformers' MixtralForCausalLM (F32,
- * or BF16 when bf16), when the model maps onto it exactly; otherwise an error naming why. */
-moe_status moe_export_hf(const moe_model *m, const char *dir, int bf16);
+/* Writes dir/config.json and dir/model.safetensors (F32, or BF16 when bf16) for a transformers
+ * family the model maps onto exactly: family "mixtral" (MixtralForCausalLM: all layers MoE,
+ * softmax top-K renormalised, no shared experts), "qwen2_moe" (Qwen2MoeForCausalLM: also dense
+ * layers, shared experts, top-K not renormalised), or NULL/"auto" (Mixtral when it maps, else
+ * Qwen2-MoE). Otherwise an error naming why. *written (may be NULL) gets the architecture. */
+moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, const char **written);
 
 /* The config of the Hugging Face checkpoint in dir (its config.json): MixtralForCausalLM maps
  * onto an all-MoE model (dropless, like Mixtral), LlamaForCausalLM and MistralForCausalLM onto

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_hf.sh — Hugging Face interop: trains a tiny model, exports it (`moe export`), loads it with
 # transformers' MixtralForCausalLM and compares logits with `moe logits` (max abs difference
-# <= 1e-4 in fp32); bf16 export loads too (looser tolerance); a model that maps onto no family
-# gets its reason. Needs /usr/bin/python3 with torch and transformers (scripts/deps.sh --hf);
+# <= 1e-4 in fp32); bf16 export loads too (looser tolerance); models with shared experts, dense
+# layers or top-K not renormalised export as Qwen2MoeForCausalLM (same bound); a model that maps
+# onto no family gets its reason. Needs /usr/bin/python3 with torch and transformers (scripts/deps.sh --hf);
 # exits 77 (ctest: skipped) without them.
 # Import: tiny random Mixtral and Llama checkpoints written by transformers (GQA, sharded, bf16,
 # f16, tied) are imported with `moe import` (Llama also upcycled) and give transformers' logits.
@@ -38,16 +39,32 @@ done
 checks=$((checks + 1))
 "$PY" "$SRC/tests/hf/check_export.py" "$W/hf_bf16" "$W/tok.txt" "$W/logits.bin" 1e-4 > /dev/null 2>&1 \
     && fail "bf16 export passes the fp32 tolerance: the comparison is too loose to mean anything"
-# models that map onto no family: the reason is named
-for bad in "n_shared=1:shared experts" "norm_topk=0:not renormalised" "moe_layers=0:layers are MoE" \
-           "router_score=sigmoid:sigmoid"; do
+# Qwen2-MoE: what Mixtral cannot hold (shared experts, top-K not renormalised, dense layers)
+for v in "n_shared=1" "n_shared=2 --set norm_topk=0" "moe_layers=0 --set ffn_hidden=40" \
+         "moe_layers=1 --set n_shared=1 --set tie_embeddings=1"; do
     checks=$((checks + 1))
-    "$MOE" train --data "$W/corpus.txt" --out "$W/bad" --steps 1 "${TINY[@]}" --set "${bad%%:*}" || fail "train ${bad%%:*}"
-    if "$MOE" export --ckpt "$W/bad" --out "$W/hf_bad" > /dev/null 2> "$W/err"; then
-        fail "${bad%%:*}: export succeeded"
-    elif ! grep -q "${bad#*:}" "$W/err"; then
-        fail "${bad%%:*}: unclear error: $(cat "$W/err")"
+    # shellcheck disable=SC2086
+    "$MOE" train --data "$W/corpus.txt" --out "$W/q" --steps 20 "${TINY[@]}" --set $v || { fail "train $v"; continue; }
+    "$MOE" logits --ckpt "$W/q" --tokens "$W/tok.txt" --out "$W/q.bin" || fail "moe logits $v"
+    "$MOE" export --ckpt "$W/q" --out "$W/hf_q" > "$W/q.out" || { fail "export $v"; continue; }
+    grep -q Qwen2MoeForCausalLM "$W/q.out" || fail "$v: exported as $(cat "$W/q.out")"
+    "$PY" "$SRC/tests/hf/check_export.py" "$W/hf_q" "$W/tok.txt" "$W/q.bin" 1e-4 2>/dev/null | sed "s/\$/ ($v)/" \
+        || fail "$v: Qwen2-MoE logits differ by more than 1e-4"
+    rm -rf "$W/q" "$W/hf_q"
+done
+# models that map onto no family, or not onto the one asked for: the reason is named
+for bad in "n_shared=1:mixtral:shared experts" "norm_topk=0:mixtral:not renormalised" \
+           "moe_layers=0:mixtral:layers are MoE" "router_score=sigmoid:auto:sigmoid" \
+           "expert_counts=4,8:auto:different expert counts" "route_scale=2:qwen2_moe:scaled by 2"; do
+    IFS=: read -r set family want <<< "$bad"
+    checks=$((checks + 1))
+    "$MOE" train --data "$W/corpus.txt" --out "$W/bad" --steps 1 "${TINY[@]}" --set "$set" || fail "train $set"
+    if "$MOE" export --ckpt "$W/bad" --out "$W/hf_bad" --family "$family" > /dev/null 2> "$W/err"; then
+        fail "$set: export --family $family succeeded"
+    elif ! grep -q "$want" "$W/err"; then
+        fail "$set: unclear error: $(cat "$W/err")"
     fi
+    rm -rf "$W/bad"
 done
 # import: tiny random checkpoints written by transformers, read by moe import, same logits
 # (the stored weights' logits, computed by transformers in float32; tolerance 1e-4)

@@ -639,7 +639,7 @@ static const char *main_help =
     "  train    train a model on text or token shards (moe train --help)\n"
     "  sample   generate text from a checkpoint (moe sample --help)\n"
     "  eval     loss and expert loads of a checkpoint on data (moe eval --help)\n"
-    "  export   a Hugging Face (Mixtral) checkpoint of a model (moe export --help)\n"
+    "  export   a Hugging Face checkpoint (Mixtral, Qwen2-MoE) of a model (moe export --help)\n"
     "  import   a model from a Hugging Face checkpoint or another model; upcycling (moe import --help)\n"
     "  logits   raw logits of a token sequence, for comparisons (moe logits --help)\n"
     "  route    which experts take which tokens: by byte class and by source (moe route --help)\n";
@@ -647,14 +647,17 @@ static const char *main_help =
 /* ---------------------------------------------------------------- export */
 
 static const char *export_help =
-    "usage: moe export --ckpt DIR --out HFDIR [--dtype f32|bf16]\n"
+    "usage: moe export --ckpt DIR --out HFDIR [--dtype f32|bf16] [--family auto|mixtral|qwen2_moe]\n"
     "\n"
-    "Writes a Hugging Face checkpoint (config.json + model.safetensors) that transformers loads as\n"
-    "MixtralForCausalLM, when the model maps onto Mixtral exactly (every layer MoE, softmax top-K\n"
-    "renormalised, no shared experts, no gate scale or selection bias); otherwise says why not.\n";
+    "Writes a Hugging Face checkpoint (config.json + model.safetensors) that transformers loads, when\n"
+    "the model maps onto a family exactly (the same logits), otherwise says why not:\n"
+    "  mixtral    MixtralForCausalLM: every layer MoE, softmax top-K renormalised, no shared experts\n"
+    "  qwen2_moe  Qwen2MoeForCausalLM: dense layers, shared experts, top-K renormalised or not\n"
+    "  auto       Mixtral when it maps, else Qwen2-MoE (the default)\n"
+    "Neither takes sigmoid scores, a gate scale, a selection bias or per-layer expert counts.\n";
 
 static int cmd_export(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL, *dtype = "f32";
+    const char *ckpt = NULL, *out = NULL, *dtype = "f32", *family = "auto", *written = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -663,16 +666,19 @@ static int cmd_export(int argc, char **argv) {
         } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
         else if (!strcmp(a, "--out")) out = need(argc, argv, &i);
         else if (!strcmp(a, "--dtype")) dtype = need(argc, argv, &i);
+        else if (!strcmp(a, "--family")) family = need(argc, argv, &i);
         else die(2, "export: unknown option '%s' (see moe export --help)", a);
     }
     if (!ckpt || !out) die(2, "export: --ckpt and --out are required (see moe export --help)");
     if (strcmp(dtype, "f32") && strcmp(dtype, "bf16")) die(2, "export: --dtype must be f32 or bf16, got '%s'", dtype);
+    if (strcmp(family, "auto") && strcmp(family, "mixtral") && strcmp(family, "qwen2_moe"))
+        die(2, "export: --family must be auto, mixtral or qwen2_moe, got '%s'", family);
     char *path = ckpt_path(ckpt);
     moe_model *m;
     check(moe_model_load(path, 1, &m));
     free(path);
-    check(moe_export_hf(m, out, !strcmp(dtype, "bf16")));
-    printf("moe: wrote %s/config.json and %s/model.safetensors (MixtralForCausalLM, %s)\n", out, out, dtype);
+    check(moe_export_hf(m, out, family, !strcmp(dtype, "bf16"), &written));
+    printf("moe: wrote %s/config.json and %s/model.safetensors (%s, %s)\n", out, out, written, dtype);
     moe_model_free(m);
     return 0;
 }

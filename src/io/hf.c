@@ -1,10 +1,17 @@
 /*
- * hf.c — Hugging Face export: a model that maps exactly onto MixtralForCausalLM becomes
+ * hf.c — Hugging Face export: a model that maps exactly onto a transformers family becomes
  * HFDIR/config.json + HFDIR/model.safetensors (HF key names, experts split per expert, F32 or
- * BF16). "Exactly" means the logits of transformers' Mixtral equal ours at inference (eval
- * routing: dropless, no noise): every layer MoE, softmax top-K renormalised, no shared experts,
- * one expert count, no gate scale and no selection bias. A model that does not map gets an error
- * naming the first reason.
+ * BF16). "Exactly" means transformers' logits equal ours at inference (eval routing: dropless,
+ * no noise).
+ *   MixtralForCausalLM: every layer MoE, softmax top-K renormalised, no shared experts.
+ *   Qwen2MoeForCausalLM: softmax top-K, renormalised or not (norm_topk_prob), dense layers
+ *     (mlp_only_layers) and shared experts. Its extra parts are set to what makes it ours: zero
+ *     q/k/v biases; a zero shared_expert_gate, so sigmoid gives 1/2 and down_proj is doubled
+ *     (exact in binary); our S shared experts are one SwiGLU of width S*F already; with S = 0 a
+ *     width-1 shared expert of zeros.
+ *   OLMoE cannot be exact: its attention has QK-norm, which ours has not.
+ * Both need one expert count, no gate scale and no selection bias. A model that maps onto no
+ * family gets an error naming the reason for each.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -15,23 +22,17 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Why c does not map onto Mixtral, or NULL when it does. */
-static const char *not_mixtral(const moe_model *m, const moe_config *c, char *why, size_t n) {
-    if (moe_model_n_moe_layers(m) != c->n_layer)
-        return snprintf(why, n, "only %d of %d layers are MoE (Mixtral has no dense layers)", moe_model_n_moe_layers(m),
-                        c->n_layer), why;
-    if (c->n_shared > 0) return snprintf(why, n, "it has %d shared experts (Mixtral has none)", c->n_shared), why;
+/* Why c does not map onto both families (the routing they share), or NULL. */
+static const char *not_topk_softmax(const moe_model *m, const moe_config *c, char *why, size_t n) {
     for (int l = 0; l < c->n_layer; l++)
         if (moe_config_layer_experts(c, l) != c->n_experts)
             return snprintf(why, n, "its layers have different expert counts (%s)", c->expert_counts), why;
     if (c->routing != MOE_ROUTING_TOPK && c->routing != MOE_ROUTING_NOISY_TOPK)
         return snprintf(why, n, "its routing is not token-choice top-K"), why;
     if (c->router_score != MOE_SCORE_SOFTMAX) return snprintf(why, n, "its router scores are sigmoid, not softmax"), why;
-    if (!c->norm_topk)
-        return snprintf(why, n, "its top-K weights are not renormalised (that is OLMoE/Qwen-MoE style, not Mixtral)"), why;
     if (c->route_scale != 1.0f) return snprintf(why, n, "its gate weights are scaled by %g", c->route_scale), why;
     if (c->eval_capacity_factor > 0.0f)
-        return snprintf(why, n, "it drops tokens at inference (eval_capacity_factor %g; Mixtral is dropless)",
+        return snprintf(why, n, "it drops tokens at inference (eval_capacity_factor %g; transformers is dropless)",
                         c->eval_capacity_factor), why;
     for (int i = 0; i < moe_model_n_moe_layers(m); i++) {
         const moe_layer_stats *s = moe_model_layer_stats(m, i);
@@ -42,6 +43,21 @@ static const char *not_mixtral(const moe_model *m, const moe_config *c, char *wh
     return NULL;
 }
 
+/* Why c does not map onto Mixtral, or NULL when it does. */
+static const char *not_mixtral(const moe_model *m, const moe_config *c, char *why, size_t n) {
+    if (moe_model_n_moe_layers(m) != c->n_layer)
+        return snprintf(why, n, "only %d of %d layers are MoE (Mixtral has no dense layers)", moe_model_n_moe_layers(m),
+                        c->n_layer), why;
+    if (c->n_shared > 0) return snprintf(why, n, "it has %d shared experts (Mixtral has none)", c->n_shared), why;
+    if (!c->norm_topk) return snprintf(why, n, "its top-K weights are not renormalised (Mixtral renormalises)"), why;
+    return not_topk_softmax(m, c, why, n);
+}
+
+static const char *not_qwen2_moe(const moe_model *m, const moe_config *c, char *why, size_t n) {
+    if (moe_model_n_moe_layers(m) == 0) return snprintf(why, n, "it has no MoE layer"), why;
+    return not_topk_softmax(m, c, why, n);
+}
+
 static uint16_t to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -50,38 +66,179 @@ static uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-moe_status moe_export_hf(const moe_model *m, const char *dir, int bf16) {
+/* One tensor of the export: HF name, shape, and the floats (the model's, or made here). */
+typedef struct {
+    char *name;
+    int ndim;
+    int64_t shape[2];
+    const float *src;
+    float *own;    /* made for the export (zeros, doubled down_proj), or NULL */
+    uint16_t *half;
+} out_tensor;
+
+typedef struct {
+    out_tensor *t;
+    int n, cap;
+} out_list;
+
+static out_tensor *add(out_list *o, const char *name, int ndim, int64_t d0, int64_t d1, const float *src, int zeros) {
+    if (o->n == o->cap) {
+        int cap = o->cap ? 2 * o->cap : 64;
+        out_tensor *t = realloc(o->t, (size_t)cap * sizeof *t);
+        if (!t) return NULL;
+        o->t = t;
+        o->cap = cap;
+    }
+    out_tensor *t = &o->t[o->n];
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->name = strdup(name);
+    if (zeros) t->own = calloc((size_t)(d0 * (ndim > 1 ? d1 : 1)), sizeof(float));
+    if (!t->name || (zeros && !t->own)) {
+        free(t->name);
+        free(t->own);
+        return NULL;
+    }
+    t->src = zeros ? t->own : src;
+    o->n++;
+    return t;
+}
+
+static int64_t numel(const out_tensor *t) { return t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1); }
+
+/* Replaces s in name by r (first occurrence) into buf. */
+static const char *rename_part(char *buf, size_t n, const char *name, const char *s, const char *r) {
+    const char *p = strstr(name, s);
+    if (!p) snprintf(buf, n, "%s", name);
+    else snprintf(buf, n, "%.*s%s%s", (int)(p - name), name, r, p + strlen(s));
+    return buf;
+}
+
+/* The model's tensors under the family's names, and the family's extra tensors. */
+static moe_status collect(const moe_model *m, int qwen, out_list *o) {
     const moe_config *c = moe_model_config(m);
-    char why[256];
-    if (not_mixtral(m, c, why, sizeof why))
-        return moe__err(MOE_STATUS_CONFIG, "export: the model maps onto no Hugging Face family exactly: %s", why);
+    const float *params = moe_model_params((moe_model *)m);
+    static const char *const qwen_proj[] = {"gate_proj", "down_proj", "up_proj"}; // w1 w2 w3
+    char name[512], tmp[512];
+    int64_t C = c->n_embd;
+    for (int i = 0; i < moe_model_n_tensors(m); i++) {
+        const moe_tensor_info *t = moe_model_tensor(m, i);
+        if (t->group == MOE_GROUP_BUFFER) continue; // the selection bias, zero (checked)
+        const float *src = params + t->offset;
+        if (t->group == MOE_GROUP_EXPERT) { // stacked [E, a, b] -> one [a, b] per expert
+            const char *w = strstr(t->name, "experts.w") + strlen("experts.w"); // "1.weight"
+            int64_t per = t->numel / t->shape[0];
+            for (int64_t x = 0; x < t->shape[0]; x++) {
+                if (qwen)
+                    snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%lld.%s.weight", t->layer, (long long)x,
+                             qwen_proj[w[0] - '1']);
+                else
+                    snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%lld.w%c.weight", t->layer,
+                             (long long)x, w[0]);
+                if (!add(o, name, 2, t->shape[1], t->shape[2], src + x * per, 0)) return MOE_STATUS_NOMEM;
+            }
+            continue;
+        }
+        const char *hf = t->name;
+        int dbl = 0;
+        if (qwen) {
+            hf = rename_part(name, sizeof name, hf, "block_sparse_moe.gate.", "mlp.gate.");
+            hf = rename_part(tmp, sizeof tmp, hf, "block_sparse_moe.shared_experts.", "mlp.shared_expert.");
+            dbl = strstr(hf, "mlp.shared_expert.down_proj") != NULL; // times 2: the gate gives sigmoid(0) = 1/2
+        }
+        out_tensor *e = add(o, hf, t->ndim, t->shape[0], t->ndim > 1 ? t->shape[1] : 1, src, dbl);
+        if (!e) return MOE_STATUS_NOMEM;
+        for (int64_t k = 0; dbl && k < numel(e); k++) e->own[k] = 2.0f * src[k];
+    }
+    if (!qwen) return MOE_STATUS_OK;
+    for (int l = 0; l < c->n_layer; l++) {
+        const char *qkv[] = {"q_proj", "k_proj", "v_proj"};
+        for (int k = 0; k < 3; k++) { // Qwen2 attention has biases: zero
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.bias", l, qkv[k]);
+            if (!add(o, name, 1, C, 1, NULL, 1)) return MOE_STATUS_NOMEM;
+        }
+        if (!moe_config_layer_is_moe(c, l)) continue;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+        if (!add(o, name, 2, 1, C, NULL, 1)) return MOE_STATUS_NOMEM;
+        if (c->n_shared > 0) continue;
+        for (int k = 0; k < 3; k++) { // no shared experts: one of width 1, all zeros, adds 0
+            snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert.%s.weight", l, qwen_proj[k]);
+            if (!add(o, name, 2, k == 1 ? C : 1, k == 1 ? 1 : C, NULL, 1)) return MOE_STATUS_NOMEM;
+        }
+    }
+    return MOE_STATUS_OK;
+}
+
+static char *config_json(const moe_model *m, int qwen, int bf16) {
+    const moe_config *c = moe_model_config(m);
+    cJSON *j = cJSON_CreateObject();
+    cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM"));
+    cJSON_AddStringToObject(j, "model_type", qwen ? "qwen2_moe" : "mixtral");
+    const struct {
+        const char *key;
+        double value;
+    } nums[] = {{"vocab_size", c->vocab_size},        {"hidden_size", c->n_embd},
+                {"num_hidden_layers", c->n_layer},     {"num_attention_heads", c->n_head},
+                {"num_key_value_heads", c->n_head},    {"max_position_embeddings", c->seq_len},
+                {"rms_norm_eps", c->norm_eps},         {"rope_theta", c->rope_theta},
+                {"num_experts_per_tok", c->top_k},     {"attention_dropout", 0.0},
+                {"router_aux_loss_coef", c->aux_loss_coef}, {"initializer_range", c->init_std}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) cJSON_AddNumberToObject(j, nums[i].key, nums[i].value);
+    if (qwen) {
+        cJSON_AddNumberToObject(j, "intermediate_size", c->ffn_hidden);
+        cJSON_AddNumberToObject(j, "moe_intermediate_size", c->expert_hidden);
+        cJSON_AddNumberToObject(j, "shared_expert_intermediate_size",
+                                c->n_shared > 0 ? (double)c->n_shared * c->expert_hidden : 1.0);
+        cJSON_AddNumberToObject(j, "num_experts", c->n_experts);
+        cJSON_AddNumberToObject(j, "decoder_sparse_step", 1);
+        cJSON_AddBoolToObject(j, "norm_topk_prob", c->norm_topk);
+        cJSON_AddBoolToObject(j, "use_sliding_window", 0);
+        cJSON_AddNumberToObject(j, "sliding_window", c->seq_len);
+        cJSON_AddNumberToObject(j, "max_window_layers", c->n_layer);
+        cJSON *dense = cJSON_AddArrayToObject(j, "mlp_only_layers");
+        for (int l = 0; l < c->n_layer; l++)
+            if (!moe_config_layer_is_moe(c, l)) cJSON_AddItemToArray(dense, cJSON_CreateNumber(l));
+    } else {
+        cJSON_AddNumberToObject(j, "intermediate_size", c->expert_hidden);
+        cJSON_AddNumberToObject(j, "num_local_experts", c->n_experts);
+        cJSON_AddNullToObject(j, "sliding_window");
+    }
+    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_embeddings);
+    cJSON_AddStringToObject(j, "hidden_act", "silu");
+    cJSON_AddStringToObject(j, "torch_dtype", bf16 ? "bfloat16" : "float32");
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    return txt;
+}
+
+moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, const char **written) {
+    const moe_config *c = moe_model_config(m);
+    char why_m[256], why_q[256];
+    const char *nm = not_mixtral(m, c, why_m, sizeof why_m), *nq = not_qwen2_moe(m, c, why_q, sizeof why_q);
+    int qwen;
+    if (!family || !strcmp(family, "auto")) {
+        if (nm && nq)
+            return moe__err(MOE_STATUS_CONFIG, "export: the model maps onto no Hugging Face family exactly: "
+                            "not Mixtral, as %s; not Qwen2-MoE, as %s", nm, nq);
+        qwen = nm != NULL;
+    } else if (!strcmp(family, "mixtral")) {
+        if (nm) return moe__err(MOE_STATUS_CONFIG, "export: the model does not map onto Mixtral exactly: %s", nm);
+        qwen = 0;
+    } else if (!strcmp(family, "qwen2_moe")) {
+        if (nq) return moe__err(MOE_STATUS_CONFIG, "export: the model does not map onto Qwen2-MoE exactly: %s", nq);
+        qwen = 1;
+    } else {
+        return moe__err(MOE_STATUS_ARG, "export: family '%s' is not one of auto, mixtral, qwen2_moe", family);
+    }
     int ep, ep_rank;
     moe__model_ep(m, &ep, &ep_rank);
     MOE_ASSERT(ep == 1);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return moe__err(MOE_STATUS_IO, "export: cannot create '%s': %s", dir, strerror(errno));
-    // config.json
-    cJSON *j = cJSON_CreateObject();
-    cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("MixtralForCausalLM"));
-    cJSON_AddStringToObject(j, "model_type", "mixtral");
-    const struct {
-        const char *key;
-        double value;
-    } nums[] = {{"vocab_size", c->vocab_size},          {"hidden_size", c->n_embd},
-                {"intermediate_size", c->expert_hidden}, {"num_hidden_layers", c->n_layer},
-                {"num_attention_heads", c->n_head},      {"num_key_value_heads", c->n_head},
-                {"max_position_embeddings", c->seq_len}, {"rms_norm_eps", c->norm_eps},
-                {"rope_theta", c->rope_theta},           {"num_local_experts", c->n_experts},
-                {"num_experts_per_tok", c->top_k},       {"attention_dropout", 0.0},
-                {"router_aux_loss_coef", c->aux_loss_coef}, {"initializer_range", c->init_std}};
-    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) cJSON_AddNumberToObject(j, nums[i].key, nums[i].value);
-    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_embeddings);
-    cJSON_AddStringToObject(j, "hidden_act", "silu");
-    cJSON_AddNullToObject(j, "sliding_window");
-    cJSON_AddStringToObject(j, "torch_dtype", bf16 ? "bfloat16" : "float32");
-    char *txt = cJSON_Print(j);
-    cJSON_Delete(j);
+    char *txt = config_json(m, qwen, bf16);
     if (!txt) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -90,56 +247,39 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, int bf16) {
     moe_status st = moe__write_atomic(path, parts, lens, 1);
     free(txt);
     if (st != MOE_STATUS_OK) return st;
-    // tensors: stacked experts split per expert; the selection-bias buffer (zero) is dropped
-    int n = moe_model_n_tensors(m), k = 0, cap = 0;
-    for (int i = 0; i < n; i++) {
-        const moe_tensor_info *t = moe_model_tensor(m, i);
-        cap += t->group == MOE_GROUP_EXPERT ? (int)t->shape[0] : 1;
-    }
-    moe__st_entry *e = calloc((size_t)cap, sizeof *e);
-    char **names = calloc((size_t)cap, sizeof *names);
-    int64_t total = moe_model_n_params(m);
-    uint16_t *half = bf16 ? malloc((size_t)total * sizeof(uint16_t)) : NULL;
-    if (!e || !names || (bf16 && !half)) {
+    out_list o = {NULL, 0, 0};
+    moe__st_entry *e = NULL;
+    if (collect(m, qwen, &o) != MOE_STATUS_OK || !(e = calloc((size_t)(o.n ? o.n : 1), sizeof *e))) {
         st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
         goto done;
     }
-    const float *params = moe_model_params((moe_model *)m);
-    for (int64_t i = 0; bf16 && i < total; i++) half[i] = to_bf16(params[i]);
-    for (int i = 0; i < n; i++) {
-        const moe_tensor_info *t = moe_model_tensor(m, i);
-        if (t->group == MOE_GROUP_BUFFER) continue;
-        int experts = t->group == MOE_GROUP_EXPERT ? (int)t->shape[0] : 0;
-        for (int x = 0; x < (experts ? experts : 1); x++) {
-            int64_t per = experts ? t->numel / experts : t->numel, off = t->offset + (int64_t)x * per;
-            if (experts) { // model.layers.L.block_sparse_moe.experts.wN.weight -> ...experts.X.wN.weight
-                const char *w = strstr(t->name, "experts.") + strlen("experts.");
-                size_t len = strlen(t->name) + 16;
-                names[k] = malloc(len);
-                if (names[k])
-                    snprintf(names[k], len, "%.*s%d.%s", (int)(w - t->name), t->name, x, w);
-            } else {
-                names[k] = strdup(t->name);
-            }
-            if (!names[k]) {
+    for (int i = 0; i < o.n; i++) {
+        out_tensor *t = &o.t[i];
+        if (bf16) {
+            if (!(t->half = malloc((size_t)numel(t) * sizeof(uint16_t)))) {
                 st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
                 goto done;
             }
-            e[k].name = names[k];
-            e[k].dtype = bf16 ? "BF16" : "F32";
-            e[k].ndim = experts ? t->ndim - 1 : t->ndim;
-            for (int d = 0; d < e[k].ndim; d++) e[k].shape[d] = t->shape[d + (experts ? 1 : 0)];
-            e[k].data = bf16 ? (const void *)(half + off) : (const void *)(params + off);
-            k++;
+            for (int64_t k = 0; k < numel(t); k++) t->half[k] = to_bf16(t->src[k]);
         }
+        e[i].name = t->name;
+        e[i].dtype = bf16 ? "BF16" : "F32";
+        e[i].ndim = t->ndim;
+        e[i].shape[0] = t->shape[0];
+        e[i].shape[1] = t->shape[1];
+        e[i].data = bf16 ? (const void *)t->half : (const void *)t->src;
     }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     const char *mk[] = {"format"}, *mv[] = {"pt"};
-    st = moe__st_write(path, e, k, mk, mv, 1);
+    st = moe__st_write(path, e, o.n, mk, mv, 1);
+    if (st == MOE_STATUS_OK && written) *written = qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM";
 done:
-    for (int i = 0; names && i < k; i++) free(names[i]);
-    free(names);
+    for (int i = 0; i < o.n; i++) {
+        free(o.t[i].name);
+        free(o.t[i].own);
+        free(o.t[i].half);
+    }
+    free(o.t);
     free(e);
-    free(half);
     return st;
 }

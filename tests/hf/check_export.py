@@ -1,4 +1,5 @@
-"""check_export.py — loads a `moe export` directory with transformers' MixtralForCausalLM and
+"""check_export.py — loads a `moe export` directory with transformers (MixtralForCausalLM or
+Qwen2MoeForCausalLM, from its config.json) and
 compares its logits with moe's on the same tokens.
 
 usage: /usr/bin/python3 tests/hf/check_export.py HFDIR TOKENS_FILE LOGITS_FILE [TOL]
@@ -17,7 +18,7 @@ def main():
     hf, tok_file, logit_file = sys.argv[1:4]
     tol = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-4
     cfg = AutoConfig.from_pretrained(hf)
-    assert cfg.model_type == "mixtral", cfg.model_type
+    assert cfg.model_type in ("mixtral", "qwen2_moe"), cfg.model_type
     model = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=torch.float32)
     model.eval()
     tokens = [int(t) for t in open(tok_file).read().split()]
@@ -26,7 +27,7 @@ def main():
         theirs = model(torch.tensor([tokens])).logits[0].double().numpy()
     diff = float(np.abs(theirs - ours).max())
     scale = float(np.abs(theirs).max())
-    print(f"transformers {__import__('transformers').__version__} MixtralForCausalLM: "
+    print(f"transformers {__import__('transformers').__version__} {type(model).__name__}: "
           f"max |logit difference| = {diff:.3e} over {len(tokens)} tokens x {cfg.vocab_size} (max |logit| {scale:.2f})")
     sys.exit(0 if diff <= tol else 1)
 
