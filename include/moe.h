@@ -115,6 +115,7 @@ typedef struct moe_config {
     uint64_t seed;
     int threads;           /* 0 = OpenMP default */
     int recompute;         /* keep only each block's input; recompute its activations in backward */
+    int tensorboard;       /* write TensorBoard event files to the run directory */
 } moe_config;
 
 moe_config moe_config_default(void);

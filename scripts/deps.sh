@@ -3,7 +3,8 @@
 # present). Used by quickstart.sh, test.sh and CI.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libcjson-dev python3 openmpi-bin libopenmpi-dev)
-# --hf: also what the Hugging Face interop test needs (Debian's PyTorch, and transformers from PyPI)
+# --hf: also what the Python-side tests need: Debian's PyTorch, and from PyPI transformers (the
+# Hugging Face interop test) and tensorboard (its reader checks our event files)
 HF=0
 [ "${1:-}" = --hf ] && HF=1 && PKGS+=(python3-torch python3-numpy python3-pip)
 missing=()
@@ -17,8 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [ $HF = 1 ] && ! /usr/bin/python3 -c "import transformers" 2>/dev/null; then
-    echo "deps: installing transformers (PyPI) for /usr/bin/python3"
-    # pinned: a version that works with Debian's torch 1.13 (checked by tests/test_hf.sh)
-    /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.44.2" safetensors
+if [ $HF = 1 ] && ! /usr/bin/python3 -c "import transformers, tensorboard" 2>/dev/null; then
+    echo "deps: installing transformers and tensorboard (PyPI) for /usr/bin/python3"
+    # pinned: versions that work with Debian's torch 1.13 and numpy (checked by tests/test_hf.sh, test_tb.sh)
+    /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.44.2" safetensors "tensorboard==2.21.0"
 fi

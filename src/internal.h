@@ -290,6 +290,19 @@ moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t
 /* model.safetensors of a multi-rank checkpoint: every tensor but the experts, expert_shards = ep. */
 moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep);
 
+/* TensorBoard event files (tensorboard.c): open one in dir for a run whose next step is
+ * first_step + 1 (first_step > 0: a resumed run; earlier files' steps from there on are dropped
+ * by TensorBoard); add values, then moe__tb_step writes them as one event of that step. Write
+ * errors are kept and reported by moe__tb_flush. */
+typedef struct moe__tb moe__tb;
+moe_status moe__tb_open(const char *dir, int64_t first_step, moe__tb **out);
+void moe__tb_scalar(moe__tb *tb, const char *tag, float v);
+/* n values as a histogram with buckets (limits[b-1], limits[b]]. */
+void moe__tb_histogram(moe__tb *tb, const char *tag, const double *x, int n, const double *limits, int n_limits);
+void moe__tb_step(moe__tb *tb, int64_t step);
+moe_status moe__tb_flush(moe__tb *tb);
+void moe__tb_close(moe__tb *tb);
+
 moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
                          const char *const *meta_vals, int n_meta);
 

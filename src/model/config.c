@@ -82,7 +82,9 @@ static const char *const score_names[] = {"softmax", "sigmoid", NULL};
     X(seed, K_U64, 1337, 0, 0, KIND_TRAIN, NULL, "random seed (initialisation, data order)")                         \
     X(threads, K_INT, 0, 0, 4096, KIND_TRAIN, NULL, "OpenMP threads; 0 = the OpenMP default")                      \
     X(recompute, K_BOOL, 0, 0, 1, KIND_TRAIN, NULL,                                                                  \
-      "activation recompute: keep each block's input only, redo its forward in backward (less memory, ~1/3 more compute)")
+      "activation recompute: keep each block's input only, redo its forward in backward (less memory, ~1/3 more compute)") \
+    X(tensorboard, K_BOOL, 1, 0, 1, KIND_TRAIN, NULL,                                                                  \
+      "write TensorBoard event files (losses, lr, grad norm, per-layer MaxVio, drops and per-expert loads) to the run directory")
 
 typedef struct {
     const char *name;

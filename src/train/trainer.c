@@ -43,6 +43,7 @@ struct moe_trainer {
     int64_t *win;                /* (grad_accum * B) window starts of this rank's micro-batches */
     int fail_rank;               /* tests: MOE_TEST_FAIL_RANK makes this rank fail its 2nd step; -1 */
     FILE *metrics;               /* rank 0 only */
+    moe__tb *tb;                 /* rank 0 only, with tensorboard on */
 };
 
 /* mkdir -p: creates dir and its missing parents; 0 or -1 with errno. */
@@ -291,6 +292,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         st = moe__err(MOE_STATUS_IO, "cannot open '%s': %s", t->metrics_path, strerror(errno));
         goto fail;
     }
+    if (g->rank == 0 && t->cfg.tensorboard && (st = moe__tb_open(t->dir, t->step, &t->tb)) != MOE_STATUS_OK) goto fail;
     *out = t;
     return MOE_STATUS_OK;
 fail:
@@ -302,6 +304,7 @@ fail:
 void moe_trainer_free(moe_trainer *t) {
     if (!t) return;
     if (t->metrics) fclose(t->metrics);
+    moe__tb_close(t->tb);
     moe_model_free(t->m);
     moe_dataset_free(t->train);
     moe_dataset_free(t->val);
@@ -624,6 +627,55 @@ static void write_record(moe_trainer *t, const moe_step_info *info) {
     fflush(f);
 }
 
+/* The step's TensorBoard event: the metrics.jsonl record's numbers under TensorBoard tags. */
+static moe_status write_tensorboard(moe_trainer *t, const moe_step_info *info) {
+    moe__tb *tb = t->tb;
+    if (!tb) return MOE_STATUS_OK;
+    const moe_config *c = &t->cfg;
+    int nm = moe_model_n_moe_layers(t->m);
+    moe__tb_scalar(tb, "train/loss", info->loss.ce);
+    moe__tb_scalar(tb, "train/total_loss", info->loss.total);
+    moe__tb_scalar(tb, "train/lr", info->lr);
+    moe__tb_scalar(tb, "train/grad_norm", info->grad_norm);
+    moe__tb_scalar(tb, "train/tokens_per_s", (float)info->tokens_per_s);
+    if (info->has_val) moe__tb_scalar(tb, "val/loss", info->val_loss);
+    if (nm) {
+        moe__tb_scalar(tb, "train/aux_loss", info->loss.aux);
+        moe__tb_scalar(tb, "train/z_loss", info->loss.z);
+        if (c->seq_aux_loss_coef > 0) moe__tb_scalar(tb, "train/seq_aux_loss", info->loss.seq_aux);
+        if (c->routing == MOE_ROUTING_NOISY_TOPK) {
+            moe__tb_scalar(tb, "train/importance_loss", info->loss.importance);
+            moe__tb_scalar(tb, "train/load_loss", info->loss.load);
+        }
+        moe__tb_scalar(tb, "moe/maxvio", info->maxvio);
+        moe__tb_scalar(tb, "moe/dropped_frac", info->dropped_frac);
+    }
+    char tag[96];
+    double share[4096], limits[21];
+    for (int i = 0; i < nm; i++) {
+        const moe_layer_stats *st = moe_model_layer_stats(t->m, i);
+        int E = st->n_experts;
+        const int64_t *load = t->load_acc + t->load_off[i];
+        int64_t tot = 0;
+        for (int e = 0; e < E; e++) tot += load[e];
+        snprintf(tag, sizeof tag, "moe/layer%d/maxvio", st->layer);
+        moe__tb_scalar(tb, tag, maxvio(load, E));
+        snprintf(tag, sizeof tag, "moe/layer%d/dropped_frac", st->layer);
+        moe__tb_scalar(tb, tag, t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) : 0.0f);
+        for (int e = 0; e < E; e++) { // share of the layer's routed assignments; 1/E when balanced
+            share[e] = tot ? (double)load[e] / (double)tot : 0.0;
+            snprintf(tag, sizeof tag, "moe/layer%d/load/expert%03d", st->layer, e);
+            moe__tb_scalar(tb, tag, (float)share[e]);
+        }
+        for (int b = 0; b < 20; b++) limits[b] = (b + 1) * 0.1 / E; // up to 2x the balanced share
+        limits[20] = 1.0;
+        snprintf(tag, sizeof tag, "moe/layer%d/load_share", st->layer);
+        moe__tb_histogram(tb, tag, share, E, limits, 21);
+    }
+    moe__tb_step(tb, info->step);
+    return moe__tb_flush(tb);
+}
+
 moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     const moe_config *c = &t->cfg;
     moe_model *m = t->m;
@@ -719,9 +771,10 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         info->has_val = 1;
     }
     write_record(t, info);
+    moe_status tb = write_tensorboard(t, info); // reported after the checkpoint, which matters more
     if ((c->ckpt_every > 0 && t->step % c->ckpt_every == 0) || last) {
         st = moe_trainer_save(t);
         if (st != MOE_STATUS_OK) return st;
     }
-    return MOE_STATUS_OK;
+    return tb;
 }
