@@ -5,6 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "moe.h"
+#include "plot.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -642,7 +643,8 @@ static const char *main_help =
     "  export   a Hugging Face checkpoint (Mixtral, Qwen2-MoE) of a model (moe export --help)\n"
     "  import   a model from a Hugging Face checkpoint or another model; upcycling (moe import --help)\n"
     "  logits   raw logits of a token sequence, for comparisons (moe logits --help)\n"
-    "  route    which experts take which tokens: by byte class and by source (moe route --help)\n";
+    "  route    which experts take which tokens: by byte class and by source (moe route --help)\n"
+    "  plot     PNG figures of a run: loss curves, balance, per-expert load heatmaps (moe plot --help)\n";
 
 /* ---------------------------------------------------------------- export */
 
@@ -750,6 +752,38 @@ static int cmd_import(int argc, char **argv) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- plot */
+
+static const char *plot_help =
+    "usage: moe plot --run DIR [--out DIR]\n"
+    "\n"
+    "Draws a run's metrics.jsonl with gnuplot (Debian: gnuplot-nox) into PNG files in --out\n"
+    "(default: the run directory):\n"
+    "  loss.png          train and validation loss over steps\n"
+    "  balance.png       MaxVio and dropped fraction of each MoE layer over steps\n"
+    "  load_layerL.png   per MoE layer: each expert's share of the routed assignments over steps,\n"
+    "                    times E (1 = balanced): collapse shows as a few bright rows, the rest dark\n"
+    "Works on a run in progress (a torn last line is left out).\n";
+
+static int cmd_plot(int argc, char **argv) {
+    const char *run = NULL, *out = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(plot_help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--run")) run = need(argc, argv, &i);
+        else if (!strcmp(a, "--out")) out = need(argc, argv, &i);
+        else die(2, "plot: unknown option '%s' (see moe plot --help)", a);
+    }
+    if (!run) die(2, "plot: --run is required (see moe plot --help)");
+    char err[1024];
+    int n;
+    if (moe_plot_run(run, out ? out : run, &n, err, sizeof err) != 0) die(1, "%s", err);
+    printf("moe: wrote %d figures to %s (loss.png%s)\n", n, out ? out : run, n > 1 ? ", balance.png, load_layer*.png" : "");
+    return 0;
+}
+
 /* ---------------------------------------------------------------- logits */
 
 static const char *logits_help =
@@ -814,5 +848,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(argv[1], "import")) return cmd_import(argc - 2, argv + 2);
-    die(2, "unknown command '%s' (commands: train, sample, eval, route, export, import, logits)", argv[1]);
+    if (!strcmp(argv[1], "plot")) return cmd_plot(argc - 2, argv + 2);
+    die(2, "unknown command '%s' (commands: train, sample, eval, route, plot, export, import, logits)", argv[1]);
 }
