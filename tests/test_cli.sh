@@ -180,6 +180,26 @@ head -c 100 /dev/urandom > "$W/random.safetensors"
 mkdir -p "$W/corrupt" && cp "$W/straight/model.safetensors" "$W/corrupt/" && cp "$W/straight/state.bin" "$W/corrupt/"
 printf '\x01' | dd of="$W/corrupt/state.bin" bs=1 seek=200 conv=notrunc status=none
 
+# progress: plain lines with the ETA when stdout is not a terminal, every --log-every steps;
+# nothing with --quiet; on a terminal (script(1) gives one) a bar with the ETA redrawn in place
+P=(train --data "$W/corpus.txt" --steps 12)
+for a in "${SMALL[@]}"; do [ "$a" = --quiet ] || P+=("$a"); done
+"$MOE" "${P[@]}" --out "$W/prog" --log-every 5 > "$W/prog.out" || fail "train --log-every"
+checks=$((checks + 1))
+[ "$(grep '^step' "$W/prog.out" | cut -c6-11 | tr -d ' ' | tr '\n' ,)" = 4,5,8,10,12, ] \
+    || fail "--log-every 5 over 12 steps, eval every 4: want lines at 4,5,8,10,12, got $(grep '^step' "$W/prog.out" | cut -c1-12 | tr '\n' ' ')"
+checks=$((checks + 1))
+grep -q "^step      5/12 .* | eta [0-9]" "$W/prog.out" || fail "no ETA on a plain progress line: $(cat "$W/prog.out")"
+"$MOE" "${P[@]}" --out "$W/prog" --quiet > "$W/prog.quiet" || fail "train --quiet"
+checks=$((checks + 1))
+[ -s "$W/prog.quiet" ] && fail "--quiet printed: $(cat "$W/prog.quiet")"
+if command -v script > /dev/null; then
+    checks=$((checks + 1))
+    script -qec "$MOE ${P[*]} --out $W/prog_tty --set log_every=100" /dev/null > "$W/prog.tty" 2>&1 || fail "train on a tty"
+    grep -q "\] 12/12 100% | loss [0-9.]* | [0-9]* tok/s | [0-9]*s elapsed, ETA 0s" "$W/prog.tty" \
+        && [ "$(tr -cd '\r' < "$W/prog.tty" | wc -c)" -ge 2 ] || fail "no progress bar on a terminal: $(od -c "$W/prog.tty" | head)"
+fi
+
 T=(train --out "$W/bad" --steps 1 --quiet)
 expect_error "missing data" "cannot open '$W/nope.txt'" -- "$MOE" "${T[@]}" --data "$W/nope.txt"
 expect_error "empty data" "empty file" -- "$MOE" "${T[@]}" --data "$W/empty.txt"

@@ -8,12 +8,13 @@
 #include "plot.h"
 
 #include <math.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef _OPENMP
@@ -175,11 +176,67 @@ static const char *train_help =
     "                     copied into every expert, router fresh; see moe import --help)\n"
     "  --stop-after N     stop (and checkpoint) after N steps of this invocation, keeping the\n"
     "                     schedule of --steps; continue later with --resume\n"
-    "  --quiet            no progress lines (metrics.jsonl is still written)\n"
+    "  --quiet            no progress output (metrics.jsonl and TensorBoard files are still written)\n"
+    "  --log-every N      a log line every N steps (and at evaluations); same as --set log_every=N.\n"
+    "                     On a terminal a progress bar with the ETA stays under the log lines;\n"
+    "                     otherwise each line ends with the ETA\n"
     "  --profile          at the end, print where the training time went, by phase\n"
     "\n";
 
-static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m) {
+/* Progress of a training run: on a terminal, one bar redrawn in place (at most 10 times a
+ * second) under the log lines; otherwise only the log lines, each with the ETA. */
+typedef struct {
+    int tty, drawn;
+    int64_t first, target; /* steps done at the start; step this invocation stops at */
+    double t0, last_draw;
+} progress;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fmt_dur(char *b, size_t n, double s) {
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(b, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else if (t >= 60) snprintf(b, n, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(b, n, "%lds", t);
+}
+
+/* Seconds left, from this invocation's mean step time; -1 before the first step. */
+static double eta(const progress *p, int64_t step) {
+    if (step <= p->first) return -1;
+    return (now_s() - p->t0) / (double)(step - p->first) * (double)(p->target - step);
+}
+
+static void progress_clear(progress *p) {
+    if (p->tty && p->drawn) fputs("\r\033[K", stdout);
+    p->drawn = 0;
+}
+
+static void progress_draw(progress *p, const moe_step_info *s) {
+    double t = now_s();
+    if (!p->tty || (t - p->last_draw < 0.1 && s->step < p->target)) return;
+    p->last_draw = t;
+    const int width = 30;
+    int64_t span = p->target > 0 ? p->target : 1;
+    int fill = (int)((double)s->step / (double)span * width);
+    char bar[64], el[32], left[32];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
+    bar[width] = 0;
+    fmt_dur(el, sizeof el, t - p->t0);
+    double e = eta(p, s->step);
+    if (e >= 0) fmt_dur(left, sizeof left, e);
+    else snprintf(left, sizeof left, "?");
+    printf("\r\033[K[%s] %lld/%lld %3.0f%% | loss %.4f | %.0f tok/s | %s elapsed, ETA %s", bar, (long long)s->step,
+           (long long)p->target, 100.0 * (double)s->step / (double)span, s->loss.ce, s->tokens_per_s, el, left);
+    fflush(stdout);
+    p->drawn = 1;
+}
+
+static void print_step(progress *p, const moe_step_info *s, const moe_config *c, moe_model *m) {
+    progress_clear(p);
     printf("step %6lld/%d | loss %.4f | lr %.2e | gnorm %.3f", (long long)s->step, c->steps, s->loss.ce, s->lr,
            s->grad_norm);
     if (moe_model_n_moe_layers(m)) {
@@ -190,6 +247,12 @@ static void print_step(const moe_step_info *s, const moe_config *c, moe_model *m
     }
     printf(" | %.0f tok/s", s->tokens_per_s);
     if (s->has_val) printf(" | val %.4f", s->val_loss);
+    double e = eta(p, s->step);
+    if (!p->tty && e >= 0 && s->step < p->target) {
+        char left[32];
+        fmt_dur(left, sizeof left, e);
+        printf(" | eta %s", left);
+    }
     printf("\n");
     fflush(stdout);
 }
@@ -226,7 +289,13 @@ static int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--init-from")) init_from = strdup(need(argc, argv, &i));
         else if (!strcmp(a, "--ep")) ep = parse_long("--ep", need(argc, argv, &i), 1, 65536);
         else if (!strcmp(a, "--quiet")) quiet = 1;
-        else if (!strcmp(a, "--profile")) profile = 1;
+        else if (!strcmp(a, "--log-every")) {
+            const char *v = need(argc, argv, &i);
+            parse_long("--log-every", v, 1, 2147483647L);
+            size_t n = strlen(v) + 16;
+            sets[n_sets] = malloc(n);
+            snprintf(sets[n_sets++], n, "log_every=%s", v);
+        } else if (!strcmp(a, "--profile")) profile = 1;
         else die(2, "train: unknown option '%s' (see moe train --help)", a);
     }
     if (!data) die(2, "train: --data is required (see moe train --help)");
@@ -272,13 +341,19 @@ static int cmd_train(int argc, char **argv) {
     }
     int64_t first = moe_trainer_steps_done(t);
     double train_ms = 0.0;
+    progress prog = {isatty(STDOUT_FILENO) && !quiet, 0, first, tc->steps, now_s(), 0.0};
+    if (stop_after > 0 && first + stop_after < prog.target) prog.target = first + stop_after;
     moe_model_profile_reset(m);
     while (moe_trainer_steps_done(t) < tc->steps && (stop_after == 0 || moe_trainer_steps_done(t) - first < stop_after)) {
         moe_step_info s;
-        check(moe_trainer_step(t, &s));
+        moe_status st = moe_trainer_step(t, &s);
+        if (st != MOE_STATUS_OK) progress_clear(&prog);
+        check(st);
         train_ms += s.step_ms;
-        if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&s, tc, m);
+        if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&prog, &s, tc, m);
+        if (!quiet) progress_draw(&prog, &s);
     }
+    progress_clear(&prog);
     if (profile && train_ms > 0) {
         double ph[MOE_PHASE_COUNT], sum = 0.0;
         moe_model_profile(m, ph);
