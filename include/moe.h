@@ -111,6 +111,7 @@ typedef struct moe_config {
     int eval_batches;
     int ckpt_every;        /* steps; 0 = only at the end */
     int log_every;
+    int keep_checkpoints;  /* also keep the last N checkpoints in DIR/checkpoints/step-SSSSSSSS; 0 = off */
     float val_frac;        /* held-out fraction when no validation file is given */
     uint64_t seed;
     int threads;           /* 0 = OpenMP default */
@@ -354,6 +355,8 @@ void moe_dist_finalize(void);
 int moe_dist_rank(void);
 int moe_dist_size(void);
 int moe_dist_available(void);     /* 1 when built with MPI */
+/* The largest v over all ranks (collective: every rank calls it); v itself with one process. */
+int moe_dist_max_int(int v);
 /* Under MPI with several ranks, ends every rank of the job (MPI_Abort) so that none waits in a
  * collective; with one process it returns and the caller exits. */
 void moe_dist_abort(int code);

@@ -261,6 +261,8 @@ typedef struct {
     int n;
     moe__st_tensor *t;
     char *metadata_json;         /* the "__metadata__" object as JSON text, or NULL */
+    const uint8_t *data;         /* the data region (after the header), data_len bytes */
+    uint64_t data_len;
 } moe__st_file;
 
 moe_status moe__st_read(const char *path, moe__st_file *out);

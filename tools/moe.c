@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,6 +152,19 @@ static void print_init_report(const char *src, const moe_init_report *r) {
 }
 
 /* ---------------------------------------------------------------- train */
+
+/* SIGINT / SIGTERM during training: the step in progress finishes, a checkpoint is saved, and
+ * the command exits 128 + signal. A second signal ends it at once (the checkpoint files are
+ * replaced atomically, so the previous one stays whole). */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+    stop_signal = sig;
+    static const char msg[] = "\nmoe: signal received: saving a checkpoint after this step (again to quit now)\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+    signal(sig, SIG_DFL);
+}
 
 static const char *train_help =
     "usage: moe train --data FILE[,FILE...] --out DIR [options]\n"
@@ -344,6 +358,13 @@ static int cmd_train(int argc, char **argv) {
     progress prog = {isatty(STDOUT_FILENO) && !quiet, 0, first, tc->steps, now_s(), 0.0};
     if (stop_after > 0 && first + stop_after < prog.target) prog.target = first + stop_after;
     moe_model_profile_reset(m);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int stopped = 0;
     while (moe_trainer_steps_done(t) < tc->steps && (stop_after == 0 || moe_trainer_steps_done(t) - first < stop_after)) {
         moe_step_info s;
         moe_status st = moe_trainer_step(t, &s);
@@ -352,6 +373,7 @@ static int cmd_train(int argc, char **argv) {
         train_ms += s.step_ms;
         if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&prog, &s, tc, m);
         if (!quiet) progress_draw(&prog, &s);
+        if ((stopped = moe_dist_max_int(stop_signal))) break; // every rank stops after the same step
     }
     progress_clear(&prog);
     if (profile && train_ms > 0) {
@@ -368,6 +390,13 @@ static int cmd_train(int argc, char **argv) {
     // the trainer saves at the last step; save here when stopped early or when there was no step
     if (moe_trainer_steps_done(t) < tc->steps || moe_trainer_steps_done(t) == first) check(moe_trainer_save(t));
     if (!quiet) printf("moe: saved %s/model.safetensors at step %lld\n", out, (long long)moe_trainer_steps_done(t));
+    if (stopped) {
+        if (moe_dist_rank() == 0)
+            fprintf(stderr, "moe: stopped by %s after step %lld; continue with --resume\n",
+                    stopped == SIGINT ? "SIGINT" : stopped == SIGTERM ? "SIGTERM" : "a signal", (long long)moe_trainer_steps_done(t));
+        moe_trainer_free(t);
+        exit(128 + stopped);
+    }
 
     moe_trainer_free(t);
     for (int i = 0; i < n_sets; i++) free(sets[i]);

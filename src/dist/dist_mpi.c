@@ -130,3 +130,5 @@ void moe_dist_abort(int code) {
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, code);
 }
+
+int moe_dist_max_int(int v) { return -moe__dist_min_int(-v); }

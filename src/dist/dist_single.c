@@ -41,3 +41,5 @@ void moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float
     memcpy(recv, send, (size_t)send_rows[0] * (size_t)width * sizeof(float));
 }
 void moe_dist_abort(int code) { (void)code; } // one process: the caller exits
+
+int moe_dist_max_int(int v) { return -moe__dist_min_int(-v); }

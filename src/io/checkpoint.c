@@ -34,12 +34,15 @@ static moe_status save_tensors(const moe_model *m, const char *path, int64_t ste
         e[k].data = params + t->offset;
         k++;
     }
-    char stepbuf[32];
+    char stepbuf[32], sumbuf[32];
     snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
-    const char *keys[8] = {"format", "format_version", "config", "step"};
-    const char *vals[8] = {CKPT_FORMAT, CKPT_VERSION, cfg, stepbuf};
-    for (int i = 0; i < n_extra && i < 4; i++) keys[4 + i] = extra_keys[i], vals[4 + i] = extra_vals[i];
-    moe_status st = moe__st_write(path, e, k, keys, vals, 4 + (n_extra < 4 ? n_extra : 4));
+    uint64_t sum = MOE_FNV_INIT; // over the data region as written: the tensors in order
+    for (int i = 0; i < k; i++) sum = moe__fnv1a(sum, e[i].data, (size_t)moe_model_find(m, e[i].name)->numel * sizeof(float));
+    snprintf(sumbuf, sizeof sumbuf, "%016llx", (unsigned long long)sum);
+    const char *keys[8] = {"format", "format_version", "config", "step", "data_fnv1a64"};
+    const char *vals[8] = {CKPT_FORMAT, CKPT_VERSION, cfg, stepbuf, sumbuf};
+    for (int i = 0; i < n_extra && i < 3; i++) keys[5 + i] = extra_keys[i], vals[5 + i] = extra_vals[i];
+    moe_status st = moe__st_write(path, e, k, keys, vals, 5 + (n_extra < 3 ? n_extra : 3));
     free(e);
     free(cfg);
     return st;
@@ -69,6 +72,18 @@ moe_status moe__model_save_replicated(const moe_model *m, const char *path, int6
     snprintf(buf, sizeof buf, "%d", ep);
     const char *k[] = {"expert_shards"}, *v[] = {buf};
     return save_tensors(m, path, step, is_replicated, k, v, 1);
+}
+
+/* The data checksum in the metadata (checkpoints written since it was added) against the data. */
+static moe_status verify_data(const moe__st_file *f, const char *path) {
+    char *want = moe__st_meta(f, "data_fnv1a64");
+    if (!want) return MOE_STATUS_OK;
+    char got[32];
+    snprintf(got, sizeof got, "%016llx", (unsigned long long)moe__fnv1a(MOE_FNV_INIT, f->data, (size_t)f->data_len));
+    int ok = !strcmp(want, got);
+    free(want);
+    return ok ? MOE_STATUS_OK
+              : moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch in the tensor data (the file is corrupt)", path);
 }
 
 moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step) {
@@ -150,6 +165,7 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
     char *shv = moe__st_meta(f, "expert_shards"), *stepv = moe__st_meta(f, "step");
     moe__st_file *sh = NULL;
     char **sh_path = NULL;
+    if ((st = verify_data(f, path)) != MOE_STATUS_OK) goto done;
     if (shv) {
         n_sh = atoi(shv);
         if (n_sh < 1 || n_sh > 65536 || !stepv) {
@@ -172,6 +188,7 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
             moe__shard_name(name, sizeof name, dir, "experts", j, n_sh, strtoll(stepv, NULL, 10));
             sh_path[j] = strdup(name);
             st = moe__st_read(name, &sh[j]);
+            if (st == MOE_STATUS_OK) st = verify_data(&sh[j], name);
             if (st != MOE_STATUS_OK)
                 st = moe__err(MOE_STATUS_FORMAT, "'%s' names %d expert shards of step %s, but shard %d cannot be read: %s",
                               path, n_sh, stepv, j, moe_last_error());

@@ -64,6 +64,8 @@ moe_status moe__st_read(const char *path, moe__st_file *out) {
     }
     const uint8_t *data = (const uint8_t *)buf + 8 + hlen;
     uint64_t data_len = len - 8 - hlen;
+    out->data = data;
+    out->data_len = data_len;
     for (cJSON *it = root->child; it; it = it->next) {
         if (!strcmp(it->string, "__metadata__")) {
             if (!cJSON_IsObject(it)) {

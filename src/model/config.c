@@ -78,6 +78,8 @@ static const char *const score_names[] = {"softmax", "sigmoid", NULL};
     X(eval_batches, K_INT, 8, 1, INT_MAX, KIND_TRAIN, NULL, "validation batches per evaluation")                    \
     X(ckpt_every, K_INT, 0, 0, INT_MAX, KIND_TRAIN, NULL, "steps between checkpoints; 0 = only at the end")         \
     X(log_every, K_INT, 10, 1, INT_MAX, KIND_TRAIN, NULL, "steps between progress lines")                            \
+    X(keep_checkpoints, K_INT, 0, 0, 100000, KIND_TRAIN, NULL,                                                      \
+      "also keep the last N checkpoints as DIR/checkpoints/step-SSSSSSSS (hard links); 0 = only the latest")    \
     X(val_frac, K_FLOAT, 0.1, 0.0, 0.9, KIND_TRAIN, NULL, "held-out fraction when no validation file is given")     \
     X(seed, K_U64, 1337, 0, 0, KIND_TRAIN, NULL, "random seed (initialisation, data order)")                         \
     X(threads, K_INT, 0, 0, 4096, KIND_TRAIN, NULL, "OpenMP threads; 0 = the OpenMP default")                      \

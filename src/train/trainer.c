@@ -30,7 +30,7 @@ struct moe_trainer {
     moe_config cfg;
     moe_model *m;
     moe_dataset *train, *val;
-    char *dir, *model_path, *state_path, *metrics_path;
+    char *dir, *model_path, *state_path, *state_next_path, *metrics_path;
     float *opt;                  /* 2P floats: AdamW first and second moments */
     int64_t step;
     moe_rng data_rng;
@@ -204,8 +204,9 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->dir = strdup(out_dir);
     t->model_path = join(out_dir, "model.safetensors");
     t->state_path = join(out_dir, "state.bin");
+    t->state_next_path = join(out_dir, "state.next.bin");
     t->metrics_path = join(out_dir, "metrics.jsonl");
-    if (!t->dir || !t->model_path || !t->state_path || !t->metrics_path) {
+    if (!t->dir || !t->model_path || !t->state_path || !t->state_next_path || !t->metrics_path) {
         st = moe__err(MOE_STATUS_NOMEM, "out of memory");
         goto fail;
     }
@@ -284,6 +285,20 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         char shard[4200];
         if (g->ep > 1) moe__shard_name(shard, sizeof shard, t->dir, "state", g->ep_rank, g->ep, model_step);
         st = load_state(t, g->ep > 1 ? shard : t->state_path, model_step);
+        if (st != MOE_STATUS_OK && g->ep == 1) {
+            // killed between committing model.safetensors and renaming state.next.bin over
+            // state.bin (moe_trainer_save): the state of the model's step is the next one
+            char first[1024];
+            snprintf(first, sizeof first, "%s", moe_last_error());
+            FILE *probe = fopen(t->state_next_path, "rb");
+            if (probe) fclose(probe);
+            st = probe ? load_state(t, t->state_next_path, model_step) : st;
+            if (st == MOE_STATUS_OK && g->rank == 0 && rename(t->state_next_path, t->state_path) != 0)
+                st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
+                              strerror(errno));
+            if (st != MOE_STATUS_OK && probe) st = moe__err(st, "%s (and %s)", first, moe_last_error());
+            else if (st != MOE_STATUS_OK) st = moe__err(st, "%s", first);
+        }
         if (st == MOE_STATUS_OK && g->rank == 0) st = trim_metrics(t);
         if (st != MOE_STATUS_OK) goto fail;
     }
@@ -319,6 +334,7 @@ void moe_trainer_free(moe_trainer *t) {
     free(t->dir);
     free(t->model_path);
     free(t->state_path);
+    free(t->state_next_path);
     free(t->metrics_path);
     free(t);
 }
@@ -355,6 +371,77 @@ static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
     closedir(d);
 }
 
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Removes dir and the plain files in it. */
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = join(dir, e->d_name);
+        if (p) unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* keep_checkpoints: hard links of the just-committed checkpoint's files in
+ * DIR/checkpoints/step-SSSSSSSS (each is a complete checkpoint directory: eval, sample, or copy
+ * back to resume from it), then all but the newest keep_checkpoints of them removed. The files
+ * are replaced by rename on every save, so a link keeps its step's content. Rank 0. */
+static moe_status keep_snapshot(moe_trainer *t, int ep) {
+    char base[4200], snap[4300], src[4400], dst[4600];
+    snprintf(base, sizeof base, "%s/checkpoints", t->dir);
+    snprintf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->step);
+    if ((mkdir(base, 0755) != 0 && errno != EEXIST) || (mkdir(snap, 0755) != 0 && errno != EEXIST))
+        return moe__err(MOE_STATUS_IO, "cannot create '%s': %s", snap, strerror(errno));
+    const char *names[3] = {"model.safetensors", ep == 1 ? "state.bin" : NULL, NULL};
+    for (int i = 0; i < 2 && names[i]; i++) {
+        snprintf(src, sizeof src, "%s/%s", t->dir, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", snap, names[i]);
+        unlink(dst);
+        if (link(src, dst) != 0) return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
+    }
+    for (int j = 0; ep > 1 && j < ep; j++)
+        for (int k = 0; k < 2; k++) {
+            moe__shard_name(src, sizeof src, t->dir, k ? "state" : "experts", j, ep, t->step);
+            moe__shard_name(dst, sizeof dst, snap, k ? "state" : "experts", j, ep, t->step);
+            unlink(dst);
+            if (link(src, dst) != 0)
+                return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
+        }
+    // the newest keep_checkpoints stay (names sort by step)
+    DIR *d = opendir(base);
+    if (!d) return moe__err(MOE_STATUS_IO, "cannot read '%s': %s", base, strerror(errno));
+    char **list = NULL;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "step-", 5)) continue;
+        if (n == cap) {
+            char **l = realloc(list, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *l);
+            if (!l) break;
+            list = l;
+        }
+        if (!(list[n] = strdup(e->d_name))) break;
+        n++;
+    }
+    closedir(d);
+    if (n) qsort(list, (size_t)n, sizeof *list, by_name);
+    for (int i = 0; i < n; i++) {
+        if (i < n - t->cfg.keep_checkpoints) {
+            snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
+            remove_dir(snap);
+        }
+        free(list[i]);
+    }
+    free(list);
+    return MOE_STATUS_OK;
+}
+
 /* A checkpoint of a multi-rank run. With ep = 1, rank 0 writes model.safetensors and
  * state.bin as one process does. With ep > 1 each rank of the first replica writes what it
  * owns (its experts, its AdamW moments) under names carrying the step; when every rank has
@@ -365,12 +452,19 @@ moe_status moe_trainer_save(moe_trainer *t) {
     const moe__dist *g = moe__dist_get();
     moe_status st = MOE_STATUS_OK;
     if (g->ep == 1) {
+        // state.next.bin first, then model.safetensors (the commit: its step names the
+        // checkpoint), then state.next.bin renamed over state.bin. Killed anywhere, the directory
+        // holds a model and a state of the same step (resume looks at state.next.bin too).
         if (g->rank == 0) {
-            st = moe_model_save(t->m, t->model_path, t->step);
-            if (st == MOE_STATUS_OK) st = save_state(t, t->state_path);
+            st = save_state(t, t->state_next_path);
+            if (st == MOE_STATUS_OK) st = moe_model_save(t->m, t->model_path, t->step);
+            if (st == MOE_STATUS_OK && rename(t->state_next_path, t->state_path) != 0)
+                st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
+                              strerror(errno));
         }
         if (!moe__dist_min_int(st == MOE_STATUS_OK) && st == MOE_STATUS_OK)
             st = moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not write it", (long long)t->step);
+        if (st == MOE_STATUS_OK && g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, 1);
         return st;
     }
     char ex[4200], sp[4200];
@@ -388,8 +482,9 @@ moe_status moe_trainer_save(moe_trainer *t) {
     if (!moe__dist_min_int(st == MOE_STATUS_OK))
         return st != MOE_STATUS_OK ? st
                                    : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not commit it", (long long)t->step);
+    if (g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, g->ep); // before old shards go
     if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->step);
-    return MOE_STATUS_OK;
+    return st;
 }
 
 /* ---------------------------------------------------------------- evaluation */
