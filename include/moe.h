@@ -57,6 +57,7 @@ typedef enum {
     MOE_ROUTING_SOFT = 3           /* dense soft mixture: every expert, softmax weights (Jacobs et al. 1991) */
 } moe_routing;
 typedef enum { MOE_SCORE_SOFTMAX = 0, MOE_SCORE_SIGMOID = 1 } moe_score;
+typedef enum { MOE_FAULT_STOP = 0, MOE_FAULT_SKIP = 1 } moe_fault_policy;
 
 /* Model and training configuration. Every field is also a config key (same name) that can be
  * set from a JSON file or `--set key=value`; moe_config_help() lists them with their meaning. */
@@ -112,6 +113,9 @@ typedef struct moe_config {
     int ckpt_every;        /* steps; 0 = only at the end */
     int log_every;
     int keep_checkpoints;  /* also keep the last N checkpoints in DIR/checkpoints/step-SSSSSSSS; 0 = off */
+    moe_fault_policy nonfinite_policy; /* NaN/Inf loss or gradients, or a loss spike: stop or skip */
+    int max_skipped_steps; /* skip: stop after this many skipped steps in a row */
+    float loss_spike_factor; /* loss > factor * running mean counts as a fault; 0 = off */
     float val_frac;        /* held-out fraction when no validation file is given */
     uint64_t seed;
     int threads;           /* 0 = OpenMP default */
@@ -283,6 +287,8 @@ typedef struct {
     double a2a_s, allreduce_s;
     int has_val;
     float val_loss;
+    int skipped;         /* nonfinite_policy=skip dropped this step's update; fault says why */
+    char fault[256];     /* "" or what was wrong and where it first appeared */
 } moe_step_info;
 
 /* Creates a trainer writing to out_dir. With resume, the model, optimizer, step, RNG and data

@@ -54,6 +54,14 @@ float moe__lr_at(const moe_config *c, int64_t step);
 /* Global-norm clipping and one AdamW update of all parameters from their gradients; opt holds
  * 2P floats (moments); step is 0-based. *grad_norm gets the norm before clipping. */
 moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm);
+/* The two halves of moe__adamw_step: the global gradient norm (collective over the ep group),
+ * and the clipped AdamW update with it. */
+float moe__grad_norm(moe_model *m);
+void moe__adamw_apply(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float norm);
+/* Where the first non-finite value is: a parameter (table order), else the last forward's
+ * activations (block by block, then the logits), else a gradient (in backward order, from the
+ * head). Describes it in where; 0 when everything is finite. */
+int moe__model_locate_nonfinite(const moe_model *m, char *where, size_t n);
 
 /* ---------------------------------------------------------------- matmul */
 

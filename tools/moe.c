@@ -261,6 +261,7 @@ static void print_step(progress *p, const moe_step_info *s, const moe_config *c,
     }
     printf(" | %.0f tok/s", s->tokens_per_s);
     if (s->has_val) printf(" | val %.4f", s->val_loss);
+    if (s->skipped) printf(" | SKIPPED: %s", s->fault);
     double e = eta(p, s->step);
     if (!p->tty && e >= 0 && s->step < p->target) {
         char left[32];
@@ -371,7 +372,8 @@ static int cmd_train(int argc, char **argv) {
         if (st != MOE_STATUS_OK) progress_clear(&prog);
         check(st);
         train_ms += s.step_ms;
-        if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.step == tc->steps)) print_step(&prog, &s, tc, m);
+        if (!quiet && (s.step % tc->log_every == 0 || s.has_val || s.skipped || s.step == tc->steps))
+            print_step(&prog, &s, tc, m);
         if (!quiet) progress_draw(&prog, &s);
         if ((stopped = moe_dist_max_int(stop_signal))) break; // every rank stops after the same step
     }

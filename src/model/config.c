@@ -19,6 +19,7 @@ typedef enum { KIND_MODEL, KIND_TRAIN } key_kind;
 static const char *const drop_names[] = {"probability", "position", NULL};
 static const char *const routing_names[] = {"topk", "noisy_topk", "expert_choice", "soft", NULL};
 static const char *const score_names[] = {"softmax", "sigmoid", NULL};
+static const char *const fault_names[] = {"stop", "skip", NULL};
 
 /* X(name, type, default, min, max, kind, enum names, help) */
 #define CONFIG_KEYS(X)                                                                                          \
@@ -78,6 +79,14 @@ static const char *const score_names[] = {"softmax", "sigmoid", NULL};
     X(eval_batches, K_INT, 8, 1, INT_MAX, KIND_TRAIN, NULL, "validation batches per evaluation")                    \
     X(ckpt_every, K_INT, 0, 0, INT_MAX, KIND_TRAIN, NULL, "steps between checkpoints; 0 = only at the end")         \
     X(log_every, K_INT, 10, 1, INT_MAX, KIND_TRAIN, NULL, "steps between progress lines")                            \
+    X(nonfinite_policy, K_ENUM, 0, 0, 1, KIND_TRAIN, fault_names,                                                \
+      "a step whose loss or gradients are NaN/Inf (or a loss spike): stop (save the last good checkpoint, exit) " \
+      "or skip (drop its update, go on)")                                                                       \
+    X(max_skipped_steps, K_INT, 10, 1, INT_MAX, KIND_TRAIN, NULL,                                               \
+      "with nonfinite_policy=skip: stop (after saving) when this many steps in a row were skipped")           \
+    X(loss_spike_factor, K_FLOAT, 0.0, 0.0, 1e6, KIND_TRAIN, NULL,                                              \
+      "loss spike guard: a step whose loss exceeds this times the running mean (EMA 0.99, after 20 steps) "      \
+      "is handled like a NaN; 0 = off")                                                                          \
     X(keep_checkpoints, K_INT, 0, 0, 100000, KIND_TRAIN, NULL,                                                      \
       "also keep the last N checkpoints as DIR/checkpoints/step-SSSSSSSS (hard links); 0 = only the latest")    \
     X(val_frac, K_FLOAT, 0.1, 0.0, 0.9, KIND_TRAIN, NULL, "held-out fraction when no validation file is given")     \

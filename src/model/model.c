@@ -680,3 +680,50 @@ int moe_model_routing(const moe_model *m, int i, int *out) {
 const moe__moe_cache *moe__model_moe_cache(const moe_model *m, int l) {
     return m->moe_slot[l] >= 0 ? &m->la[l].mc : NULL;
 }
+
+/* ---------------------------------------------------------------- numerical faults */
+
+static int64_t first_nonfinite(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return -1;
+}
+
+int moe__model_locate_nonfinite(const moe_model *m, char *where, size_t n) {
+    const moe_config *c = &m->cfg;
+    for (int i = 0; i < m->n_tensors; i++) { // a parameter: it came from an earlier update
+        const moe_tensor_info *t = &m->tensors[i].info;
+        int64_t k = first_nonfinite(m->params + t->offset, t->numel);
+        if (k >= 0) {
+            snprintf(where, n, "parameter '%s' (layer %d), element %lld = %g", t->name, t->layer, (long long)k,
+                     m->params[t->offset + k]);
+            return 1;
+        }
+    }
+    int64_t NC = (int64_t)m->B * m->T * c->n_embd;
+    for (int l = 0; l < c->n_layer && m->B > 0; l++) { // the forward, block by block
+        if (!c->recompute && first_nonfinite(m->la[l].resid_mid, NC) >= 0) {
+            snprintf(where, n, "activations: the attention output of layer %d", l);
+            return 1;
+        }
+        if (first_nonfinite(m->resid[l + 1], NC) >= 0) {
+            snprintf(where, n, "activations: the %s output of layer %d", m->moe_slot[l] >= 0 ? "MoE" : "FFN", l);
+            return 1;
+        }
+    }
+    if (m->B > 0 && first_nonfinite(m->logits, (int64_t)m->B * m->T * c->vocab_size) >= 0) {
+        snprintf(where, n, "activations: the logits (lm_head)");
+        return 1;
+    }
+    for (int i = m->n_tensors - 1; i >= 0; i--) { // gradients, in the order backward makes them
+        const moe_tensor_info *t = &m->tensors[i].info;
+        if (t->group == MOE_GROUP_BUFFER) continue;
+        int64_t k = first_nonfinite(m->grads + t->offset, t->numel);
+        if (k >= 0) {
+            snprintf(where, n, "gradient of '%s' (layer %d), element %lld = %g", t->name, t->layer, (long long)k,
+                     m->grads[t->offset + k]);
+            return 1;
+        }
+    }
+    return 0;
+}

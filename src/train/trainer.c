@@ -42,6 +42,11 @@ struct moe_trainer {
     int64_t *routed_acc;         /* (n_moe) */
     int64_t *win;                /* (grad_accum * B) window starts of this rank's micro-batches */
     int fail_rank;               /* tests: MOE_TEST_FAIL_RANK makes this rank fail its 2nd step; -1 */
+    int64_t fault_step;          /* tests: MOE_TEST_FAULT=STEP:KIND[:TENSOR] injects KIND at STEP; 0 = none */
+    char fault_kind[16], fault_tensor[200];
+    double loss_ema;             /* loss spike guard: running mean of the training loss */
+    int64_t ema_n;               /* steps in loss_ema */
+    int skipped_run;             /* steps skipped in a row */
     FILE *metrics;               /* rank 0 only */
     moe__tb *tb;                 /* rank 0 only, with tensorboard on */
 };
@@ -265,6 +270,12 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->win = malloc((size_t)c->grad_accum * c->batch_size * sizeof(int64_t));
     // fault injection for the tests: MOE_TEST_FAIL_RANK=r makes rank r fail its second step
     t->fail_rank = getenv("MOE_TEST_FAIL_RANK") ? atoi(getenv("MOE_TEST_FAIL_RANK")) : -1;
+    // MOE_TEST_FAULT=STEP:grad_nan|param_nan:TENSOR or STEP:loss_spike (numerical fault tests)
+    if (getenv("MOE_TEST_FAULT")) {
+        long long fs = 0;
+        if (sscanf(getenv("MOE_TEST_FAULT"), "%lld:%15[a-z_]:%199s", &fs, t->fault_kind, t->fault_tensor) >= 2)
+            t->fault_step = fs;
+    }
     t->targets = malloc((size_t)BT * sizeof(int));
     int64_t total_e = 0;
     t->load_off = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
@@ -555,15 +566,12 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
 
 /* ---------------------------------------------------------------- optimizer */
 
-moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm) {
-    // global gradient norm: partial sums over fixed chunks, added in chunk order, so the value
-    // does not depend on the thread count
+float moe__grad_norm(moe_model *m) {
     // per tensor, in fixed chunks added in order, so the value does not depend on the thread
     // count; with expert parallelism each rank holds some experts: their squares are summed over
     // the ep group, the replicated tensors count once
     enum { NORM_CHUNK = 16384, NORM_ROUND = 1024 };
-    int64_t P = moe_model_n_params(m);
-    float *g = moe_model_grads(m), *p = moe_model_params(m);
+    float *g = moe_model_grads(m);
     double ss = 0.0, ss_exp = 0.0;
     for (int ti_ = 0; ti_ < moe_model_n_tensors(m); ti_++) {
         const moe_tensor_info *ti = moe_model_tensor(m, ti_);
@@ -586,11 +594,21 @@ moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, con
         }
     }
     if (moe__dist_get()->ep > 1) moe__dist_allreduce_f64(MOE_COMM_EP, &ss_exp, 1);
-    ss += ss_exp;
-    float norm = (float)sqrt(ss);
+    return (float)sqrt(ss + ss_exp);
+}
+
+moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float *grad_norm) {
+    float norm = moe__grad_norm(m);
     *grad_norm = norm;
     if (!isfinite(norm))
         return moe__err(MOE_STATUS_NUMERIC, "step %lld: gradient norm is not finite", (long long)step + 1);
+    moe__adamw_apply(m, opt, step, lr, c, norm);
+    return MOE_STATUS_OK;
+}
+
+void moe__adamw_apply(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float norm) {
+    int64_t P = moe_model_n_params(m);
+    float *g = moe_model_grads(m), *p = moe_model_params(m);
     // clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1
     float clip = 1.0f;
     if (c->grad_clip > 0.0f) {
@@ -622,7 +640,6 @@ moe_status moe__adamw_step(moe_model *m, float *opt, int64_t step, float lr, con
             pj[j] = pj[j] * decay - step_size * mo / (sqrtf(va) / sqrt_bc2 + eps);
         }
     }
-    return MOE_STATUS_OK;
 }
 
 /* ---------------------------------------------------------------- step */
@@ -699,6 +716,11 @@ static void write_record(moe_trainer *t, const moe_step_info *info) {
             info->loss.seq_aux, info->loss.importance, info->loss.load, info->loss.total, info->tokens_per_s,
             info->step_ms);
     if (info->has_val) fprintf(f, ",\"val_loss\":%.9g", info->val_loss);
+    if (info->skipped) {
+        fprintf(f, ",\"skipped\":\"");
+        for (const char *p = info->fault; *p; p++) fputc(*p == '"' || *p == '\\' ? '\'' : *p, f); // names hold no quotes
+        fprintf(f, "\"");
+    }
     if (moe__dist_get()->size > 1)
         fprintf(f, ",\"a2a_bytes\":%lld,\"a2a_s\":%.6f,\"allreduce_bytes\":%lld,\"allreduce_s\":%.6f",
                 (long long)info->a2a_bytes, info->a2a_s, (long long)info->allreduce_bytes, info->allreduce_s);
@@ -733,6 +755,7 @@ static moe_status write_tensorboard(moe_trainer *t, const moe_step_info *info) {
     moe__tb_scalar(tb, "train/lr", info->lr);
     moe__tb_scalar(tb, "train/grad_norm", info->grad_norm);
     moe__tb_scalar(tb, "train/tokens_per_s", (float)info->tokens_per_s);
+    if (info->skipped) moe__tb_scalar(tb, "train/skipped", 1.0f);
     if (info->has_val) moe__tb_scalar(tb, "val/loss", info->val_loss);
     if (nm) {
         moe__tb_scalar(tb, "train/aux_loss", info->loss.aux);
@@ -788,6 +811,9 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     moe_status st;
     if (t->fail_rank == g->rank && t->step == 1)
         return moe__err(MOE_STATUS_IO, "rank %d: injected failure at step 2 (MOE_TEST_FAIL_RANK)", g->rank);
+    int inject = t->fault_step == t->step + 1;
+    if (inject && !strcmp(t->fault_kind, "param_nan") && moe_model_find(m, t->fault_tensor))
+        moe_model_params(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
     draw_windows(t);
     for (int micro = 0; micro < c->grad_accum; micro++) {
         fill_batch(t, micro);
@@ -797,7 +823,9 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         moe__model_set_noise_seed(m, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)q + 1);
         moe_losses l;
         st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
-        if (st != MOE_STATUS_OK) return st;
+        // a non-finite loss is not an error yet: backward runs (every rank joins the same
+        // collectives) and the step's fault check below decides, knowing where it came from
+        if (st != MOE_STATUS_OK && st != MOE_STATUS_NUMERIC) return st;
         st = moe_model_backward(m, inv);
         if (st != MOE_STATUS_OK) return st;
         info->loss.ce += l.ce * inv;
@@ -826,11 +854,42 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         moe__dist_allreduce_i64(MOE_COMM_WORLD, t->dropped_acc, nm);
         moe__dist_allreduce_i64(MOE_COMM_WORLD, t->routed_acc, nm);
     }
-    float lr = moe__lr_at(c, t->step), norm;
+    if (inject && !strcmp(t->fault_kind, "grad_nan") && moe_model_find(m, t->fault_tensor))
+        moe_model_grads(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
+    if (inject && !strcmp(t->fault_kind, "loss_spike")) info->loss.ce += 50.0f, info->loss.total += 50.0f;
+    float lr = moe__lr_at(c, t->step);
     double t_opt = moe__now();
-    st = moe__adamw_step(m, t->opt, t->step, lr, c, &norm);
+    float norm = moe__grad_norm(m);
+    // numerical faults: loss and gradients are global here, so every rank decides alike
+    int spike = c->loss_spike_factor > 0 && t->ema_n >= 20 && info->loss.ce > c->loss_spike_factor * t->loss_ema;
+    if (!isfinite(info->loss.total) || !isfinite(norm) || spike) {
+        char where[224] = "nowhere (the gradients of other ranks)";
+        if (spike)
+            snprintf(info->fault, sizeof info->fault, "loss spike: %.4f is above %g x the running mean %.4f", info->loss.ce,
+                     c->loss_spike_factor, t->loss_ema);
+        else {
+            moe__model_locate_nonfinite(m, where, sizeof where);
+            snprintf(info->fault, sizeof info->fault, "%s is not finite; first non-finite value: %s",
+                     !isfinite(info->loss.total) ? "the loss" : "the gradient norm", where);
+        }
+        if (c->nonfinite_policy == MOE_FAULT_STOP || ++t->skipped_run >= c->max_skipped_steps) {
+            int poisoned = !strncmp(where, "parameter", 9); // the weights themselves: do not save them
+            moe_status sv = poisoned ? MOE_STATUS_OK : moe_trainer_save(t);
+            char why[64] = "nonfinite_policy=stop";
+            if (c->nonfinite_policy == MOE_FAULT_SKIP) snprintf(why, sizeof why, "%d steps in a row skipped", t->skipped_run);
+            if (sv != MOE_STATUS_OK) return sv;
+            return moe__err(MOE_STATUS_NUMERIC, "step %lld: %s; stopped (%s)%s", (long long)t->step + 1, info->fault, why,
+                            poisoned ? "; the weights are not finite, so no checkpoint was written over the last one"
+                                     : "; the checkpoint holds the last good step");
+        }
+        info->skipped = 1; // skip: no update, the step still counts (schedule and data go on)
+    } else {
+        t->skipped_run = 0;
+        t->loss_ema = t->ema_n ? 0.99 * t->loss_ema + 0.01 * info->loss.ce : info->loss.ce;
+        t->ema_n++;
+        moe__adamw_apply(m, t->opt, t->step, lr, c, norm);
+    }
     moe__model_prof(m)[MOE_PHASE_OPTIMIZER] += moe__now() - t_opt;
-    if (st != MOE_STATUS_OK) return st;
     for (int i = 0; i < nm; i++) {
         moe_layer_stats *ls = (moe_layer_stats *)moe_model_layer_stats(m, i);
         int E = ls->n_experts;
@@ -840,7 +899,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         info->dropped_frac += t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) / (float)nm : 0.0f;
         // DeepSeek-V3 aux-loss-free balancing: b_e += rate * sign(mean load - load_e), once per
         // optimizer step, from the training loads of all its micro-batches
-        if (ls->bias) {
+        if (ls->bias && !info->skipped) {
             float *bias = (float *)ls->bias;
             double mean = 0.0;
             for (int e = 0; e < E; e++) mean += (double)load[e];
