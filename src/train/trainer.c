@@ -814,6 +814,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     int inject = t->fault_step == t->step + 1;
     if (inject && !strcmp(t->fault_kind, "param_nan") && moe_model_find(m, t->fault_tensor))
         moe_model_params(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
+    moe_rng rng_before = t->data_rng; // a step that stops the run is not taken: its draw neither
     draw_windows(t);
     for (int micro = 0; micro < c->grad_accum; micro++) {
         fill_batch(t, micro);
@@ -874,6 +875,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         }
         if (c->nonfinite_policy == MOE_FAULT_STOP || ++t->skipped_run >= c->max_skipped_steps) {
             int poisoned = !strncmp(where, "parameter", 9); // the weights themselves: do not save them
+            t->data_rng = rng_before;
             moe_status sv = poisoned ? MOE_STATUS_OK : moe_trainer_save(t);
             char why[64] = "nonfinite_policy=stop";
             if (c->nonfinite_policy == MOE_FAULT_SKIP) snprintf(why, sizeof why, "%d steps in a row skipped", t->skipped_run);
