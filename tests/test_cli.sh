@@ -242,6 +242,31 @@ expect_error "expert_counts below K" "below top_k" -- "$MOE" "${T[@]}" --data "$
 expect_error "noisy K = E" "noisy_topk needs top_k < n_experts" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=noisy_topk --set top_k=8
 expect_error "random routing K" "random_routing needs" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set random_routing=true --set top_k=1
 expect_error "bias with expert choice" "bias_update_rate" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=expert_choice --set bias_update_rate=0.001
+# checkpoints whose metadata was edited: another format version; a config that disagrees with
+# the tensors (the checksum covers only the data, so the shape check must catch it)
+edit_meta() { # SRC DST PYTHON-ON-meta
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+meta = h["__metadata__"]; exec(sys.argv[3])
+hj = json.dumps(h).encode(); hj += b" " * (-len(hj) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(hj)) + hj + b[8 + n:])
+PY
+}
+edit_meta "$W/straight/model.safetensors" "$W/v2.safetensors" "meta['format_version'] = '2'"
+expect_error "checkpoint version" "checkpoint format version '2' is not supported" -- "$MOE" sample --ckpt "$W/v2.safetensors" --prompt hi
+edit_meta "$W/straight/model.safetensors" "$W/shape.safetensors" "c = json.loads(meta['config']); c['n_embd'] = 32; c['n_head'] = 2; meta['config'] = json.dumps(c)"
+expect_error "shapes vs config" "the config needs F32" -- "$MOE" eval --ckpt "$W/shape.safetensors" --data "$W/corpus.txt"
+edit_meta "$W/straight/model.safetensors" "$W/absurd.safetensors" "c = json.loads(meta['config']); c['n_layer'] = -3; meta['config'] = json.dumps(c)"
+expect_error "absurd config in a checkpoint" "n_layer" -- "$MOE" eval --ckpt "$W/absurd.safetensors" --data "$W/corpus.txt"
+expect_error "absurd --set" "n_experts" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_experts=100000000
+expect_error "negative lr" "lr" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set lr=-1
+expect_error "NaN value" "lr" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set lr=nan
+expect_error "bad policy" "must be one of 'stop', 'skip'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set nonfinite_policy=retry
+# a prompt that is not UTF-8 is bytes like any other for a byte-level model: it samples
+checks=$((checks + 1))
+"$MOE" sample --ckpt "$W/straight" --prompt "$(printf '\xff\xfe\x80abc')" --tokens 4 --seed 1 > "$W/bytes.out" 2>&1 \
+    || fail "a non-UTF-8 prompt: $(cat "$W/bytes.out")"
 checks=$((checks + 1))
 cmp -s "$W/model.orig" "$W/straight/model.safetensors" && cmp -s "$W/state.orig" "$W/straight/state.bin" \
     || fail "a failed run changed the existing checkpoint"
