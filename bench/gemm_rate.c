@@ -6,6 +6,7 @@
  * bound of the elementwise passes), so that 1- and 2-thread runs show how each scales.
  * usage: bench_gemm [threads]   prints "shape GFLOP/s" lines, "peak GFLOP/s" and "triad GB/s".
  */
+#define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>

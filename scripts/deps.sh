@@ -7,6 +7,8 @@ PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libcjson-dev pytho
 # Hugging Face interop test) and tensorboard (its reader checks our event files)
 HF=0
 [ "${1:-}" = --hf ] && HF=1 && PKGS+=(python3-torch python3-numpy python3-pip)
+# --fuzz: clang with libFuzzer and its OpenMP runtime (fuzz/run.sh)
+[ "${1:-}" = --fuzz ] && PKGS=(clang libomp-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

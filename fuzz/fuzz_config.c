@@ -1,0 +1,22 @@
+/* fuzz_config.c — the JSON config reader (moe_config_apply_json, as for --config and the config
+ * stored in checkpoints), then validation and a round trip through moe_config_to_json. */
+#include "moe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char *txt = malloc(size + 1);
+    if (!txt) return 0;
+    memcpy(txt, data, size);
+    txt[size] = 0;
+    moe_config c = moe_config_default();
+    if (moe_config_apply_json(&c, txt, "fuzz") == MOE_STATUS_OK && moe_config_validate(&c) == MOE_STATUS_OK) {
+        char *j = moe_config_to_json(&c);
+        moe_config d = moe_config_default();
+        if (!j || moe_config_apply_json(&d, j, "round trip") != MOE_STATUS_OK) abort(); // what we write we read
+        free(j);
+    }
+    free(txt);
+    return 0;
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# run.sh — builds the libFuzzer targets (clang, ASan + UBSan) and runs each for SECONDS, starting
+# from seeds made here (a real checkpoint, config, token shard, HF config.json) and from the
+# crash inputs kept in fuzz/regress/TARGET/ (each must pass first: they are regression tests).
+# New crashes are written to fuzz/regress/TARGET/. Prints executions and coverage per target.
+# usage: fuzz/run.sh [SECONDS=60] [TARGET...]   (needs clang: apt-get install clang)
+set -u
+cd "$(dirname "$0")/.."
+SECS=${1:-60}
+shift || true
+TARGETS=${*:-config safetensors tokens hf_config}
+command -v clang > /dev/null || { echo "fuzz: clang is not installed (apt-get install clang)"; exit 2; }
+CC=clang cmake -S . -B build-fuzz -DMOE_FUZZ=ON -DMOE_MPI=OFF -DMOE_BUILD_TESTS=OFF > /dev/null || exit 1
+cmake --build build-fuzz -j"$(nproc)" > /dev/null || exit 1
+[ -x build/moe ] || { cmake -S . -B build > /dev/null && cmake --build build -j"$(nproc)" > /dev/null; } || exit 1
+S=$(mktemp -d)
+trap 'rm -rf "$S"' EXIT
+# seeds
+mkdir -p "$S"/{config,safetensors,tokens,hf_config}
+cat src/model/*.c > "$S/text"
+./build/moe train --data "$S/text" --out "$S/run" --steps 1 --quiet --set seq_len=8 --set n_embd=8 --set n_layer=1 \
+    --set n_head=2 --set n_experts=2 --set top_k=1 --set expert_hidden=8 --set batch_size=1 \
+    --set eval_batches=1 --set tensorboard=false 2>/dev/null || head -c 2000 "$S/text" | tr -c 'a-z' 'a' > "$S/text"
+cp "$S/run/model.safetensors" "$S/safetensors/seed" 2>/dev/null
+python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.loads(b[8:8+struct.unpack('<Q',b[:8])[0]])['__metadata__']['config'])" \
+    "$S/safetensors/seed" > "$S/config/seed" 2>/dev/null || echo '{"n_layer": 2}' > "$S/config/seed"
+python3 -c "import struct,sys; h=[20240520,1,6]+[0]*253; open(sys.argv[1],'wb').write(struct.pack('<256i',*h)+struct.pack('<6H',1,2,3,50303,4,5))" "$S/tokens/seed"
+./build/moe export --ckpt "$S/run" --out "$S/hf" > /dev/null 2>&1 && cp "$S/hf/config.json" "$S/hf_config/seed"
+status=0
+for t in $TARGETS; do
+    bin=build-fuzz/fuzz_$t
+    mkdir -p "fuzz/regress/$t"
+    if ls "fuzz/regress/$t"/* > /dev/null 2>&1 && ! $bin -runs=0 "fuzz/regress/$t"/* > "$S/$t.replay" 2>&1; then
+        echo "fuzz_$t: a kept crash input fails again:"; tail -20 "$S/$t.replay"; status=1; continue
+    fi
+    mkdir -p "$S/corpus_$t"
+    $bin "$S/corpus_$t" "$S/$t" -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+        -artifact_prefix="fuzz/regress/$t/" -print_final_stats=1 > "$S/$t.log" 2>&1
+    rc=$?
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$S/$t.log" | grep -o '[0-9]*$')
+    cov=$(grep -o 'cov: [0-9]*' "$S/$t.log" | tail -n 1 | grep -o '[0-9]*')
+    ft=$(grep -o 'ft: [0-9]*' "$S/$t.log" | tail -n 1 | grep -o '[0-9]*')
+    corp=$(ls "$S/corpus_$t" | wc -l)
+    if [ $rc -ne 0 ]; then
+        echo "fuzz_$t: CRASH after ${execs:-?} executions; input kept in fuzz/regress/$t/:"
+        grep -E "ERROR|SUMMARY|#[0-9]+ 0x" "$S/$t.log" | head -12
+        status=1
+    else
+        echo "fuzz_$t: ${SECS} s, ${execs:-?} executions, ${cov:-?} coverage edges, ${ft:-?} features, $corp corpus inputs, no crash"
+    fi
+done
+exit $status
