@@ -16,21 +16,7 @@ set -u
 MOE=${1:?usage: test_faults.sh path/to/moe [kills]}
 KILLS=${2:-12}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-expect_error() { # NAME EXPECTED -- command...
-    local name=$1 want=$2
-    shift 3
-    checks=$((checks + 1))
-    "$@" >"$W/out" 2>"$W/err"
-    local rc=$?
-    if [ $rc -eq 0 ]; then fail "$name: exit 0, expected an error containing '$want'"
-    elif [ $rc -ge 128 ] || grep -qE "AddressSanitizer|runtime error:" "$W/err"; then fail "$name: crashed (exit $rc): $(cat "$W/err")"
-    elif ! grep -qF -- "$want" "$W/err"; then fail "$name: error does not mention '$want': $(cat "$W/err")"; fi
-}
+source "$SRC/tests/lib.sh"
 losses() { grep -o '"step":[0-9]*,"loss":[^,]*' "$1/metrics.jsonl"; }
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 # big enough that a checkpoint takes a while (kills land inside saves), small enough to be quick
@@ -166,5 +152,4 @@ grep '"step":25,' "$W/spike/metrics.jsonl" | grep -q '"skipped":"loss spike' || 
 checks=$((checks + 1))
 [ "$(grep -c skipped "$W/spike/metrics.jsonl")" = 1 ] || fail "spike: other steps skipped too"
 
-echo "test_faults: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_faults

@@ -10,21 +10,7 @@
 set -u
 MOE=${1:?usage: test_interop.sh path/to/moe}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-expect_error() { # NAME EXPECTED -- command...
-    local name=$1 want=$2
-    shift 3
-    checks=$((checks + 1))
-    "$@" >"$W/out" 2>"$W/err"
-    local rc=$?
-    if [ $rc -eq 0 ]; then fail "$name: exit 0, expected an error containing '$want'"
-    elif [ $rc -ge 128 ] || grep -qE "AddressSanitizer|runtime error:" "$W/err"; then fail "$name: crashed (exit $rc): $(cat "$W/err")"
-    elif ! grep -qF -- "$want" "$W/err"; then fail "$name: error does not mention '$want': $(cat "$W/err")"; fi
-}
+source "$SRC/tests/lib.sh"
 # maxdiff A B: max |a - b| over two float32 files of equal size (python3 without numpy)
 maxdiff() {
     python3 - "$1" "$2" <<'EOF'
@@ -151,5 +137,4 @@ expect_error "truncated weights" "truncated" -- "$MOE" import --from "$W/h11" --
 checks=$((checks + 1))
 [ -e "$W/x" ] && fail "a failed import left '$W/x' behind"
 
-echo "test_interop: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_interop

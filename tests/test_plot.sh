@@ -8,21 +8,7 @@
 set -u
 MOE=${1:?usage: test_plot.sh path/to/moe}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-expect_error() { # NAME EXPECTED -- command...
-    local name=$1 want=$2
-    shift 3
-    checks=$((checks + 1))
-    "$@" >"$W/out" 2>"$W/err"
-    local rc=$?
-    if [ $rc -eq 0 ]; then fail "$name: exit 0, expected an error containing '$want'"
-    elif [ $rc -ge 128 ] || grep -qE "AddressSanitizer|runtime error:" "$W/err"; then fail "$name: crashed (exit $rc): $(cat "$W/err")"
-    elif ! grep -qF -- "$want" "$W/err"; then fail "$name: error does not mention '$want': $(cat "$W/err")"; fi
-}
+source "$SRC/tests/lib.sh"
 is_png() { checks=$((checks + 1)); [ "$(head -c 8 "$1" 2>/dev/null | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ] || fail "$1 is not a PNG"; }
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 T=(--data "$W/corpus.txt" --steps 8 --set seq_len=16 --set n_embd=16 --set n_layer=3 --set n_head=2 --set moe_layers=0,2
@@ -64,5 +50,4 @@ expect_error "empty" "has no records yet" -- "$MOE" plot --run "$W/empty"
 mkdir -p "$W/nogp" && ln -s "$(command -v sh)" "$W/nogp/sh"
 expect_error "no gnuplot" "gnuplot is not installed" -- env PATH="$W/nogp" "$MOE" plot --run "$W/run" --out "$W/figs2"
 expect_error "no --run" "--run is required" -- "$MOE" plot
-echo "test_plot: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_plot

@@ -10,11 +10,7 @@ MOE=${1:?usage: test_tb.sh path/to/moe}
 PY=${PYTHON:-/usr/bin/python3}
 "$PY" -c "import tensorboard" 2>/dev/null || { echo "test_tb: no tensorboard package: skipped"; exit 77; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+source "$SRC/tests/lib.sh"
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 T=(--data "$W/corpus.txt" --steps 12 --set seq_len=16 --set n_embd=16 --set n_layer=3 --set n_head=2
    --set moe_layers=0,2 --set n_experts=4 --set expert_hidden=16 --set batch_size=4 --set eval_every=4
@@ -38,5 +34,4 @@ cmp -s <(cut -d, -f1-2 "$W/straight/metrics.jsonl") <(cut -d, -f1-2 "$W/died/met
 "$MOE" train "${T[@]}" --out "$W/off" --set tensorboard=false || fail "train tensorboard=false"
 checks=$((checks + 1))
 ls "$W/off"/events.out.tfevents.* > /dev/null 2>&1 && fail "tensorboard=false wrote event files"
-echo "test_tb: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_tb
