@@ -8,31 +8,9 @@
 # usage: test_cli.sh path/to/moe
 set -u
 MOE=${1:?usage: test_cli.sh path/to/moe}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-
-# expect_error NAME EXPECTED_SUBSTRING -- command...
-expect_error() {
-    local name=$1 want=$2
-    shift 3
-    checks=$((checks + 1))
-    "$@" >"$W/out" 2>"$W/err"
-    local rc=$?
-    if [ $rc -eq 0 ]; then
-        fail "$name: exit 0, expected an error containing '$want'"
-    elif [ $rc -ge 128 ] || grep -qE "AddressSanitizer|runtime error:|LeakSanitizer" "$W/err"; then
-        fail "$name: crashed (exit $rc): $(cat "$W/err")"
-    elif ! grep -qF -- "$want" "$W/err"; then
-        fail "$name: error does not mention '$want': $(cat "$W/err")"
-    fi
-}
-
 # A corpus from this repository's sources, so the test needs nothing outside the checkout.
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+source "$SRC/tests/lib.sh"
 cat "$SRC"/src/*/*.c "$SRC"/include/moe.h > "$W/corpus.txt"
 SMALL=(--set seq_len=16 --set n_embd=16 --set n_layer=2 --set n_head=2 --set n_experts=4 --set top_k=2
        --set expert_hidden=16 --set ffn_hidden=32 --set batch_size=4 --set eval_every=4 --set eval_batches=2
@@ -271,5 +249,4 @@ checks=$((checks + 1))
 cmp -s "$W/model.orig" "$W/straight/model.safetensors" && cmp -s "$W/state.orig" "$W/straight/state.bin" \
     || fail "a failed run changed the existing checkpoint"
 
-echo "test_cli: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_cli

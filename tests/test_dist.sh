@@ -14,16 +14,12 @@
 set -u
 MOE=${1:?usage: test_dist.sh path/to/moe [mpirun]}
 MPIRUN=${2:-mpirun}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+source "$SRC/tests/lib.sh"
 MPI=("$MPIRUN" --oversubscribe)
 [ "$(id -u)" -eq 0 ] && MPI+=(--allow-run-as-root)
 export OMPI_MCA_rmaps_base_oversubscribe=1
 
-SRC=$(cd "$(dirname "$0")/.." && pwd)
 cat "$SRC"/src/*/*.c "$SRC"/include/moe.h > "$W/corpus.txt"
 SMALL=(--set seq_len=32 --set n_embd=16 --set n_layer=2 --set n_head=2 --set n_experts=4 --set top_k=2
        --set expert_hidden=16 --set ffn_hidden=32 --set batch_size=2 --set eval_every=5 --set eval_batches=2
@@ -120,5 +116,4 @@ checks=$((checks + 1))
     && fail "--ep 2 without mpirun succeeded"
 grep -q "mpirun" "$W/log" || fail "--ep 2 without mpirun: unclear message: $(cat "$W/log")"
 
-echo "test_dist: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_dist

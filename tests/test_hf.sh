@@ -13,11 +13,7 @@ MOE=${1:?usage: test_hf.sh path/to/moe}
 PY=${PYTHON:-/usr/bin/python3}
 "$PY" -c "import torch, transformers, numpy" 2>/dev/null || { echo "test_hf: no torch/transformers: skipped"; exit 77; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+source "$SRC/tests/lib.sh"
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 TINY=(--set seq_len=32 --set n_embd=32 --set n_layer=2 --set n_head=4 --set expert_hidden=48 --set n_experts=4
       --set batch_size=4 --set threads=2 --quiet)
@@ -90,5 +86,4 @@ done
 checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/cont" --steps 3 --init-from "$first_tiny" --set batch_size=2 \
     --set seq_len=32 --quiet || fail "train --init-from a Hugging Face directory"
-echo "test_hf: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_hf

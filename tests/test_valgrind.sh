@@ -9,10 +9,7 @@ set -u
 MOE=${1:?usage: test_valgrind.sh path/to/moe}
 command -v valgrind > /dev/null || { echo "test_valgrind: no valgrind: skipped"; exit 77; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0
-checks=0
+source "$SRC/tests/lib.sh"
 VG=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-possibly-lost=no)
 run() { # NAME -- command...
     local name=$1
@@ -32,5 +29,4 @@ run "eval" -- "$MOE" eval --ckpt "$W/run" --data "$W/corpus.txt" --max-batches 1
 run "export" -- "$MOE" export --ckpt "$W/run" --out "$W/hf"
 run "import" -- "$MOE" import --from "$W/hf" --out "$W/back" --set moe_layers=all
 run "dense, no tensorboard" -- "$MOE" "${T[@]}" --steps 1 --out "$W/up" --set moe_layers=none --set tensorboard=false
-echo "test_valgrind: $checks runs, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_valgrind

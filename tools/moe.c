@@ -115,31 +115,40 @@ static int is_hf_dir(const char *src) {
     return f != NULL;
 }
 
-/* c = the source's model keys, with default training keys. */
-static void source_config(const char *src, moe_config *c) {
-    moe_config train = moe_config_default();
-    if (is_hf_dir(src)) {
-        check(moe_hf_config(src, c));
+/* A model to start from (import, --init-from): where, which kind, and its own config. */
+typedef struct {
+    const char *path;
+    int hf;
+    moe_config cfg;
+} source;
+
+/* Reads the source's config once; *c = its model keys with default training keys. */
+static source source_open(const char *path, moe_config *c) {
+    source s = {path, is_hf_dir(path), moe_config_default()};
+    if (s.hf) {
+        check(moe_hf_config(path, &s.cfg));
     } else {
-        char *path = ckpt_path(src);
-        check(moe_checkpoint_config(path, c, NULL));
-        free(path);
+        char *p = ckpt_path(path);
+        check(moe_checkpoint_config(p, &s.cfg, NULL));
+        free(p);
     }
+    moe_config train = moe_config_default();
+    *c = s.cfg;
     moe_config_take_training(c, &train);
+    return s;
 }
 
 /* Loads the source model; its activations are planned for at most seq_len tokens. */
-static moe_model *source_load(const char *src, int seq_len) {
+static moe_model *source_load(const source *s, int seq_len) {
     moe_model *m;
-    if (is_hf_dir(src)) {
-        moe_config c;
-        check(moe_hf_config(src, &c));
+    if (s->hf) {
+        moe_config c = s->cfg;
         if (seq_len < c.seq_len) c.seq_len = seq_len; // shapes do not depend on it
-        check(moe_hf_load(src, &c, 1, &m));
+        check(moe_hf_load(s->path, &c, 1, &m));
     } else {
-        char *path = ckpt_path(src);
-        check(moe_model_load(path, 1, &m));
-        free(path);
+        char *p = ckpt_path(s->path);
+        check(moe_model_load(p, 1, &m));
+        free(p);
     }
     return m;
 }
@@ -274,6 +283,7 @@ static void print_step(progress *p, const moe_step_info *s, const moe_config *c,
 
 static int cmd_train(int argc, char **argv) {
     char *data = NULL, *val = NULL, *out = NULL, *config = NULL, *init_from = NULL;
+    source from = {NULL, 0, moe_config_default()};
     int resume = 0, quiet = 0, profile = 0;
     long stop_after = 0, ep = 1;
     moe_config c = moe_config_default();
@@ -317,7 +327,7 @@ static int cmd_train(int argc, char **argv) {
     if (!out) die(2, "train: --out is required (see moe train --help)");
     if (init_from) {
         if (resume) die(2, "train: --init-from starts a new run; --resume continues one (not both)");
-        source_config(init_from, &c);
+        from = source_open(init_from, &c);
     }
     apply_keys(&c, config, sets, n_sets);
     check(moe_config_validate(&c));
@@ -348,7 +358,7 @@ static int cmd_train(int argc, char **argv) {
         if (resume) printf("moe: resumed %s at step %lld\n", out, (long long)moe_trainer_steps_done(t));
     }
     if (init_from) {
-        moe_model *src = source_load(init_from, tc->seq_len);
+        moe_model *src = source_load(&from, tc->seq_len);
         moe_init_report r;
         check(moe_trainer_init_from(t, src, &r));
         moe_model_free(src);
@@ -833,10 +843,10 @@ static int cmd_import(int argc, char **argv) {
     }
     if (!src || !out) die(2, "import: --from and --out are required (see moe import --help)");
     moe_config c;
-    source_config(src, &c);
+    source from_src = source_open(src, &c);
     apply_keys(&c, config, sets, n_sets);
     check(moe_config_validate(&c));
-    moe_model *from = source_load(src, c.seq_len), *m;
+    moe_model *from = source_load(&from_src, c.seq_len), *m;
     check(moe_model_create(&c, 1, &m));
     moe_model_init(m, seed); // what init_from does not copy (routers) keeps this
     moe_init_report r;

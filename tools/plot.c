@@ -186,19 +186,18 @@ int moe_plot_run(const char *run, const char *out, int *n_written, char *err, si
             gp_path(gp, out, "balance.png");
             fprintf(gp, "\nset multiplot layout 2,1 title ");
             gp_quote(gp, title);
-            fprintf(gp, "\nset yrange [0:*]\nset title 'MaxVio: (max load - mean load) / mean load'\nset ylabel 'MaxVio'\nplot ");
-            for (int i = 0; i < n_layers; i++) {
-                char name[32];
-                snprintf(name, sizeof name, "bal%d.dat", i);
-                gp_path(gp, tmp, name);
-                fprintf(gp, " using 1:2 with lines title 'layer %d'%s", lay[i].layer, i + 1 < n_layers ? ", " : "\n");
-            }
-            fprintf(gp, "set title 'dropped assignments (capacity)'\nset ylabel 'fraction'\nplot ");
-            for (int i = 0; i < n_layers; i++) {
-                char name[32];
-                snprintf(name, sizeof name, "bal%d.dat", i);
-                gp_path(gp, tmp, name);
-                fprintf(gp, " using 1:3 with lines title 'layer %d'%s", lay[i].layer, i + 1 < n_layers ? ", " : "\n");
+            fprintf(gp, "\nset yrange [0:*]\n");
+            const char *panel[2][3] = {{"MaxVio: (max load - mean load) / mean load", "MaxVio", "2"},
+                                       {"dropped assignments (capacity)", "fraction", "3"}};
+            for (int k = 0; k < 2; k++) { // one panel per column of balL.dat, a line per layer
+                fprintf(gp, "set title '%s'\nset ylabel '%s'\nplot ", panel[k][0], panel[k][1]);
+                for (int i = 0; i < n_layers; i++) {
+                    char name[32];
+                    snprintf(name, sizeof name, "bal%d.dat", i);
+                    gp_path(gp, tmp, name);
+                    fprintf(gp, " using 1:%s with lines title 'layer %d'%s", panel[k][2], lay[i].layer,
+                            i + 1 < n_layers ? ", " : "\n");
+                }
             }
             fprintf(gp, "unset multiplot\n");
             *n_written += 1;

@@ -56,6 +56,7 @@ struct moe__tb {
     FILE *f;
     char *path;
     pb sum;     /* the Summary of the step being built */
+    pb ev, val, h, lim, cnt; /* scratch, reused from value to value: no allocation once grown */
     int failed; /* errno of the first failed write, or 0 */
 };
 
@@ -88,22 +89,33 @@ static void pb_varint(pb *b, uint64_t v) {
 
 static void pb_tag(pb *b, int field, int wire) { pb_varint(b, (uint64_t)field << 3 | (uint64_t)wire); }
 
-static void pb_double(pb *b, int field, double v) { // little-endian fixed64
-    uint64_t u;
-    memcpy(&u, &v, 8);
-    uint8_t t[8];
-    for (int i = 0; i < 8; i++) t[i] = (uint8_t)(u >> (8 * i));
-    pb_tag(b, field, 1);
-    pb_bytes(b, t, 8);
+/* n bytes of u, little-endian */
+static void le(uint8_t *out, uint64_t u, int n) {
+    for (int i = 0; i < n; i++) out[i] = (uint8_t)(u >> (8 * i));
 }
 
-static void pb_float(pb *b, int field, float v) {
+static void pb_le(pb *b, uint64_t u, int n) {
+    uint8_t t[8];
+    le(t, u, n);
+    pb_bytes(b, t, (size_t)n);
+}
+
+static uint64_t bits64(double v) {
+    uint64_t u;
+    memcpy(&u, &v, 8);
+    return u;
+}
+
+static void pb_double(pb *b, int field, double v) { // fixed64
+    pb_tag(b, field, 1);
+    pb_le(b, bits64(v), 8);
+}
+
+static void pb_float(pb *b, int field, float v) { // fixed32
     uint32_t u;
     memcpy(&u, &v, 4);
-    uint8_t t[4];
-    for (int i = 0; i < 4; i++) t[i] = (uint8_t)(u >> (8 * i));
     pb_tag(b, field, 5);
-    pb_bytes(b, t, 4);
+    pb_le(b, u, 4);
 }
 
 static void pb_sub(pb *b, int field, const pb *sub) { // length-delimited (strings, messages)
@@ -121,13 +133,10 @@ static void pb_string(pb *b, int field, const char *s) {
 
 static void write_record(moe__tb *tb, const uint8_t *data, size_t n) {
     if (tb->failed) return;
-    uint8_t head[12];
-    for (int i = 0; i < 8; i++) head[i] = (uint8_t)((uint64_t)n >> (8 * i));
-    uint32_t c = masked_crc(head, 8);
-    for (int i = 0; i < 4; i++) head[8 + i] = (uint8_t)(c >> (8 * i));
-    c = masked_crc(data, n);
-    uint8_t tail[4];
-    for (int i = 0; i < 4; i++) tail[i] = (uint8_t)(c >> (8 * i));
+    uint8_t head[12], tail[4];
+    le(head, n, 8);
+    le(head + 8, masked_crc(head, 8), 4);
+    le(tail, masked_crc(data, n), 4);
     if (fwrite(head, 1, 12, tb->f) != 12 || fwrite(data, 1, n, tb->f) != n || fwrite(tail, 1, 4, tb->f) != 4)
         tb->failed = errno ? errno : EIO;
 }
@@ -138,25 +147,34 @@ static double wall_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Starts tb->ev as an Event of this step at the current time. */
+static pb *event_begin(moe__tb *tb, int64_t step) {
+    pb *e = &tb->ev;
+    e->len = 0;
+    pb_double(e, 1, wall_now());
+    pb_tag(e, 2, 0);
+    pb_varint(e, (uint64_t)step);
+    return e;
+}
+
+static void event_write(moe__tb *tb) {
+    if (tb->ev.oom) tb->failed = ENOMEM;
+    else write_record(tb, tb->ev.p, tb->ev.len);
+}
+
 /* One Event with either file_version or session_log START, no summary. */
-static moe_status header_event(moe__tb *tb, int64_t step, int start) {
-    pb e = {0}, s = {0};
-    pb_double(&e, 1, wall_now());
-    pb_tag(&e, 2, 0);
-    pb_varint(&e, (uint64_t)step);
+static void header_event(moe__tb *tb, int64_t step, int start) {
+    pb *e = event_begin(tb, step);
     if (start) {
-        pb_tag(&s, 1, 0);
-        pb_varint(&s, 1); // START
-        pb_sub(&e, 7, &s);
+        pb *s = &tb->val;
+        s->len = 0;
+        pb_tag(s, 1, 0);
+        pb_varint(s, 1); // START
+        pb_sub(e, 7, s);
     } else {
-        pb_string(&e, 3, "brain.Event:2");
+        pb_string(e, 3, "brain.Event:2");
     }
-    moe_status st = MOE_STATUS_OK;
-    if (e.oom || s.oom) st = moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", tb->path);
-    else write_record(tb, e.p, e.len);
-    free(e.p);
-    free(s.p);
-    return st;
+    event_write(tb);
 }
 
 moe_status moe__tb_open(const char *dir, int64_t first_step, moe__tb **out) {
@@ -183,9 +201,9 @@ moe_status moe__tb_open(const char *dir, int64_t first_step, moe__tb **out) {
         moe__tb_close(tb);
         return st;
     }
-    moe_status st = header_event(tb, first_step > 0 ? first_step : 0, 0);
-    if (st == MOE_STATUS_OK && first_step > 0) st = header_event(tb, first_step + 1, 1);
-    if (st == MOE_STATUS_OK) st = moe__tb_flush(tb);
+    header_event(tb, first_step > 0 ? first_step : 0, 0);
+    if (first_step > 0) header_event(tb, first_step + 1, 1);
+    moe_status st = moe__tb_flush(tb);
     if (st != MOE_STATUS_OK) {
         moe__tb_close(tb);
         return st;
@@ -195,16 +213,16 @@ moe_status moe__tb_open(const char *dir, int64_t first_step, moe__tb **out) {
 }
 
 void moe__tb_scalar(moe__tb *tb, const char *tag, float v) {
-    pb val = {0};
-    pb_string(&val, 1, tag);
-    pb_float(&val, 2, v);
-    pb_sub(&tb->sum, 1, &val);
-    if (val.oom || tb->sum.oom) tb->failed = ENOMEM;
-    free(val.p);
+    pb *val = &tb->val;
+    val->len = 0;
+    pb_string(val, 1, tag);
+    pb_float(val, 2, v);
+    pb_sub(&tb->sum, 1, val);
 }
 
 void moe__tb_histogram(moe__tb *tb, const char *tag, const double *x, int n, const double *limits, int n_limits) {
-    pb h = {0}, lim = {0}, cnt = {0}, val = {0};
+    pb *h = &tb->h, *lim = &tb->lim, *cnt = &tb->cnt, *val = &tb->val;
+    h->len = lim->len = cnt->len = val->len = 0;
     double mn = n ? x[0] : 0, mx = n ? x[0] : 0, sum = 0, sq = 0;
     for (int i = 0; i < n; i++) {
         mn = x[i] < mn ? x[i] : mn;
@@ -212,44 +230,29 @@ void moe__tb_histogram(moe__tb *tb, const char *tag, const double *x, int n, con
         sum += x[i];
         sq += x[i] * x[i];
     }
-    pb_double(&h, 1, mn);
-    pb_double(&h, 2, mx);
-    pb_double(&h, 3, n);
-    pb_double(&h, 4, sum);
-    pb_double(&h, 5, sq);
+    pb_double(h, 1, mn);
+    pb_double(h, 2, mx);
+    pb_double(h, 3, n);
+    pb_double(h, 4, sum);
+    pb_double(h, 5, sq);
     for (int b = 0; b < n_limits; b++) { // bucket b counts x in (limits[b-1], limits[b]]
         double lo = b ? limits[b - 1] : -1e300, c = 0;
         for (int i = 0; i < n; i++) c += x[i] > lo && x[i] <= limits[b];
-        uint64_t u;
-        memcpy(&u, &limits[b], 8);
-        uint8_t t[8];
-        for (int k = 0; k < 8; k++) t[k] = (uint8_t)(u >> (8 * k));
-        pb_bytes(&lim, t, 8);
-        memcpy(&u, &c, 8);
-        for (int k = 0; k < 8; k++) t[k] = (uint8_t)(u >> (8 * k));
-        pb_bytes(&cnt, t, 8);
+        pb_le(lim, bits64(limits[b]), 8);
+        pb_le(cnt, bits64(c), 8);
     }
-    pb_sub(&h, 6, &lim);
-    pb_sub(&h, 7, &cnt);
-    pb_string(&val, 1, tag);
-    pb_sub(&val, 5, &h);
-    pb_sub(&tb->sum, 1, &val);
-    if (h.oom || lim.oom || cnt.oom || val.oom || tb->sum.oom) tb->failed = ENOMEM;
-    free(h.p);
-    free(lim.p);
-    free(cnt.p);
-    free(val.p);
+    pb_sub(h, 6, lim);
+    pb_sub(h, 7, cnt);
+    pb_string(val, 1, tag);
+    pb_sub(val, 5, h);
+    pb_sub(&tb->sum, 1, val);
 }
 
 void moe__tb_step(moe__tb *tb, int64_t step) {
-    pb e = {0};
-    pb_double(&e, 1, wall_now());
-    pb_tag(&e, 2, 0);
-    pb_varint(&e, (uint64_t)step);
-    pb_sub(&e, 5, &tb->sum);
-    if (e.oom) tb->failed = ENOMEM;
-    else write_record(tb, e.p, e.len);
-    free(e.p);
+    pb *e = event_begin(tb, step);
+    pb_sub(e, 5, &tb->sum);
+    if (tb->sum.oom || tb->val.oom || tb->h.oom || tb->lim.oom || tb->cnt.oom) tb->failed = ENOMEM;
+    event_write(tb);
     tb->sum.len = 0;
 }
 
@@ -263,6 +266,7 @@ void moe__tb_close(moe__tb *tb) {
     if (!tb) return;
     if (tb->f) fclose(tb->f);
     free(tb->path);
-    free(tb->sum.p);
+    pb *scratch[] = {&tb->sum, &tb->ev, &tb->val, &tb->h, &tb->lim, &tb->cnt};
+    for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) free(scratch[i]->p);
     free(tb);
 }
