@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static const char *fuzz_file(const uint8_t *data, size_t size, const char *suffix) {
+static inline const char *fuzz_file(const uint8_t *data, size_t size, const char *suffix) {
     static char path[256];
     snprintf(path, sizeof path, "/tmp/moe-fuzz-%d%s", (int)getpid(), suffix);
     FILE *f = fopen(path, "wb");
