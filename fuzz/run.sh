@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 SECS=${1:-60}
 shift || true
-TARGETS=${*:-config safetensors tokens hf_config}
+TARGETS=${*:-config safetensors tokens hf_config state cli}
 command -v clang > /dev/null || { echo "fuzz: clang is not installed (apt-get install clang)"; exit 2; }
 CC=clang cmake -S . -B build-fuzz -DMOE_FUZZ=ON -DMOE_MPI=OFF -DMOE_BUILD_TESTS=OFF > /dev/null || exit 1
 cmake --build build-fuzz -j"$(nproc)" > /dev/null || exit 1
@@ -16,7 +16,7 @@ cmake --build build-fuzz -j"$(nproc)" > /dev/null || exit 1
 S=$(mktemp -d)
 trap 'rm -rf "$S"' EXIT
 # seeds
-mkdir -p "$S"/{config,safetensors,tokens,hf_config}
+mkdir -p "$S"/{config,safetensors,tokens,hf_config,state,cli}
 cat src/model/*.c > "$S/text"
 ./build/moe train --data "$S/text" --out "$S/run" --steps 1 --quiet --set seq_len=8 --set n_embd=8 --set n_layer=1 \
     --set n_head=2 --set n_experts=2 --set top_k=1 --set expert_hidden=8 --set batch_size=1 \
@@ -26,6 +26,21 @@ python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.
     "$S/safetensors/seed" > "$S/config/seed" 2>/dev/null || echo '{"n_layer": 2}' > "$S/config/seed"
 python3 -c "import struct,sys; h=[20240520,1,6]+[0]*253; open(sys.argv[1],'wb').write(struct.pack('<256i',*h)+struct.pack('<6H',1,2,3,50303,4,5))" "$S/tokens/seed"
 ./build/moe export --ckpt "$S/run" --out "$S/hf" > /dev/null 2>&1 && cp "$S/hf/config.json" "$S/hf_config/seed"
+{ printf '\003'; cat "$S/run/state.bin"; } > "$S/state/seed" 2>/dev/null # bit 0: fix the checksum, bit 1: P from the file
+# cli: every numeric flag and every config key (with the seed's values), and a token list; the
+# dictionary names them so that mutations stay on real flags and keys
+python3 - "$S/config/seed" "$S/cli/seed" "$S/cli.dict" <<'PY' 2>/dev/null
+import json, re, sys
+flags = re.findall(r'\{"(--[a-z-]+)", [01],', open("tools/args.c").read())
+keys = re.findall(r'X\(([a-z_0-9]+), K_', open("src/model/config.c").read())
+cfg = json.loads(open(sys.argv[1]).read())
+val = lambda v: str(v).lower() if isinstance(v, bool) else str(v)
+lines = [f + " 1" for f in flags] + ["--set %s=%s" % (k, val(cfg[k])) for k in keys if k in cfg] + ["--logits-tokens 1 2 3 255"]
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+words = flags + ["--set", "--logits-tokens"]
+open(sys.argv[3], "w").write("".join('"%s "\n' % w for w in words) + "".join('"%s="\n' % k for k in keys)
+                             + "".join('"%s"\n' % v for v in ["true", "false", "all", "-1", "1e309", "nan", "2147483648", ","]))
+PY
 status=0
 for t in $TARGETS; do
     bin=build-fuzz/fuzz_$t
@@ -34,7 +49,9 @@ for t in $TARGETS; do
         echo "fuzz_$t: a kept crash input fails again:"; tail -20 "$S/$t.replay"; status=1; continue
     fi
     mkdir -p "$S/corpus_$t"
-    $bin "$S/corpus_$t" "$S/$t" -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+    dict=()
+    [ -f "$S/$t.dict" ] && dict=(-dict="$S/$t.dict")
+    $bin "$S/corpus_$t" "$S/$t" "${dict[@]}" -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
         -artifact_prefix="fuzz/regress/$t/" -print_final_stats=1 > "$S/$t.log" 2>&1
     rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$S/$t.log" | grep -o '[0-9]*$')

@@ -33,6 +33,11 @@ losses "$W/split/metrics.jsonl" > "$W/b"
 [ "$(wc -l < "$W/a")" -eq 8 ] || fail "straight run has $(wc -l < "$W/a") records, expected 8"
 cmp -s "$W/a" "$W/b" || { fail "resumed losses differ from the straight run"; diff "$W/a" "$W/b" >&2; }
 cmp -s "$W/straight/model.safetensors" "$W/split/model.safetensors" || fail "resumed final weights differ"
+checks=$((checks + 1)) # a plain --resume keeps the run's keys (training ones too: steps, lr, batch, ...)
+"$MOE" train --data "$W/corpus.txt" --out "$W/plain" --steps 8 --stop-after 4 "${SMALL[@]}" || fail "plain: first half failed"
+"$MOE" train --data "$W/corpus.txt" --out "$W/plain" --resume --quiet || fail "plain: resume with no keys failed"
+losses "$W/plain/metrics.jsonl" > "$W/b"
+cmp -s "$W/a" "$W/b" || { fail "a plain --resume differs from the straight run"; diff "$W/a" "$W/b" >&2; }
 
 # ---- determinism and grad accumulation
 checks=$((checks + 1))
@@ -187,7 +192,26 @@ expect_error "val data shorter than a sequence" "validation data has" -- "$MOE" 
 expect_error "malformed config" "malformed JSON" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/malformed.json"
 expect_error "unknown config key" "unknown config key 'bogus_key'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/unknown.json"
 expect_error "wrong config type" "'n_embd' needs an integer" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/wrongtype.json"
-expect_error "missing config file" "cannot open config" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/none.json"
+printf '{"seed": 9007199254740993}' > "$W/bigseed.json"
+expect_error "seed beyond 2^53 as a JSON number" "key 'seed' = 9007199254740992 is beyond 2^53" -- \
+    "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/bigseed.json"
+# a seed beyond 2^53 is kept exactly in the checkpoint (as a JSON string) and resumes
+B=(train --data "$W/corpus.txt" --out "$W/bigseed" --quiet --set seq_len=8 --set n_embd=8 --set n_layer=1 --set n_head=2
+   --set n_experts=2 --set top_k=1 --set expert_hidden=8 --set batch_size=1 --set eval_batches=1)
+"$MOE" "${B[@]}" --steps 1 --set seed=6148914691236517210 && "$MOE" "${B[@]}" --steps 2 --resume --set seed=6148914691236517210 || fail "big seed: train, resume"
+checks=$((checks + 1))
+python3 - "$W/bigseed/model.safetensors" <<'EOF' || fail "big seed: not kept exactly in the checkpoint"
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+cfg = json.loads(json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]["config"])
+assert cfg["seed"] == "6148914691236517210", cfg["seed"]
+EOF
+printf '{"n_embd": 8}\0{"n_layer": 1}' > "$W/nul.json"
+expect_error "NUL byte in a config" "holds a NUL byte" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/nul.json"
+python3 -c "print('{\"moe_layers\": \"' + ','.join(['0'] * 100) + '\"}')" > "$W/longval.json"
+expect_error "config string longer than any value" "key 'moe_layers' has a value of 199 characters" -- \
+    "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/longval.json"
+expect_error "missing config file" "cannot read config" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/none.json"
 expect_error "unknown --set key" "unknown config key 'n_embed'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_embed=3
 expect_error "heads do not divide" "does not divide n_embd" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_head=3
 expect_error "odd head size" "must be even" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set n_embd=12 --set n_head=4

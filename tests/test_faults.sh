@@ -151,5 +151,26 @@ checks=$((checks + 1))
 grep '"step":25,' "$W/spike/metrics.jsonl" | grep -q '"skipped":"loss spike' || fail "spike: step 25 not skipped"
 checks=$((checks + 1))
 [ "$(grep -c skipped "$W/spike/metrics.jsonl")" = 1 ] || fail "spike: other steps skipped too"
+# the guard's running mean is in state.bin: a run resumed before the spike still sees it (and
+# a plain --resume keeps the run's training keys: the policy and the factor)
+"$MOE" "${T[@]}" --steps 22 --out "$W/spike2" --set nonfinite_policy=skip --set loss_spike_factor=3 || fail "spike: 22 steps"
+MOE_TEST_FAULT=25:loss_spike "$MOE" "${T[@]}" --steps 27 --out "$W/spike2" --resume || fail "spike: resumed run failed"
+checks=$((checks + 1))
+[ "$(losses "$W/spike2")" = "$(losses "$W/spike")" ] && cmp -s "$W/spike/state.bin" "$W/spike2/state.bin" \
+    || fail "spike: the resumed run differs from the straight one (guard state not restored?)"
+# a version 1 state (no guard fields) still loads; the guard starts afresh
+python3 - "$W/spike2/state.bin" "$W/v1.bin" <<'PY' || fail "v1: could not write a version 1 state"
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+assert b[:8] == b"MOESTATE" and struct.unpack("<I", b[8:12])[0] == 2
+body = b[:8] + struct.pack("<I", 1) + b[12:64] + b[96:-8]
+h = 1469598103934665603
+for x in body: h = ((h ^ x) * 1099511628211) & (2**64 - 1)
+open(sys.argv[2], "wb").write(body + struct.pack("<Q", h))
+PY
+mkdir -p "$W/v1" && cp "$W/spike2/model.safetensors" "$W/v1/" && cp "$W/v1.bin" "$W/v1/state.bin"
+"$MOE" "${T[@]}" --steps 29 --out "$W/v1" --resume || fail "v1: resume from a version 1 state"
+checks=$((checks + 1))
+[ "$(losses "$W/v1" | tail -n 2 | wc -l)" = 2 ] || fail "v1: no steps after resuming"
 
 finish test_faults

@@ -5,6 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "moe.h"
+#include "args.h"
 #include "plot.h"
 
 #include <math.h>
@@ -38,17 +39,13 @@ static void check(moe_status st) {
     if (st != MOE_STATUS_OK) die(1, "%s: %s", moe_status_str(st), moe_last_error());
 }
 
-static long parse_long(const char *flag, const char *v, long lo, long hi) {
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (!*v || *end || x < lo || x > hi) die(2, "%s needs an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
-    return x;
-}
-
-static double parse_double(const char *flag, const char *v, double lo, double hi) {
-    char *end;
-    double x = strtod(v, &end);
-    if (!*v || *end || !(x >= lo && x <= hi)) die(2, "%s needs a number in [%g, %g], got '%s'", flag, lo, hi, v);
+/* The value of a numeric flag (its range is in args.c's table); exit 2 when refused. */
+static double flag_value(const char *flag, const char *v) {
+    const moe_arg_spec *spec = moe_arg_find(flag);
+    char err[512];
+    double x;
+    if (!spec) die(1, "internal: no range for flag %s", flag);
+    if (moe_arg_number(spec, v, &x, err, sizeof err) != 0) die(2, "%s", err);
     return x;
 }
 
@@ -78,29 +75,45 @@ static char *ckpt_path(const char *arg) {
     return p;
 }
 
+/* Reads a whole file (or pipe) as a NUL-terminated string; NULL with errno on failure. */
+static char *read_text(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) break;
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n < cap - 1) break;
+        char *b = realloc(buf, cap *= 2);
+        if (!b) free(buf);
+        buf = b;
+    }
+    int bad = !buf || ferror(f), e = buf ? errno : ENOMEM;
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = e ? e : EIO;
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
 /* Applies a JSON config file (may be NULL), then each --set KEY=VALUE, to c. */
 static void apply_keys(moe_config *c, const char *config, char **sets, int n_sets) {
     if (config) {
         size_t len;
-        FILE *f = fopen(config, "rb");
-        if (!f) die(1, "cannot open config '%s'", config);
-        fseek(f, 0, SEEK_END);
-        len = (size_t)ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *txt = malloc(len + 1);
-        if (!txt || fread(txt, 1, len, f) != len) die(1, "cannot read config '%s'", config);
-        txt[len] = 0;
-        fclose(f);
+        char *txt = read_text(config, &len);
+        if (!txt) die(1, "cannot read config '%s': %s", config, strerror(errno));
+        if (strlen(txt) != len) die(1, "config '%s' holds a NUL byte: it is not JSON text", config);
         check(moe_config_apply_json(c, txt, config));
         free(txt);
     }
-    for (int i = 0; i < n_sets; i++) {
-        char *eq = strchr(sets[i], '=');
-        if (!eq) die(2, "--set needs KEY=VALUE, got '%s'", sets[i]);
-        *eq = 0;
-        check(moe_config_set(c, sets[i], eq + 1));
-        *eq = '=';
-    }
+    char err[1200];
+    for (int i = 0; i < n_sets; i++)
+        if (moe_arg_set(c, sets[i], err, sizeof err) != 0) die(strchr(sets[i], '=') ? 1 : 2, "%s", err);
 }
 
 /* A model to start from is a Hugging Face directory (it has config.json) or a moe checkpoint. */
@@ -191,8 +204,8 @@ static const char *train_help =
     "  --steps N          same as --set steps=N\n"
     "  --ep N             under mpirun: N ranks share each MoE layer's experts (E/N each);\n"
     "                     the other ranks/N-fold is data parallel (docs/distributed.md)\n"
-    "  --resume           continue the run in DIR from its checkpoint: model keys come from the\n"
-    "                     checkpoint, training keys from this command line\n"
+    "  --resume           continue the run in DIR from its checkpoint, with its keys (model and\n"
+    "                     training); --config/--set may change training keys (lr, steps, ...)\n"
     "  --init-from SRC    start a new run from SRC's weights: a Hugging Face directory (Mixtral;\n"
     "                     Llama/Mistral dense) or a moe checkpoint. Model keys come from SRC, then\n"
     "                     --config/--set; a layer made MoE where SRC is dense is upcycled (its FFN\n"
@@ -305,18 +318,18 @@ static int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--set")) sets[n_sets++] = strdup(need(argc, argv, &i));
         else if (!strcmp(a, "--steps")) {
             const char *v = need(argc, argv, &i);
-            parse_long("--steps", v, 0, 2147483647L);
+            flag_value("--steps", v);
             size_t n = strlen(v) + 8;
             sets[n_sets] = malloc(n);
             snprintf(sets[n_sets++], n, "steps=%s", v);
-        } else if (!strcmp(a, "--stop-after")) stop_after = parse_long("--stop-after", need(argc, argv, &i), 1, 2147483647L);
+        } else if (!strcmp(a, "--stop-after")) stop_after = (long)flag_value("--stop-after", need(argc, argv, &i));
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--init-from")) init_from = strdup(need(argc, argv, &i));
-        else if (!strcmp(a, "--ep")) ep = parse_long("--ep", need(argc, argv, &i), 1, 65536);
+        else if (!strcmp(a, "--ep")) ep = (long)flag_value("--ep", need(argc, argv, &i));
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--log-every")) {
             const char *v = need(argc, argv, &i);
-            parse_long("--log-every", v, 1, 2147483647L);
+            flag_value("--log-every", v);
             size_t n = strlen(v) + 16;
             sets[n_sets] = malloc(n);
             snprintf(sets[n_sets++], n, "log_every=%s", v);
@@ -328,6 +341,17 @@ static int cmd_train(int argc, char **argv) {
     if (init_from) {
         if (resume) die(2, "train: --init-from starts a new run; --resume continues one (not both)");
         from = source_open(init_from, &c);
+    }
+    if (resume) {
+        // the run's own keys, training ones included, then --config/--set on top: a plain
+        // --resume continues the run as it was (a missing checkpoint is moe_trainer_create's to report)
+        size_t n = strlen(out) + 32;
+        char *mp = malloc(n);
+        if (!mp) die(1, "out of memory");
+        snprintf(mp, n, "%s/model.safetensors", out);
+        struct stat sb;
+        if (stat(mp, &sb) == 0) check(moe_checkpoint_config(mp, &c, NULL));
+        free(mp);
     }
     apply_keys(&c, config, sets, n_sets);
     check(moe_config_validate(&c));
@@ -451,14 +475,14 @@ static int cmd_sample(int argc, char **argv) {
             exit(0);
         } else if (!strcmp(a, "--ckpt")) ckpt = need(argc, argv, &i);
         else if (!strcmp(a, "--prompt")) prompt = need(argc, argv, &i);
-        else if (!strcmp(a, "--tokens")) n_new = parse_long("--tokens", need(argc, argv, &i), 0, 1000000);
-        else if (!strcmp(a, "--temperature")) temp = parse_double("--temperature", need(argc, argv, &i), 0, 100);
-        else if (!strcmp(a, "--top-k")) top_k = parse_long("--top-k", need(argc, argv, &i), 0, 1 << 20);
-        else if (!strcmp(a, "--top-p")) top_p = parse_double("--top-p", need(argc, argv, &i), 1e-6, 1);
-        else if (!strcmp(a, "--seed")) seed = (unsigned long long)parse_long("--seed", need(argc, argv, &i), 0, 2147483647L);
+        else if (!strcmp(a, "--tokens")) n_new = (long)flag_value("--tokens", need(argc, argv, &i));
+        else if (!strcmp(a, "--temperature")) temp = flag_value("--temperature", need(argc, argv, &i));
+        else if (!strcmp(a, "--top-k")) top_k = (long)flag_value("--top-k", need(argc, argv, &i));
+        else if (!strcmp(a, "--top-p")) top_p = flag_value("--top-p", need(argc, argv, &i));
+        else if (!strcmp(a, "--seed")) seed = (unsigned long long)flag_value("--seed", need(argc, argv, &i));
         else if (!strcmp(a, "--threads")) {
 #ifdef _OPENMP
-            omp_set_num_threads((int)parse_long("--threads", need(argc, argv, &i), 1, 4096));
+            omp_set_num_threads((int)flag_value("--threads", need(argc, argv, &i)));
 #else
             need(argc, argv, &i);
 #endif
@@ -509,8 +533,8 @@ static ckpt_data_opts parse_ckpt_data(int argc, char **argv, const char *cmd, co
             exit(0);
         } else if (!strcmp(a, "--ckpt")) o.ckpt = need(argc, argv, &i);
         else if (!strcmp(a, "--data")) o.data = strdup(need(argc, argv, &i));
-        else if (!strcmp(a, "--batch-size")) o.batch = parse_long("--batch-size", need(argc, argv, &i), 1, 1 << 16);
-        else if (!strcmp(a, "--max-batches")) o.max_batches = parse_long("--max-batches", need(argc, argv, &i), 0, 1L << 30);
+        else if (!strcmp(a, "--batch-size")) o.batch = (long)flag_value("--batch-size", need(argc, argv, &i));
+        else if (!strcmp(a, "--max-batches")) o.max_batches = (long)flag_value("--max-batches", need(argc, argv, &i));
         else if (!strcmp(a, "--json")) o.json = 1;
         else die(2, "%s: unknown option '%s' (see moe %s --help)", cmd, a, cmd);
     }
@@ -838,7 +862,7 @@ static int cmd_import(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out = need(argc, argv, &i);
         else if (!strcmp(a, "--config")) config = need(argc, argv, &i);
         else if (!strcmp(a, "--set")) sets[n_sets++] = strdup(need(argc, argv, &i));
-        else if (!strcmp(a, "--seed")) seed = (unsigned long long)parse_long("--seed", need(argc, argv, &i), 0, 2147483647L);
+        else if (!strcmp(a, "--seed")) seed = (unsigned long long)flag_value("--seed", need(argc, argv, &i));
         else die(2, "import: unknown option '%s' (see moe import --help)", a);
     }
     if (!src || !out) die(2, "import: --from and --out are required (see moe import --help)");
@@ -927,19 +951,15 @@ static int cmd_logits(int argc, char **argv) {
     check(moe_model_load(path, 1, &m));
     free(path);
     const moe_config *c = moe_model_config(m);
-    FILE *f = fopen(tokf, "r");
-    if (!f) die(1, "logits: cannot open '%s'", tokf);
+    size_t len;
+    char *text = read_text(tokf, &len);
+    if (!text) die(1, "logits: cannot read '%s': %s", tokf, strerror(errno));
     int *tok = malloc((size_t)c->seq_len * sizeof(int)), T = 0;
+    char err[512];
     if (!tok) die(1, "out of memory");
-    long v;
-    while (fscanf(f, "%ld", &v) == 1) {
-        if (T == c->seq_len) die(2, "logits: '%s' has more than seq_len = %d tokens", tokf, c->seq_len);
-        if (v < 0 || v >= c->vocab_size) die(2, "logits: token %ld in '%s' is outside the vocabulary [0, %d)", v, tokf, c->vocab_size);
-        tok[T++] = (int)v;
-    }
-    if (!feof(f)) die(2, "logits: '%s' holds something that is not a token id", tokf);
-    fclose(f);
-    if (T == 0) die(2, "logits: '%s' has no tokens", tokf);
+    if (strlen(text) != len) die(2, "logits: '%s' holds a NUL byte, which is not a token id", tokf);
+    if (moe_arg_tokens(text, tokf, c->vocab_size, c->seq_len, tok, &T, err, sizeof err) != 0) die(2, "logits: %s", err);
+    free(text);
     check(moe_model_forward(m, tok, NULL, 1, T, 0, NULL));
     FILE *o = fopen(out, "wb");
     if (!o || fwrite(moe_model_logits(m), sizeof(float), (size_t)T * c->vocab_size, o) != (size_t)T * c->vocab_size ||

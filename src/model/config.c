@@ -222,6 +222,11 @@ moe_status moe_config_apply_json(moe_config *c, const char *json, const char *or
         }
         char buf[160];
         if (cJSON_IsString(it)) {
+            if (strlen(it->valuestring) >= sizeof buf) {
+                st = moe__err(MOE_STATUS_CONFIG, "%s: key '%s' has a value of %zu characters (at most %zu)", origin,
+                              k->name, strlen(it->valuestring), sizeof buf - 1);
+                break;
+            }
             snprintf(buf, sizeof buf, "%s", it->valuestring);
         } else if (cJSON_IsBool(it)) {
             snprintf(buf, sizeof buf, "%s", cJSON_IsTrue(it) ? "true" : "false");
@@ -230,6 +235,12 @@ moe_status moe_config_apply_json(moe_config *c, const char *json, const char *or
                 if (it->valuedouble != floor(it->valuedouble)) {
                     st = moe__err(MOE_STATUS_CONFIG, "%s: key '%s' needs an integer, got %g", origin, k->name,
                                   it->valuedouble);
+                    break;
+                }
+                if (k->type == K_U64 && fabs(it->valuedouble) >= 9007199254740992.0) {
+                    // a JSON number is a double here: above 2^53 it may not be the one written
+                    st = moe__err(MOE_STATUS_CONFIG, "%s: key '%s' = %.0f is beyond 2^53, where a JSON number is not exact; write it as a string",
+                                  origin, k->name, it->valuedouble);
                     break;
                 }
                 snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
@@ -262,8 +273,10 @@ char *moe_config_to_json(const moe_config *c) {
             cJSON_AddRawToObject(o, keys[i].name, buf);
             break;
         case K_U64:
+            // as a number while a double holds it exactly, else as a string (read back exactly)
             snprintf(buf, sizeof buf, "%llu", (unsigned long long)*(const uint64_t *)p);
-            cJSON_AddRawToObject(o, keys[i].name, buf);
+            if (*(const uint64_t *)p < (1ull << 53)) cJSON_AddRawToObject(o, keys[i].name, buf);
+            else cJSON_AddStringToObject(o, keys[i].name, buf);
             break;
         case K_ENUM: cJSON_AddStringToObject(o, keys[i].name, keys[i].names[*(const int *)p]); break;
         case K_STR: cJSON_AddStringToObject(o, keys[i].name, (const char *)p); break;

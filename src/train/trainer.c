@@ -23,8 +23,6 @@
 #include <omp.h>
 #endif
 
-#define STATE_MAGIC "MOESTATE"
-#define STATE_VERSION 1u
 
 struct moe_trainer {
     moe_config cfg;
@@ -95,19 +93,15 @@ float moe__lr_at(const moe_config *c, int64_t step) {
 
 static moe_status save_state(moe_trainer *t, const char *path) {
     int64_t P = moe_model_n_params(t->m);
-    char head[64];
-    memset(head, 0, sizeof head);
-    memcpy(head, STATE_MAGIC, 8);
-    uint32_t version = STATE_VERSION;
-    memcpy(head + 8, &version, 4);
-    memcpy(head + 16, &t->step, 8);
-    memcpy(head + 24, &P, 8);
-    memcpy(head + 32, t->data_rng.s, 32);
+    moe__state s = {.step = t->step, .rng = t->data_rng, .loss_ema = t->loss_ema, .ema_n = t->ema_n,
+                    .skipped_run = t->skipped_run};
+    char head[MOE_STATE_HEADER];
+    size_t hl = moe__state_header(&s, P, head);
     size_t opt_bytes = (size_t)P * 2 * sizeof(float);
-    uint64_t sum = moe__fnv1a(MOE_FNV_INIT, head, sizeof head);
+    uint64_t sum = moe__fnv1a(MOE_FNV_INIT, head, hl);
     sum = moe__fnv1a(sum, t->opt, opt_bytes);
     const void *parts[] = {head, t->opt, &sum};
-    size_t lens[] = {sizeof head, opt_bytes, sizeof sum};
+    size_t lens[] = {hl, opt_bytes, sizeof sum};
     return moe__write_atomic(path, parts, lens, 3);
 }
 
@@ -120,42 +114,20 @@ static moe_status load_state(moe_trainer *t, const char *path, int64_t model_ste
                             path);
         return MOE_STATUS_IO;
     }
-    moe_status st = MOE_STATUS_OK;
-    int64_t P = moe_model_n_params(t->m), step, P_file;
-    size_t opt_bytes = (size_t)P * 2 * sizeof(float);
-    uint32_t version;
-    uint64_t sum;
-    if (len < 64 || memcmp(buf, STATE_MAGIC, 8) != 0) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s' is not a moe training state (bad magic)", path);
-        goto done;
-    }
-    memcpy(&version, buf + 8, 4);
-    if (version != STATE_VERSION) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': state version %u is not supported (expected %u)", path,
-                      version, STATE_VERSION);
-        goto done;
-    }
-    memcpy(&step, buf + 16, 8);
-    memcpy(&P_file, buf + 24, 8);
-    if (P_file != P || len != 64 + opt_bytes + 8) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': holds %lld parameters in %zu bytes; the model has %lld (truncated or foreign)",
-                      path, (long long)P_file, len, (long long)P);
-        goto done;
-    }
-    memcpy(&sum, buf + 64 + opt_bytes, 8);
-    if (sum != moe__fnv1a(MOE_FNV_INIT, buf, 64 + opt_bytes)) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch (the file is corrupt)", path);
-        goto done;
-    }
-    if (step != model_step) {
+    int64_t P = moe_model_n_params(t->m);
+    moe__state s;
+    moe_status st = moe__state_parse(buf, len, path, P, &s);
+    if (st == MOE_STATUS_OK && s.step != model_step)
         st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", path,
-                      (long long)step, (long long)model_step);
-        goto done;
+                      (long long)s.step, (long long)model_step);
+    if (st == MOE_STATUS_OK) {
+        t->step = s.step;
+        t->data_rng = s.rng;
+        t->loss_ema = s.loss_ema;
+        t->ema_n = s.ema_n;
+        t->skipped_run = s.skipped_run;
+        memcpy(t->opt, s.opt, (size_t)P * 2 * sizeof(float));
     }
-    t->step = step;
-    memcpy(t->data_rng.s, buf + 32, 32);
-    memcpy(t->opt, buf + 64, opt_bytes);
-done:
     free(buf);
     return st;
 }

@@ -1,0 +1,78 @@
+/* fuzz_cli.c — the command line's values, through the code `moe` runs (tools/args.c): every
+ * numeric flag with its range, --set KEY=VALUE into a config, and the token ids `moe logits`
+ * reads. The input is lines "FLAG VALUE" (fuzz/cli.dict names the flags and keys); a refused
+ * value must get a message naming it, an accepted one must be in range and read back the same,
+ * and a config the sets leave valid must survive a JSON round trip unchanged. */
+#include "args.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void one(moe_config *c, const char *flag, const char *v) {
+    char err[1200] = "";
+    const moe_arg_spec *s = moe_arg_find(flag);
+    if (s) {
+        double x;
+        if (moe_arg_number(s, v, &x, err, sizeof err) != 0) {
+            if (!strstr(err, s->flag)) abort(); // the message names the flag
+            return;
+        }
+        if (!(x >= s->lo && x <= s->hi) || (s->is_int && x != floor(x))) abort();
+        char txt[64], err2[256];
+        double y;
+        snprintf(txt, sizeof txt, s->is_int ? "%.0f" : "%.17g", x);
+        if (moe_arg_number(s, txt, &y, err2, sizeof err2) != 0 || y != x) abort(); // reads back the same
+    } else if (!strcmp(flag, "--set")) {
+        if (moe_arg_set(c, v, err, sizeof err) != 0) {
+            const char *eq = strchr(v, '=');
+            if (!err[0]) abort();
+            if (eq && eq - v < 100 && eq > v) { // the message names the key (or the value)
+                char key[100];
+                memcpy(key, v, (size_t)(eq - v));
+                key[eq - v] = 0;
+                if (!strstr(err, key) && !strstr(err, eq + 1)) abort();
+            }
+        }
+    } else if (!strcmp(flag, "--logits-tokens")) {
+        int vocab = c->vocab_size > 0 && c->vocab_size <= 1 << 20 ? c->vocab_size : 256;
+        int max = c->seq_len > 0 && c->seq_len <= 4096 ? c->seq_len : 64, T = -1;
+        int *tok = malloc((size_t)max * sizeof(int));
+        if (!tok) return;
+        if (moe_arg_tokens(v, "fuzz", vocab, max, tok, &T, err, sizeof err) == 0) {
+            if (T < 1 || T > max) abort();
+            for (int i = 0; i < T; i++)
+                if (tok[i] < 0 || tok[i] >= vocab) abort();
+        } else if (!err[0]) abort();
+        free(tok);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char *txt = malloc(size + 1);
+    if (!txt) return 0;
+    memcpy(txt, data, size);
+    txt[size] = 0;
+    moe_config c = moe_config_default();
+    for (char *line = txt, *next; line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        char *sp = strchr(line, ' ');
+        if (!sp) continue;
+        *sp = 0;
+        one(&c, line, sp + 1);
+    }
+    if (moe_config_validate(&c) == MOE_STATUS_OK) {
+        // what we write we read, unchanged
+        char *j = moe_config_to_json(&c);
+        moe_config d = moe_config_default();
+        if (!j || moe_config_apply_json(&d, j, "round trip") != MOE_STATUS_OK) abort();
+        char *k = moe_config_to_json(&d);
+        if (!k || strcmp(j, k) != 0) abort();
+        free(j);
+        free(k);
+    }
+    free(txt);
+    return 0;
+}
