@@ -9,6 +9,8 @@
 #     the runs drift apart (measured: up to 1e-4 relative by step 24; docs/distributed.md);
 #   - a checkpoint written with ep = 2 (expert shards) loads on one process and evaluates like
 #     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run;
+#   - SIGTERM to one rank stops every rank after the same step with a checkpoint, and the run
+#     resumes to an unstopped run's losses;
 #   - a rank that fails ends the whole job with its message (no hang); bad --ep values.
 # usage: test_dist.sh path/to/moe [mpirun]
 set -u
@@ -94,6 +96,41 @@ checks=$((checks + 1))
 timeout 300 "${MPI[@]}" -np 4 "$MOE" train --data "$W/corpus.txt" --out "$W/split" --steps 20 --resume "${SMALL[@]}" \
     --ep 4 > "$W/log" 2>&1 && fail "resume with another --ep succeeded"
 grep -q "needs the --ep of the run" "$W/log" || fail "resume with another --ep: unclear message: $(tail -3 "$W/log")"
+
+# ---- SIGTERM reaching one rank only (as a scheduler's may): every rank stops after the same
+# step, the checkpoint is saved, and a plain --resume (the run's own keys) goes on to the losses
+# of a run never stopped. warmup 100: the schedule of --steps 100000 and --stop-after agree.
+checks=$((checks + 1))
+SIG=(train --data "$W/corpus.txt" --steps 100000 "${SMALL[@]}" --set warmup_steps=100 --set grad_accum=2 --set eval_every=4 --ep 2)
+timeout 300 "${MPI[@]}" -np 2 "$MOE" "${SIG[@]}" --out "$W/sig" > "$W/log" 2>&1 &
+job=$!
+for _ in $(seq 600); do [ -s "$W/sig/metrics.jsonl" ] && [ "$(wc -l < "$W/sig/metrics.jsonl")" -ge 3 ] && break; sleep 0.05; done
+rank=$(pgrep -f "^$MOE train .*--out $W/sig\$" | tail -n 1)
+[ -n "$rank" ] && kill -TERM "$rank"
+wait $job
+rc=$?
+S=$(grep -o "stopped by SIGTERM after step [0-9]*" "$W/log" | head -n 1 | grep -o '[0-9]*$')
+if [ $rc -eq 124 ] || [ -z "$S" ]; then
+    fail "SIGTERM to one rank: exit $rc, no stop message: $(tail -5 "$W/log")"
+else
+    timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/sig" --resume --stop-after 3 --quiet --ep 2 \
+        > "$W/log" 2>&1 || fail "SIGTERM to one rank: resume failed: $(tail -3 "$W/log")"
+    timeout 300 "${MPI[@]}" -np 2 "$MOE" "${SIG[@]}" --out "$W/sigref" --stop-after $((S + 3)) > "$W/log" 2>&1 \
+        || fail "SIGTERM to one rank: reference run failed: $(tail -3 "$W/log")"
+    msg=$(compare "$W/sig/metrics.jsonl" "$W/sigref/metrics.jsonl") || fail "SIGTERM to one rank: resumed run differs: $msg"
+fi
+
+# Ctrl-C on a terminal reaches mpirun alone (Open MPI gives each rank its own process group);
+# mpirun passes SIGTERM to every rank, which save and stop as above
+checks=$((checks + 1))
+"${MPI[@]}" -np 2 "$MOE" "${SIG[@]}" --out "$W/sigint" > "$W/log" 2>&1 &
+job=$!
+for _ in $(seq 600); do [ -s "$W/sigint/metrics.jsonl" ] && [ "$(wc -l < "$W/sigint/metrics.jsonl")" -ge 3 ] && break; sleep 0.05; done
+kill -INT $job
+for _ in $(seq 600); do kill -0 $job 2> /dev/null || break; sleep 0.05; done
+kill -0 $job 2> /dev/null && { kill -KILL $job; fail "SIGINT to mpirun: the job did not end"; }
+S=$(grep -o "stopped by SIGTERM after step [0-9]*" "$W/log" | head -n 1 | grep -o '[0-9]*$')
+ls "$W/sigint" | grep -q "^state-1-of-2.step$S.bin$" || fail "SIGINT to mpirun: no checkpoint of the last step: $(tail -5 "$W/log")"
 
 # ---- a failing rank ends the job; bad --ep values
 checks=$((checks + 1))
