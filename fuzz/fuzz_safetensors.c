@@ -1,13 +1,18 @@
 /* fuzz_safetensors.c — the safetensors reader (header length, JSON header, dtypes, shapes,
- * offsets) and the checkpoint metadata on top of it (format, version, config, step). A small
+ * offsets; the whole file and the header alone must agree) and the checkpoint metadata on top of it (format, version, config, step). A small
  * enough config is also built into a model and loaded, through every name and shape check. */
 #include "internal.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fuzz_file(data, size, ".safetensors");
-    moe__st_file f;
-    if (moe__st_read(path, &f) != MOE_STATUS_OK) return 0;
+    moe__st_file f, h;
+    int whole = moe__st_read(path, &f) == MOE_STATUS_OK;
+    int head = moe__st_read_header(path, &h) == MOE_STATUS_OK; // as moe_checkpoint_config reads
+    if (head != whole) abort(); // the header alone is judged as the whole file is
+    if (head && (h.n != f.n || (!h.metadata_json) != (!f.metadata_json))) abort();
+    if (head) moe__st_free(&h);
+    if (!whole) return 0;
     for (int i = 0; i < f.n; i++) // every tensor the reader accepts lies inside the file
         if (f.t[i].nbytes && (f.t[i].data < (const uint8_t *)f.buf || f.t[i].data + f.t[i].nbytes > (const uint8_t *)f.buf + f.len))
             abort();

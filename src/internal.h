@@ -294,6 +294,9 @@ typedef struct {
 } moe__st_file;
 
 moe_status moe__st_read(const char *path, moe__st_file *out);
+/* Only the header: names, dtypes, shapes, offsets (checked against the file size) and metadata;
+ * the tensors' data pointers are NULL. For reading a config without the weights. */
+moe_status moe__st_read_header(const char *path, moe__st_file *out);
 void moe__st_free(moe__st_file *f);
 const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name);
 /* Metadata value (a string) by key, or NULL. Caller frees. */

@@ -122,7 +122,7 @@ done:
 
 moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *step) {
     moe__st_file f;
-    moe_status st = moe__st_read(path, &f);
+    moe_status st = moe__st_read_header(path, &f); // the weights are not read
     if (st != MOE_STATUS_OK) return st;
     st = moe__checkpoint_config_of(&f, path, out, step);
     moe__st_free(&f);

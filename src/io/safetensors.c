@@ -9,7 +9,9 @@
 #include "internal.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static int dtype_size(const char *dt) {
     if (!strcmp(dt, "F32") || !strcmp(dt, "I32") || !strcmp(dt, "U32")) return 4;
@@ -31,24 +33,64 @@ void moe__st_free(moe__st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
-moe_status moe__st_read(const char *path, moe__st_file *out) {
+/* The first 8 + header-length bytes of a file (one open, so one file even if it is replaced
+ * meanwhile); *size gets the file's size. Lengths are checked by the caller. */
+static char *read_header_bytes(const char *path, size_t *len, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        moe__err(MOE_STATUS_IO, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    unsigned char head[8];
+    char *buf = NULL;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        moe__err(MOE_STATUS_IO, "'%s' is not a regular file", path);
+        goto done;
+    }
+    *size = (size_t)sb.st_size;
+    size_t n = fread(head, 1, 8, f);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | head[i];
+    if (n == 8 && hlen <= *size - 8 && hlen <= (100u << 20)) n += (size_t)hlen; // else the caller reports it
+    if (!(buf = malloc(n + 1))) {
+        moe__err(MOE_STATUS_NOMEM, "cannot allocate %zu bytes to read '%s'", n, path);
+        goto done;
+    }
+    memcpy(buf, head, n < 8 ? n : 8);
+    if (n > 8 && fread(buf + 8, 1, n - 8, f) != n - 8) {
+        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, ferror(f) ? strerror(errno) : "it is shorter than its size");
+        free(buf);
+        buf = NULL;
+        goto done;
+    }
+    buf[n] = 0;
+    *len = n;
+done:
+    fclose(f);
+    return buf;
+}
+
+/* Reads and checks a file; with header_only, only its header (tensors then have no data). */
+static moe_status st_read(const char *path, moe__st_file *out, int header_only) {
     memset(out, 0, sizeof *out);
-    size_t len;
-    char *buf = moe__read_file(path, &len);
+    size_t len, size;
+    char *buf = header_only ? read_header_bytes(path, &len, &size) : moe__read_file(path, &len);
     if (!buf) return MOE_STATUS_IO;
+    if (!header_only) size = len;
     out->buf = buf;
     out->len = len;
     moe_status st = MOE_STATUS_OK;
     cJSON *root = NULL;
-    if (len < 8) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': %zu bytes is too short for a safetensors file", path, len);
+    if (size < 8) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': %zu bytes is too short for a safetensors file", path, size);
         goto fail;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | (uint8_t)buf[i];
-    if (hlen > len - 8 || hlen > (100u << 20)) {
+    if (hlen > size - 8 || hlen > (100u << 20)) {
         st = moe__err(MOE_STATUS_FORMAT, "'%s': header length %llu does not fit the %zu-byte file (truncated or not safetensors)",
-                      path, (unsigned long long)hlen, len);
+                      path, (unsigned long long)hlen, size);
         goto fail;
     }
     root = cJSON_ParseWithLength(buf + 8, (size_t)hlen);
@@ -62,8 +104,8 @@ moe_status moe__st_read(const char *path, moe__st_file *out) {
         st = moe__err(MOE_STATUS_NOMEM, "out of memory reading '%s'", path);
         goto fail;
     }
-    const uint8_t *data = (const uint8_t *)buf + 8 + hlen;
-    uint64_t data_len = len - 8 - hlen;
+    const uint8_t *data = header_only ? NULL : (const uint8_t *)buf + 8 + hlen;
+    uint64_t data_len = size - 8 - hlen;
     out->data = data;
     out->data_len = data_len;
     for (cJSON *it = root->child; it; it = it->next) {
@@ -117,7 +159,7 @@ moe_status moe__st_read(const char *path, moe__st_file *out) {
         }
         snprintf(t->dtype, sizeof t->dtype, "%s", dt->valuestring);
         t->nbytes = (int64_t)(e - b);
-        t->data = data + (int64_t)b;
+        t->data = data ? data + (int64_t)b : NULL;
         t->name = strdup(it->string);
         if (!t->name) {
             st = moe__err(MOE_STATUS_NOMEM, "out of memory reading '%s'", path);
@@ -132,6 +174,9 @@ fail:
     moe__st_free(out);
     return st;
 }
+
+moe_status moe__st_read(const char *path, moe__st_file *out) { return st_read(path, out, 0); }
+moe_status moe__st_read_header(const char *path, moe__st_file *out) { return st_read(path, out, 1); }
 
 const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name) {
     for (int i = 0; i < f->n; i++)
