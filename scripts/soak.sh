@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # soak.sh — a long run compressed into a small model: STEPS steps with evaluation and checkpoints,
 # interrupted INTERRUPTS times at random moments (alternately SIGTERM, which saves, and kill -9,
-# which does not) and resumed each time; at the end its losses, validation losses and final
+# which does not) and resumed each time (every other time by a plain --resume); at the end its losses, validation losses and final
 # checkpoint must equal those of the same run done without interruption.
 # usage: scripts/soak.sh [STEPS=2000] [INTERRUPTS=40] [WORKDIR]   (after a build in build/)
 set -u
@@ -15,7 +15,8 @@ mkdir -p "$W"
 cat src/*/*.c include/*.h tools/*.c > "$W/corpus.txt"
 T=(train --data "$W/corpus.txt" --steps "$STEPS" --set seq_len=64 --set n_embd=64 --set n_layer=2 --set n_head=4
    --set n_experts=8 --set expert_hidden=128 --set batch_size=8 --set eval_every=50 --set eval_batches=2
-   --set ckpt_every=25 --set keep_checkpoints=3 --set threads=1 --quiet)
+   --set ckpt_every=25 --set keep_checkpoints=3 --set nonfinite_policy=skip --set loss_spike_factor=4 --set threads=1
+   --quiet)
 t0=$(date +%s)
 rm -rf "$W/straight" "$W/soak"
 $MOE "${T[@]}" --out "$W/straight" || { echo "soak: straight run failed"; exit 1; }
@@ -26,7 +27,10 @@ per=$(( (t1 - t0) * 1000 / (INTER + 1) ))  # ms of running between interruptions
 [ $per -lt 200 ] && per=200
 n_term=0 n_kill=0 n_resume=0
 for i in $(seq "$INTER"); do
-    if [ -f "$W/soak/model.safetensors" ]; then $MOE "${T[@]}" --out "$W/soak" --resume & n_resume=$((n_resume + 1))
+    # every other resume is a plain --resume: the run's keys come from its checkpoint
+    if [ -f "$W/soak/model.safetensors" ] && [ $((n_resume % 2)) = 1 ]; then
+        $MOE train --data "$W/corpus.txt" --out "$W/soak" --resume --quiet & n_resume=$((n_resume + 1))
+    elif [ -f "$W/soak/model.safetensors" ]; then $MOE "${T[@]}" --out "$W/soak" --resume & n_resume=$((n_resume + 1))
     else $MOE "${T[@]}" --out "$W/soak" & fi
     pid=$!
     ms=$(( RANDOM % (2 * per) + 50 ))
