@@ -51,10 +51,8 @@ static void one(moe_config *c, const char *flag, const char *v) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *txt = malloc(size + 1);
+    char *txt = fuzz_text(data, size);
     if (!txt) return 0;
-    memcpy(txt, data, size);
-    txt[size] = 0;
     moe_config c = moe_config_default();
     for (char *line = txt, *next; line; line = next) {
         next = strchr(line, '\n');

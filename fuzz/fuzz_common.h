@@ -21,6 +21,13 @@ static inline const char *fuzz_file(const uint8_t *data, size_t size, const char
     return path;
 }
 
+/* The input as a NUL-terminated string (to free), or NULL. */
+static inline char *fuzz_text(const uint8_t *data, size_t size) {
+    char *txt = malloc(size + 1);
+    if (txt) memcpy(txt, data, size), txt[size] = 0;
+    return txt;
+}
+
 /* What we write we read, unchanged: a valid config's JSON read back gives the same JSON. */
 static inline void fuzz_config_round_trip(const moe_config *c) {
     char *j = moe_config_to_json(c);

@@ -8,10 +8,8 @@
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *txt = malloc(size + 1);
+    char *txt = fuzz_text(data, size);
     if (!txt) return 0;
-    memcpy(txt, data, size);
-    txt[size] = 0;
     moe_config c = moe_config_default();
     if (moe_config_apply_json(&c, txt, "fuzz") == MOE_STATUS_OK && moe_config_validate(&c) == MOE_STATUS_OK)
         fuzz_config_round_trip(&c);
