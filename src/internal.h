@@ -80,7 +80,9 @@ float moe__grad_norm(moe_model *m);
 void moe__adamw_apply(moe_model *m, float *opt, int64_t step, float lr, const moe_config *c, float norm);
 /* Where the first non-finite value is: a parameter (table order), else the last forward's
  * activations (block by block, then the logits), else a gradient (in backward order, from the
- * head). Describes it in where; 0 when everything is finite. */
+ * head). Describes it in where and returns its kind: MOE_NONFINITE_PARAM, _ACT or _GRAD; 0 when
+ * everything is finite. */
+enum { MOE_NONFINITE_PARAM = 1, MOE_NONFINITE_ACT = 2, MOE_NONFINITE_GRAD = 3 };
 int moe__model_locate_nonfinite(const moe_model *m, char *where, size_t n);
 
 /* ---------------------------------------------------------------- matmul */

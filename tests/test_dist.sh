@@ -11,6 +11,7 @@
 #     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run;
 #   - SIGTERM to one rank stops every rank after the same step with a checkpoint, and the run
 #     resumes to an unstopped run's losses;
+#   - NaN in one rank's experts: every rank reports the same tensor and rank, none saves;
 #   - a rank that fails ends the whole job with its message (no hang); bad --ep values.
 # usage: test_dist.sh path/to/moe [mpirun]
 set -u
@@ -131,6 +132,21 @@ for _ in $(seq 600); do kill -0 $job 2> /dev/null || break; sleep 0.05; done
 kill -0 $job 2> /dev/null && { kill -KILL $job; fail "SIGINT to mpirun: the job did not end"; }
 S=$(grep -o "stopped by SIGTERM after step [0-9]*" "$W/log" | head -n 1 | grep -o '[0-9]*$')
 ls "$W/sigint" | grep -q "^state-1-of-2.step$S.bin$" || fail "SIGINT to mpirun: no checkpoint of the last step: $(tail -5 "$W/log")"
+
+# ---- NaN in one rank's experts (ep = 2): every rank names the same tensor and rank, and none
+# saves the poisoned weights over the checkpoint
+checks=$((checks + 1))
+NAN=(train --data "$W/corpus.txt" --out "$W/nan" "${SMALL[@]}" --ep 2)
+timeout 120 "${MPI[@]}" -np 2 "$MOE" "${NAN[@]}" --steps 2 > "$W/log" 2>&1 || fail "NaN: first run failed: $(tail -3 "$W/log")"
+cp "$W/nan/model.safetensors" "$W/nan.model"
+X=model.layers.1.block_sparse_moe.experts.w2.weight
+timeout 120 "${MPI[@]}" -np 2 -x MOE_TEST_FAULT=4:param_nan:$X@1 "$MOE" "${NAN[@]}" --steps 6 --resume > "$W/log" 2>&1
+rc=$?
+n=$(grep -c "first non-finite value: parameter '$X' (layer 1).* on rank 1; stopped.*no checkpoint was written" "$W/log")
+{ [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$n" -ge 1 ] && ! grep -q "rank 0).*first non-finite value: [^p]" "$W/log"; } \
+    || fail "NaN on one rank: exit $rc, ranks disagree or unclear: $(grep -i "non-finite\|error" "$W/log" | head -3)"
+checks=$((checks + 1))
+cmp -s "$W/nan.model" "$W/nan/model.safetensors" || fail "NaN on one rank: poisoned weights were saved"
 
 # ---- a failing rank ends the job; bad --ep values
 checks=$((checks + 1))

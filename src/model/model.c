@@ -697,23 +697,23 @@ int moe__model_locate_nonfinite(const moe_model *m, char *where, size_t n) {
         if (k >= 0) {
             snprintf(where, n, "parameter '%s' (layer %d), element %lld = %g", t->name, t->layer, (long long)k,
                      m->params[t->offset + k]);
-            return 1;
+            return MOE_NONFINITE_PARAM;
         }
     }
     int64_t NC = (int64_t)m->B * m->T * c->n_embd;
     for (int l = 0; l < c->n_layer && m->B > 0; l++) { // the forward, block by block
         if (!c->recompute && first_nonfinite(m->la[l].resid_mid, NC) >= 0) {
             snprintf(where, n, "activations: the attention output of layer %d", l);
-            return 1;
+            return MOE_NONFINITE_ACT;
         }
         if (first_nonfinite(m->resid[l + 1], NC) >= 0) {
             snprintf(where, n, "activations: the %s output of layer %d", m->moe_slot[l] >= 0 ? "MoE" : "FFN", l);
-            return 1;
+            return MOE_NONFINITE_ACT;
         }
     }
     if (m->B > 0 && first_nonfinite(m->logits, (int64_t)m->B * m->T * c->vocab_size) >= 0) {
         snprintf(where, n, "activations: the logits (lm_head)");
-        return 1;
+        return MOE_NONFINITE_ACT;
     }
     for (int i = m->n_tensors - 1; i >= 0; i--) { // gradients, in the order backward makes them
         const moe_tensor_info *t = &m->tensors[i].info;
@@ -722,7 +722,7 @@ int moe__model_locate_nonfinite(const moe_model *m, char *where, size_t n) {
         if (k >= 0) {
             snprintf(where, n, "gradient of '%s' (layer %d), element %lld = %g", t->name, t->layer, (long long)k,
                      m->grads[t->offset + k]);
-            return 1;
+            return MOE_NONFINITE_GRAD;
         }
     }
     return 0;

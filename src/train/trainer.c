@@ -15,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -40,8 +41,9 @@ struct moe_trainer {
     int64_t *routed_acc;         /* (n_moe) */
     int64_t *win;                /* (grad_accum * B) window starts of this rank's micro-batches */
     int fail_rank;               /* tests: MOE_TEST_FAIL_RANK makes this rank fail its 2nd step; -1 */
-    int64_t fault_step;          /* tests: MOE_TEST_FAULT=STEP:KIND[:TENSOR] injects KIND at STEP; 0 = none */
+    int64_t fault_step;          /* tests: MOE_TEST_FAULT=STEP:KIND[:TENSOR[@RANK]] injects KIND at STEP; 0 = none */
     char fault_kind[16], fault_tensor[200];
+    int fault_rank;              /* tests: with TENSOR@RANK, the rank injected; -1 = every rank */
     double loss_ema;             /* loss spike guard: running mean of the training loss */
     int64_t ema_n;               /* steps in loss_ema */
     int skipped_run;             /* steps skipped in a row */
@@ -242,11 +244,14 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->win = malloc((size_t)c->grad_accum * c->batch_size * sizeof(int64_t));
     // fault injection for the tests: MOE_TEST_FAIL_RANK=r makes rank r fail its second step
     t->fail_rank = getenv("MOE_TEST_FAIL_RANK") ? atoi(getenv("MOE_TEST_FAIL_RANK")) : -1;
-    // MOE_TEST_FAULT=STEP:grad_nan|param_nan:TENSOR or STEP:loss_spike (numerical fault tests)
+    // MOE_TEST_FAULT=STEP:grad_nan|param_nan:TENSOR[@RANK] or STEP:loss_spike (numerical fault tests)
     if (getenv("MOE_TEST_FAULT")) {
         long long fs = 0;
         if (sscanf(getenv("MOE_TEST_FAULT"), "%lld:%15[a-z_]:%199s", &fs, t->fault_kind, t->fault_tensor) >= 2)
             t->fault_step = fs;
+        char *at = strchr(t->fault_tensor, '@'); // TENSOR@RANK: on that rank only
+        t->fault_rank = at ? atoi(at + 1) : -1;
+        if (at) *at = 0;
     }
     t->targets = malloc((size_t)BT * sizeof(int));
     int64_t total_e = 0;
@@ -766,6 +771,34 @@ static moe_status write_tensorboard(moe_trainer *t, const moe_step_info *info) {
     return moe__tb_flush(tb);
 }
 
+/* Where the first non-finite value is, the same on every rank; returns its kind (0: none). Under
+ * expert parallelism each rank holds other experts, and a NaN in one rank's weights reaches the
+ * others' activations through the all-to-all: the rank with the earliest kind (parameter, then
+ * activation, then gradient; the lowest rank among equals) sends its description to all, so
+ * that every rank reports alike and agrees whether the weights are poisoned. COLLECTIVE. */
+static int locate_nonfinite(const moe_model *m, char *where, size_t n) {
+    const moe__dist *g = moe__dist_get();
+    char mine[192];
+    int kind = moe__model_locate_nonfinite(m, mine, sizeof mine);
+    int best = moe__dist_min_int(kind ? kind * g->size + g->rank : INT_MAX);
+    if (best == INT_MAX) {
+        snprintf(where, n, "nowhere (all parameters, activations and gradients are finite)");
+        return 0;
+    }
+    int src = best % g->size;
+    if (g->size == 1) {
+        snprintf(where, n, "%s", mine);
+        return kind;
+    }
+    int64_t buf[28]; // 224 bytes summed over ranks, only src's non-zero: a broadcast
+    memset(buf, 0, sizeof buf);
+    if (g->rank == src) snprintf((char *)buf, sizeof buf, "%s on rank %d", mine, src);
+    moe__dist_allreduce_i64(MOE_COMM_WORLD, buf, 28);
+    ((char *)buf)[sizeof buf - 1] = 0;
+    snprintf(where, n, "%s", (const char *)buf);
+    return best / g->size;
+}
+
 moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     const moe_config *c = &t->cfg;
     moe_model *m = t->m;
@@ -783,7 +816,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     moe_status st;
     if (t->fail_rank == g->rank && t->step == 1)
         return moe__err(MOE_STATUS_IO, "rank %d: injected failure at step 2 (MOE_TEST_FAIL_RANK)", g->rank);
-    int inject = t->fault_step == t->step + 1;
+    int inject = t->fault_step == t->step + 1 && (t->fault_rank < 0 || t->fault_rank == g->rank);
     if (inject && !strcmp(t->fault_kind, "param_nan") && moe_model_find(m, t->fault_tensor))
         moe_model_params(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
     moe_rng rng_before = t->data_rng; // a step that stops the run is not taken: its draw neither
@@ -836,17 +869,18 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     // numerical faults: loss and gradients are global here, so every rank decides alike
     int spike = c->loss_spike_factor > 0 && t->ema_n >= 20 && info->loss.ce > c->loss_spike_factor * t->loss_ema;
     if (!isfinite(info->loss.total) || !isfinite(norm) || spike) {
-        char where[224] = "nowhere (the gradients of other ranks)";
+        char where[224] = "nowhere";
+        int kind = 0;
         if (spike)
             snprintf(info->fault, sizeof info->fault, "loss spike: %.4f is above %g x the running mean %.4f", info->loss.ce,
                      c->loss_spike_factor, t->loss_ema);
         else {
-            moe__model_locate_nonfinite(m, where, sizeof where);
+            kind = locate_nonfinite(m, where, sizeof where);
             snprintf(info->fault, sizeof info->fault, "%s is not finite; first non-finite value: %s",
                      !isfinite(info->loss.total) ? "the loss" : "the gradient norm", where);
         }
         if (c->nonfinite_policy == MOE_FAULT_STOP || ++t->skipped_run >= c->max_skipped_steps) {
-            int poisoned = !strncmp(where, "parameter", 9); // the weights themselves: do not save them
+            int poisoned = kind == MOE_NONFINITE_PARAM; // the weights themselves: do not save them
             t->data_rng = rng_before;
             moe_status sv = poisoned ? MOE_STATUS_OK : moe_trainer_save(t);
             char why[64] = "nonfinite_policy=stop";
