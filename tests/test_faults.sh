@@ -120,6 +120,13 @@ cp "$d/model.safetensors" "$W/flip.safetensors"
 size=$(stat -c %s "$W/flip.safetensors")
 printf '\x5a' | dd of="$W/flip.safetensors" bs=1 seek=$((size - 1000)) conv=notrunc status=none
 expect_error "flipped weight" "checksum mismatch in the tensor data" -- "$MOE" eval --ckpt "$W/flip.safetensors" --data "$W/corpus.txt"
+# a resume that fails on a corrupt checkpoint names the kept ones to go back to
+cp "$W/flip.safetensors" "$d/model.safetensors"
+expect_error "corrupt checkpoint, kept ones named" \
+    "checksum mismatch in the tensor data (the file is corrupt); kept checkpoints in $d/checkpoints/, newest first: step-00000010, step-00000008...: copy one's files into $d to resume from it" \
+    -- "$MOE" "${T[@]}" --steps 12 --out "$d" --resume
+cp "$d"/checkpoints/step-00000008/* "$d"/
+"$MOE" "${T[@]}" --steps 12 --out "$d" --resume || fail "keep: resume from the copied step-8 checkpoint"
 
 # --- NaN / Inf
 G=model.layers.1.block_sparse_moe.experts.w2.weight

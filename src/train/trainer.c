@@ -163,6 +163,28 @@ static moe_status trim_metrics(moe_trainer *t) {
     return st;
 }
 
+/* A resume that failed on a run with keep_checkpoints: the message names the two newest kept
+ * checkpoints (the newest may share its files with the checkpoint that failed). */
+static void hint_snapshots(const char *dir, moe_status st) {
+    char base[4200], newest[2][64] = {"", ""};
+    snprintf(base, sizeof base, "%s/checkpoints", dir);
+    DIR *d = opendir(base);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, "step-", 5) || strlen(e->d_name) >= sizeof newest[0]) continue;
+        if (strcmp(e->d_name, newest[0]) > 0) {
+            memcpy(newest[1], newest[0], sizeof newest[0]);
+            snprintf(newest[0], sizeof newest[0], "%s", e->d_name);
+        } else if (strcmp(e->d_name, newest[1]) > 0) snprintf(newest[1], sizeof newest[1], "%s", e->d_name);
+    }
+    closedir(d);
+    if (!newest[0][0]) return;
+    char first[1024];
+    snprintf(first, sizeof first, "%s", moe_last_error());
+    moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...: copy one's files into %s to resume from it", first,
+             base, newest[0], newest[1][0] ? ", " : "", newest[1], dir);
+}
+
 /* ---------------------------------------------------------------- create */
 
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val, const char *out_dir,
@@ -299,6 +321,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     *out = t;
     return MOE_STATUS_OK;
 fail:
+    if (resume && t && t->dir && st != MOE_STATUS_NOMEM) hint_snapshots(t->dir, st);
     moe__st_free(&ckpt);
     moe_trainer_free(t);
     return st;
