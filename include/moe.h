@@ -249,6 +249,9 @@ moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out);
 /* Reads only the config stored in a checkpoint. */
 moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *step);
+/* The config of the run in dir (its model.safetensors), as a resume starts from; when it cannot
+ * be read, the error also names the run's kept checkpoints (keep_checkpoints), if any. */
+moe_status moe_run_config(const char *dir, moe_config *out);
 
 /* Samples n_new tokens after prompt (n_prompt tokens), writing them to out. temperature 0 is
  * greedy; top_k 0 and top_p 1 disable those filters. Uses the eval capacity factor. */

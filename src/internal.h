@@ -65,6 +65,10 @@ size_t moe__state_header(const moe__state *s, int64_t n_params, char head[MOE_ST
 
 /* ---------------------------------------------------------------- config, model */
 
+/* moe_config_apply_json; with exact_u64 = 0 a u64 key may be a JSON number of 2^53 or more, read
+ * as the nearest double (checkpoints written before such values were strings). */
+moe_status moe__config_apply_json(moe_config *c, const char *json, const char *origin, int exact_u64);
+
 /* Copies every training key (kind "training" in the key table) from src to dst. */
 void moe__config_take_training(moe_config *dst, const moe_config *src);
 /* Routed experts summed over the MoE layers (the length of per-expert load arrays). */

@@ -198,7 +198,7 @@ expect_error "seed beyond 2^53 as a JSON number" "key 'seed' = 9007199254740992 
 # a seed beyond 2^53 is kept exactly in the checkpoint (as a JSON string) and resumes
 B=(train --data "$W/corpus.txt" --out "$W/bigseed" --quiet --set seq_len=8 --set n_embd=8 --set n_layer=1 --set n_head=2
    --set n_experts=2 --set top_k=1 --set expert_hidden=8 --set batch_size=1 --set eval_batches=1)
-"$MOE" "${B[@]}" --steps 1 --set seed=6148914691236517210 && "$MOE" "${B[@]}" --steps 2 --resume --set seed=6148914691236517210 || fail "big seed: train, resume"
+"$MOE" "${B[@]}" --steps 1 --set seed=6148914691236517210 && "$MOE" "${B[@]}" --steps 2 --resume || fail "big seed: train, resume"
 checks=$((checks + 1))
 python3 - "$W/bigseed/model.safetensors" <<'EOF' || fail "big seed: not kept exactly in the checkpoint"
 import json, struct, sys
@@ -206,6 +206,19 @@ b = open(sys.argv[1], "rb").read()
 cfg = json.loads(json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]["config"])
 assert cfg["seed"] == "6148914691236517210", cfg["seed"]
 EOF
+checks=$((checks + 1)) # a checkpoint written before, with the seed as a JSON number, still loads
+python3 - "$W/bigseed/model.safetensors" "$W/oldseed.safetensors" <<'EOF' || fail "big seed: could not write an old-style checkpoint"
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h["__metadata__"]["config"] = h["__metadata__"]["config"].replace('"seed":"6148914691236517210"', '"seed":6148914691236517210')
+assert '"seed":6148914691236517210' in h["__metadata__"]["config"]
+hb = json.dumps(h, separators=(",", ":")).encode()
+hb += b" " * (-len(hb) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+EOF
+"$MOE" eval --ckpt "$W/oldseed.safetensors" --data "$W/corpus.txt" --max-batches 1 > /dev/null || fail "big seed: an old-style checkpoint does not load"
 printf '{"n_embd": 8}\0{"n_layer": 1}' > "$W/nul.json"
 expect_error "NUL byte in a config" "holds a NUL byte" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/nul.json"
 python3 -c "print('{\"moe_layers\": \"' + ','.join(['0'] * 100) + '\"}')" > "$W/longval.json"

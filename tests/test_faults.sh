@@ -120,12 +120,19 @@ cp "$d/model.safetensors" "$W/flip.safetensors"
 size=$(stat -c %s "$W/flip.safetensors")
 printf '\x5a' | dd of="$W/flip.safetensors" bs=1 seek=$((size - 1000)) conv=notrunc status=none
 expect_error "flipped weight" "checksum mismatch in the tensor data" -- "$MOE" eval --ckpt "$W/flip.safetensors" --data "$W/corpus.txt"
-# a resume that fails on a corrupt checkpoint names the kept ones to go back to
+# a resume that fails on a corrupt checkpoint names the kept ones to go back to: cp writes
+# through the hard link, so the step-10 snapshot is corrupt too and is not offered
 cp "$W/flip.safetensors" "$d/model.safetensors"
+cp "$d/checkpoints/step-00000010/state.bin" "$W/keep10.state"
 expect_error "corrupt checkpoint, kept ones named" \
-    "checksum mismatch in the tensor data (the file is corrupt); kept checkpoints in $d/checkpoints/, newest first: step-00000010, step-00000008...: copy one's files into $d to resume from it" \
+    "checksum mismatch in the tensor data (the file is corrupt); kept checkpoints in $d/checkpoints/, newest first: step-00000008, step-00000006...; to resume from one: cp --remove-destination $d/checkpoints/step-00000008/* $d/" \
     -- "$MOE" "${T[@]}" --steps 12 --out "$d" --resume
-cp "$d"/checkpoints/step-00000008/* "$d"/
+head -c 100 "$W/flip.safetensors" > "$W/trunc.safetensors" && cp --remove-destination "$W/trunc.safetensors" "$d/model.safetensors"
+expect_error "truncated checkpoint, kept ones named" "newest first: step-00000010, step-00000008..." \
+    -- "$MOE" "${T[@]}" --steps 12 --out "$d" --resume
+cp --remove-destination "$d"/checkpoints/step-00000008/* "$d"/
+checks=$((checks + 1))
+cmp -s "$W/keep10.state" "$d/checkpoints/step-00000010/state.bin" || fail "keep: going back changed a kept checkpoint"
 "$MOE" "${T[@]}" --steps 12 --out "$d" --resume || fail "keep: resume from the copied step-8 checkpoint"
 
 # --- NaN / Inf

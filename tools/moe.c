@@ -350,7 +350,7 @@ static int cmd_train(int argc, char **argv) {
         if (!mp) die(1, "out of memory");
         snprintf(mp, n, "%s/model.safetensors", out);
         struct stat sb;
-        if (stat(mp, &sb) == 0) check(moe_checkpoint_config(mp, &c, NULL));
+        if (stat(mp, &sb) == 0) check(moe_run_config(out, &c));
         free(mp);
     }
     apply_keys(&c, config, sets, n_sets);

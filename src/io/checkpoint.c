@@ -105,7 +105,7 @@ moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, mo
         goto done;
     }
     *out = moe_config_default();
-    st = moe_config_apply_json(out, cfg, path);
+    st = moe__config_apply_json(out, cfg, path, 0); // old checkpoints wrote big seeds as numbers
     if (st == MOE_STATUS_OK) st = moe_config_validate(out);
     if (st == MOE_STATUS_OK && step) {
         char *end;

@@ -50,6 +50,10 @@ static char *read_header_bytes(const char *path, size_t *len, size_t *size) {
     }
     *size = (size_t)sb.st_size;
     size_t n = fread(head, 1, 8, f);
+    if (n < 8 && *size >= 8) { // shrunk since fstat (truncated in place), or a read error
+        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, ferror(f) ? strerror(errno) : "it is shorter than its size");
+        goto done;
+    }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | head[i];
     if (n == 8 && hlen <= *size - 8 && hlen <= (100u << 20)) n += (size_t)hlen; // else the caller reports it

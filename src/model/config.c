@@ -204,6 +204,10 @@ moe_status moe_config_set(moe_config *c, const char *key, const char *value) {
 }
 
 moe_status moe_config_apply_json(moe_config *c, const char *json, const char *origin) {
+    return moe__config_apply_json(c, json, origin, 1);
+}
+
+moe_status moe__config_apply_json(moe_config *c, const char *json, const char *origin, int exact_u64) {
     cJSON *root = cJSON_Parse(json);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
@@ -237,7 +241,7 @@ moe_status moe_config_apply_json(moe_config *c, const char *json, const char *or
                                   it->valuedouble);
                     break;
                 }
-                if (k->type == K_U64 && fabs(it->valuedouble) >= 9007199254740992.0) {
+                if (k->type == K_U64 && exact_u64 && fabs(it->valuedouble) >= 9007199254740992.0) {
                     // a JSON number is a double here: above 2^53 it may not be the one written
                     st = moe__err(MOE_STATUS_CONFIG, "%s: key '%s' = %.0f is beyond 2^53, where a JSON number is not exact; write it as a string",
                                   origin, k->name, it->valuedouble);

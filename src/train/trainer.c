@@ -163,26 +163,52 @@ static moe_status trim_metrics(moe_trainer *t) {
     return st;
 }
 
-/* A resume that failed on a run with keep_checkpoints: the message names the two newest kept
- * checkpoints (the newest may share its files with the checkpoint that failed). */
+/* Orders "step-N" names by N (names of 9 or more digits sort wrongly as text). */
+static int by_step(const void *a, const void *b) {
+    long long x = strtoll(*(char *const *)a + 5, NULL, 10), y = strtoll(*(char *const *)b + 5, NULL, 10);
+    return (x > y) - (x < y);
+}
+
+/* A resume that failed on its checkpoint, in a run with keep_checkpoints: the message names the
+ * two newest kept checkpoints that are not the failed files themselves (the newest is a hard
+ * link to them), and how to go back to one without writing through those links. */
 static void hint_snapshots(const char *dir, moe_status st) {
-    char base[4200], newest[2][64] = {"", ""};
+    char base[4200], path[4400], best[2][64] = {"", ""};
     snprintf(base, sizeof base, "%s/checkpoints", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    struct stat cur, sb;
+    int have_cur = stat(path, &cur) == 0;
     DIR *d = opendir(base);
     if (!d) return;
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        if (strncmp(e->d_name, "step-", 5) || strlen(e->d_name) >= sizeof newest[0]) continue;
-        if (strcmp(e->d_name, newest[0]) > 0) {
-            memcpy(newest[1], newest[0], sizeof newest[0]);
-            snprintf(newest[0], sizeof newest[0], "%s", e->d_name);
-        } else if (strcmp(e->d_name, newest[1]) > 0) snprintf(newest[1], sizeof newest[1], "%s", e->d_name);
+        if (strncmp(e->d_name, "step-", 5) || strlen(e->d_name) >= sizeof best[0]) continue;
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", base, e->d_name);
+        if (stat(path, &sb) != 0 || (have_cur && sb.st_ino == cur.st_ino && sb.st_dev == cur.st_dev)) continue;
+        const char *name = e->d_name;
+        if (!best[0][0] || by_step(&name, &(const char *){best[0]}) > 0) {
+            memcpy(best[1], best[0], sizeof best[0]);
+            snprintf(best[0], sizeof best[0], "%s", name);
+        } else if (!best[1][0] || by_step(&name, &(const char *){best[1]}) > 0)
+            snprintf(best[1], sizeof best[1], "%s", name);
     }
     closedir(d);
-    if (!newest[0][0]) return;
+    if (!best[0][0]) return;
     char first[1024];
     snprintf(first, sizeof first, "%s", moe_last_error());
-    moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...: copy one's files into %s to resume from it", first,
-             base, newest[0], newest[1][0] ? ", " : "", newest[1], dir);
+    moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...; to resume from one: cp --remove-destination %s/%s/* %s/ "
+                 "(--remove-destination: the run's files are hard links to a kept checkpoint)",
+             first, base, best[0], best[1][0] ? ", " : "", best[1], base, best[0], dir);
+}
+
+moe_status moe_run_config(const char *dir, moe_config *out) {
+    size_t n = strlen(dir) + 32;
+    char *path = malloc(n);
+    if (!path) return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    snprintf(path, n, "%s/model.safetensors", dir);
+    moe_status st = moe_checkpoint_config(path, out, NULL);
+    if (st != MOE_STATUS_OK) hint_snapshots(dir, st);
+    free(path);
+    return st;
 }
 
 /* ---------------------------------------------------------------- create */
@@ -192,6 +218,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     *out = NULL;
     moe_status st = MOE_STATUS_OK;
     moe__st_file ckpt; // on resume, the checkpoint, read once for its config and its weights
+    int ckpt_failed = 0; // the checkpoint would not load: the error names the kept ones
     memset(&ckpt, 0, sizeof ckpt);
     moe_trainer *t = calloc(1, sizeof *t);
     if (!t) {
@@ -216,6 +243,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         moe_config saved;
         st = moe__st_read(t->model_path, &ckpt);
         if (st == MOE_STATUS_OK) st = moe__checkpoint_config_of(&ckpt, t->model_path, &saved, &model_step);
+        ckpt_failed = st != MOE_STATUS_OK && st != MOE_STATUS_NOMEM;
         if (st != MOE_STATUS_OK) goto fail;
         moe_config_take_training(&saved, c); // model from the checkpoint, training keys from the caller
         t->cfg = saved;
@@ -252,6 +280,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         st = moe_model_create(c, c->batch_size, &t->m);
         if (st == MOE_STATUS_OK) st = moe__model_load_weights(t->m, &ckpt, t->model_path);
         moe__st_free(&ckpt);
+        ckpt_failed = st == MOE_STATUS_FORMAT || st == MOE_STATUS_IO;
         if (st != MOE_STATUS_OK) goto fail;
     } else {
         st = moe_model_create(c, c->batch_size, &t->m);
@@ -309,6 +338,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
             if (st != MOE_STATUS_OK && probe) st = moe__err(st, "%s (and %s)", first, moe_last_error());
             else if (st != MOE_STATUS_OK) st = moe__err(st, "%s", first);
         }
+        ckpt_failed = st == MOE_STATUS_FORMAT || (st == MOE_STATUS_IO && g->ep == 1); // the state did not load
         if (st == MOE_STATUS_OK && g->rank == 0) st = trim_metrics(t);
         if (st != MOE_STATUS_OK) goto fail;
     }
@@ -321,7 +351,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     *out = t;
     return MOE_STATUS_OK;
 fail:
-    if (resume && t && t->dir && st != MOE_STATUS_NOMEM) hint_snapshots(t->dir, st);
+    if (ckpt_failed) hint_snapshots(out_dir, st);
     moe__st_free(&ckpt);
     moe_trainer_free(t);
     return st;
@@ -382,8 +412,6 @@ static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
     closedir(d);
 }
 
-static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
 /* Removes dir and the plain files in it. */
 static void remove_dir(const char *dir) {
     DIR *d = opendir(dir);
@@ -441,7 +469,7 @@ static moe_status keep_snapshot(moe_trainer *t, int ep) {
         n++;
     }
     closedir(d);
-    if (n) qsort(list, (size_t)n, sizeof *list, by_name);
+    if (n) qsort(list, (size_t)n, sizeof *list, by_step);
     for (int i = 0; i < n; i++) {
         if (i < n - t->cfg.keep_checkpoints) {
             snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
