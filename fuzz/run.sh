@@ -51,7 +51,7 @@ for t in $TARGETS; do
     mkdir -p "$S/corpus_$t"
     dict=()
     [ -f "$S/$t.dict" ] && dict=(-dict="$S/$t.dict")
-    $bin "$S/corpus_$t" "$S/$t" "${dict[@]}" -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+    $bin "$S/corpus_$t" "$S/$t" ${dict[@]+"${dict[@]}"} -max_total_time="$SECS" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
         -artifact_prefix="fuzz/regress/$t/" -print_final_stats=1 > "$S/$t.log" 2>&1
     rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$S/$t.log" | grep -o '[0-9]*$')

@@ -129,7 +129,8 @@ job=$!
 for _ in $(seq 600); do [ -s "$W/sigint/metrics.jsonl" ] && [ "$(wc -l < "$W/sigint/metrics.jsonl")" -ge 3 ] && break; sleep 0.05; done
 kill -INT $job
 for _ in $(seq 600); do kill -0 $job 2> /dev/null || break; sleep 0.05; done
-kill -0 $job 2> /dev/null && { kill -KILL $job; fail "SIGINT to mpirun: the job did not end"; }
+kill -0 $job 2> /dev/null && { kill -KILL $job; pkill -KILL -f -- "--out $W/sigint\$"; fail "SIGINT to mpirun: the job did not end"; }
+wait $job && fail "SIGINT to mpirun: the job exited 0"
 S=$(grep -o "stopped by SIGTERM after step [0-9]*" "$W/log" | head -n 1 | grep -o '[0-9]*$')
 ls "$W/sigint" | grep -q "^state-1-of-2.step$S.bin$" || fail "SIGINT to mpirun: no checkpoint of the last step: $(tail -5 "$W/log")"
 
@@ -147,6 +148,14 @@ n=$(grep -c "first non-finite value: parameter '$X' (layer 1).* on rank 1; stopp
     || fail "NaN on one rank: exit $rc, ranks disagree or unclear: $(grep -i "non-finite\|error" "$W/log" | head -3)"
 checks=$((checks + 1))
 cmp -s "$W/nan.model" "$W/nan/model.safetensors" || fail "NaN on one rank: poisoned weights were saved"
+
+# a NaN gradient on one data-parallel rank: the all-reduce spreads it, every rank skips the step
+checks=$((checks + 1))
+Q=model.layers.0.self_attn.q_proj.weight
+timeout 120 "${MPI[@]}" -np 2 -x MOE_TEST_FAULT=3:grad_nan:$Q@1 "$MOE" train --data "$W/corpus.txt" --out "$W/gnan" \
+    --steps 5 "${SMALL[@]}" --set nonfinite_policy=skip > "$W/log" 2>&1 || fail "NaN gradient on one rank: exit $?: $(tail -3 "$W/log")"
+grep '"step":3,' "$W/gnan/metrics.jsonl" | grep -q "\"skipped\":\"the gradient norm is not finite; first non-finite value: gradient of '$Q'" \
+    || fail "NaN gradient on one rank: step 3 not skipped with its tensor"
 
 # ---- a failing rank ends the job; bad --ep values
 checks=$((checks + 1))

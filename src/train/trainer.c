@@ -899,6 +899,10 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
             t->routed_acc[i] += s->assignments;
         }
     }
+    // injected before the reductions, so that one rank's fault (TENSOR@RANK) reaches all as a real one would
+    if (inject && !strcmp(t->fault_kind, "grad_nan") && moe_model_find(m, t->fault_tensor))
+        moe_model_grads(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
+    if (inject && !strcmp(t->fault_kind, "loss_spike")) info->loss.ce += 50.0f, info->loss.total += 50.0f;
     if (g->size > 1) {
         allreduce_grads(m);
         double lv[7] = {info->loss.ce, info->loss.aux, info->loss.z, info->loss.seq_aux, info->loss.importance,
@@ -911,9 +915,6 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         moe__dist_allreduce_i64(MOE_COMM_WORLD, t->dropped_acc, nm);
         moe__dist_allreduce_i64(MOE_COMM_WORLD, t->routed_acc, nm);
     }
-    if (inject && !strcmp(t->fault_kind, "grad_nan") && moe_model_find(m, t->fault_tensor))
-        moe_model_grads(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
-    if (inject && !strcmp(t->fault_kind, "loss_spike")) info->loss.ce += 50.0f, info->loss.total += 50.0f;
     float lr = moe__lr_at(c, t->step);
     double t_opt = moe__now();
     float norm = moe__grad_norm(m);
