@@ -185,6 +185,10 @@ PY
 mkdir -p "$W/v1" && cp "$W/spike2/model.safetensors" "$W/v1/" && cp "$W/v1.bin" "$W/v1/state.bin"
 "$MOE" "${T[@]}" --steps 29 --out "$W/v1" --resume || fail "v1: resume from a version 1 state"
 checks=$((checks + 1))
-[ "$(losses "$W/v1" | tail -n 2 | wc -l)" = 2 ] || fail "v1: no steps after resuming"
+"$MOE" "${T[@]}" --steps 29 --out "$W/spike2" --resume || fail "v1: the version 2 run's own resume"
+[ "$(losses "$W/v1")" = "$(losses "$W/spike2" | tail -n 2)" ] || fail "v1: steps 28-29 differ from the version 2 run's"
+checks=$((checks + 1))
+python3 -c "import struct,sys; b=open(sys.argv[1],'rb').read(); sys.exit(struct.unpack('<I',b[8:12])[0] != 2 or struct.unpack('<q',b[72:80])[0] != 2)" \
+    "$W/v1/state.bin" || fail "v1: the state written after it is not version 2 with the guard restarted (2 steps)"
 
 finish test_faults
