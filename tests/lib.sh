@@ -5,6 +5,14 @@
 #                       the command must exit non-zero, not crash (signal, sanitizer report) and
 #                       mention EXPECTED on stderr
 #   finish NAME         prints the tally and returns non-zero on any failure
+#   skip_unless NAME WHAT -- command...
+#                       exits 77 (ctest: skipped) when the command fails: WHAT is missing
+#   ckpt_meta FILE KEY  prints __metadata__[KEY] of a safetensors file
+#   edit_meta SRC DST PYTHON
+#                       copies a safetensors file with its metadata dict `meta` edited by PYTHON
+#   maxdiff A B         max |a - b| over two float32 files of equal size ("size-mismatch" if not)
+#   within D TOL        D <= TOL
+#   PY                  the Python with torch/transformers/tensorboard (/usr/bin/python3, or $PYTHON)
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 fails=0
@@ -24,3 +32,30 @@ finish() {
     echo "$1: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
     [ $fails -eq 0 ]
 }
+skip_unless() {
+    local name=$1 what=$2
+    shift 3
+    "$@" > /dev/null 2>&1 || { echo "$name: no $what: skipped"; exit 77; }
+}
+PY=${PYTHON:-/usr/bin/python3}
+ckpt_meta() {
+    python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.loads(b[8:8+struct.unpack('<Q',b[:8])[0]])['__metadata__'][sys.argv[2]])" "$1" "$2"
+}
+edit_meta() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+meta = h["__metadata__"]; exec(sys.argv[3])
+hj = json.dumps(h).encode(); hj += b" " * (-len(hj) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(hj)) + hj + b[8 + n:])
+EOF
+}
+maxdiff() {
+    python3 - "$1" "$2" <<'EOF'
+import array, sys
+a, b = array.array("f"), array.array("f")
+a.frombytes(open(sys.argv[1], "rb").read()); b.frombytes(open(sys.argv[2], "rb").read())
+print(max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) and a else "size-mismatch")
+EOF
+}
+within() { python3 -c "import sys; d = sys.argv[1]; sys.exit(0 if d != 'size-mismatch' and float(d) <= float(sys.argv[2]) else 1)" "$1" "$2"; }

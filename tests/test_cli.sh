@@ -200,24 +200,12 @@ B=(train --data "$W/corpus.txt" --out "$W/bigseed" --quiet --set seq_len=8 --set
    --set n_experts=2 --set top_k=1 --set expert_hidden=8 --set batch_size=1 --set eval_batches=1)
 "$MOE" "${B[@]}" --steps 1 --set seed=6148914691236517210 && "$MOE" "${B[@]}" --steps 2 --resume || fail "big seed: train, resume"
 checks=$((checks + 1))
-python3 - "$W/bigseed/model.safetensors" <<'EOF' || fail "big seed: not kept exactly in the checkpoint"
-import json, struct, sys
-b = open(sys.argv[1], "rb").read()
-cfg = json.loads(json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]["config"])
-assert cfg["seed"] == "6148914691236517210", cfg["seed"]
-EOF
+ckpt_meta "$W/bigseed/model.safetensors" config | grep -qF '"seed":"6148914691236517210"' \
+    || fail "big seed: not kept exactly in the checkpoint"
 checks=$((checks + 1)) # a checkpoint written before, with the seed as a JSON number, still loads
-python3 - "$W/bigseed/model.safetensors" "$W/oldseed.safetensors" <<'EOF' || fail "big seed: could not write an old-style checkpoint"
-import json, struct, sys
-b = open(sys.argv[1], "rb").read()
-n = struct.unpack("<Q", b[:8])[0]
-h = json.loads(b[8:8 + n])
-h["__metadata__"]["config"] = h["__metadata__"]["config"].replace('"seed":"6148914691236517210"', '"seed":6148914691236517210')
-assert '"seed":6148914691236517210' in h["__metadata__"]["config"]
-hb = json.dumps(h, separators=(",", ":")).encode()
-hb += b" " * (-len(hb) % 8)
-open(sys.argv[2], "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
-EOF
+edit_meta "$W/bigseed/model.safetensors" "$W/oldseed.safetensors" \
+    "meta['config'] = meta['config'].replace('\"seed\":\"6148914691236517210\"', '\"seed\":6148914691236517210')"
+ckpt_meta "$W/oldseed.safetensors" config | grep -qF '"seed":6148914691236517210' || fail "big seed: could not write an old-style checkpoint"
 "$MOE" eval --ckpt "$W/oldseed.safetensors" --data "$W/corpus.txt" --max-batches 1 > /dev/null || fail "big seed: an old-style checkpoint does not load"
 printf '{"n_embd": 8}\0{"n_layer": 1}' > "$W/nul.json"
 expect_error "NUL byte in a config" "holds a NUL byte" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/nul.json"
@@ -259,15 +247,6 @@ expect_error "random routing K" "random_routing needs" -- "$MOE" "${T[@]}" --dat
 expect_error "bias with expert choice" "bias_update_rate" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=expert_choice --set bias_update_rate=0.001
 # checkpoints whose metadata was edited: another format version; a config that disagrees with
 # the tensors (the checksum covers only the data, so the shape check must catch it)
-edit_meta() { # SRC DST PYTHON-ON-meta
-    python3 - "$1" "$2" "$3" <<'PY'
-import json, struct, sys
-b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
-meta = h["__metadata__"]; exec(sys.argv[3])
-hj = json.dumps(h).encode(); hj += b" " * (-len(hj) % 8)
-open(sys.argv[2], "wb").write(struct.pack("<Q", len(hj)) + hj + b[8 + n:])
-PY
-}
 edit_meta "$W/straight/model.safetensors" "$W/v2.safetensors" "meta['format_version'] = '2'"
 expect_error "checkpoint version" "checkpoint format version '2' is not supported" -- "$MOE" sample --ckpt "$W/v2.safetensors" --prompt hi
 edit_meta "$W/straight/model.safetensors" "$W/shape.safetensors" "c = json.loads(meta['config']); c['n_embd'] = 32; c['n_head'] = 2; meta['config'] = json.dumps(c)"

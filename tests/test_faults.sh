@@ -66,7 +66,7 @@ for k in $(seq "$KILLS"); do
             && loadable=$((loadable + 1)) || fail "after kill $k: the checkpoint does not load: $(cat "$W/kill.err")"
     fi
 done
-at=$(python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.loads(b[8:8+struct.unpack('<Q',b[:8])[0]])['__metadata__']['step'])" "$d/model.safetensors" 2>/dev/null || echo 0)
+at=$(ckpt_meta "$d/model.safetensors" step 2>/dev/null || echo 0)
 end=$((at + 5))
 if [ "$at" -gt 0 ]; then "$MOE" "${T[@]}" "${K[@]}" --resume --stop-after 5 || fail "resume after the kills"
 else rm -rf "$d"; "$MOE" "${T[@]}" "${K[@]}" --stop-after $end || fail "run after the kills"; fi
@@ -114,8 +114,7 @@ for s in 6 8 10; do
         || fail "keep: snapshot of step $s does not load"
 done
 checks=$((checks + 1))
-python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.loads(b[8:8+struct.unpack('<Q',b[:8])[0]])['__metadata__']['step'])" \
-    "$d/checkpoints/step-00000006/model.safetensors" | grep -qx 6 || fail "keep: the step-6 snapshot is not step 6"
+ckpt_meta "$d/checkpoints/step-00000006/model.safetensors" step | grep -qx 6 || fail "keep: the step-6 snapshot is not step 6"
 cp "$d/model.safetensors" "$W/flip.safetensors"
 size=$(stat -c %s "$W/flip.safetensors")
 printf '\x5a' | dd of="$W/flip.safetensors" bs=1 seek=$((size - 1000)) conv=notrunc status=none

@@ -10,31 +10,40 @@
 # usage: test_hf.sh path/to/moe
 set -u
 MOE=${1:?usage: test_hf.sh path/to/moe}
-PY=${PYTHON:-/usr/bin/python3}
-"$PY" -c "import torch, transformers, numpy" 2>/dev/null || { echo "test_hf: no torch/transformers: skipped"; exit 77; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 source "$SRC/tests/lib.sh"
+skip_unless test_hf "torch/transformers" -- "$PY" -c "import torch, transformers, numpy"
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 TINY=(--set seq_len=32 --set n_embd=32 --set n_layer=2 --set n_head=4 --set expert_hidden=48 --set n_experts=4
       --set batch_size=4 --set threads=2 --quiet)
 "$MOE" train --data "$W/corpus.txt" --out "$W/run" --steps 20 "${TINY[@]}" || fail "training failed"
 head -c 32 "$W/corpus.txt" | od -An -tu1 > "$W/tok.txt"
 "$MOE" logits --ckpt "$W/run" --tokens "$W/tok.txt" --out "$W/logits.bin" || fail "moe logits failed"
+# check_hf DIR LOGITS TOL: loads DIR with transformers once, prints the difference against LOGITS;
+# sets hf_loaded (the export loaded) and hf_diff, returns non-zero above TOL
+check_hf() {
+    local out rc
+    out=$("$PY" "$SRC/tests/hf/check_export.py" "$1" "$W/tok.txt" "$2" "$3" 2> "$W/py.err")
+    rc=$?
+    echo "$out"
+    hf_loaded=0 hf_diff=
+    grep -q "max |logit difference|" <<< "$out" && hf_loaded=1 hf_diff=$(sed 's/.*difference| = \([^ ]*\) .*/\1/' <<< "$out")
+    return $rc
+}
 for dtype in f32 bf16; do
     checks=$((checks + 1))
     tol=1e-4
     [ $dtype = bf16 ] && tol=2e-2
     "$MOE" export --ckpt "$W/run" --out "$W/hf_$dtype" --dtype $dtype > /dev/null || { fail "export $dtype failed"; continue; }
-    "$PY" "$SRC/tests/hf/check_export.py" "$W/hf_$dtype" "$W/tok.txt" "$W/logits.bin" $tol 2>/dev/null \
-        | tee "$W/out_$dtype" | grep -q "max |logit difference|" || fail "$dtype: transformers could not load the export"
-    cat "$W/out_$dtype"
-    "$PY" "$SRC/tests/hf/check_export.py" "$W/hf_$dtype" "$W/tok.txt" "$W/logits.bin" $tol > /dev/null 2>&1 \
-        || fail "$dtype: logits differ by more than $tol"
+    check_hf "$W/hf_$dtype" "$W/logits.bin" $tol
+    rc=$?
+    if [ $hf_loaded = 0 ]; then fail "$dtype: transformers could not load the export: $(tail -3 "$W/py.err")"
+    elif [ $rc -ne 0 ]; then fail "$dtype: logits differ by more than $tol"; fi
+    [ $dtype = bf16 ] && bf16_diff=$hf_diff
 done
 # fp32 must be close enough that bf16 rounding would fail it: the check can fail
 checks=$((checks + 1))
-"$PY" "$SRC/tests/hf/check_export.py" "$W/hf_bf16" "$W/tok.txt" "$W/logits.bin" 1e-4 > /dev/null 2>&1 \
-    && fail "bf16 export passes the fp32 tolerance: the comparison is too loose to mean anything"
+within "${bf16_diff:-0}" 1e-4 && fail "bf16 export passes the fp32 tolerance: the comparison is too loose to mean anything"
 # Qwen2-MoE: what Mixtral cannot hold (shared experts, top-K not renormalised, dense layers)
 for v in "n_shared=1" "n_shared=2 --set norm_topk=0" "moe_layers=0 --set ffn_hidden=40" \
          "moe_layers=1 --set n_shared=1 --set tie_embeddings=1"; do
@@ -44,8 +53,7 @@ for v in "n_shared=1" "n_shared=2 --set norm_topk=0" "moe_layers=0 --set ffn_hid
     "$MOE" logits --ckpt "$W/q" --tokens "$W/tok.txt" --out "$W/q.bin" || fail "moe logits $v"
     "$MOE" export --ckpt "$W/q" --out "$W/hf_q" > "$W/q.out" || { fail "export $v"; continue; }
     grep -q Qwen2MoeForCausalLM "$W/q.out" || fail "$v: exported as $(cat "$W/q.out")"
-    "$PY" "$SRC/tests/hf/check_export.py" "$W/hf_q" "$W/tok.txt" "$W/q.bin" 1e-4 2>/dev/null | sed "s/\$/ ($v)/" \
-        || fail "$v: Qwen2-MoE logits differ by more than 1e-4"
+    check_hf "$W/hf_q" "$W/q.bin" 1e-4 || fail "$v: Qwen2-MoE logits differ by more than 1e-4 (or did not load)"
     rm -rf "$W/q" "$W/hf_q"
 done
 # models that map onto no family, or not onto the one asked for: the reason is named
@@ -77,9 +85,9 @@ for spec in "mixtral:--kv-heads 4:" "mixtral:--kv-heads 2 --dtype bfloat16 --sha
     # shellcheck disable=SC2086
     "$MOE" import --from "$d" --out "$d.moe" $sets > /dev/null || { fail "import $fam $opts"; continue; }
     "$MOE" logits --ckpt "$d.moe" --tokens "$W/tok.txt" --out "$d.ours" || { fail "logits $fam $opts"; continue; }
-    diff=$("$PY" -c "import numpy as np, sys; a, b = (np.fromfile(f, '<f4') for f in sys.argv[1:]); print(float(abs(a - b).max()) if a.size == b.size else 1e9)" "$d.theirs" "$d.ours")
+    diff=$(maxdiff "$d.theirs" "$d.ours")
     echo "import $fam $opts ${sets:+($sets) }: max |logit difference| against transformers = $diff"
-    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-4 else 1)" "$diff" || fail "import $fam $opts $sets: $diff"
+    within "$diff" 1e-4 || fail "import $fam $opts $sets: $diff"
     [ -f "$d/model.safetensors.index.json" ] && echo "  (read from $(ls "$d"/model-*.safetensors | wc -l) shards via model.safetensors.index.json)"
 done
 # continue training an imported model: train --init-from a transformers directory

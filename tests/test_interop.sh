@@ -11,17 +11,6 @@ set -u
 MOE=${1:?usage: test_interop.sh path/to/moe}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 source "$SRC/tests/lib.sh"
-# maxdiff A B: max |a - b| over two float32 files of equal size (python3 without numpy)
-maxdiff() {
-    python3 - "$1" "$2" <<'EOF'
-import array, sys
-a, b = array.array("f"), array.array("f")
-a.frombytes(open(sys.argv[1], "rb").read()); b.frombytes(open(sys.argv[2], "rb").read())
-print(max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) and a else "size-mismatch")
-EOF
-}
-# within D TOL: D <= TOL
-within() { python3 -c "import sys; d = sys.argv[1]; sys.exit(0 if d != 'size-mismatch' and float(d) <= float(sys.argv[2]) else 1)" "$1" "$2"; }
 
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 TINY=(--set seq_len=32 --set n_embd=32 --set n_layer=2 --set n_head=4 --set expert_hidden=48 --set ffn_hidden=48

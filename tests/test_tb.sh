@@ -7,10 +7,9 @@
 # usage: test_tb.sh path/to/moe
 set -u
 MOE=${1:?usage: test_tb.sh path/to/moe}
-PY=${PYTHON:-/usr/bin/python3}
-"$PY" -c "import tensorboard" 2>/dev/null || { echo "test_tb: no tensorboard package: skipped"; exit 77; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 source "$SRC/tests/lib.sh"
+skip_unless test_tb "tensorboard package" -- "$PY" -c "import tensorboard"
 cat "$SRC"/src/*/*.c > "$W/corpus.txt"
 T=(--data "$W/corpus.txt" --steps 12 --set seq_len=16 --set n_embd=16 --set n_layer=3 --set n_head=2
    --set moe_layers=0,2 --set n_experts=4 --set expert_hidden=16 --set batch_size=4 --set eval_every=4

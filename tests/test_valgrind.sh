@@ -7,9 +7,9 @@
 # usage: test_valgrind.sh path/to/moe
 set -u
 MOE=${1:?usage: test_valgrind.sh path/to/moe}
-command -v valgrind > /dev/null || { echo "test_valgrind: no valgrind: skipped"; exit 77; }
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 source "$SRC/tests/lib.sh"
+skip_unless test_valgrind "valgrind" -- command -v valgrind
 VG=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-possibly-lost=no)
 run() { # NAME -- command...
     local name=$1
