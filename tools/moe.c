@@ -49,6 +49,16 @@ static double flag_value(const char *flag, const char *v) {
     return x;
 }
 
+/* A flag that is short for --set KEY=VALUE: its value checked, the KEY=VALUE string (to free). */
+static char *flag_as_set(const char *flag, const char *key, const char *v) {
+    flag_value(flag, v);
+    size_t n = strlen(key) + strlen(v) + 2;
+    char *kv = malloc(n);
+    if (!kv) die(1, "out of memory");
+    snprintf(kv, n, "%s=%s", key, v);
+    return kv;
+}
+
 static const char *need(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) die(2, "%s needs a value", argv[*i]);
     return argv[++*i];
@@ -61,71 +71,59 @@ static int split_list(char *s, char **out, int max) {
     return n;
 }
 
-static char *ckpt_path(const char *arg) {
-    size_t n = strlen(arg) + 32;
+/* dir/name, to free. */
+static char *path_in(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
     char *p = malloc(n);
     if (!p) die(1, "out of memory");
-    FILE *f;
-    snprintf(p, n, "%s/model.safetensors", arg);
-    if ((f = fopen(p, "rb"))) {
-        fclose(f);
-        return p;
-    }
-    snprintf(p, n, "%s", arg); // a file given directly
+    snprintf(p, n, "%s/%s", dir, name);
     return p;
 }
 
-/* Reads a whole file (or pipe) as a NUL-terminated string; NULL with errno on failure. */
-static char *read_text(const char *path, size_t *len) {
+/* 1 if dir/name exists. */
+static int has_file(const char *dir, const char *name) {
+    char *p = path_in(dir, name);
+    struct stat sb;
+    int ok = stat(p, &sb) == 0;
+    free(p);
+    return ok;
+}
+
+/* A checkpoint given as its run directory or as the file itself; to free. */
+static char *ckpt_path(const char *arg) {
+    return has_file(arg, "model.safetensors") ? path_in(arg, "model.safetensors") : strdup(arg);
+}
+
+/* Reads a whole text file (or pipe) as a string, to free; exits naming it as `what` when it
+ * cannot be read or holds a NUL byte (text ends there). */
+static char *read_text(const char *path, const char *what) {
     FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+    if (!f) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     for (;;) {
-        if (!buf) break;
+        if (!buf) die(1, "out of memory");
         n += fread(buf + n, 1, cap - 1 - n, f);
         if (n < cap - 1) break;
-        char *b = realloc(buf, cap *= 2);
-        if (!b) free(buf);
-        buf = b;
+        buf = realloc(buf, cap *= 2);
     }
-    int bad = !buf || ferror(f), e = buf ? errno : ENOMEM;
+    if (ferror(f)) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
     fclose(f);
-    if (bad) {
-        free(buf);
-        errno = e ? e : EIO;
-        return NULL;
-    }
     buf[n] = 0;
-    *len = n;
+    if (strlen(buf) != n) die(1, "%s '%s' holds a NUL byte: it is not text", what, path);
     return buf;
 }
 
 /* Applies a JSON config file (may be NULL), then each --set KEY=VALUE, to c. */
 static void apply_keys(moe_config *c, const char *config, char **sets, int n_sets) {
     if (config) {
-        size_t len;
-        char *txt = read_text(config, &len);
-        if (!txt) die(1, "cannot read config '%s': %s", config, strerror(errno));
-        if (strlen(txt) != len) die(1, "config '%s' holds a NUL byte: it is not JSON text", config);
+        char *txt = read_text(config, "config");
         check(moe_config_apply_json(c, txt, config));
         free(txt);
     }
     char err[1200];
     for (int i = 0; i < n_sets; i++)
         if (moe_arg_set(c, sets[i], err, sizeof err) != 0) die(strchr(sets[i], '=') ? 1 : 2, "%s", err);
-}
-
-/* A model to start from is a Hugging Face directory (it has config.json) or a moe checkpoint. */
-static int is_hf_dir(const char *src) {
-    size_t n = strlen(src) + 16;
-    char *p = malloc(n);
-    if (!p) die(1, "out of memory");
-    snprintf(p, n, "%s/config.json", src);
-    FILE *f = fopen(p, "rb");
-    free(p);
-    if (f) fclose(f);
-    return f != NULL;
 }
 
 /* A model to start from (import, --init-from): where, which kind, and its own config. */
@@ -137,7 +135,7 @@ typedef struct {
 
 /* Reads the source's config once; *c = its model keys with default training keys. */
 static source source_open(const char *path, moe_config *c) {
-    source s = {path, is_hf_dir(path), moe_config_default()};
+    source s = {path, has_file(path, "config.json"), moe_config_default()}; // HF directories have config.json
     if (s.hf) {
         check(moe_hf_config(path, &s.cfg));
     } else {
@@ -316,24 +314,14 @@ static int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out = strdup(need(argc, argv, &i));
         else if (!strcmp(a, "--config")) config = strdup(need(argc, argv, &i));
         else if (!strcmp(a, "--set")) sets[n_sets++] = strdup(need(argc, argv, &i));
-        else if (!strcmp(a, "--steps")) {
-            const char *v = need(argc, argv, &i);
-            flag_value("--steps", v);
-            size_t n = strlen(v) + 8;
-            sets[n_sets] = malloc(n);
-            snprintf(sets[n_sets++], n, "steps=%s", v);
-        } else if (!strcmp(a, "--stop-after")) stop_after = (long)flag_value("--stop-after", need(argc, argv, &i));
+        else if (!strcmp(a, "--steps")) sets[n_sets++] = flag_as_set("--steps", "steps", need(argc, argv, &i));
+        else if (!strcmp(a, "--stop-after")) stop_after = (long)flag_value("--stop-after", need(argc, argv, &i));
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--init-from")) init_from = strdup(need(argc, argv, &i));
         else if (!strcmp(a, "--ep")) ep = (long)flag_value("--ep", need(argc, argv, &i));
         else if (!strcmp(a, "--quiet")) quiet = 1;
-        else if (!strcmp(a, "--log-every")) {
-            const char *v = need(argc, argv, &i);
-            flag_value("--log-every", v);
-            size_t n = strlen(v) + 16;
-            sets[n_sets] = malloc(n);
-            snprintf(sets[n_sets++], n, "log_every=%s", v);
-        } else if (!strcmp(a, "--profile")) profile = 1;
+        else if (!strcmp(a, "--log-every")) sets[n_sets++] = flag_as_set("--log-every", "log_every", need(argc, argv, &i));
+        else if (!strcmp(a, "--profile")) profile = 1;
         else die(2, "train: unknown option '%s' (see moe train --help)", a);
     }
     if (!data) die(2, "train: --data is required (see moe train --help)");
@@ -344,14 +332,8 @@ static int cmd_train(int argc, char **argv) {
     }
     if (resume) {
         // the run's own keys, training ones included, then --config/--set on top: a plain
-        // --resume continues the run as it was (a missing checkpoint is moe_trainer_create's to report)
-        size_t n = strlen(out) + 32;
-        char *mp = malloc(n);
-        if (!mp) die(1, "out of memory");
-        snprintf(mp, n, "%s/model.safetensors", out);
-        struct stat sb;
-        if (stat(mp, &sb) == 0) check(moe_run_config(out, &c));
-        free(mp);
+        // --resume continues the run as it was
+        check(moe_run_config(out, &c));
     }
     apply_keys(&c, config, sets, n_sets);
     check(moe_config_validate(&c));
@@ -877,10 +859,7 @@ static int cmd_import(int argc, char **argv) {
     check(moe_model_init_from(m, from, &r));
     moe_model_free(from);
     if (mkdir(out, 0755) != 0 && errno != EEXIST) die(1, "import: cannot create '%s': %s", out, strerror(errno));
-    size_t n = strlen(out) + 32;
-    char *path = malloc(n);
-    if (!path) die(1, "out of memory");
-    snprintf(path, n, "%s/model.safetensors", out);
+    char *path = path_in(out, "model.safetensors");
     check(moe_model_save(m, path, 0));
     print_init_report(src, &r);
     printf("moe: wrote %s (%lld parameters, %d of %d layers MoE)\n", path, (long long)moe_model_n_params(m),
@@ -951,13 +930,10 @@ static int cmd_logits(int argc, char **argv) {
     check(moe_model_load(path, 1, &m));
     free(path);
     const moe_config *c = moe_model_config(m);
-    size_t len;
-    char *text = read_text(tokf, &len);
-    if (!text) die(1, "logits: cannot read '%s': %s", tokf, strerror(errno));
+    char *text = read_text(tokf, "token file");
     int *tok = malloc((size_t)c->seq_len * sizeof(int)), T = 0;
     char err[512];
     if (!tok) die(1, "out of memory");
-    if (strlen(text) != len) die(2, "logits: '%s' holds a NUL byte, which is not a token id", tokf);
     if (moe_arg_tokens(text, tokf, c->vocab_size, c->seq_len, tok, &T, err, sizeof err) != 0) die(2, "logits: %s", err);
     free(text);
     check(moe_model_forward(m, tok, NULL, 1, T, 0, NULL));
