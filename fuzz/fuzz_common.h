@@ -9,11 +9,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static inline const char *fuzz_file(const uint8_t *data, size_t size, const char *suffix) {
     static char path[256];
     snprintf(path, sizeof path, "/tmp/moe-fuzz-%d%s", (int)getpid(), suffix);
+    char *slash = strrchr(path, '/');
+    if (slash > path + 4) { // a suffix with a directory in it: make that directory
+        *slash = 0;
+        mkdir(path, 0755);
+        *slash = '/';
+    }
     FILE *f = fopen(path, "wb");
     if (!f) abort();
     if (size && fwrite(data, 1, size, f) != size) abort();

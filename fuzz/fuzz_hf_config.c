@@ -3,18 +3,13 @@
 #include "moe.h"
 #include "fuzz_common.h"
 
+#include <string.h>
 #include <sys/stat.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char dir[64];
-    snprintf(dir, sizeof dir, "/tmp/moe-fuzz-hf-%d", (int)getpid());
-    mkdir(dir, 0755);
-    char path[128];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "wb");
-    if (!f) abort();
-    if (size && fwrite(data, 1, size, f) != size) abort();
-    fclose(f);
+    const char *path = fuzz_file(data, size, "-hf/config.json"); // /tmp/moe-fuzz-PID-hf/config.json
+    char dir[256];
+    snprintf(dir, sizeof dir, "%.*s", (int)(strlen(path) - strlen("/config.json")), path);
     moe_config c;
     if (moe_hf_config(dir, &c) == MOE_STATUS_OK && moe_config_validate(&c) != MOE_STATUS_OK) abort(); // promised valid
     return 0;

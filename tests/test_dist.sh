@@ -76,11 +76,11 @@ done
 # ---- an ep = 2 checkpoint (expert shards) loads on one process
 checks=$((checks + 1))
 ls "$W/plain_np2_ep2" | grep -q '^experts-1-of-2\.step20\.safetensors$' || fail "ep=2 run wrote no expert shards"
-"$MOE" eval --ckpt "$W/plain_np2_ep2" --data "$W/corpus.txt" --max-batches 4 > "$W/e2" 2>&1 || fail "eval of the sharded checkpoint failed: $(cat "$W/e2")"
-"$MOE" eval --ckpt "$W/ref_plain" --data "$W/corpus.txt" --max-batches 4 > "$W/e1" 2>&1 || fail "eval of the one-process checkpoint failed"
+"$MOE" eval --ckpt "$W/plain_np2_ep2" --data "$W/corpus.txt" --max-batches 4 --json > "$W/e2" 2>&1 || fail "eval of the sharded checkpoint failed: $(cat "$W/e2")"
+"$MOE" eval --ckpt "$W/ref_plain" --data "$W/corpus.txt" --max-batches 4 --json > "$W/e1" 2>&1 || fail "eval of the one-process checkpoint failed"
 python3 - "$W/e1" "$W/e2" <<'PY' || fail "the sharded checkpoint evaluates differently"
-import re, sys
-v = [float(re.search(r"loss\s*[=:]?\s*([0-9.]+)", open(p).read()).group(1)) for p in sys.argv[1:]]
+import json, sys
+v = [json.load(open(p))["loss"] for p in sys.argv[1:]]
 sys.exit(0 if abs(v[0] - v[1]) <= 1e-4 * v[0] else f"{v}")
 PY
 "$MOE" sample --ckpt "$W/plain_np2_ep2" --prompt "int " --tokens 8 > /dev/null 2>&1 || fail "sample from the sharded checkpoint failed"
