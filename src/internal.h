@@ -36,6 +36,8 @@ float moe__rng_uniform(moe_rng *r);      /* [0, 1) */
 float moe__rng_normal(moe_rng *r);       /* N(0, 1), Box-Muller */
 
 uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n);
+/* "[a, b, c]" into buf. */
+void moe__shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
 #define MOE_FNV_INIT 1469598103934665603ULL
 
 /* Reads a whole file; *len gets its size. NULL with an error set on failure. */

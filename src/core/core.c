@@ -101,6 +101,13 @@ float moe__rng_normal(moe_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2));
 }
 
+void moe__shape_str(const int64_t *shape, int ndim, char *buf, size_t n) {
+    int k = snprintf(buf, n, "[");
+    for (int d = 0; d < ndim && k > 0 && (size_t)k < n; d++)
+        k += snprintf(buf + k, n - (size_t)k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (k > 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, "]");
+}
+
 uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n) {
     const uint8_t *p = data;
     for (size_t i = 0; i < n; i++) {

@@ -129,11 +129,18 @@ moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *ste
     return st;
 }
 
-static moe_status bad_shape(const char *path, const moe__st_tensor *s, const moe_tensor_info *t, int64_t rows) {
-    return moe__err(MOE_STATUS_FORMAT,
-                    "'%s': tensor '%s' is %s with %d dims [%lld, ...]; the config needs F32 [%lld, %lld, %lld]", path,
-                    t->name, s->dtype, s->ndim, (long long)(s->ndim ? s->shape[0] : 0), (long long)rows,
-                    (long long)t->shape[1], (long long)t->shape[2]);
+/* The file's tensor s must be F32 of t's shape, with `rows` in place of t's first dimension. */
+static moe_status check_shape(const char *path, const moe__st_tensor *s, const moe_tensor_info *t, int64_t rows) {
+    int64_t want[8];
+    memcpy(want, t->shape, sizeof t->shape);
+    want[0] = rows;
+    int same = !strcmp(s->dtype, "F32") && s->ndim == t->ndim;
+    for (int d = 0; same && d < t->ndim; d++) same = s->shape[d] == want[d];
+    if (same) return MOE_STATUS_OK;
+    char a[128], b[128];
+    moe__shape_str(s->shape, s->ndim, a, sizeof a);
+    moe__shape_str(want, t->ndim, b, sizeof b);
+    return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is %s %s; the config needs F32 %s", path, t->name, s->dtype, a, b);
 }
 
 /* Rows [e0, e0 + t->shape[0]) of a stacked expert tensor of E experts, from the checkpoint
@@ -148,9 +155,8 @@ static moe_status load_experts(float *dst, const moe_tensor_info *t, int64_t E, 
         const char *sp = n_sh ? sh_path[j] : path;
         const moe__st_tensor *s = moe__st_find(src, t->name);
         if (!s) return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is missing", sp, t->name);
-        int same = !strcmp(s->dtype, "F32") && s->ndim == t->ndim && s->shape[0] == Es;
-        for (int d = 1; same && d < t->ndim; d++) same = s->shape[d] == t->shape[d];
-        if (!same) return bad_shape(sp, s, t, Es);
+        moe_status st = check_shape(sp, s, t, Es);
+        if (st != MOE_STATUS_OK) return st;
         memcpy(dst + i * per, s->data + (size_t)((e - (int64_t)j * Es) * per) * sizeof(float), (size_t)per * sizeof(float));
     }
     return MOE_STATUS_OK;
@@ -184,6 +190,10 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
         if (slash) *slash = 0;
         else snprintf(dir, sizeof dir, ".");
         for (int j = 0; j < n_sh && st == MOE_STATUS_OK; j++) {
+            // shard j holds the fraction [j, j+1)/n_sh of each layer's experts, this rank needs
+            // [ep_rank, ep_rank+1)/ep: only the shards that overlap are read
+            if (!((int64_t)j * ep < (int64_t)(ep_rank + 1) * n_sh && (int64_t)(j + 1) * ep > (int64_t)ep_rank * n_sh))
+                continue;
             char name[4200];
             moe__shard_name(name, sizeof name, dir, "experts", j, n_sh, strtoll(stepv, NULL, 10));
             sh_path[j] = strdup(name);
@@ -212,12 +222,7 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
             st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is missing", path, t->name);
             break;
         }
-        int same = !strcmp(s->dtype, "F32") && s->ndim == t->ndim;
-        for (int d = 0; same && d < t->ndim; d++) same = s->shape[d] == t->shape[d];
-        if (!same) {
-            st = bad_shape(path, s, t, t->shape[0]);
-            break;
-        }
+        if ((st = check_shape(path, s, t, t->shape[0])) != MOE_STATUS_OK) break;
         memcpy(params + t->offset, s->data, (size_t)s->nbytes);
     }
     for (int i = 0; i < f->n && st == MOE_STATUS_OK; i++)

@@ -24,13 +24,6 @@ static int same_shape(const moe_tensor_info *a, const moe_tensor_info *b) {
     return 1;
 }
 
-static void shape_str(const moe_tensor_info *t, char *buf, size_t n) {
-    int k = snprintf(buf, n, "[");
-    for (int d = 0; d < t->ndim && k > 0 && (size_t)k < n; d++)
-        k += snprintf(buf + k, n - (size_t)k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-    if (k > 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, "]");
-}
-
 /* The dense FFN matrix of src's layer l that expert tensor t (w1, w2 or w3) starts from. */
 static const moe_tensor_info *dense_source(const moe_model *src, const moe_tensor_info *t) {
     static const char *const proj[] = {"gate_proj", "down_proj", "up_proj"}; // w1, w2, w3
@@ -64,8 +57,8 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
         const moe_tensor_info *s = moe_model_find(src, t->name);
         if (s) {
             if (!same_shape(s, t)) {
-                shape_str(s, a, sizeof a);
-                shape_str(t, b, sizeof b);
+                moe__shape_str(s->shape, s->ndim, a, sizeof a);
+                moe__shape_str(t->shape, t->ndim, b, sizeof b);
                 st = moe__err(MOE_STATUS_CONFIG, "init from a model: tensor '%s' is %s in the source but %s in this config",
                               t->name, a, b);
                 break;
@@ -75,7 +68,7 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
             r.copied++;
         } else if (t->group == MOE_GROUP_EXPERT && (s = dense_source(src, t))) {
             if (s->ndim != 2 || s->shape[0] != t->shape[1] || s->shape[1] != t->shape[2]) {
-                shape_str(s, a, sizeof a);
+                moe__shape_str(s->shape, s->ndim, a, sizeof a);
                 st = moe__err(MOE_STATUS_CONFIG,
                               "upcycling layer %d: the dense FFN '%s' is %s but each expert is [%lld, %lld]; set "
                               "expert_hidden to the source's ffn_hidden (%d)",
