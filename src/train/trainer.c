@@ -39,6 +39,8 @@ struct moe_trainer {
     int64_t total_e;             /* length of load_acc */
     int64_t *dropped_acc;        /* (n_moe) */
     int64_t *routed_acc;         /* (n_moe) */
+    float *layer_maxvio;         /* (n_moe) of the step, for its record and event */
+    float *layer_dropped;        /* (n_moe) dropped / routed assignments of the step */
     int64_t *win;                /* (grad_accum * B) window starts of this rank's micro-batches */
     int fail_rank;               /* tests: MOE_TEST_FAIL_RANK makes this rank fail its 2nd step; -1 */
     int64_t fault_step;          /* tests: MOE_TEST_FAULT=STEP:KIND[:TENSOR[@RANK]] injects KIND at STEP; 0 = none */
@@ -315,7 +317,10 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     t->load_acc = calloc((size_t)(total_e ? total_e : 1), sizeof(int64_t));
     t->dropped_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
     t->routed_acc = calloc((size_t)(nm ? nm : 1), sizeof(int64_t));
-    if (!t->opt || !t->tokens || !t->targets || !t->win || !t->load_acc || !t->dropped_acc || !t->load_off || !t->routed_acc) {
+    t->layer_maxvio = calloc((size_t)(nm ? nm : 1), sizeof(float));
+    t->layer_dropped = calloc((size_t)(nm ? nm : 1), sizeof(float));
+    if (!t->opt || !t->tokens || !t->targets || !t->win || !t->load_acc || !t->dropped_acc || !t->load_off || !t->routed_acc ||
+        !t->layer_maxvio || !t->layer_dropped) {
         st = moe__err(MOE_STATUS_NOMEM, "cannot allocate optimizer state for %lld parameters", (long long)P);
         goto fail;
     }
@@ -372,6 +377,8 @@ void moe_trainer_free(moe_trainer *t) {
     free(t->load_off);
     free(t->dropped_acc);
     free(t->routed_acc);
+    free(t->layer_maxvio);
+    free(t->layer_dropped);
     free(t->dir);
     free(t->model_path);
     free(t->state_path);
@@ -732,11 +739,9 @@ static float maxvio(const int64_t *load, int E) {
 }
 
 static void write_record(moe_trainer *t, const moe_step_info *info) {
-    const moe_config *c = &t->cfg;
     FILE *f = t->metrics;
     if (!f) return; // ranks other than 0
     int nm = moe_model_n_moe_layers(t->m);
-    (void)c;
     fprintf(f, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"aux_loss\":%.9g,\"z_loss\":%.9g,"
                "\"seq_aux_loss\":%.9g,\"importance_loss\":%.9g,\"load_loss\":%.9g,"
                "\"total_loss\":%.9g,\"tokens_per_s\":%.1f,\"step_ms\":%.3f",
@@ -758,7 +763,7 @@ static void write_record(moe_trainer *t, const moe_step_info *info) {
         int E = st->n_experts;
         const int64_t *load = t->load_acc + t->load_off[i];
         fprintf(f, "%s{\"layer\":%d,\"maxvio\":%.6g,\"dropped_frac\":%.6g,\"load\":[", i ? "," : "", st->layer,
-                maxvio(load, E), t->routed_acc[i] ? (double)t->dropped_acc[i] / (double)t->routed_acc[i] : 0.0);
+                t->layer_maxvio[i], t->layer_dropped[i]);
         for (int e = 0; e < E; e++) fprintf(f, "%s%lld", e ? "," : "", (long long)load[e]);
         fprintf(f, "]");
         if (st->bias) {
@@ -805,9 +810,9 @@ static moe_status write_tensorboard(moe_trainer *t, const moe_step_info *info) {
         int64_t tot = 0;
         for (int e = 0; e < E; e++) tot += load[e];
         snprintf(tag, sizeof tag, "moe/layer%d/maxvio", st->layer);
-        moe__tb_scalar(tb, tag, maxvio(load, E));
+        moe__tb_scalar(tb, tag, t->layer_maxvio[i]);
         snprintf(tag, sizeof tag, "moe/layer%d/dropped_frac", st->layer);
-        moe__tb_scalar(tb, tag, t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) : 0.0f);
+        moe__tb_scalar(tb, tag, t->layer_dropped[i]);
         for (int e = 0; e < E; e++) { // share of the layer's routed assignments; 1/E when balanced
             share[e] = tot ? (double)load[e] / (double)tot : 0.0;
             snprintf(tag, sizeof tag, "moe/layer%d/load/expert%03d", st->layer, e);
@@ -954,9 +959,10 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         moe_layer_stats *ls = (moe_layer_stats *)moe_model_layer_stats(m, i);
         int E = ls->n_experts;
         const int64_t *load = t->load_acc + t->load_off[i];
-        float mv = maxvio(load, E);
-        info->maxvio = mv > info->maxvio ? mv : info->maxvio;
-        info->dropped_frac += t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) / (float)nm : 0.0f;
+        t->layer_maxvio[i] = maxvio(load, E);
+        t->layer_dropped[i] = t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) : 0.0f;
+        info->maxvio = t->layer_maxvio[i] > info->maxvio ? t->layer_maxvio[i] : info->maxvio;
+        info->dropped_frac += t->layer_dropped[i] / (float)nm;
         // DeepSeek-V3 aux-loss-free balancing: b_e += rate * sign(mean load - load_e), once per
         // optimizer step, from the training loads of all its micro-batches
         if (ls->bias && !info->skipped) {
