@@ -171,42 +171,62 @@ static int by_step(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The kept checkpoints' names (step-N) in DIR/checkpoints, oldest first; *n gets their count.
+ * NULL when there are none or the directory cannot be read. Free with free_list. */
+static char **list_snapshots(const char *base, int *n) {
+    *n = 0;
+    DIR *d = opendir(base);
+    if (!d) return NULL;
+    char **list = NULL;
+    int cap = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, "step-", 5)) continue;
+        if (*n == cap) {
+            char **l = realloc(list, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *l);
+            if (!l) break;
+            list = l;
+        }
+        if (!(list[*n] = strdup(e->d_name))) break;
+        ++*n;
+    }
+    closedir(d);
+    if (*n) qsort(list, (size_t)*n, sizeof *list, by_step);
+    return list;
+}
+
+static void free_list(char **list, int n) {
+    for (int i = 0; i < n; i++) free(list[i]);
+    free(list);
+}
+
 /* A resume that failed on its checkpoint, in a run with keep_checkpoints: the message names the
  * two newest kept checkpoints that are not the failed files themselves (the newest is a hard
  * link to them), and how to go back to one without writing through those links. */
 static void hint_snapshots(const char *dir, moe_status st) {
-    char base[4200], path[4400], best[2][64] = {"", ""};
+    char base[4200], path[4400];
+    const char *best[2] = {NULL, NULL};
     snprintf(base, sizeof base, "%s/checkpoints", dir);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     struct stat cur, sb;
-    int have_cur = stat(path, &cur) == 0;
-    DIR *d = opendir(base);
-    if (!d) return;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        if (strncmp(e->d_name, "step-", 5) || strlen(e->d_name) >= sizeof best[0]) continue;
-        snprintf(path, sizeof path, "%s/%s/model.safetensors", base, e->d_name);
-        if (stat(path, &sb) != 0 || (have_cur && sb.st_ino == cur.st_ino && sb.st_dev == cur.st_dev)) continue;
-        const char *name = e->d_name;
-        if (!best[0][0] || by_step(&name, &(const char *){best[0]}) > 0) {
-            memcpy(best[1], best[0], sizeof best[0]);
-            snprintf(best[0], sizeof best[0], "%s", name);
-        } else if (!best[1][0] || by_step(&name, &(const char *){best[1]}) > 0)
-            snprintf(best[1], sizeof best[1], "%s", name);
+    int have_cur = stat(path, &cur) == 0, n, k = 0;
+    char **list = list_snapshots(base, &n);
+    for (int i = n - 1; i >= 0 && k < 2; i--) {
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", base, list[i]);
+        if (stat(path, &sb) == 0 && !(have_cur && sb.st_ino == cur.st_ino && sb.st_dev == cur.st_dev)) best[k++] = list[i];
     }
-    closedir(d);
-    if (!best[0][0]) return;
-    char first[1024];
-    snprintf(first, sizeof first, "%s", moe_last_error());
-    moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...; to resume from one: cp --remove-destination %s/%s/* %s/ "
-                 "(--remove-destination: the run's files are hard links to a kept checkpoint)",
-             first, base, best[0], best[1][0] ? ", " : "", best[1], base, best[0], dir);
+    if (k) {
+        char first[1024];
+        snprintf(first, sizeof first, "%s", moe_last_error());
+        moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...; to resume from one: cp --remove-destination %s/%s/* %s/ "
+                     "(--remove-destination: the run's files are hard links to a kept checkpoint)",
+                 first, base, best[0], k > 1 ? ", " : "", k > 1 ? best[1] : "", base, best[0], dir);
+    }
+    free_list(list, n);
 }
 
 moe_status moe_run_config(const char *dir, moe_config *out) {
-    size_t n = strlen(dir) + 32;
-    char *path = malloc(n);
+    char *path = join(dir, "model.safetensors");
     if (!path) return moe__err(MOE_STATUS_NOMEM, "out of memory");
-    snprintf(path, n, "%s/model.safetensors", dir);
     moe_status st = moe_checkpoint_config(path, out, NULL);
     if (st != MOE_STATUS_OK) hint_snapshots(dir, st);
     free(path);
@@ -442,8 +462,7 @@ static moe_status keep_snapshot(moe_trainer *t, int ep) {
     char base[4200], snap[4300], src[4400], dst[4600];
     snprintf(base, sizeof base, "%s/checkpoints", t->dir);
     snprintf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->step);
-    if ((mkdir(base, 0755) != 0 && errno != EEXIST) || (mkdir(snap, 0755) != 0 && errno != EEXIST))
-        return moe__err(MOE_STATUS_IO, "cannot create '%s': %s", snap, strerror(errno));
+    if (mkdir_p(snap) != 0) return moe__err(MOE_STATUS_IO, "cannot create '%s': %s", snap, strerror(errno));
     const char *names[3] = {"model.safetensors", ep == 1 ? "state.bin" : NULL, NULL};
     for (int i = 0; i < 2 && names[i]; i++) {
         snprintf(src, sizeof src, "%s/%s", t->dir, names[i]);
@@ -459,32 +478,14 @@ static moe_status keep_snapshot(moe_trainer *t, int ep) {
             if (link(src, dst) != 0)
                 return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
         }
-    // the newest keep_checkpoints stay (names sort by step)
-    DIR *d = opendir(base);
-    if (!d) return moe__err(MOE_STATUS_IO, "cannot read '%s': %s", base, strerror(errno));
-    char **list = NULL;
-    int n = 0, cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, "step-", 5)) continue;
-        if (n == cap) {
-            char **l = realloc(list, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *l);
-            if (!l) break;
-            list = l;
-        }
-        if (!(list[n] = strdup(e->d_name))) break;
-        n++;
+    // the newest keep_checkpoints stay
+    int n;
+    char **list = list_snapshots(base, &n);
+    for (int i = 0; i < n - t->cfg.keep_checkpoints; i++) {
+        snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
+        remove_dir(snap);
     }
-    closedir(d);
-    if (n) qsort(list, (size_t)n, sizeof *list, by_step);
-    for (int i = 0; i < n; i++) {
-        if (i < n - t->cfg.keep_checkpoints) {
-            snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
-            remove_dir(snap);
-        }
-        free(list[i]);
-    }
-    free(list);
+    free_list(list, n);
     return MOE_STATUS_OK;
 }
 
