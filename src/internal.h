@@ -42,6 +42,8 @@ void moe__shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
 
 /* Reads a whole file; *len gets its size. NULL with an error set on failure. */
 char *moe__read_file(const char *path, size_t *len);
+/* The first min(max, size) bytes of a file (NUL-terminated); *size gets its size (may be NULL). */
+char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *size);
 /* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory. */
 moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts);
 

@@ -119,7 +119,7 @@ uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n) {
 
 /* ---------------------------------------------------------------- files */
 
-char *moe__read_file(const char *path, size_t *len) {
+char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *size) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         moe__err(MOE_STATUS_IO, "cannot open '%s': %s", path, strerror(errno));
@@ -131,24 +131,27 @@ char *moe__read_file(const char *path, size_t *len) {
         moe__err(MOE_STATUS_IO, "'%s' is not a regular file", path);
         return NULL;
     }
-    size_t n = (size_t)st.st_size;
+    size_t n = (size_t)st.st_size < max ? (size_t)st.st_size : max;
     char *buf = moe__malloc(n + 1);
     if (!buf) {
         fclose(f);
         moe__err(MOE_STATUS_NOMEM, "cannot allocate %zu bytes to read '%s'", n, path);
         return NULL;
     }
-    if (n && fread(buf, 1, n, f) != n) {
+    if (n && fread(buf, 1, n, f) != n) { // a read error, or the file shrank since fstat
+        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, ferror(f) ? strerror(errno) : "it is shorter than its size");
         free(buf);
         fclose(f);
-        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, strerror(errno));
         return NULL;
     }
     fclose(f);
     buf[n] = 0;
     *len = n;
+    if (size) *size = (size_t)st.st_size;
     return buf;
 }
+
+char *moe__read_file(const char *path, size_t *len) { return moe__read_file_prefix(path, SIZE_MAX, len, NULL); }
 
 moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts) {
     size_t plen = strlen(path);

@@ -9,9 +9,7 @@
 #include "internal.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <string.h>
-#include <sys/stat.h>
 
 static int dtype_size(const char *dt) {
     if (!strcmp(dt, "F32") || !strcmp(dt, "I32") || !strcmp(dt, "U32")) return 4;
@@ -33,45 +31,22 @@ void moe__st_free(moe__st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
-/* The first 8 + header-length bytes of a file (one open, so one file even if it is replaced
- * meanwhile); *size gets the file's size. Lengths are checked by the caller. */
-static char *read_header_bytes(const char *path, size_t *len, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        moe__err(MOE_STATUS_IO, "cannot open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    unsigned char head[8];
-    char *buf = NULL;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        moe__err(MOE_STATUS_IO, "'%s' is not a regular file", path);
-        goto done;
-    }
-    *size = (size_t)sb.st_size;
-    size_t n = fread(head, 1, 8, f);
-    if (n < 8 && *size >= 8) { // shrunk since fstat (truncated in place), or a read error
-        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, ferror(f) ? strerror(errno) : "it is shorter than its size");
-        goto done;
-    }
+static uint64_t header_length(const char *buf) {
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | head[i];
-    if (n == 8 && hlen <= *size - 8 && hlen <= (100u << 20)) n += (size_t)hlen; // else the caller reports it
-    if (!(buf = malloc(n + 1))) {
-        moe__err(MOE_STATUS_NOMEM, "cannot allocate %zu bytes to read '%s'", n, path);
-        goto done;
-    }
-    memcpy(buf, head, n < 8 ? n : 8);
-    if (n > 8 && fread(buf + 8, 1, n - 8, f) != n - 8) {
-        moe__err(MOE_STATUS_IO, "cannot read '%s': %s", path, ferror(f) ? strerror(errno) : "it is shorter than its size");
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | (uint8_t)buf[i];
+    return hlen;
+}
+
+/* The first 8 + header-length bytes of a file (at least what one 1 MiB read gives); *size gets
+ * the file's size. The caller checks the lengths, from the bytes returned. */
+static char *read_header_bytes(const char *path, size_t *len, size_t *size) {
+    char *buf = moe__read_file_prefix(path, 1u << 20, len, size);
+    if (!buf || *len < 8) return buf;
+    uint64_t hlen = header_length(buf);
+    if (8 + hlen > *len && hlen <= *size - 8 && hlen <= (100u << 20)) { // a header beyond the first read
         free(buf);
-        buf = NULL;
-        goto done;
+        buf = moe__read_file_prefix(path, 8 + (size_t)hlen, len, size);
     }
-    buf[n] = 0;
-    *len = n;
-done:
-    fclose(f);
     return buf;
 }
 
@@ -90,9 +65,8 @@ static moe_status st_read(const char *path, moe__st_file *out, int header_only) 
         st = moe__err(MOE_STATUS_FORMAT, "'%s': %zu bytes is too short for a safetensors file", path, size);
         goto fail;
     }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | (uint8_t)buf[i];
-    if (hlen > size - 8 || hlen > (100u << 20)) {
+    uint64_t hlen = header_length(buf);
+    if (hlen > size - 8 || hlen > (100u << 20) || 8 + hlen > len) {
         st = moe__err(MOE_STATUS_FORMAT, "'%s': header length %llu does not fit the %zu-byte file (truncated or not safetensors)",
                       path, (unsigned long long)hlen, size);
         goto fail;
