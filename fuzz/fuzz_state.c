@@ -21,23 +21,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t P = 16;
     if ((ctl & 2) && len >= 32) memcpy(&P, buf + 24, 8);
     moe__state s;
-    if (moe__state_parse(buf, len, "fuzz", P, &s) == MOE_STATUS_OK) {
+    const void *opt;
+    if (moe__state_parse(buf, len, "fuzz", P, &s, &opt) == MOE_STATUS_OK) {
         // the parser promised: 2P floats of moments inside the buffer, sane fields
         float acc = 0, x;
-        for (int64_t i = 0; i < 2 * P; i++) memcpy(&x, (const char *)s.opt + 4 * i, 4), acc += x;
+        for (int64_t i = 0; i < 2 * P; i++) memcpy(&x, (const char *)opt + 4 * i, 4), acc += x;
         if (s.step < 0 || s.ema_n < 0 || s.skipped_run < 0) abort();
         // what we write we read: re-encode (as version 2) and parse again
         size_t n2 = MOE_STATE_HEADER + (size_t)P * 8 + 8;
         char *b2 = malloc(n2);
         if (b2) {
             moe__state_header(&s, P, b2);
-            memcpy(b2 + MOE_STATE_HEADER, s.opt, (size_t)P * 8);
+            memcpy(b2 + MOE_STATE_HEADER, opt, (size_t)P * 8);
             uint64_t sum = moe__fnv1a(MOE_FNV_INIT, b2, n2 - 8);
             memcpy(b2 + n2 - 8, &sum, 8);
             moe__state t;
-            if (moe__state_parse(b2, n2, "round trip", P, &t) != MOE_STATUS_OK || t.step != s.step ||
+            const void *opt2;
+            if (moe__state_parse(b2, n2, "round trip", P, &t, &opt2) != MOE_STATUS_OK || t.step != s.step ||
                 t.ema_n != s.ema_n || t.skipped_run != s.skipped_run || memcmp(&t.rng, &s.rng, sizeof t.rng) ||
-                memcmp(&t.loss_ema, &s.loss_ema, 8) || memcmp(t.opt, s.opt, (size_t)P * 8))
+                memcmp(&t.loss_ema, &s.loss_ema, 8) || memcmp(opt2, opt, (size_t)P * 8))
                 abort();
             free(b2);
         }

@@ -52,17 +52,17 @@ moe_status moe__write_atomic(const char *path, const void *const *parts, const s
 #define MOE_STATE_VERSION 2u
 #define MOE_STATE_HEADER 96
 typedef struct {
-    uint32_t version;    /* of the file parsed */
     int64_t step;        /* optimizer steps done */
     moe_rng rng;         /* data RNG */
     double loss_ema;     /* loss spike guard: running mean of the training loss (version 2) */
-    int64_t ema_n;       /* steps in loss_ema (version 2; 0 in version 1: the guard restarts) */
+    int64_t ema_n;       /* steps in loss_ema (version 2; 0 from version 1: the guard restarts) */
     int skipped_run;     /* steps skipped in a row (version 2) */
-    const void *opt;     /* 2P floats, the AdamW moments: points into the parsed buffer */
 } moe__state;
 /* Checks and decodes a state file's bytes (path only names it in errors): magic, version, the
- * parameter count n_params, the exact length, the checksum, then the fields' ranges. */
-moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64_t n_params, moe__state *out);
+ * parameter count n_params, the exact length, the checksum, then the fields' ranges. *opt gets
+ * the 2 n_params AdamW moments (f32), inside buf. */
+moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64_t n_params, moe__state *out,
+                            const void **opt);
 /* Encodes the current version's header of s; the file is header, 8 n_params bytes of moments,
  * then the FNV-1a 64 of everything before it. Returns MOE_STATE_HEADER. */
 size_t moe__state_header(const moe__state *s, int64_t n_params, char head[MOE_STATE_HEADER]);

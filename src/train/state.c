@@ -15,9 +15,10 @@
 
 #define STATE_MAGIC "MOESTATE"
 
-static size_t header_len(uint32_t version) { return version == 1 ? 64 : 96; }
+static size_t header_len(uint32_t version) { return version == 1 ? 64 : MOE_STATE_HEADER; }
 
-moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64_t n_params, moe__state *out) {
+moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64_t n_params, moe__state *out,
+                            const void **opt) {
     memset(out, 0, sizeof *out);
     if (len < 64 || memcmp(buf, STATE_MAGIC, 8) != 0)
         return moe__err(MOE_STATUS_FORMAT, "'%s' is not a moe training state (bad magic)", path);
@@ -41,7 +42,6 @@ moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64
         return moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch (the file is corrupt)", path);
     if (out->step < 0)
         return moe__err(MOE_STATUS_FORMAT, "'%s': step %lld is negative", path, (long long)out->step);
-    out->version = version;
     memcpy(out->rng.s, buf + 32, 32);
     if (version >= 2) {
         int64_t skipped;
@@ -53,7 +53,7 @@ moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64
                             path, out->loss_ema, (long long)out->ema_n, (long long)skipped);
         out->skipped_run = (int)skipped;
     }
-    out->opt = buf + head;
+    *opt = buf + head;
     return MOE_STATUS_OK;
 }
 

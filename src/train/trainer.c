@@ -31,8 +31,7 @@ struct moe_trainer {
     moe_dataset *train, *val;
     char *dir, *model_path, *state_path, *state_next_path, *metrics_path;
     float *opt;                  /* 2P floats: AdamW first and second moments */
-    int64_t step;
-    moe_rng data_rng;
+    moe__state run;              /* step, data RNG, spike guard: what state.bin keeps besides the moments */
     int *tokens, *targets;       /* (B,T) */
     int64_t *load_acc;           /* (sum of E over MoE layers) over the micro-batches of a step */
     int64_t *load_off;           /* (n_moe) offset of each MoE layer in load_acc */
@@ -46,9 +45,6 @@ struct moe_trainer {
     int64_t fault_step;          /* tests: MOE_TEST_FAULT=STEP:KIND[:TENSOR[@RANK]] injects KIND at STEP; 0 = none */
     char fault_kind[16], fault_tensor[200];
     int fault_rank;              /* tests: with TENSOR@RANK, the rank injected; -1 = every rank */
-    double loss_ema;             /* loss spike guard: running mean of the training loss */
-    int64_t ema_n;               /* steps in loss_ema */
-    int skipped_run;             /* steps skipped in a row */
     FILE *metrics;               /* rank 0 only */
     moe__tb *tb;                 /* rank 0 only, with tensorboard on */
 };
@@ -97,10 +93,8 @@ float moe__lr_at(const moe_config *c, int64_t step) {
 
 static moe_status save_state(moe_trainer *t, const char *path) {
     int64_t P = moe_model_n_params(t->m);
-    moe__state s = {.step = t->step, .rng = t->data_rng, .loss_ema = t->loss_ema, .ema_n = t->ema_n,
-                    .skipped_run = t->skipped_run};
     char head[MOE_STATE_HEADER];
-    size_t hl = moe__state_header(&s, P, head);
+    size_t hl = moe__state_header(&t->run, P, head);
     size_t opt_bytes = (size_t)P * 2 * sizeof(float);
     uint64_t sum = moe__fnv1a(MOE_FNV_INIT, head, hl);
     sum = moe__fnv1a(sum, t->opt, opt_bytes);
@@ -120,17 +114,14 @@ static moe_status load_state(moe_trainer *t, const char *path, int64_t model_ste
     }
     int64_t P = moe_model_n_params(t->m);
     moe__state s;
-    moe_status st = moe__state_parse(buf, len, path, P, &s);
+    const void *opt;
+    moe_status st = moe__state_parse(buf, len, path, P, &s, &opt);
     if (st == MOE_STATUS_OK && s.step != model_step)
         st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", path,
                       (long long)s.step, (long long)model_step);
     if (st == MOE_STATUS_OK) {
-        t->step = s.step;
-        t->data_rng = s.rng;
-        t->loss_ema = s.loss_ema;
-        t->ema_n = s.ema_n;
-        t->skipped_run = s.skipped_run;
-        memcpy(t->opt, s.opt, (size_t)P * 2 * sizeof(float));
+        t->run = s;
+        memcpy(t->opt, opt, (size_t)P * 2 * sizeof(float));
     }
     free(buf);
     return st;
@@ -151,7 +142,7 @@ static moe_status trim_metrics(moe_trainer *t) {
         *nl = 0;
         cJSON *o = cJSON_Parse(line);
         cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "step");
-        int ok = cJSON_IsNumber(s) && s->valuedouble <= (double)t->step;
+        int ok = cJSON_IsNumber(s) && s->valuedouble <= (double)t->run.step;
         cJSON_Delete(o);
         *nl = '\n';
         if (!ok) break;
@@ -308,7 +299,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         st = moe_model_create(c, c->batch_size, &t->m);
         if (st != MOE_STATUS_OK) goto fail;
         moe_model_init(t->m, c->seed);
-        moe__rng_seed(&t->data_rng, c->seed ^ 0xda7aULL);
+        moe__rng_seed(&t->run.rng, c->seed ^ 0xda7aULL);
     }
     int64_t P = moe_model_n_params(t->m), BT = (int64_t)c->batch_size * c->seq_len;
     int nm = moe_model_n_moe_layers(t->m);
@@ -372,7 +363,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
         st = moe__err(MOE_STATUS_IO, "cannot open '%s': %s", t->metrics_path, strerror(errno));
         goto fail;
     }
-    if (g->rank == 0 && t->cfg.tensorboard && (st = moe__tb_open(t->dir, t->step, &t->tb)) != MOE_STATUS_OK) goto fail;
+    if (g->rank == 0 && t->cfg.tensorboard && (st = moe__tb_open(t->dir, t->run.step, &t->tb)) != MOE_STATUS_OK) goto fail;
     *out = t;
     return MOE_STATUS_OK;
 fail:
@@ -407,14 +398,14 @@ void moe_trainer_free(moe_trainer *t) {
     free(t);
 }
 
-int64_t moe_trainer_steps_done(const moe_trainer *t) { return t->step; }
+int64_t moe_trainer_steps_done(const moe_trainer *t) { return t->run.step; }
 moe_model *moe_trainer_model(moe_trainer *t) { return t->m; }
 const moe_config *moe_trainer_config(const moe_trainer *t) { return &t->cfg; }
 
 moe_status moe_trainer_init_from(moe_trainer *t, const moe_model *src, moe_init_report *report) {
-    if (t->step > 0)
+    if (t->run.step > 0)
         return moe__err(MOE_STATUS_ARG, "init from a model: the run is at step %lld; only a new run starts from another model",
-                        (long long)t->step);
+                        (long long)t->run.step);
     return moe_model_init_from(t->m, src, report);
 }
 
@@ -461,7 +452,7 @@ static void remove_dir(const char *dir) {
 static moe_status keep_snapshot(moe_trainer *t, int ep) {
     char base[4200], snap[4300], src[4400], dst[4600];
     snprintf(base, sizeof base, "%s/checkpoints", t->dir);
-    snprintf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->step);
+    snprintf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->run.step);
     if (mkdir_p(snap) != 0) return moe__err(MOE_STATUS_IO, "cannot create '%s': %s", snap, strerror(errno));
     const char *names[3] = {"model.safetensors", ep == 1 ? "state.bin" : NULL, NULL};
     for (int i = 0; i < 2 && names[i]; i++) {
@@ -472,8 +463,8 @@ static moe_status keep_snapshot(moe_trainer *t, int ep) {
     }
     for (int j = 0; ep > 1 && j < ep; j++)
         for (int k = 0; k < 2; k++) {
-            moe__shard_name(src, sizeof src, t->dir, k ? "state" : "experts", j, ep, t->step);
-            moe__shard_name(dst, sizeof dst, snap, k ? "state" : "experts", j, ep, t->step);
+            moe__shard_name(src, sizeof src, t->dir, k ? "state" : "experts", j, ep, t->run.step);
+            moe__shard_name(dst, sizeof dst, snap, k ? "state" : "experts", j, ep, t->run.step);
             unlink(dst);
             if (link(src, dst) != 0)
                 return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
@@ -504,33 +495,33 @@ moe_status moe_trainer_save(moe_trainer *t) {
         // holds a model and a state of the same step (resume looks at state.next.bin too).
         if (g->rank == 0) {
             st = save_state(t, t->state_next_path);
-            if (st == MOE_STATUS_OK) st = moe_model_save(t->m, t->model_path, t->step);
+            if (st == MOE_STATUS_OK) st = moe_model_save(t->m, t->model_path, t->run.step);
             if (st == MOE_STATUS_OK && rename(t->state_next_path, t->state_path) != 0)
                 st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
                               strerror(errno));
         }
         if (!moe__dist_min_int(st == MOE_STATUS_OK) && st == MOE_STATUS_OK)
-            st = moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not write it", (long long)t->step);
+            st = moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not write it", (long long)t->run.step);
         if (st == MOE_STATUS_OK && g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, 1);
         return st;
     }
     char ex[4200], sp[4200];
     if (g->dp_rank == 0) {
-        moe__shard_name(ex, sizeof ex, t->dir, "experts", g->ep_rank, g->ep, t->step);
-        moe__shard_name(sp, sizeof sp, t->dir, "state", g->ep_rank, g->ep, t->step);
-        st = moe__model_save_experts(t->m, ex, t->step);
+        moe__shard_name(ex, sizeof ex, t->dir, "experts", g->ep_rank, g->ep, t->run.step);
+        moe__shard_name(sp, sizeof sp, t->dir, "state", g->ep_rank, g->ep, t->run.step);
+        st = moe__model_save_experts(t->m, ex, t->run.step);
         if (st == MOE_STATUS_OK) st = save_state(t, sp);
     }
     if (!moe__dist_min_int(st == MOE_STATUS_OK))
         return st != MOE_STATUS_OK ? st
                                    : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: another rank could not write its shard; the previous checkpoint is kept",
-                                              (long long)t->step);
-    if (g->rank == 0) st = moe__model_save_replicated(t->m, t->model_path, t->step, g->ep);
+                                              (long long)t->run.step);
+    if (g->rank == 0) st = moe__model_save_replicated(t->m, t->model_path, t->run.step, g->ep);
     if (!moe__dist_min_int(st == MOE_STATUS_OK))
         return st != MOE_STATUS_OK ? st
-                                   : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not commit it", (long long)t->step);
+                                   : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not commit it", (long long)t->run.step);
     if (g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, g->ep); // before old shards go
-    if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->step);
+    if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->run.step);
     return st;
 }
 
@@ -691,7 +682,7 @@ static void draw_windows(moe_trainer *t) {
     int64_t mine = (int64_t)c->grad_accum * c->batch_size;
     for (int r = 0; r < g->size; r++)
         for (int64_t i = 0; i < mine; i++) {
-            int64_t off = (int64_t)(moe__rng_u64(&t->data_rng) % span);
+            int64_t off = (int64_t)(moe__rng_u64(&t->run.rng) % span);
             if (r == g->rank) t->win[i] = off;
         }
 }
@@ -871,18 +862,18 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     int64_t n_micro = (int64_t)c->grad_accum * g->size; // micro-batches of the global batch
     float inv = 1.0f / (float)n_micro;
     moe_status st;
-    if (t->fail_rank == g->rank && t->step == 1)
+    if (t->fail_rank == g->rank && t->run.step == 1)
         return moe__err(MOE_STATUS_IO, "rank %d: injected failure at step 2 (MOE_TEST_FAIL_RANK)", g->rank);
-    int inject = t->fault_step == t->step + 1 && (t->fault_rank < 0 || t->fault_rank == g->rank);
+    int inject = t->fault_step == t->run.step + 1 && (t->fault_rank < 0 || t->fault_rank == g->rank);
     if (inject && !strcmp(t->fault_kind, "param_nan") && moe_model_find(m, t->fault_tensor))
         moe_model_params(m)[moe_model_find(m, t->fault_tensor)->offset] = NAN;
-    moe_rng rng_before = t->data_rng; // a step that stops the run is not taken: its draw neither
+    moe_rng rng_before = t->run.rng; // a step that stops the run is not taken: its draw neither
     draw_windows(t);
     for (int micro = 0; micro < c->grad_accum; micro++) {
         fill_batch(t, micro);
         // noise, jitter and random-routing draws are a function of (seed, global micro-batch
         // index), so a resumed run, or one on another number of ranks, draws the same
-        int64_t q = t->step * n_micro + (int64_t)g->rank * c->grad_accum + micro;
+        int64_t q = t->run.step * n_micro + (int64_t)g->rank * c->grad_accum + micro;
         moe__model_set_noise_seed(m, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)q + 1);
         moe_losses l;
         st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
@@ -921,39 +912,39 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         moe__dist_allreduce_i64(MOE_COMM_WORLD, t->dropped_acc, nm);
         moe__dist_allreduce_i64(MOE_COMM_WORLD, t->routed_acc, nm);
     }
-    float lr = moe__lr_at(c, t->step);
+    float lr = moe__lr_at(c, t->run.step);
     double t_opt = moe__now();
     float norm = moe__grad_norm(m);
     // numerical faults: loss and gradients are global here, so every rank decides alike
-    int spike = c->loss_spike_factor > 0 && t->ema_n >= 20 && info->loss.ce > c->loss_spike_factor * t->loss_ema;
+    int spike = c->loss_spike_factor > 0 && t->run.ema_n >= 20 && info->loss.ce > c->loss_spike_factor * t->run.loss_ema;
     if (!isfinite(info->loss.total) || !isfinite(norm) || spike) {
         char where[224] = "nowhere";
         int kind = 0;
         if (spike)
             snprintf(info->fault, sizeof info->fault, "loss spike: %.4f is above %g x the running mean %.4f", info->loss.ce,
-                     c->loss_spike_factor, t->loss_ema);
+                     c->loss_spike_factor, t->run.loss_ema);
         else {
             kind = locate_nonfinite(m, where, sizeof where);
             snprintf(info->fault, sizeof info->fault, "%s is not finite; first non-finite value: %s",
                      !isfinite(info->loss.total) ? "the loss" : "the gradient norm", where);
         }
-        if (c->nonfinite_policy == MOE_FAULT_STOP || ++t->skipped_run >= c->max_skipped_steps) {
+        if (c->nonfinite_policy == MOE_FAULT_STOP || ++t->run.skipped_run >= c->max_skipped_steps) {
             int poisoned = kind == MOE_NONFINITE_PARAM; // the weights themselves: do not save them
-            t->data_rng = rng_before;
+            t->run.rng = rng_before;
             moe_status sv = poisoned ? MOE_STATUS_OK : moe_trainer_save(t);
             char why[64] = "nonfinite_policy=stop";
-            if (c->nonfinite_policy == MOE_FAULT_SKIP) snprintf(why, sizeof why, "%d steps in a row skipped", t->skipped_run);
+            if (c->nonfinite_policy == MOE_FAULT_SKIP) snprintf(why, sizeof why, "%d steps in a row skipped", t->run.skipped_run);
             if (sv != MOE_STATUS_OK) return sv;
-            return moe__err(MOE_STATUS_NUMERIC, "step %lld: %s; stopped (%s)%s", (long long)t->step + 1, info->fault, why,
+            return moe__err(MOE_STATUS_NUMERIC, "step %lld: %s; stopped (%s)%s", (long long)t->run.step + 1, info->fault, why,
                             poisoned ? "; the weights are not finite, so no checkpoint was written over the last one"
                                      : "; the checkpoint holds the last good step");
         }
         info->skipped = 1; // skip: no update, the step still counts (schedule and data go on)
     } else {
-        t->skipped_run = 0;
-        t->loss_ema = t->ema_n ? 0.99 * t->loss_ema + 0.01 * info->loss.ce : info->loss.ce;
-        t->ema_n++;
-        moe__adamw_apply(m, t->opt, t->step, lr, c, norm);
+        t->run.skipped_run = 0;
+        t->run.loss_ema = t->run.ema_n ? 0.99 * t->run.loss_ema + 0.01 * info->loss.ce : info->loss.ce;
+        t->run.ema_n++;
+        moe__adamw_apply(m, t->opt, t->run.step, lr, c, norm);
     }
     moe__model_prof(m)[MOE_PHASE_OPTIMIZER] += moe__now() - t_opt;
     for (int i = 0; i < nm; i++) {
@@ -975,17 +966,17 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
                 bias[e] += c->bias_update_rate * (float)(((double)load[e] < mean) - ((double)load[e] > mean));
         }
     }
-    t->step++;
+    t->run.step++;
     double dt = moe__now() - t0;
-    info->step = t->step;
+    info->step = t->run.step;
     info->lr = lr;
     info->grad_norm = norm;
     info->step_ms = dt * 1e3;
     info->tokens_per_s = (double)n_micro * c->batch_size * c->seq_len / dt;
     info->a2a_bytes = g->a2a_bytes, info->allreduce_bytes = g->ar_bytes;
     info->a2a_s = g->a2a_s, info->allreduce_s = g->ar_s;
-    int last = t->step >= c->steps;
-    if ((c->eval_every > 0 && t->step % c->eval_every == 0) || last) {
+    int last = t->run.step >= c->steps;
+    if ((c->eval_every > 0 && t->run.step % c->eval_every == 0) || last) {
         st = evaluate_into(m, t->val, c->batch_size, c->eval_batches, t->tokens, t->targets, &info->val_loss, NULL,
                            NULL, NULL);
         if (st != MOE_STATUS_OK) return st;
@@ -993,7 +984,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     }
     write_record(t, info);
     moe_status tb = write_tensorboard(t, info); // reported after the checkpoint, which matters more
-    if ((c->ckpt_every > 0 && t->step % c->ckpt_every == 0) || last) {
+    if ((c->ckpt_every > 0 && t->run.step % c->ckpt_every == 0) || last) {
         st = moe_trainer_save(t);
         if (st != MOE_STATUS_OK) return st;
     }
