@@ -70,26 +70,11 @@ int moe_plot_run(const char *run, const char *out, int *n_written, char *err, si
     snprintf(p, sizeof p, "%s/val.dat", tmp);
     FILE *val = fopen(p, "w");
     if (!loss || !val) rc = fail(err, errn, "plot: cannot write in '%s': %s", tmp, strerror(errno));
-    size_t cap = 1 << 16;
-    char *line = malloc(cap);
-    if (!line && !rc) rc = fail(err, errn, "out of memory");
-    while (!rc && line) {
-        // one record per line, of any length
-        size_t len = 0;
-        int c;
-        while ((c = fgetc(in)) != EOF && c != '\n') {
-            if (len + 1 >= cap) {
-                char *l = realloc(line, cap *= 2);
-                if (!l) {
-                    rc = fail(err, errn, "out of memory");
-                    break;
-                }
-                line = l;
-            }
-            line[len++] = (char)c;
-        }
-        if (rc || (c == EOF && len == 0)) break;
-        line[len] = 0;
+    char *line = NULL; // one record per line, of any length
+    size_t cap = 0;
+    for (ssize_t len; !rc && (len = getline(&line, &cap, in)) != -1;) {
+        int torn = line[len - 1] != '\n'; // a last line without its newline: a run killed mid-write
+        if (!torn) line[len - 1] = 0;
         lineno++;
         cJSON *r = cJSON_Parse(line);
         const cJSON *step = cJSON_GetObjectItemCaseSensitive(r, "step"),
@@ -97,7 +82,7 @@ int moe_plot_run(const char *run, const char *out, int *n_written, char *err, si
                     *moe = cJSON_GetObjectItemCaseSensitive(r, "moe");
         if (!cJSON_IsNumber(step) || !cJSON_IsNumber(ce) || (moe && !cJSON_IsArray(moe))) {
             cJSON_Delete(r);
-            if (c == EOF) break; // a torn last line (a run killed mid-write) is left out
+            if (torn) break; // a torn last line is left out
             rc = fail(err, errn, "plot: '%s' line %ld is not a moe metrics record", path, lineno);
             break;
         }
@@ -147,7 +132,6 @@ int moe_plot_run(const char *run, const char *out, int *n_written, char *err, si
             fprintf(lay[li].bal, "%ld %.6g %.6g\n", last_step, mv->valuedouble, dr->valuedouble);
         }
         cJSON_Delete(r);
-        if (c == EOF) break;
     }
     free(line);
     fclose(in);
