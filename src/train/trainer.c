@@ -130,9 +130,7 @@ static moe_status load_state(moe_trainer *t, const char *path, int64_t model_ste
 /* Keeps the metrics records up to the resumed step, so a resumed run has one record per step. */
 static moe_status trim_metrics(moe_trainer *t) {
     size_t len;
-    FILE *probe = fopen(t->metrics_path, "rb");
-    if (!probe) return MOE_STATUS_OK;
-    fclose(probe);
+    if (access(t->metrics_path, F_OK) != 0) return MOE_STATUS_OK; // none yet
     char *buf = moe__read_file(t->metrics_path, &len);
     if (!buf) return MOE_STATUS_IO;
     size_t keep = 0;
@@ -151,7 +149,7 @@ static moe_status trim_metrics(moe_trainer *t) {
     }
     const void *parts[] = {buf};
     size_t lens[] = {keep};
-    moe_status st = moe__write_atomic(t->metrics_path, parts, lens, 1);
+    moe_status st = keep == len ? MOE_STATUS_OK : moe__write_atomic(t->metrics_path, parts, lens, 1); // only to trim
     free(buf);
     return st;
 }
@@ -345,8 +343,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
             // state.bin (moe_trainer_save): the state of the model's step is the next one
             char first[1024];
             snprintf(first, sizeof first, "%s", moe_last_error());
-            FILE *probe = fopen(t->state_next_path, "rb");
-            if (probe) fclose(probe);
+            int probe = access(t->state_next_path, F_OK) == 0;
             st = probe ? load_state(t, t->state_next_path, model_step) : st;
             if (st == MOE_STATUS_OK && g->rank == 0 && rename(t->state_next_path, t->state_path) != 0)
                 st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
