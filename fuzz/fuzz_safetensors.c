@@ -10,7 +10,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int whole = moe__st_read(path, &f) == MOE_STATUS_OK;
     int head = moe__st_read_header(path, &h) == MOE_STATUS_OK; // as moe_checkpoint_config reads
     if (head != whole) abort(); // the header alone is judged as the whole file is
-    if (head && (h.n != f.n || (!h.metadata_json) != (!f.metadata_json))) abort();
+    if (head && (h.n != f.n || (!h.metadata) != (!f.metadata))) abort();
     if (head) moe__st_free(&h);
     if (!whole) return 0;
     for (int i = 0; i < f.n; i++) // every tensor the reader accepts lies inside the file

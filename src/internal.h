@@ -298,7 +298,7 @@ typedef struct {
     size_t len;
     int n;
     moe__st_tensor *t;
-    char *metadata_json;         /* the "__metadata__" object as JSON text, or NULL */
+    void *metadata;              /* the "__metadata__" object (a cJSON, parsed once), or NULL */
     const uint8_t *data;         /* the data region (after the header), data_len bytes */
     uint64_t data_len;
 } moe__st_file;

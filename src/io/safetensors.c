@@ -27,7 +27,7 @@ void moe__st_free(moe__st_file *f) {
     }
     free(f->t);
     free(f->buf);
-    free(f->metadata_json);
+    cJSON_Delete(f->metadata);
     memset(f, 0, sizeof *f);
 }
 
@@ -86,13 +86,15 @@ static moe_status st_read(const char *path, moe__st_file *out, int header_only) 
     uint64_t data_len = size - 8 - hlen;
     out->data = data;
     out->data_len = data_len;
-    for (cJSON *it = root->child; it; it = it->next) {
+    for (cJSON *it = root->child, *next; it; it = next) {
+        next = it->next;
         if (!strcmp(it->string, "__metadata__")) {
             if (!cJSON_IsObject(it)) {
                 st = moe__err(MOE_STATUS_FORMAT, "'%s': __metadata__ is not an object", path);
                 goto fail;
             }
-            out->metadata_json = cJSON_PrintUnformatted(it);
+            cJSON_Delete(out->metadata); // a repeated key: the last one counts
+            out->metadata = cJSON_DetachItemViaPointer(root, it); // kept: its keys are read later
             continue;
         }
         moe__st_tensor *t = &out->t[out->n];
@@ -163,13 +165,8 @@ const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name) {
 }
 
 char *moe__st_meta(const moe__st_file *f, const char *key) {
-    if (!f->metadata_json) return NULL;
-    cJSON *m = cJSON_Parse(f->metadata_json);
-    char *v = NULL;
-    cJSON *it = cJSON_GetObjectItemCaseSensitive(m, key);
-    if (cJSON_IsString(it)) v = strdup(it->valuestring);
-    cJSON_Delete(m);
-    return v;
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(f->metadata, key);
+    return cJSON_IsString(it) ? strdup(it->valuestring) : NULL;
 }
 
 moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
