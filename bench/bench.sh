@@ -37,18 +37,15 @@ moe_run() { # name threads sets...
         --quiet --profile "$@" > "$W/$name.prof"
     python3 - "$W/$name" "$(cat "$W/$name.mem")" <<'PY'
 import json, statistics, struct, sys
+sys.path.insert(0, "bench")
+from analyze import params  # active parameters per token, as the analysis counts them
 d, mem = sys.argv[1], int(sys.argv[2])
 r = [json.loads(l) for l in open(d + "/metrics.jsonl")]
 tps = statistics.median(x["tokens_per_s"] for x in r[1:])
 with open(d + "/model.safetensors", "rb") as f:
     n, = struct.unpack("<Q", f.read(8)); h = json.loads(f.read(n))
 cfg = json.loads(h["__metadata__"]["config"])
-active = 0
-for k, t in h.items():
-    if k == "__metadata__" or k == "model.embed_tokens.weight": continue
-    numel = 1
-    for s in t["shape"]: numel *= s
-    active += numel // t["shape"][0] * cfg["top_k"] if ".experts." in k else numel
+active = params(d)[1]
 flops = 6 * active + 12 * cfg["n_layer"] * cfg["n_embd"] * cfg["seq_len"]
 print(f"{tps:.0f} {mem / 1024:.0f} {active} {flops}")
 PY
