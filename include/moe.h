@@ -130,6 +130,9 @@ moe_status moe_config_validate(const moe_config *c);
 moe_status moe_config_set(moe_config *c, const char *key, const char *value);
 /* Applies a JSON object of keys (the whole text of a config file); `origin` names it in errors. */
 moe_status moe_config_apply_json(moe_config *c, const char *json, const char *origin);
+/* Applies the JSON config file at path (a regular file or a pipe); a file that cannot be read
+ * (MOE_STATUS_IO) or holds a NUL byte (MOE_STATUS_CONFIG) is named in the error. */
+moe_status moe_config_apply_file(moe_config *c, const char *path);
 /* Writes all keys as one JSON object. Caller frees the returned string with free(). */
 char *moe_config_to_json(const moe_config *c);
 /* Prints every key, its default and meaning. */
@@ -218,6 +221,12 @@ const float *moe_model_logits(const moe_model *m);
 /* Routing statistics of the last forward: one entry per MoE layer. */
 int moe_model_n_moe_layers(const moe_model *m);
 const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i);
+/* Routed experts summed over the MoE layers: the length of per-expert load arrays such as
+ * moe_evaluate's loads (layer i's experts follow those of layers 0..i-1). */
+int64_t moe_model_total_experts(const moe_model *m);
+/* MaxVio of one layer's per-expert loads (Wang et al. 2024): (max_e load_e - mean load) / mean
+ * load; 0 when nothing was routed. */
+double moe_maxvio(const int64_t *load, int n_experts);
 
 /* Routing decisions of the last forward for MoE layer i (0-based among MoE layers): for each
  * token (B*T of them) `slots` entries (K for token choice, E for expert choice and soft
@@ -244,10 +253,11 @@ const char *moe_phase_name(moe_phase p);
 
 /* Weights as safetensors, config in the metadata. Written atomically (temp, fsync, rename). */
 moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
-/* Reads a safetensors checkpoint written by moe_model_save: config from its metadata, a model
- * sized for max_batch, weights checked by name and shape. */
+/* Reads a safetensors checkpoint written by moe_model_save (path is the file, or a run directory
+ * holding model.safetensors): config from its metadata, a model sized for max_batch, weights
+ * checked by name and shape. */
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out);
-/* Reads only the config stored in a checkpoint. */
+/* Reads only the config stored in a checkpoint (the file, or a run directory holding it). */
 moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *step);
 /* The config of the run in dir (its model.safetensors), as a resume starts from; when it cannot
  * be read, the error also names the run's kept checkpoints (keep_checkpoints), if any. */

@@ -44,6 +44,9 @@ void moe__shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
 char *moe__read_file(const char *path, size_t *len);
 /* The first min(max, size) bytes of a file (NUL-terminated); *size gets its size (may be NULL). */
 char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *size);
+/* Reads a whole text file or pipe as a NUL-terminated string (caller frees), named as `what`
+ * ("config") in errors; NULL with *st set when it cannot be read or holds a NUL byte. */
+char *moe__read_text(const char *path, const char *what, moe_status *st);
 /* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory. */
 moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts);
 
@@ -75,8 +78,6 @@ moe_status moe__config_apply_json(moe_config *c, const char *json, const char *o
 
 /* Copies every training key (kind "training" in the key table) from src to dst. */
 void moe__config_take_training(moe_config *dst, const moe_config *src);
-/* Routed experts summed over the MoE layers (the length of per-expert load arrays). */
-int64_t moe__total_experts(const moe_model *m);
 /* Learning rate of 0-based step: linear warmup, then cosine to lr * min_lr_frac at c->steps. */
 float moe__lr_at(const moe_config *c, int64_t step);
 /* Global-norm clipping and one AdamW update of all parameters from their gradients; opt holds

@@ -192,7 +192,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
     moe_config c = case_config(rc); // training keys are not stored in the model file
     const moe_config *mc = moe_model_config(m);
     int B = c.batch_size, T = c.seq_len, V = mc->vocab_size, nm = moe_model_n_moe_layers(m);
-    int64_t total_e = moe__total_experts(m);
+    int64_t total_e = moe_model_total_experts(m);
     int64_t BT = (int64_t)B * T, P = moe_model_n_params(m);
     const int *tok = (const int *)need(&batch, "tokens", "I32", NSTEPS * BT * 4)->data;
     const int *tgt = (const int *)need(&batch, "targets", "I32", NSTEPS * BT * 4)->data;

@@ -151,6 +151,39 @@ char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *s
     return buf;
 }
 
+char *moe__read_text(const char *path, const char *what, moe_status *st) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *st = moe__err(MOE_STATUS_IO, "cannot read %s '%s': %s", what, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) { // no fstat: a pipe has no size
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n < cap - 1) break;
+        char *b = realloc(buf, cap *= 2);
+        if (!b) free(buf);
+        buf = b;
+    }
+    if (!buf) {
+        fclose(f);
+        *st = moe__err(MOE_STATUS_NOMEM, "out of memory reading %s '%s'", what, path);
+        return NULL;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    buf[n] = 0;
+    if (bad || strlen(buf) != n) {
+        *st = bad ? moe__err(MOE_STATUS_IO, "cannot read %s '%s': %s", what, path, strerror(errno))
+                  : moe__err(MOE_STATUS_CONFIG, "%s '%s' holds a NUL byte: it is not text", what, path);
+        free(buf);
+        return NULL;
+    }
+    *st = MOE_STATUS_OK;
+    return buf;
+}
+
 char *moe__read_file(const char *path, size_t *len) { return moe__read_file_prefix(path, SIZE_MAX, len, NULL); }
 
 moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts) {

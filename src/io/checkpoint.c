@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 #define CKPT_FORMAT "moe"
 #define CKPT_VERSION "1"
@@ -120,12 +121,30 @@ done:
     return st;
 }
 
+/* A checkpoint named by its run directory or by the file itself: the file's path, to free. */
+static char *checkpoint_file(const char *path) {
+    struct stat sb;
+    size_t n = strlen(path) + sizeof "/model.safetensors";
+    char *p = malloc(n);
+    if (!p) {
+        moe__err(MOE_STATUS_NOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(p, n, "%s/model.safetensors", path);
+    if (stat(p, &sb) != 0) snprintf(p, n, "%s", path);
+    return p;
+}
+
 moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *step) {
+    char *file = checkpoint_file(path);
+    if (!file) return MOE_STATUS_NOMEM;
     moe__st_file f;
-    moe_status st = moe__st_read_header(path, &f); // the weights are not read
-    if (st != MOE_STATUS_OK) return st;
-    st = moe__checkpoint_config_of(&f, path, out, step);
-    moe__st_free(&f);
+    moe_status st = moe__st_read_header(file, &f); // the weights are not read
+    if (st == MOE_STATUS_OK) {
+        st = moe__checkpoint_config_of(&f, file, out, step);
+        moe__st_free(&f);
+    }
+    free(file);
     return st;
 }
 
@@ -242,16 +261,22 @@ done:
 
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     *out = NULL;
+    char *file = checkpoint_file(path);
+    if (!file) return MOE_STATUS_NOMEM;
     moe__st_file f;
-    moe_status st = moe__st_read(path, &f);
-    if (st != MOE_STATUS_OK) return st;
+    moe_status st = moe__st_read(file, &f);
+    if (st != MOE_STATUS_OK) {
+        free(file);
+        return st;
+    }
     moe_config c;
     moe_model *m = NULL;
-    st = moe__checkpoint_config_of(&f, path, &c, NULL);
+    st = moe__checkpoint_config_of(&f, file, &c, NULL);
     c.recompute = 0; // inference: no backward to save memory for
     if (st == MOE_STATUS_OK) st = moe_model_create(&c, max_batch, &m);
-    if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, path);
+    if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, file);
     moe__st_free(&f);
+    free(file);
     if (st != MOE_STATUS_OK) {
         moe_model_free(m);
         return st;

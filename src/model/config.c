@@ -207,6 +207,15 @@ moe_status moe_config_apply_json(moe_config *c, const char *json, const char *or
     return moe__config_apply_json(c, json, origin, 1);
 }
 
+moe_status moe_config_apply_file(moe_config *c, const char *path) {
+    moe_status st;
+    char *txt = moe__read_text(path, "config", &st);
+    if (!txt) return st;
+    st = moe_config_apply_json(c, txt, path);
+    free(txt);
+    return st;
+}
+
 moe_status moe__config_apply_json(moe_config *c, const char *json, const char *origin, int exact_u64) {
     cJSON *root = cJSON_Parse(json);
     if (!root) {

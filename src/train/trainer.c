@@ -524,7 +524,7 @@ moe_status moe_trainer_save(moe_trainer *t) {
 
 /* ---------------------------------------------------------------- evaluation */
 
-int64_t moe__total_experts(const moe_model *m) {
+int64_t moe_model_total_experts(const moe_model *m) {
     int64_t n = 0;
     for (int i = 0; i < moe_model_n_moe_layers(m); i++) n += moe_model_layer_stats(m, i)->n_experts;
     return n;
@@ -542,7 +542,7 @@ static moe_status evaluate_into(moe_model *m, const moe_dataset *d, int batch, i
     if (max_batches > 0 && windows > (int64_t)max_batches * batch) windows = (int64_t)max_batches * batch;
     // when only some windows are evaluated, spread them evenly over the data (window i starts
     // at window floor(i * avail / windows)), so a mixed validation set is sampled throughout
-    if (loads) memset(loads, 0, (size_t)moe__total_experts(m) * sizeof(int64_t));
+    if (loads) memset(loads, 0, (size_t)moe_model_total_experts(m) * sizeof(int64_t));
     if (would_drop) *would_drop = 0;
     const uint16_t *src = moe_dataset_tokens(d);
     double total = 0.0;
@@ -715,16 +715,16 @@ static void allreduce_grads(moe_model *m) {
     }
 }
 
-static float maxvio(const int64_t *load, int E) {
+double moe_maxvio(const int64_t *load, int E) {
     // (max_i load_i - mean load) / mean load
     int64_t tot = 0, mx = 0;
     for (int e = 0; e < E; e++) {
         tot += load[e];
         mx = load[e] > mx ? load[e] : mx;
     }
-    if (tot == 0) return 0.0f;
+    if (tot == 0) return 0.0;
     double mean = (double)tot / E;
-    return (float)(((double)mx - mean) / mean);
+    return ((double)mx - mean) / mean;
 }
 
 static void write_record(moe_trainer *t, const moe_step_info *info) {
@@ -948,7 +948,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
         moe_layer_stats *ls = (moe_layer_stats *)moe_model_layer_stats(m, i);
         int E = ls->n_experts;
         const int64_t *load = t->load_acc + t->load_off[i];
-        t->layer_maxvio[i] = maxvio(load, E);
+        t->layer_maxvio[i] = (float)moe_maxvio(load, E);
         t->layer_dropped[i] = t->routed_acc[i] ? (float)((double)t->dropped_acc[i] / (double)t->routed_acc[i]) : 0.0f;
         info->maxvio = t->layer_maxvio[i] > info->maxvio ? t->layer_maxvio[i] : info->maxvio;
         info->dropped_frac += t->layer_dropped[i] / (float)nm;
