@@ -1,7 +1,7 @@
 /* fuzz_safetensors.c — the safetensors reader (header length, JSON header, dtypes, shapes,
  * offsets; the whole file and the header alone must agree) and the checkpoint metadata on top of it (format, version, config, step). A small
  * enough config is also built into a model and loaded, through every name and shape check. */
-#include "internal.h"
+#include "io/io.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

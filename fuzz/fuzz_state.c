@@ -2,7 +2,7 @@
  * checksum, step, spike guard fields). The first input byte steers the fuzzer past the checks
  * it cannot solve by mutation: bit 0 rewrites the trailing checksum to match, bit 1 takes the
  * model's parameter count from the file (else 16), so the later checks are reached too. */
-#include "internal.h"
+#include "train/train.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -13,11 +13,15 @@
  * test fails if more than half of its samples are skipped.
  */
 #include "check.h"
-#include "internal.h"
+#include "core/core.h"
+#include "nn/nn.h"
+#include "moe/moe_layer.h"
+#include "model/model.h"
+#include "cpu/cpu.h"
 
 #include <string.h>
 
-static moe_rng rng;
+static moe__rng rng;
 
 static float *randn(int64_t n, float std) {
     float *p = malloc((size_t)(n ? n : 1) * sizeof(float));
@@ -672,7 +676,7 @@ static uint64_t model_sig(void *p) {
     uint64_t h = MOE_FNV_INIT;
     size_t KN = (size_t)cfg->top_k * c->B * c->T;
     for (int l = 0; l < cfg->n_layer; l++) {
-        const moe__moe_cache *mc = moe__model_moe_cache(c->m, l);
+        const moe__moe_cache *mc = moe__cpu_moe_cache(c->m, l);
         if (!mc) continue;
         h = moe__fnv1a(h, mc->sel, KN * sizeof(int));
         h = moe__fnv1a(h, mc->row_of, KN * sizeof(int));

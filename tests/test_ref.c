@@ -8,7 +8,9 @@
  *                                the inputs of make_ref.py
  */
 #include "check.h"
-#include "internal.h"
+#include "io/io.h"
+#include "train/train.h"
+#include "cpu/cpu.h"
 
 #include <string.h>
 
@@ -89,7 +91,7 @@ static void write_init(const char *dir) {
         CHECK_OK(moe_model_create(&c, c.batch_size, &m));
         int n = NSTEPS * c.batch_size * c.seq_len;
         int *tok = malloc((size_t)n * sizeof(int)), *tgt = malloc((size_t)n * sizeof(int));
-        moe_rng r;
+        moe__rng r;
         moe__rng_seed(&r, 99 + ci);
         for (int i = 0; i < n; i++) {
             tok[i] = (int)(moe__rng_u64(&r) % (uint64_t)c.vocab_size);
@@ -99,7 +101,7 @@ static void write_init(const char *dir) {
         for (seed = cases[ci].seed0; seed < 100000; seed++) {
             moe_model_init(m, seed);
             // aux-loss-free bias: random values so that the bias changes selections
-            moe_rng br;
+            moe__rng br;
             moe__rng_seed(&br, seed);
             for (int i = 0; i < moe_model_n_tensors(m); i++) {
                 const moe_tensor_info *t = moe_model_tensor(m, i);
@@ -133,7 +135,7 @@ static void write_init(const char *dir) {
                 moe__model_set_noise_seed(m, step_seed(st));
                 CHECK_OK(moe_model_forward(m, tok + st * BT, tgt + st * BT, c.batch_size, c.seq_len, 1, NULL));
                 for (int l = 0; l < c.n_layer; l++) {
-                    const moe__moe_cache *mc = moe__model_moe_cache(m, l);
+                    const moe__moe_cache *mc = moe__cpu_moe_cache(m, l);
                     if (!mc) continue;
                     int E = moe_config_layer_experts(&c, l);
                     noise[nn] = malloc((size_t)BT * E * sizeof(float));
@@ -193,7 +195,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
     const moe_config *mc = moe_model_config(m);
     int B = c.batch_size, T = c.seq_len, V = mc->vocab_size, nm = moe_model_n_moe_layers(m);
     int64_t total_e = moe_model_total_experts(m);
-    int64_t BT = (int64_t)B * T, P = moe_model_n_params(m);
+    int64_t BT = (int64_t)B * T;
     const int *tok = (const int *)need(&batch, "tokens", "I32", NSTEPS * BT * 4)->data;
     const int *tgt = (const int *)need(&batch, "targets", "I32", NSTEPS * BT * 4)->data;
 
@@ -237,7 +239,7 @@ static void compare_case(const char *dir, const ref_case *rc) {
     printf("%s: %d gradients, max abs err %.3g\n", rc->name, moe_model_n_tensors(m), worst);
 
     // NSTEPS AdamW steps, batch s at step s
-    float *opt = calloc((size_t)P * 2, sizeof(float));
+    CHECK_OK(m->be->optimizer_create(m));
     const float *want_steps = (const float *)need(&ref, "step_losses", "F32", NSTEPS * 4)->data;
     for (int s = 0; s < NSTEPS; s++) {
         moe__model_set_noise_seed(m, step_seed(s));
@@ -246,12 +248,11 @@ static void compare_case(const char *dir, const ref_case *rc) {
         moe_model_zero_grad(m);
         CHECK_OK(moe_model_backward(m, 1.0f));
         float norm;
-        CHECK_OK(moe__adamw_step(m, opt, s, moe__lr_at(&c, s), &c, &norm));
+        CHECK_OK(moe__optimizer_step(m, s, moe__lr_at(&c, s), &c, &norm));
         printf("%s: step %d loss %.6f (torch %.6f) grad norm %.4f\n", rc->name, s, l.total, want_steps[s], norm);
     }
     worst = compare_tensors(m, &ref, "final.", moe_model_params(m), 2e-5, 1e-3);
     printf("%s: parameters after %d AdamW steps, max abs err %.3g\n", rc->name, NSTEPS, worst);
-    free(opt);
     moe_model_free(m);
     moe__st_free(&batch);
     moe__st_free(&ref);

@@ -3,7 +3,7 @@
  * and whole-file / atomic file I/O.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,13 +73,13 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-void moe__rng_seed(moe_rng *r, uint64_t seed) {
+void moe__rng_seed(moe__rng *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
 }
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t moe__rng_u64(moe_rng *r) {
+uint64_t moe__rng_u64(moe__rng *r) {
     uint64_t *s = r->s;
     uint64_t result = rotl(s[1] * 5, 7) * 9;
     uint64_t t = s[1] << 17;
@@ -92,9 +92,9 @@ uint64_t moe__rng_u64(moe_rng *r) {
     return result;
 }
 
-float moe__rng_uniform(moe_rng *r) { return (float)(moe__rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+float moe__rng_uniform(moe__rng *r) { return (float)(moe__rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
 
-float moe__rng_normal(moe_rng *r) {
+float moe__rng_normal(moe__rng *r) {
     /* Box-Muller from two uniforms; u1 in (0, 1] so the log is finite. */
     double u1 = ((double)(moe__rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
     double u2 = (double)(moe__rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
@@ -117,7 +117,43 @@ uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
+void *moe__take(moe__planner *p, size_t bytes) {
+    size_t at = p->off;
+    p->off += (bytes + 63) / 64 * 64;
+    return p->base ? p->base + at : NULL;
+}
+
 /* ---------------------------------------------------------------- files */
+
+char *moe__path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    else moe__err(MOE_STATUS_NOMEM, "out of memory");
+    return p;
+}
+
+int moe__mkdir_p(const char *dir) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *q = path + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) return -1;
+        *q = '/';
+    }
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) return -1;
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
 
 char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *size) {
     FILE *f = fopen(path, "rb");

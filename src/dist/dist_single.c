@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "core/core.h"
+#include "dist/dist.h"
 
 static moe__dist grid = {0, 1, 1, 1, 0, 0, 0, 0, 0.0, 0.0};
 

@@ -4,7 +4,8 @@
  * a format tag in the metadata. Loading checks the format tag, every name, dtype and shape.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "io/io.h"
+#include "model/backend.h"
 
 #include <string.h>
 #include <sys/stat.h>
@@ -24,7 +25,8 @@ static moe_status save_tensors(const moe_model *m, const char *path, int64_t ste
         free(cfg);
         return moe__err(MOE_STATUS_NOMEM, "out of memory saving '%s'", path);
     }
-    const float *params = moe_model_params((moe_model *)m);
+    m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
+    const float *params = m->params;
     for (int i = 0; i < n; i++) {
         const moe_tensor_info *t = moe_model_tensor(m, i);
         if (keep && !keep(t)) continue;
@@ -248,6 +250,7 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
         if (!moe_model_find(m, f->t[i].name))
             st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is not part of this model's config", path, f->t[i].name);
 done:
+    if (st == MOE_STATUS_OK) m->be->from_host(m, MOE_BUF_PARAMS);
     for (int j = 0; j < n_sh && sh; j++) {
         moe__st_free(&sh[j]);
         if (sh_path) free(sh_path[j]);

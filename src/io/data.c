@@ -4,7 +4,7 @@
  * tokens), concatenated in the order given.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "core/core.h"
 
 #include <string.h>
 

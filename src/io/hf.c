@@ -14,7 +14,8 @@
  * family gets an error naming the reason for each.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "io/io.h"
+#include "model/backend.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -119,7 +120,8 @@ static const char *rename_part(char *buf, size_t n, const char *name, const char
 /* The model's tensors under the family's names, and the family's extra tensors. */
 static moe_status collect(const moe_model *m, int qwen, out_list *o) {
     const moe_config *c = moe_model_config(m);
-    const float *params = moe_model_params((moe_model *)m);
+    m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
+    const float *params = m->params;
     static const char *const qwen_proj[] = {"gate_proj", "down_proj", "up_proj"}; // w1 w2 w3
     char name[512], tmp[512];
     int64_t C = c->n_embd;

@@ -8,7 +8,8 @@
  * names, shapes and expert-parallel slicing are checked in one place.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "io/io.h"
+#include "model/model.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

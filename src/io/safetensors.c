@@ -6,7 +6,7 @@
  * sizes, offsets inside the data region, no overlaps beyond what the spec allows.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "io/io.h"
 
 #include <cjson/cJSON.h>
 #include <string.h>

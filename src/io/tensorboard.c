@@ -18,7 +18,7 @@
  * died), so every step is shown once.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "io/io.h"
 
 #include <errno.h>
 #include <string.h>

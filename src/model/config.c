@@ -4,7 +4,7 @@
  * ranges, serialisation into checkpoints and `--help` all read it.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
+#include "model/model.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -6,7 +6,7 @@
  * start (the K gate weights sum to 1 over identical experts), so training resumes from the
  * dense model's loss. Everything else must match; a difference is an error naming the tensor.
  */
-#include "internal.h"
+#include "model/backend.h"
 
 #include <string.h>
 
@@ -48,8 +48,9 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
                         moe_model_config(dst)->vocab_size, moe_model_config(src)->vocab_size);
     uint8_t *used = calloc((size_t)(ns ? ns : 1), 1);
     if (!used) return moe__err(MOE_STATUS_NOMEM, "out of memory");
-    float *dp = moe_model_params(dst);
-    const float *sp = moe_model_params((moe_model *)src);
+    src->be->to_host((moe_model *)src, MOE_BUF_PARAMS);
+    float *dp = dst->params;
+    const float *sp = src->params;
     moe_status st = MOE_STATUS_OK;
     char a[96], b[96];
     for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
@@ -94,6 +95,7 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
             st = moe__err(MOE_STATUS_CONFIG, "init from a model: the source's tensor '%s' has no place in this config",
                           moe_model_tensor(src, i)->name);
     free(used);
+    if (st == MOE_STATUS_OK) dst->be->from_host(dst, MOE_BUF_PARAMS);
     if (st == MOE_STATUS_OK && report) *report = r;
     return st;
 }

@@ -3,7 +3,7 @@
  * next-token distribution. The context is the last seq_len tokens; routing uses the eval
  * capacity factor (dropless by default).
  */
-#include "internal.h"
+#include "core/core.h"
 
 #include <math.h>
 #include <string.h>
@@ -36,7 +36,7 @@ moe_status moe_model_sample(moe_model *m, const int *prompt, int n_prompt, int *
         return moe__err(MOE_STATUS_NOMEM, "sample: out of memory");
     }
     memcpy(seq, prompt, (size_t)n_prompt * sizeof(int));
-    moe_rng r;
+    moe__rng r;
     moe__rng_seed(&r, seed);
     moe_status st = MOE_STATUS_OK;
     for (int pos = n_prompt; pos < total; pos++) {

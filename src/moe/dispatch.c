@@ -11,7 +11,7 @@
  *   soft mixture: every expert takes every token; no capacity.
  * Ties in score go to the lower token index, so routing is deterministic.
  */
-#include "internal.h"
+#include "moe/moe_layer.h"
 
 #include <math.h>
 #include <string.h>

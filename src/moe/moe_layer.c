@@ -9,7 +9,9 @@
  *
  * Backward: dx accumulates; parameter gradients accumulate; scratch is overwritten.
  */
-#include "internal.h"
+#include "moe/moe_layer.h"
+#include "nn/nn.h"
+#include "dist/dist.h"
 
 #include <math.h>
 #include <string.h>
@@ -238,4 +240,69 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
     t = moe__prof_begin(d->prof);
     moe__router_backward(dx, g, s, x, w, c, d, N, ls);
     moe__prof_end(d->prof, MOE_PHASE_ROUTER, t);
+}
+
+/* ---------------------------------------------------------------- memory plan */
+
+void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims *d, int64_t N, int64_t P) {
+    int64_t B = N / d->T, C = d->C, E = d->E, F = d->F, SF = (int64_t)d->S * d->F;
+    int noisy = d->routing == MOE_ROUTING_NOISY_TOPK, jitter = d->jitter_eps > 0.0f;
+    c->xr = jitter ? MOE_TAKE_F(p, N * C) : NULL;
+    c->jit = jitter ? MOE_TAKE_F(p, N * C) : NULL;
+    c->logits = MOE_TAKE_F(p, N * E);
+    c->scores = MOE_TAKE_F(p, N * E);
+    c->probs = MOE_TAKE_F(p, N * E);
+    c->noise_raw = noisy ? MOE_TAKE_F(p, N * E) : NULL;
+    c->noise_eps = noisy ? MOE_TAKE_F(p, N * E) : NULL;
+    c->noisy = noisy ? MOE_TAKE_F(p, N * E) : NULL;
+    c->lse = MOE_TAKE_F(p, N);
+    c->sel = MOE_TAKE_I(p, P);
+    c->gate = MOE_TAKE_F(p, P);
+    c->row_of = MOE_TAKE_I(p, P);
+    c->row_token = MOE_TAKE_I(p, P);
+    c->offsets = MOE_TAKE_I64(p, E + 1);
+    c->load = MOE_TAKE_I64(p, E);
+    c->f = MOE_TAKE_F(p, E);
+    c->seq_f = MOE_TAKE_F(p, B * E);
+    c->imp = MOE_TAKE_F(p, E);
+    c->loadest = MOE_TAKE_F(p, E);
+    c->xe = MOE_TAKE_F(p, P * C);
+    c->ye = MOE_TAKE_F(p, P * C);
+    int64_t PL = d->ep > 1 ? d->ep * P : P; // rows the experts of this rank may receive
+    c->h1 = MOE_TAKE_F(p, PL * F);
+    c->h3 = MOE_TAKE_F(p, PL * F);
+    c->act = MOE_TAKE_F(p, PL * F);
+    if (d->ep > 1) {
+        c->xl = MOE_TAKE_F(p, PL * C);
+        c->yl = MOE_TAKE_F(p, PL * C);
+        c->perm = MOE_TAKE_I(p, PL);
+        c->loff = MOE_TAKE_I64(p, E / d->ep + 1);
+        c->send_rows = MOE_TAKE_I64(p, d->ep);
+        c->recv_rows = MOE_TAKE_I64(p, d->ep);
+    }
+    c->sh1 = MOE_TAKE_F(p, N * SF);
+    c->sh3 = MOE_TAKE_F(p, N * SF);
+    c->sact = MOE_TAKE_F(p, N * SF);
+    c->scratch_idx = MOE_TAKE_I(p, 2 * (P > N ? P : N));
+}
+
+void moe__moe_plan_scratch(moe__planner *p, moe__moe_scratch *s, const moe__moe_dims *d, int64_t N, int64_t P) {
+    int64_t C = d->C, E = d->E;
+    int noisy = d->routing == MOE_ROUTING_NOISY_TOPK, jitter = d->jitter_eps > 0.0f;
+    if (d->ep > 1) {
+        s->dyl = MOE_TAKE_F(p, d->ep * P * C);
+        s->dxl = MOE_TAKE_F(p, d->ep * P * C);
+    }
+    s->dye = MOE_TAKE_F(p, P * C);
+    s->dxe = MOE_TAKE_F(p, P * C);
+    s->dgate = MOE_TAKE_F(p, P);
+    s->dlogits = MOE_TAKE_F(p, N * E);
+    s->dnoise = noisy ? MOE_TAKE_F(p, N * E) : NULL;
+    s->dxr = jitter ? MOE_TAKE_F(p, N * C) : NULL;
+    s->gvec = MOE_TAKE_F(p, 2 * E);
+}
+
+int64_t moe__moe_hidden_scratch(const moe__moe_dims *d, int64_t N, int64_t P) {
+    int64_t PL = d->ep > 1 ? d->ep * P : P, a = PL * d->F, b = N * d->S * d->F;
+    return a > b ? a : b;
 }

@@ -22,7 +22,8 @@
  * probs are the affinities normalised over the experts: softmax p, or s / sum s for sigmoid,
  * or the gates for noisy top-K.
  */
-#include "internal.h"
+#include "moe/moe_layer.h"
+#include "nn/nn.h"
 
 #include <math.h>
 #include <string.h>
@@ -335,4 +336,14 @@ void moe__router_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * C; i++) dx[i] += s->dxr[i] * c->jit[i];
     }
+}
+
+/* ---------------------------------------------------------------- aux-loss-free bias */
+
+void moe__router_bias_update(float *bias, const int64_t *load, int E, float rate) {
+    // DeepSeek-V3: b_e += rate * sign(mean load - load_e); the bias selects, never weights
+    double mean = 0.0;
+    for (int e = 0; e < E; e++) mean += (double)load[e];
+    mean /= E;
+    for (int e = 0; e < E; e++) bias[e] += rate * (float)(((double)load[e] < mean) - ((double)load[e] > mean));
 }

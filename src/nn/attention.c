@@ -8,7 +8,8 @@
  * att (B,H,T,T) keeps the probabilities for the backward pass (zero above the diagonal).
  * Backward: dq, dk, dv accumulate; datt (B,H,T,T) is scratch.
  */
-#include "internal.h"
+#include "core/core.h"
+#include "nn/nn.h"
 
 #include <cblas.h>
 #include <math.h>

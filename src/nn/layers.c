@@ -7,7 +7,8 @@
  * Backward passes accumulate (+=) into parameter gradients and into input gradients (dx, dq,
  * dk, dv); scratch buffers named as such are overwritten.
  */
-#include "internal.h"
+#include "core/core.h"
+#include "nn/nn.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -3,7 +3,8 @@
  * Hugging Face / PyTorch nn.Linear layout. The fast path is BLAS sgemm; the _ref path is a
  * plain triple loop for tests.
  */
-#include "internal.h"
+#include "core/core.h"
+#include "nn/nn.h"
 
 #include <cblas.h>
 

@@ -7,7 +7,7 @@
  * running mean, its step count and the steps skipped in a row. Version 1 files still load, with
  * the guard starting afresh as it did then.
  */
-#include "internal.h"
+#include "train/train.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -1,0 +1,74 @@
+/*
+ * core.h — what every layer of the library uses (core.c): assertions, error messages for
+ * moe_last_error(), aligned allocation, the clock and phase timing, the RNG (xoshiro256**), the
+ * FNV-1a hash, the memory planner, and whole-file and atomic file I/O. Not installed.
+ */
+#ifndef MOE_CORE_H
+#define MOE_CORE_H
+
+#include "moe.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Always on, for programmer errors only (never for input validation). */
+#define MOE_ASSERT(cond)                                                                   \
+    do {                                                                                   \
+        if (!(cond)) moe__assert_fail(#cond, __FILE__, __LINE__);                          \
+    } while (0)
+_Noreturn void moe__assert_fail(const char *expr, const char *file, int line);
+
+/* Records a detailed message for moe_last_error() and returns s, so that callers can write
+ * `return moe__err(MOE_STATUS_IO, "cannot open %s: %s", path, strerror(errno));`. */
+moe_status moe__err(moe_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void *moe__malloc(size_t n);             /* NULL on failure; aligned to 64 bytes */
+void *moe__calloc(size_t n);             /* zeroed */
+double moe__now(void);                   /* monotonic seconds */
+
+/* Phase timing: t = moe__prof_begin(prof); ...; moe__prof_end(prof, MOE_PHASE_X, t) (no-op on NULL). */
+static inline double moe__prof_begin(const double *prof) { return prof ? moe__now() : 0.0; }
+static inline void moe__prof_end(double *prof, moe_phase p, double t0) {
+    if (prof) prof[p] += moe__now() - t0;
+}
+
+/* xoshiro256** generator; state is plain data so it can be checkpointed. */
+typedef struct { uint64_t s[4]; } moe__rng;
+void moe__rng_seed(moe__rng *r, uint64_t seed);
+uint64_t moe__rng_u64(moe__rng *r);
+float moe__rng_uniform(moe__rng *r);     /* [0, 1) */
+float moe__rng_normal(moe__rng *r);      /* N(0, 1), Box-Muller */
+
+#define MOE_FNV_INIT 1469598103934665603ULL
+uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n);
+/* "[a, b, c]" into buf. */
+void moe__shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
+
+/* A memory plan: buffers carved one after another (64-byte aligned) out of one allocation. A
+ * first pass with base NULL only sizes (off ends as the bytes needed, pointers are NULL); a
+ * second pass over the allocation hands out the same offsets. */
+typedef struct {
+    char *base;
+    size_t off;
+} moe__planner;
+void *moe__take(moe__planner *p, size_t bytes);
+#define MOE_TAKE_F(p, n) ((float *)moe__take(p, (size_t)(n) * sizeof(float)))
+#define MOE_TAKE_I(p, n) ((int *)moe__take(p, (size_t)(n) * sizeof(int)))
+#define MOE_TAKE_I64(p, n) ((int64_t *)moe__take(p, (size_t)(n) * sizeof(int64_t)))
+
+/* dir/name (caller frees); NULL with an error set when out of memory. */
+char *moe__path_join(const char *dir, const char *name);
+/* mkdir -p: creates dir and its missing parents; 0, or -1 with errno. */
+int moe__mkdir_p(const char *dir);
+/* Reads a whole file; *len gets its size. NULL with an error set on failure. */
+char *moe__read_file(const char *path, size_t *len);
+/* The first min(max, size) bytes of a file (NUL-terminated); *size gets its size (may be NULL). */
+char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *size);
+/* Reads a whole text file or pipe as a NUL-terminated string (caller frees), named as `what`
+ * ("config") in errors; NULL with *st set when it cannot be read or holds a NUL byte. */
+char *moe__read_text(const char *path, const char *what, moe_status *st);
+/* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory. */
+moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts);
+
+#endif

@@ -1,0 +1,62 @@
+/*
+ * cpu.h — the CPU backend's own state (cpu/): one activation buffer planned for (max_batch,
+ * seq_len), the views of each block's saved activations, and the backward scratch. fp32, BLAS
+ * for the GEMMs, OpenMP for the rest; deterministic for a given thread count. The parameters,
+ * gradients and AdamW moments are plain host buffers (struct moe_model's views). Not installed.
+ *
+ *   cpu_backend.c  the ops table, the memory plan, create and free
+ *   cpu_model.c    the model's forward and backward passes, block by block
+ *   cpu_optim.c    gradient norm, AdamW, the aux-loss-free bias, the non-finite locator
+ */
+#ifndef MOE_CPU_H
+#define MOE_CPU_H
+
+#include "model/backend.h"
+#include "moe/moe_layer.h"
+
+/* Weights of one block (pointers into the parameter or the gradient buffer). */
+typedef struct {
+    float *ln1, *wq, *wk, *wv, *wo, *ln2, *w1, *w3, *w2;
+    moe__moe_weights moe;
+} moe__cpu_layer_w;
+
+/* Saved activations of one block. */
+typedef struct {
+    float *ln1, *rstd1, *q, *k, *v, *att, *atty, *resid_mid, *ln2, *rstd2;
+    float *h1, *h3, *act;               /* dense FFN */
+    moe__moe_cache mc;
+} moe__cpu_layer_act;
+
+typedef struct {
+    char *arena;                        /* activations and scratch: one allocation */
+    float **resid;                      /* L+1 arrays (N,C): input of each layer, then the output */
+    moe__cpu_layer_act *la;             /* L; with recompute, one slot per kind of block, shared */
+    float *lnf, *rstdf, *logits, *dlogits, *row_loss, *rope_cos, *rope_sin, *tmp;
+    float *dresid, *dln, *datty, *dq, *dk, *dv, *datt, *dact, *dh1, *dh3;
+    moe__moe_scratch ms;
+    float *a2a_buf;                     /* expert parallelism scratch (moe__moe_dims) */
+    int64_t *a2a_cnt;
+    int *tokens, *targets;
+} moe__cpu;
+
+static inline moe__cpu *moe__cpu_of(const moe_model *m) { return (moe__cpu *)m->be_state; }
+
+/* Pointers of layer l's tensors in base (the parameters or the gradients). */
+moe__cpu_layer_w moe__cpu_layer_weights(const moe_model *m, float *base, int l);
+/* The MoE dimensions of layer l for sequences of T tokens. */
+moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training);
+
+moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
+                            moe_losses *out);
+void moe__cpu_backward(moe_model *m, float grad_scale);
+
+void moe__cpu_zero_grad(moe_model *m);
+float moe__cpu_grad_norm(moe_model *m);
+void moe__cpu_adamw(moe_model *m, int64_t step, float lr, const moe_config *c, float norm);
+void moe__cpu_bias_update(moe_model *m, const int64_t *loads, float rate);
+int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n);
+
+/* For tests: the MoE cache of layer l of the last forward (NULL for a dense layer). */
+const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l);
+
+#endif

@@ -1,0 +1,205 @@
+/*
+ * cpu_backend.c — the CPU backend's ops table and memory plan. The parameters, gradients and
+ * AdamW moments are plain host buffers (so to_host and from_host copy nothing); activations and
+ * scratch live in one buffer planned for (max_batch, seq_len) by two passes of the same code,
+ * one that sizes and one that hands out the pointers. Nothing is allocated in a training step.
+ */
+#include "cpu/cpu.h"
+#include "nn/nn.h"
+
+#include <string.h>
+
+/* Saved activations of one block: a dense FFN (E = 0) or an MoE layer of dims d with P
+ * assignments. */
+static void plan_block(moe__planner *p, moe__cpu_layer_act *a, const moe_config *c, int64_t B,
+                       const moe__moe_dims *d, int64_t P) {
+    int64_t T = c->seq_len, N = B * T, C = c->n_embd, H = c->n_head, Fd = c->ffn_hidden;
+    a->ln1 = MOE_TAKE_F(p, N * C);
+    a->rstd1 = MOE_TAKE_F(p, N);
+    a->q = MOE_TAKE_F(p, N * C);
+    a->k = MOE_TAKE_F(p, N * C);
+    a->v = MOE_TAKE_F(p, N * C);
+    a->att = MOE_TAKE_F(p, B * H * T * T);
+    a->atty = MOE_TAKE_F(p, N * C);
+    a->resid_mid = MOE_TAKE_F(p, N * C);
+    a->ln2 = MOE_TAKE_F(p, N * C);
+    a->rstd2 = MOE_TAKE_F(p, N);
+    if (!d) {
+        a->h1 = MOE_TAKE_F(p, N * Fd);
+        a->h3 = MOE_TAKE_F(p, N * Fd);
+        a->act = MOE_TAKE_F(p, N * Fd);
+        return;
+    }
+    moe__moe_plan_cache(p, &a->mc, d, N, P);
+}
+
+/* The dims of an MoE layer with E experts, for planning (full sequences, training). */
+static moe__moe_dims plan_dims(const moe_model *m, int l, int E) {
+    moe__moe_dims d = moe__cpu_layer_dims(m, l, m->cfg.seq_len, 1);
+    d.E = E;
+    d.El = E / m->ep;
+    return d;
+}
+
+/* The blocks' saved activations: one slot per block, or with recompute one per kind of block,
+ * shared by all blocks of that kind (backward redoes a block's forward from resid[l] just
+ * before its own backward). Returns the most assignments of any layer. */
+static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B) {
+    const moe_config *c = &m->cfg;
+    int64_t N = B * c->seq_len, PM = 0, first_moe = -1;
+    for (int l = 0; l < c->n_layer; l++)
+        if (m->moe_slot[l] >= 0) {
+            int64_t P = moe__model_max_slots(c, m->n_exp[l]) * N;
+            PM = P > PM ? P : PM;
+            if (first_moe < 0) first_moe = l;
+        }
+    if (c->recompute) {
+        moe__cpu_layer_act dense, moe;
+        memset(&dense, 0, sizeof dense);
+        memset(&moe, 0, sizeof moe);
+        if (m->n_moe < c->n_layer) plan_block(p, &dense, c, B, NULL, 0);
+        if (m->n_moe > 0) {
+            moe__moe_dims d = plan_dims(m, (int)first_moe, m->max_e);
+            plan_block(p, &moe, c, B, &d, PM);
+        }
+        for (int l = 0; l < c->n_layer; l++) s->la[l] = m->moe_slot[l] >= 0 ? moe : dense;
+        return PM;
+    }
+    for (int l = 0; l < c->n_layer; l++) {
+        if (m->moe_slot[l] < 0) {
+            plan_block(p, &s->la[l], c, B, NULL, 0);
+            continue;
+        }
+        moe__moe_dims d = plan_dims(m, l, m->n_exp[l]);
+        plan_block(p, &s->la[l], c, B, &d, moe__model_max_slots(c, m->n_exp[l]) * N);
+    }
+    return PM;
+}
+
+static size_t plan(moe_model *m, moe__cpu *s, char *base) {
+    const moe_config *c = &m->cfg;
+    moe__planner p = {base, 0};
+    int64_t B = m->max_batch, T = c->seq_len, N = B * T, C = c->n_embd, V = c->vocab_size, H = c->n_head;
+    int64_t hid = N * c->ffn_hidden;
+    for (int l = 0; l <= c->n_layer; l++) s->resid[l] = MOE_TAKE_F(&p, N * C);
+    int64_t PM = plan_blocks(&p, m, s, B);
+    s->lnf = MOE_TAKE_F(&p, N * C);
+    s->rstdf = MOE_TAKE_F(&p, N);
+    s->logits = MOE_TAKE_F(&p, N * V);
+    s->dlogits = MOE_TAKE_F(&p, N * V);
+    s->row_loss = MOE_TAKE_F(&p, N);
+    s->rope_cos = MOE_TAKE_F(&p, T * (C / H / 2));
+    s->rope_sin = MOE_TAKE_F(&p, T * (C / H / 2));
+    s->tmp = MOE_TAKE_F(&p, N * C);
+    s->dresid = MOE_TAKE_F(&p, N * C);
+    s->dln = MOE_TAKE_F(&p, N * C);
+    s->datty = MOE_TAKE_F(&p, N * C);
+    s->dq = MOE_TAKE_F(&p, N * C);
+    s->dk = MOE_TAKE_F(&p, N * C);
+    s->dv = MOE_TAKE_F(&p, N * C);
+    s->datt = MOE_TAKE_F(&p, B * H * T * T);
+    if (m->n_moe > 0) {
+        // the scratch of the widest MoE layer (the dims of any MoE layer, with the most experts)
+        int l = 0;
+        while (m->moe_slot[l] < 0) l++;
+        moe__moe_dims d = plan_dims(m, l, m->max_e);
+        if (m->ep > 1) {
+            s->a2a_buf = MOE_TAKE_F(&p, m->ep * PM * C);
+            s->a2a_cnt = MOE_TAKE_I64(&p, 2 * (int64_t)m->ep * m->max_e);
+        }
+        moe__moe_plan_scratch(&p, &s->ms, &d, N, PM);
+        int64_t h = moe__moe_hidden_scratch(&d, N, PM);
+        hid = h > hid ? h : hid;
+    }
+    s->dact = MOE_TAKE_F(&p, hid);
+    s->dh1 = MOE_TAKE_F(&p, hid);
+    s->dh3 = MOE_TAKE_F(&p, hid);
+    s->ms.dact = s->dact;
+    s->ms.dh1 = s->dh1;
+    s->ms.dh3 = s->dh3;
+    s->tokens = MOE_TAKE_I(&p, N);
+    s->targets = MOE_TAKE_I(&p, N);
+    return p.off;
+}
+
+static void cpu_free(moe_model *m) {
+    moe__cpu *s = moe__cpu_of(m);
+    free(m->params);
+    free(m->grads);
+    free(m->opt);
+    m->params = m->grads = m->opt = NULL;
+    if (!s) return;
+    free(s->resid);
+    free(s->la);
+    free(s->arena);
+    free(s);
+    m->be_state = NULL;
+}
+
+static moe_status cpu_create(moe_model *m) {
+    const moe_config *c = &m->cfg;
+    moe__cpu *s = calloc(1, sizeof *s);
+    m->be_state = s;
+    m->params = moe__calloc((size_t)m->n_params * sizeof(float));
+    m->grads = moe__calloc((size_t)m->n_params * sizeof(float));
+    if (!s || !m->params || !m->grads)
+        return moe__err(MOE_STATUS_NOMEM, "cannot allocate %lld parameters", (long long)m->n_params);
+    s->resid = calloc((size_t)c->n_layer + 1, sizeof(float *));
+    s->la = calloc((size_t)c->n_layer, sizeof(moe__cpu_layer_act));
+    if (!s->resid || !s->la) return moe__err(MOE_STATUS_NOMEM, "out of memory (activation plan)");
+    size_t bytes = plan(m, s, NULL);
+    s->arena = moe__calloc(bytes);
+    if (!s->arena)
+        return moe__err(MOE_STATUS_NOMEM, "cannot allocate %.1f MiB of activations (batch %d x seq_len %d)",
+                        (double)bytes / 1048576.0, m->max_batch, c->seq_len);
+    plan(m, s, s->arena);
+    moe__rope_tables(s->rope_cos, s->rope_sin, c->seq_len, c->n_embd / c->n_head, c->rope_theta);
+    return MOE_STATUS_OK;
+}
+
+static moe_status cpu_optimizer_create(moe_model *m) {
+    if (!m->opt) m->opt = moe__calloc((size_t)m->n_params * 2 * sizeof(float));
+    return m->opt ? MOE_STATUS_OK
+                  : moe__err(MOE_STATUS_NOMEM, "cannot allocate optimizer state for %lld parameters", (long long)m->n_params);
+}
+
+static const float *cpu_logits(moe_model *m) { return moe__cpu_of(m)->logits; }
+
+static int cpu_routing(const moe_model *m, int i, int *out) {
+    int l = m->stats[i].layer;
+    if (m->cfg.recompute) return -1; // the blocks share one activation slot
+    moe__moe_dims d = moe__cpu_layer_dims(m, l, m->T, m->training);
+    int slots = moe__moe_slots(&d);
+    const moe__moe_cache *c = &moe__cpu_of(m)->la[l].mc;
+    int64_t P = (int64_t)slots * m->B * m->T;
+    for (int64_t a = 0; a < P; a++) out[a] = c->row_of[a] >= 0 ? c->sel[a] : -1;
+    return slots;
+}
+
+const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l) {
+    return m->moe_slot[l] >= 0 ? &moe__cpu_of(m)->la[l].mc : NULL;
+}
+
+/* The host views are the buffers themselves. */
+static void cpu_sync(moe_model *m, moe__buf b) {
+    (void)m;
+    (void)b;
+}
+
+const moe__backend moe__backend_cpu = {
+    .name = "cpu",
+    .create = cpu_create,
+    .free = cpu_free,
+    .optimizer_create = cpu_optimizer_create,
+    .forward = moe__cpu_forward,
+    .backward = moe__cpu_backward,
+    .zero_grad = moe__cpu_zero_grad,
+    .logits = cpu_logits,
+    .routing = cpu_routing,
+    .grad_norm = moe__cpu_grad_norm,
+    .adamw = moe__cpu_adamw,
+    .bias_update = moe__cpu_bias_update,
+    .locate_nonfinite = moe__cpu_locate_nonfinite,
+    .to_host = cpu_sync,
+    .from_host = cpu_sync,
+};

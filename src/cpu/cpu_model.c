@@ -1,0 +1,223 @@
+/*
+ * cpu_model.c — the model's forward and backward passes on the CPU, block by block:
+ *
+ *   tokens (B,T) -> embedding -> L x [ x += attn(rmsnorm(x)); x += ffn_l(rmsnorm(x)) ]
+ *                -> rmsnorm -> lm_head -> cross-entropy
+ *
+ * ffn_l is a dense SwiGLU (nn/) or an MoE layer (moe/). The forward saves each block's
+ * activations in its slot of the plan (cpu_backend.c); with recompute, blocks of a kind share
+ * one slot and backward redoes a block's forward just before its own backward. Backward
+ * accumulates into the parameter gradients; activation gradients are scratch.
+ */
+#include "cpu/cpu.h"
+#include "nn/nn.h"
+
+#include <math.h>
+#include <string.h>
+
+static float *at(float *base, int64_t off) { return off < 0 ? NULL : base + off; }
+
+moe__cpu_layer_w moe__cpu_layer_weights(const moe_model *m, float *base, int l) {
+    const moe__layer_off *o = &m->lo[l];
+    moe__cpu_layer_w w = {at(base, o->ln1), at(base, o->wq), at(base, o->wk), at(base, o->wv), at(base, o->wo),
+                 at(base, o->ln2), at(base, o->w1), at(base, o->w3), at(base, o->w2),
+                 {at(base, o->wg), at(base, o->wnoise), at(base, o->bias), at(base, o->ew1), at(base, o->ew3),
+                  at(base, o->ew2), at(base, o->sw1), at(base, o->sw3), at(base, o->sw2)}};
+    return w;
+}
+
+moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training) {
+    const moe_config *c = &m->cfg;
+    moe__moe_dims d;
+    memset(&d, 0, sizeof d);
+    d.E = m->n_exp[l], d.K = c->top_k, d.F = c->expert_hidden, d.S = c->n_shared, d.C = c->n_embd, d.T = T;
+    d.routing = c->routing;
+    d.score = c->router_score;
+    d.norm_topk = c->norm_topk;
+    d.route_scale = c->route_scale;
+    d.drop_policy = c->drop_policy;
+    d.capacity_factor = training ? c->capacity_factor : c->eval_capacity_factor;
+    d.min_capacity = c->min_capacity;
+    d.train_capacity_factor = c->capacity_factor;
+    d.training = training;
+    d.jitter_eps = c->jitter_eps;
+    d.random_routing = c->random_routing;
+    d.noise_seed = m->noise_seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1));
+    d.prof = (double *)m->prof;
+    d.ep = m->ep;
+    d.El = d.E / m->ep;
+    d.a2a_buf = moe__cpu_of(m)->a2a_buf;
+    d.a2a_cnt = moe__cpu_of(m)->a2a_cnt;
+    return d;
+}
+
+/* One block: resid[l+1] = resid[l] + attn(...) + ffn(...), saving its activations in la[l] (in
+ * recompute mode the slot shared by every block of its kind). Deterministic for a given thread
+ * count and noise seed, so that backward can redo it bit for bit. */
+static void block_forward(moe_model *m, int l, int B, int T, int training) {
+    const moe_config *c = &m->cfg;
+    moe__cpu *s = moe__cpu_of(m);
+    int64_t N = (int64_t)B * T;
+    int C = c->n_embd, H = c->n_head;
+    double *prof = m->prof, t = moe__prof_begin(prof);
+    moe__cpu_layer_w w = moe__cpu_layer_weights(m, m->params, l);
+    moe__cpu_layer_act *a = &s->la[l];
+    float *x = s->resid[l], *xo = s->resid[l + 1];
+    moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
+    moe__matmul_forward(a->q, a->ln1, w.wq, N, C, C, 0);
+    moe__matmul_forward(a->k, a->ln1, w.wk, N, C, C, 0);
+    moe__matmul_forward(a->v, a->ln1, w.wv, N, C, C, 0);
+    moe__rope_forward(a->q, s->rope_cos, s->rope_sin, B, T, C, H);
+    moe__rope_forward(a->k, s->rope_cos, s->rope_sin, B, T, C, H);
+    moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H);
+    memcpy(a->resid_mid, x, (size_t)N * C * sizeof(float));
+    moe__matmul_forward(a->resid_mid, a->atty, w.wo, N, C, C, 1);
+    moe__rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps);
+    memcpy(xo, a->resid_mid, (size_t)N * C * sizeof(float));
+    moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
+    if (m->moe_slot[l] < 0) {
+        t = moe__prof_begin(prof);
+        moe__ffn_forward(xo, a->h1, a->h3, a->act, a->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
+        moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
+        return;
+    }
+    moe__moe_dims dims = moe__cpu_layer_dims(m, l, T, training);
+    moe__moe_forward(s->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
+    t = moe__prof_begin(prof);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * C; i++) xo[i] += s->tmp[i];
+    moe__prof_end(prof, MOE_PHASE_COMBINE, t);
+}
+
+/* Copies MoE layer l's routing statistics of the forward into its moe_layer_stats and adds its
+ * losses to sums (aux, z, seq_aux, importance, load). */
+static void collect_stats(moe_model *m, int l, double *sums) {
+    const moe__moe_cache *mc = &moe__cpu_of(m)->la[l].mc;
+    moe_layer_stats *st = &m->stats[m->moe_slot[l]];
+    memcpy(st->load, mc->load, (size_t)m->n_exp[l] * sizeof(int64_t));
+    st->dropped = mc->dropped;
+    st->would_drop = mc->would_drop;
+    st->assignments = mc->routed;
+    st->capacity = mc->capacity;
+    st->aux = mc->aux;
+    st->z = mc->z;
+    st->seq_aux = mc->seq_aux;
+    st->importance = mc->imp_loss;
+    st->load_loss = mc->load_loss;
+    sums[0] += mc->aux;
+    sums[1] += mc->z;
+    sums[2] += mc->seq_aux;
+    sums[3] += mc->imp_loss;
+    sums[4] += mc->load_loss;
+}
+
+moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
+                            moe_losses *out) {
+    const moe_config *c = &m->cfg;
+    moe__cpu *s = moe__cpu_of(m);
+    int64_t N = (int64_t)B * T;
+    int C = c->n_embd, V = c->vocab_size;
+    memcpy(s->tokens, tokens, (size_t)N * sizeof(int));
+    if (targets) memcpy(s->targets, targets, (size_t)N * sizeof(int));
+    const float *wte = m->params + m->off_embed;
+    // x_n = wte[token_n]
+    double *prof = m->prof, t = moe__prof_begin(prof);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) memcpy(s->resid[0] + n * C, wte + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
+    double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0}; // aux, z, seq_aux, importance, load
+    for (int l = 0; l < c->n_layer; l++) {
+        block_forward(m, l, B, T, training);
+        if (m->moe_slot[l] >= 0) collect_stats(m, l, sums);
+    }
+    t = moe__prof_begin(prof);
+    moe__rmsnorm_forward(s->lnf, s->rstdf, s->resid[c->n_layer], m->params + m->off_normf, N, C, c->norm_eps);
+    moe__matmul_forward(s->logits, s->lnf, m->params + m->off_lm, N, C, V, 0);
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
+    if (!out) return MOE_STATUS_OK;
+    memset(out, 0, sizeof *out);
+    if (m->n_moe) {
+        out->aux = (float)(sums[0] / m->n_moe);
+        out->z = (float)(sums[1] / m->n_moe);
+        out->seq_aux = (float)(sums[2] / m->n_moe);
+        out->importance = (float)(sums[3] / m->n_moe);
+        out->load = (float)(sums[4] / m->n_moe);
+    }
+    if (targets) {
+        out->ce = moe__crossentropy(NULL, s->row_loss, s->logits, targets, N, V, 1.0f);
+        out->total = out->ce + c->aux_loss_coef * out->aux + c->z_loss_coef * out->z +
+                     c->seq_aux_loss_coef * out->seq_aux + c->importance_loss_coef * out->importance +
+                     c->load_loss_coef * out->load;
+    }
+    if (!isfinite(out->ce) || !isfinite(out->aux) || !isfinite(out->z))
+        return moe__err(MOE_STATUS_NUMERIC, "forward: loss is not finite (ce %g, aux %g, z %g)", out->ce,
+                        out->aux, out->z);
+    return MOE_STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+void moe__cpu_backward(moe_model *m, float grad_scale) {
+    moe__cpu *s = moe__cpu_of(m);
+    const moe_config *c = &m->cfg;
+    int B = m->B, T = m->T, C = c->n_embd, V = c->vocab_size, H = c->n_head;
+    int64_t N = (int64_t)B * T;
+    size_t NC = (size_t)N * C * sizeof(float);
+    float *g = m->grads;
+    double *prof = m->prof, t = moe__prof_begin(prof);
+    // loss = mean_n ce_n: dlogits = scale (softmax - onehot) / N
+    moe__crossentropy(s->dlogits, s->row_loss, s->logits, s->targets, N, V, grad_scale);
+    // logits = lnf @ lm^T
+    memset(s->dln, 0, NC);
+    moe__matmul_backward(s->dln, g + m->off_lm, s->dlogits, s->lnf, m->params + m->off_lm, N, C, V);
+    memset(s->dresid, 0, NC);
+    moe__rmsnorm_backward(s->dresid, g + m->off_normf, s->dln, s->resid[c->n_layer], m->params + m->off_normf,
+                          s->rstdf, N, C);
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
+    float per_layer = m->n_moe ? grad_scale / (float)m->n_moe : 0.0f;
+    moe__moe_loss_scales ls = {per_layer * c->aux_loss_coef, per_layer * c->z_loss_coef,
+                               per_layer * c->seq_aux_loss_coef, per_layer * c->importance_loss_coef,
+                               per_layer * c->load_loss_coef};
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        moe__cpu_layer_w w = moe__cpu_layer_weights(m, m->params, l);
+        moe__cpu_layer_w gw = moe__cpu_layer_weights(m, g, l);
+        moe__cpu_layer_act *a = &s->la[l];
+        if (c->recompute) block_forward(m, l, B, T, m->training); // refills la[l]; resid[l+1] is rewritten
+        // xo = resid_mid + ffn(ln2): dresid holds d xo and becomes d resid_mid
+        memset(s->dln, 0, NC);
+        t = moe__prof_begin(prof);
+        if (m->moe_slot[l] < 0)
+            moe__ffn_backward(s->dln, gw.w1, gw.w3, gw.w2, s->dact, s->dh1, s->dh3, s->dresid, a->ln2, a->h1, a->h3,
+                              a->act, w.w1, w.w3, w.w2, N, C, c->ffn_hidden);
+        else {
+            moe__moe_dims dims = moe__cpu_layer_dims(m, l, T, m->training);
+            moe__moe_backward(s->dln, &gw.moe, &s->ms, s->dresid, a->ln2, &w.moe, &a->mc, &dims, N, &ls);
+        }
+        if (m->moe_slot[l] < 0) moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
+        t = moe__prof_begin(prof);
+        moe__rmsnorm_backward(s->dresid, gw.ln2, s->dln, a->resid_mid, w.ln2, a->rstd2, N, C);
+        // resid_mid = x + atty @ wo^T
+        memset(s->datty, 0, NC);
+        moe__matmul_backward(s->datty, gw.wo, s->dresid, a->atty, w.wo, N, C, C);
+        memset(s->dq, 0, NC);
+        memset(s->dk, 0, NC);
+        memset(s->dv, 0, NC);
+        moe__attention_backward(s->dq, s->dk, s->dv, s->datt, s->datty, a->q, a->k, a->v, a->att, B, T, C, H);
+        moe__rope_backward(s->dq, s->rope_cos, s->rope_sin, B, T, C, H);
+        moe__rope_backward(s->dk, s->rope_cos, s->rope_sin, B, T, C, H);
+        memset(s->dln, 0, NC);
+        moe__matmul_backward(s->dln, gw.wq, s->dq, a->ln1, w.wq, N, C, C);
+        moe__matmul_backward(s->dln, gw.wk, s->dk, a->ln1, w.wk, N, C, C);
+        moe__matmul_backward(s->dln, gw.wv, s->dv, a->ln1, w.wv, N, C, C);
+        moe__rmsnorm_backward(s->dresid, gw.ln1, s->dln, s->resid[l], w.ln1, a->rstd1, N, C);
+        moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
+    }
+    t = moe__prof_begin(prof);
+    // x_n = wte[token_n]: parallel over channels so each gradient row is summed in token order
+    float *gwte = g + m->off_embed;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < C; i++)
+        for (int64_t n = 0; n < N; n++) gwte[(int64_t)s->tokens[n] * C + i] += s->dresid[n * C + i];
+    moe__prof_end(prof, MOE_PHASE_HEAD, t);
+}
+

@@ -1,0 +1,83 @@
+/*
+ * io.h — files (io/): the safetensors reader and writer, checkpoints of the model's tensor table
+ * (whole, or sharded by expert-parallel rank), and TensorBoard event files. The Hugging Face
+ * import and export and the data loaders are public (include/moe.h). Not installed.
+ */
+#ifndef MOE_IO_H
+#define MOE_IO_H
+
+#include "core/core.h"
+
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- safetensors (safetensors.c) */
+
+typedef struct {
+    char *name;
+    char dtype[8];               /* "F32", "I32", ... */
+    int ndim;
+    int64_t shape[8];
+    int64_t nbytes;
+    const uint8_t *data;         /* into the file buffer, or own */
+    uint8_t *own;                /* data this entry owns (tensors built in memory), or NULL */
+} moe__st_tensor;
+
+typedef struct {
+    char *buf;                   /* whole file (NULL for a set built in memory) */
+    size_t len;
+    int n;
+    moe__st_tensor *t;
+    void *metadata;              /* the "__metadata__" object (a cJSON, parsed once), or NULL */
+    const uint8_t *data;         /* the data region (after the header), data_len bytes */
+    uint64_t data_len;
+} moe__st_file;
+
+moe_status moe__st_read(const char *path, moe__st_file *out);
+/* Only the header: names, dtypes, shapes, offsets (checked against the file size) and metadata;
+ * the tensors' data pointers are NULL. For reading a config without the weights. */
+moe_status moe__st_read_header(const char *path, moe__st_file *out);
+void moe__st_free(moe__st_file *f);
+const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name);
+/* Metadata value (a string) by key, or NULL. Caller frees. */
+char *moe__st_meta(const moe__st_file *f, const char *key);
+
+typedef struct {
+    const char *name;
+    const char *dtype;           /* "F32" or "I32" */
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+} moe__st_entry;
+
+/* Writes a safetensors file atomically; meta_keys/meta_vals are n_meta string pairs. */
+moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
+                         const char *const *meta_vals, int n_meta);
+
+/* ---------------------------------------------------------------- checkpoints (checkpoint.c) */
+
+/* The config (and step, when not NULL) stored in an opened checkpoint, checked. */
+moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step);
+/* Copies every tensor of m's table from f, checking names, dtypes and shapes. */
+moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path);
+/* Multi-rank checkpoints: DIR/KIND-J-of-EP.stepS.{safetensors,bin} for KIND experts or state. */
+void moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step);
+moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step);
+/* model.safetensors of a multi-rank checkpoint: every tensor but the experts, expert_shards = ep. */
+moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep);
+
+/* ---------------------------------------------------------------- TensorBoard (tensorboard.c) */
+
+/* TensorBoard event files (tensorboard.c): open one in dir for a run whose next step is
+ * first_step + 1 (first_step > 0: a resumed run; earlier files' steps from there on are dropped
+ * by TensorBoard); add values, then moe__tb_step writes them as one event of that step. Write
+ * errors are kept and reported by moe__tb_flush. */
+typedef struct moe__tb moe__tb;
+moe_status moe__tb_open(const char *dir, int64_t first_step, moe__tb **out);
+void moe__tb_scalar(moe__tb *tb, const char *tag, float v);
+/* n values as a histogram with buckets (limits[b-1], limits[b]]. */
+void moe__tb_histogram(moe__tb *tb, const char *tag, const double *x, int n, const double *limits, int n_limits);
+void moe__tb_step(moe__tb *tb, int64_t step);
+moe_status moe__tb_flush(moe__tb *tb);
+void moe__tb_close(moe__tb *tb);
+
+#endif

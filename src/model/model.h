@@ -1,0 +1,73 @@
+/*
+ * model.h — the model definition shared by every backend (model/): the config internals, the
+ * tensor table (each parameter's checkpoint key, shape, group, offset and initialisation), the
+ * layer layout (which layers are MoE, how many experts), the routing statistics and profile of
+ * the last forward, and the backend that runs the model (model/backend.h). Not installed.
+ */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include "core/core.h"
+
+#include <stdint.h>
+
+/* moe_config_apply_json; with exact_u64 = 0 a u64 key may be a JSON number of 2^53 or more, read
+ * as the nearest double (checkpoints written before such values were strings). */
+moe_status moe__config_apply_json(moe_config *c, const char *json, const char *origin, int exact_u64);
+
+typedef enum { MOE_INIT_NORMAL, MOE_INIT_PROJ, MOE_INIT_ROUTER, MOE_INIT_ONE, MOE_INIT_ZERO } moe__init_kind;
+
+typedef struct {
+    moe_tensor_info info;
+    moe__init_kind init;
+} moe__tensor;
+
+/* Offsets (in floats) of one layer's tensors; -1 when absent. */
+typedef struct {
+    int64_t ln1, wq, wk, wv, wo, ln2;
+    int64_t w1, w3, w2;                 /* dense FFN */
+    int64_t wg, wnoise, bias;           /* MoE router, noise projection, selection bias */
+    int64_t ew1, ew3, ew2;              /* routed experts */
+    int64_t sw1, sw3, sw2;              /* shared experts */
+} moe__layer_off;
+
+typedef struct moe__backend moe__backend;
+
+struct moe_model {
+    moe_config cfg;
+    int max_batch;
+    /* the tensor table, built once from the config (model.c) */
+    int n_tensors;
+    moe__tensor *tensors;
+    int64_t n_params;
+    moe__layer_off *lo;
+    int64_t off_embed, off_normf, off_lm;
+    int *moe_slot;                      /* layer -> index among MoE layers, or -1 */
+    int *n_exp;                         /* layer -> routed experts (0 for dense layers) */
+    int n_moe, max_e;
+    int ep, ep_rank;                    /* expert parallelism: this rank holds experts [ep_rank*E/ep, +E/ep) */
+    uint64_t noise_seed;                /* draws of the next training forward */
+    /* host views of the backend's buffers (n_params floats; opt 2 n_params, NULL until
+     * optimizer_create). The CPU backend computes in them; another backend keeps them as
+     * mirrors, made current by to_host and read back by from_host (model/backend.h). */
+    float *params, *grads, *opt;
+    /* last forward */
+    int B, T, has_targets, training;
+    moe_layer_stats *stats;             /* n_moe, filled by the backend's forward */
+    int64_t *stats_load;
+    double prof[MOE_PHASE_COUNT];
+    /* the backend running this model, and its own state (memory plan, activations) */
+    const moe__backend *be;
+    void *be_state;
+};
+
+/* Slots per token a layer with E experts may use in training (its widest routing). */
+int64_t moe__model_max_slots(const moe_config *c, int E);
+/* Seeds the random draws (noise, jitter, random routing) of the next training forwards. */
+void moe__model_set_noise_seed(moe_model *m, uint64_t seed);
+/* The model's phase-time accumulators (for the optimizer's share). */
+double *moe__model_prof(moe_model *m);
+/* Expert parallelism of a model: *ep ranks share its experts, this one is *rank. */
+void moe__model_ep(const moe_model *m, int *ep, int *rank);
+
+#endif

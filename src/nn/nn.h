@@ -1,0 +1,58 @@
+/*
+ * nn.h — the dense layers (nn/): matmul (BLAS, with plain _ref loops), RMSNorm, RoPE, causal
+ * attention, SwiGLU and the SwiGLU FFN, cross-entropy. Each is a forward/backward pair of free
+ * functions: outputs first, then inputs, then dimensions (llm.c style). Not installed.
+ */
+#ifndef MOE_NN_H
+#define MOE_NN_H
+
+#include <stdint.h>
+
+/* out (N,O) = x (N,I) @ w^T, w (O,I) [out x in], with accumulate selecting out += . */
+void moe__matmul_forward(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
+void moe__matmul_forward_ref(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
+/* dx (N,I) += dout (N,O) @ w ; dw (O,I) += dout^T @ x. Either may be NULL. */
+void moe__matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                          int64_t N, int I, int O);
+void moe__matmul_backward_ref(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                              int64_t N, int I, int O);
+
+void moe__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int C, float eps);
+void moe__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                           const float *rstd, int64_t N, int C);
+
+/* cos/sin tables (T, D/2) for RoPE with rotate-half pairing (i, i + D/2). */
+void moe__rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
+void moe__rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+void moe__rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+
+/* Causal attention (attention.c): out (B,T,C), att (B,H,T,T) saved; backward accumulates into
+ * dq, dk, dv; datt (B,H,T,T) is scratch. The _ref versions are plain loops. */
+void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                            int B, int T, int C, int H);
+void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
+                             const float *k, const float *v, const float *att, int B, int T, int C, int H);
+void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,
+                                int B, int T, int C, int H);
+void moe__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *att, int B, int T, int C, int H);
+
+/* act = silu(h1) * h3, over n elements. */
+void moe__swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);
+void moe__swiglu_backward(float *dh1, float *dh3, const float *dact, const float *h1, const float *h3, int64_t n);
+
+/* SwiGLU FFN on rows: y (+)= (silu(x w1^T) * (x w3^T)) w2^T, w1,w3 (F,C), w2 (C,F).
+ * h1, h3, act (N,F) are saved for the backward pass. */
+void moe__ffn_forward(float *y, float *h1, float *h3, float *act, const float *x, const float *w1,
+                      const float *w3, const float *w2, int64_t N, int C, int F, int accumulate);
+/* Scratch dh1, dh3 (N,F) are overwritten; dact is scratch (N,F) too. dx accumulates. */
+void moe__ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dact, float *dh1, float *dh3,
+                       const float *dy, const float *x, const float *h1, const float *h3, const float *act,
+                       const float *w1, const float *w3, const float *w2, int64_t N, int C, int F);
+
+/* Cross-entropy: returns the mean loss over N rows (row_loss (N) is scratch); dlogits, when
+ * not NULL, gets scale * (softmax - onehot) / N. */
+float moe__crossentropy(float *dlogits, float *row_loss, const float *logits, const int *targets, int64_t N,
+                        int V, float scale);
+
+#endif

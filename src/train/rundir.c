@@ -1,0 +1,297 @@
+/*
+ * rundir.c — the run directory: model.safetensors (weights, config, step), state.bin (AdamW
+ * moments, step, data RNG, spike guard; checksummed, format in state.c) and metrics.jsonl; with
+ * expert parallelism, each rank's expert and state shards. Saves are atomic and ordered so that
+ * a run killed at any moment keeps a loadable checkpoint (docs/formats.md); keep_checkpoints
+ * keeps older ones as hard links, and a resume that fails names them.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "train/train.h"
+#include "dist/dist.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* ---------------------------------------------------------------- state file */
+
+static moe_status save_state(moe_trainer *t, const char *path) {
+    moe_model *m = t->m;
+    int64_t P = moe_model_n_params(m);
+    char head[MOE_STATE_HEADER];
+    size_t hl = moe__state_header(&t->run, P, head);
+    size_t opt_bytes = (size_t)P * 2 * sizeof(float);
+    m->be->to_host(m, MOE_BUF_OPT);
+    uint64_t sum = moe__fnv1a(MOE_FNV_INIT, head, hl);
+    sum = moe__fnv1a(sum, m->opt, opt_bytes);
+    const void *parts[] = {head, m->opt, &sum};
+    size_t lens[] = {hl, opt_bytes, sizeof sum};
+    return moe__write_atomic(path, parts, lens, 3);
+}
+
+static moe_status load_state(moe_trainer *t, const char *path, int64_t model_step) {
+    size_t len;
+    char *buf = moe__read_file(path, &len);
+    if (!buf) {
+        if (moe__dist_get()->ep > 1)
+            return moe__err(MOE_STATUS_IO, "cannot read '%s': resuming needs the --ep of the run that wrote the checkpoint",
+                            path);
+        return MOE_STATUS_IO;
+    }
+    int64_t P = moe_model_n_params(t->m);
+    moe__state s;
+    const void *opt;
+    moe_status st = moe__state_parse(buf, len, path, P, &s, &opt);
+    if (st == MOE_STATUS_OK && s.step != model_step)
+        st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", path,
+                      (long long)s.step, (long long)model_step);
+    if (st == MOE_STATUS_OK) {
+        t->run = s;
+        memcpy(t->m->opt, opt, (size_t)P * 2 * sizeof(float));
+        t->m->be->from_host(t->m, MOE_BUF_OPT);
+    }
+    free(buf);
+    return st;
+}
+
+/* Keeps the metrics records up to the resumed step, so a resumed run has one record per step. */
+static moe_status trim_metrics(moe_trainer *t) {
+    size_t len;
+    if (access(t->metrics_path, F_OK) != 0) return MOE_STATUS_OK; // none yet
+    char *buf = moe__read_file(t->metrics_path, &len);
+    if (!buf) return MOE_STATUS_IO;
+    size_t keep = 0;
+    for (char *line = buf; *line;) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break; // a torn last line is dropped
+        *nl = 0;
+        cJSON *o = cJSON_Parse(line);
+        cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "step");
+        int ok = cJSON_IsNumber(s) && s->valuedouble <= (double)t->run.step;
+        cJSON_Delete(o);
+        *nl = '\n';
+        if (!ok) break;
+        keep = (size_t)(nl + 1 - buf);
+        line = nl + 1;
+    }
+    const void *parts[] = {buf};
+    size_t lens[] = {keep};
+    moe_status st = keep == len ? MOE_STATUS_OK : moe__write_atomic(t->metrics_path, parts, lens, 1); // only to trim
+    free(buf);
+    return st;
+}
+
+/* Orders "step-N" names by N (names of 9 or more digits sort wrongly as text). */
+static int by_step(const void *a, const void *b) {
+    long long x = strtoll(*(char *const *)a + 5, NULL, 10), y = strtoll(*(char *const *)b + 5, NULL, 10);
+    return (x > y) - (x < y);
+}
+
+/* The kept checkpoints' names (step-N) in DIR/checkpoints, oldest first; *n gets their count.
+ * NULL when there are none or the directory cannot be read. Free with free_list. */
+static char **list_snapshots(const char *base, int *n) {
+    *n = 0;
+    DIR *d = opendir(base);
+    if (!d) return NULL;
+    char **list = NULL;
+    int cap = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, "step-", 5)) continue;
+        if (*n == cap) {
+            char **l = realloc(list, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *l);
+            if (!l) break;
+            list = l;
+        }
+        if (!(list[*n] = strdup(e->d_name))) break;
+        ++*n;
+    }
+    closedir(d);
+    if (*n) qsort(list, (size_t)*n, sizeof *list, by_step);
+    return list;
+}
+
+static void free_list(char **list, int n) {
+    for (int i = 0; i < n; i++) free(list[i]);
+    free(list);
+}
+
+/* A resume that failed on its checkpoint, in a run with keep_checkpoints: the message names the
+ * two newest kept checkpoints that are not the failed files themselves (the newest is a hard
+ * link to them), and how to go back to one without writing through those links. */
+void moe__rundir_hint(const char *dir, moe_status st) {
+    char base[4200], path[4400];
+    const char *best[2] = {NULL, NULL};
+    snprintf(base, sizeof base, "%s/checkpoints", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    struct stat cur, sb;
+    int have_cur = stat(path, &cur) == 0, n, k = 0;
+    char **list = list_snapshots(base, &n);
+    for (int i = n - 1; i >= 0 && k < 2; i--) {
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", base, list[i]);
+        if (stat(path, &sb) == 0 && !(have_cur && sb.st_ino == cur.st_ino && sb.st_dev == cur.st_dev)) best[k++] = list[i];
+    }
+    if (k) {
+        char first[1024];
+        snprintf(first, sizeof first, "%s", moe_last_error());
+        moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...; to resume from one: cp --remove-destination %s/%s/* %s/ "
+                     "(--remove-destination: the run's files are hard links to a kept checkpoint)",
+                 first, base, best[0], k > 1 ? ", " : "", k > 1 ? best[1] : "", base, best[0], dir);
+    }
+    free_list(list, n);
+}
+
+moe_status moe_run_config(const char *dir, moe_config *out) {
+    char *path = moe__path_join(dir, "model.safetensors");
+    if (!path) return MOE_STATUS_NOMEM;
+    moe_status st = moe_checkpoint_config(path, out, NULL);
+    if (st != MOE_STATUS_OK) moe__rundir_hint(dir, st);
+    free(path);
+    return st;
+}
+
+/* ---------------------------------------------------------------- resume */
+
+moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_failed) {
+    const moe__dist *g = moe__dist_get();
+    char shard[4200];
+    if (g->ep > 1) moe__shard_name(shard, sizeof shard, t->dir, "state", g->ep_rank, g->ep, model_step);
+    moe_status st = load_state(t, g->ep > 1 ? shard : t->state_path, model_step);
+    if (st != MOE_STATUS_OK && g->ep == 1) {
+        // killed between committing model.safetensors and renaming state.next.bin over
+        // state.bin (moe_trainer_save): the state of the model's step is the next one
+        char first[1024];
+        snprintf(first, sizeof first, "%s", moe_last_error());
+        int probe = access(t->state_next_path, F_OK) == 0;
+        st = probe ? load_state(t, t->state_next_path, model_step) : st;
+        if (st == MOE_STATUS_OK && g->rank == 0 && rename(t->state_next_path, t->state_path) != 0)
+            st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
+                          strerror(errno));
+        if (st != MOE_STATUS_OK && probe) st = moe__err(st, "%s (and %s)", first, moe_last_error());
+        else if (st != MOE_STATUS_OK) st = moe__err(st, "%s", first);
+    }
+    *ckpt_failed = st == MOE_STATUS_FORMAT || (st == MOE_STATUS_IO && g->ep == 1); // the state did not load
+    if (st == MOE_STATUS_OK && g->rank == 0) st = trim_metrics(t);
+    return st;
+}
+
+/* ---------------------------------------------------------------- save */
+
+/* Removes this rank's shard files of other steps (after a newer set was committed). */
+static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char keep_e[4200], keep_s[4200], pre_e[64], pre_s[64];
+    moe__shard_name(keep_e, sizeof keep_e, ".", "experts", j, ep, step);
+    moe__shard_name(keep_s, sizeof keep_s, ".", "state", j, ep, step);
+    snprintf(pre_e, sizeof pre_e, "experts-%d-of-%d.step", j, ep);
+    snprintf(pre_s, sizeof pre_s, "state-%d-of-%d.step", j, ep);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        if (strncmp(n, pre_e, strlen(pre_e)) && strncmp(n, pre_s, strlen(pre_s))) continue;
+        if (!strcmp(n, keep_e + 2) || !strcmp(n, keep_s + 2)) continue;
+        char *path = moe__path_join(dir, n);
+        if (path) unlink(path);
+        free(path);
+    }
+    closedir(d);
+}
+
+/* Removes dir and the plain files in it. */
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = moe__path_join(dir, e->d_name);
+        if (p) unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* keep_checkpoints: hard links of the just-committed checkpoint's files in
+ * DIR/checkpoints/step-SSSSSSSS (each is a complete checkpoint directory: eval, sample, or copy
+ * back to resume from it), then all but the newest keep_checkpoints of them removed. The files
+ * are replaced by rename on every save, so a link keeps its step's content. Rank 0. */
+static moe_status keep_snapshot(moe_trainer *t, int ep) {
+    char base[4200], snap[4300], src[4400], dst[4600];
+    snprintf(base, sizeof base, "%s/checkpoints", t->dir);
+    snprintf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->run.step);
+    if (moe__mkdir_p(snap) != 0) return moe__err(MOE_STATUS_IO, "cannot create '%s': %s", snap, strerror(errno));
+    const char *names[3] = {"model.safetensors", ep == 1 ? "state.bin" : NULL, NULL};
+    for (int i = 0; i < 2 && names[i]; i++) {
+        snprintf(src, sizeof src, "%s/%s", t->dir, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", snap, names[i]);
+        unlink(dst);
+        if (link(src, dst) != 0) return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
+    }
+    for (int j = 0; ep > 1 && j < ep; j++)
+        for (int k = 0; k < 2; k++) {
+            moe__shard_name(src, sizeof src, t->dir, k ? "state" : "experts", j, ep, t->run.step);
+            moe__shard_name(dst, sizeof dst, snap, k ? "state" : "experts", j, ep, t->run.step);
+            unlink(dst);
+            if (link(src, dst) != 0)
+                return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
+        }
+    // the newest keep_checkpoints stay
+    int n;
+    char **list = list_snapshots(base, &n);
+    for (int i = 0; i < n - t->cfg.keep_checkpoints; i++) {
+        snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
+        remove_dir(snap);
+    }
+    free_list(list, n);
+    return MOE_STATUS_OK;
+}
+
+/* A checkpoint of a multi-rank run. With ep = 1, rank 0 writes model.safetensors and
+ * state.bin as one process does. With ep > 1 each rank of the first replica writes what it
+ * owns (its experts, its AdamW moments) under names carrying the step; when every rank has
+ * succeeded, rank 0 writes model.safetensors, which names the step: that rename commits the set.
+ * Until then the previous model.safetensors and its shards are untouched; after it, older
+ * shards are removed. COLLECTIVE (world). */
+moe_status moe_trainer_save(moe_trainer *t) {
+    const moe__dist *g = moe__dist_get();
+    moe_status st = MOE_STATUS_OK;
+    if (g->ep == 1) {
+        // state.next.bin first, then model.safetensors (the commit: its step names the
+        // checkpoint), then state.next.bin renamed over state.bin. Killed anywhere, the directory
+        // holds a model and a state of the same step (resume looks at state.next.bin too).
+        if (g->rank == 0) {
+            st = save_state(t, t->state_next_path);
+            if (st == MOE_STATUS_OK) st = moe_model_save(t->m, t->model_path, t->run.step);
+            if (st == MOE_STATUS_OK && rename(t->state_next_path, t->state_path) != 0)
+                st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
+                              strerror(errno));
+        }
+        if (!moe__dist_min_int(st == MOE_STATUS_OK) && st == MOE_STATUS_OK)
+            st = moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not write it", (long long)t->run.step);
+        if (st == MOE_STATUS_OK && g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, 1);
+        return st;
+    }
+    char ex[4200], sp[4200];
+    if (g->dp_rank == 0) {
+        moe__shard_name(ex, sizeof ex, t->dir, "experts", g->ep_rank, g->ep, t->run.step);
+        moe__shard_name(sp, sizeof sp, t->dir, "state", g->ep_rank, g->ep, t->run.step);
+        st = moe__model_save_experts(t->m, ex, t->run.step);
+        if (st == MOE_STATUS_OK) st = save_state(t, sp);
+    }
+    if (!moe__dist_min_int(st == MOE_STATUS_OK))
+        return st != MOE_STATUS_OK ? st
+                                   : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: another rank could not write its shard; the previous checkpoint is kept",
+                                              (long long)t->run.step);
+    if (g->rank == 0) st = moe__model_save_replicated(t->m, t->model_path, t->run.step, g->ep);
+    if (!moe__dist_min_int(st == MOE_STATUS_OK))
+        return st != MOE_STATUS_OK ? st
+                                   : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not commit it", (long long)t->run.step);
+    if (g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, g->ep); // before old shards go
+    if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->run.step);
+    return st;
+}
