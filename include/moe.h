@@ -13,6 +13,7 @@
 #ifndef MOE_H
 #define MOE_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,78 +50,139 @@ const char *moe_last_error(void);
 
 /* ---------------------------------------------------------------- config */
 
-typedef enum { MOE_DROP_PROBABILITY = 0, MOE_DROP_POSITION = 1 } moe_drop_policy;
-typedef enum {
-    MOE_ROUTING_TOPK = 0,          /* token choice top-K (K=1 Switch, K=2 Mixtral/GShard) */
-    MOE_ROUTING_NOISY_TOPK = 1,    /* Shazeer et al. 2017 noisy top-K gating */
-    MOE_ROUTING_EXPERT_CHOICE = 2, /* Zhou et al. 2022: each expert takes its top-capacity tokens */
-    MOE_ROUTING_SOFT = 3           /* dense soft mixture: every expert, softmax weights (Jacobs et al. 1991) */
-} moe_routing;
-typedef enum { MOE_SCORE_SOFTMAX = 0, MOE_SCORE_SIGMOID = 1 } moe_score;
-typedef enum { MOE_FAULT_STOP = 0, MOE_FAULT_SKIP = 1 } moe_fault_policy;
+/* X(constant, spelling): the values of each config enum, in order from 0. The enums below and
+ * the spellings that config files, `--set`, checkpoints and moe_config_help() use come from these
+ * lists. */
+#define MOE_DROP_POLICY_VALUES(X) X(MOE_DROP_PROBABILITY, "probability") X(MOE_DROP_POSITION, "position")
+#define MOE_ROUTING_VALUES(X)                                                                                       \
+    X(MOE_ROUTING_TOPK, "topk")                   /* token choice top-K (K=1 Switch, K=2 Mixtral/GShard) */         \
+    X(MOE_ROUTING_NOISY_TOPK, "noisy_topk")       /* Shazeer et al. 2017 noisy top-K gating */                      \
+    X(MOE_ROUTING_EXPERT_CHOICE, "expert_choice") /* Zhou et al. 2022: each expert takes its top-capacity tokens */ \
+    X(MOE_ROUTING_SOFT, "soft") /* dense soft mixture: every expert, softmax weights (Jacobs et al. 1991) */
+#define MOE_SCORE_VALUES(X) X(MOE_SCORE_SOFTMAX, "softmax") X(MOE_SCORE_SIGMOID, "sigmoid")
+#define MOE_FAULT_POLICY_VALUES(X) X(MOE_FAULT_STOP, "stop") X(MOE_FAULT_SKIP, "skip")
 
-/* Model and training configuration. Every field is also a config key (same name) that can be
- * set from a JSON file or `--set key=value`; moe_config_help() lists them with their meaning. */
+#define MOE__X(constant, spelling) constant,
+typedef enum { MOE_DROP_POLICY_VALUES(MOE__X) } moe_drop_policy;
+typedef enum { MOE_ROUTING_VALUES(MOE__X) } moe_routing;
+typedef enum { MOE_SCORE_VALUES(MOE__X) } moe_score;
+typedef enum { MOE_FAULT_POLICY_VALUES(MOE__X) } moe_fault_policy;
+#undef MOE__X
+/* The largest value of the enum listed by values (a constant expression). */
+#define MOE__ENUM_MAX(values) (values(MOE__ENUM_ONE) - 1)
+#define MOE__ENUM_ONE(constant, spelling) +1
+
+/*
+ * X(name, type, default, min, max, kind, help): the one list of config keys. Each is a field of
+ * moe_config and a key of JSON config files, `--set key=value` and the config stored in
+ * checkpoints; moe_config_to_json() and moe_config_help() list them in this order.
+ *   type    INT (int), FLOAT (float), BOOL (int, 0 or 1), U64 (uint64_t), STR (char[128]) or
+ *           ENUM(ctype, values) (ctype, with the spellings of its values list above)
+ *   min,max the range that moe_config_set() and moe_config_validate() accept (INT, FLOAT, BOOL,
+ *           ENUM); unused for U64 and STR
+ *   kind    MODEL (fixed once a model exists) or TRAINING (may change on resume; "[training]" in
+ *           moe_config_help())
+ *   help    the meaning, as moe_config_help() prints it
+ */
+#define MOE_CONFIG_KEYS(X)                                                                                          \
+    X(vocab_size, INT, 256, 2, 1 << 20, MODEL, "vocabulary size V (256 for byte-level text)")                       \
+    X(seq_len, INT, 128, 1, 1 << 16, MODEL, "context length T")                                                     \
+    X(n_embd, INT, 128, 2, 1 << 16, MODEL, "channels C")                                                            \
+    X(n_layer, INT, 4, 1, 1024, MODEL, "transformer blocks L")                                                      \
+    X(n_head, INT, 4, 1, 1024, MODEL, "attention heads H (must divide n_embd; even head size)")                     \
+    X(ffn_hidden, INT, 512, 1, 1 << 20, MODEL, "hidden size of dense SwiGLU FFN layers")                            \
+    X(n_experts, INT, 8, 1, 4096, MODEL, "routed experts E per MoE layer")                                          \
+    X(top_k, INT, 2, 1, 4096, MODEL, "experts per token K (1 = Switch)")                                            \
+    X(expert_hidden, INT, 256, 1, 1 << 20, MODEL, "hidden size F of each expert (routed and shared)")               \
+    X(n_shared, INT, 0, 0, 64, MODEL, "shared experts S, always active, added to the routed output")                \
+    /* every:k is layers k-1, 2k-1, ... */                                                                          \
+    X(moe_layers, STR, "all", 0, 0, MODEL, "which layers are MoE: all, none, every:k, or a list like 0,2,3")        \
+    X(norm_topk, BOOL, 1, 0, 1, MODEL, "renormalise the K gate weights to sum to 1 (Mixtral)")                      \
+    X(tie_embeddings, BOOL, 0, 0, 1, MODEL, "lm_head shares the embedding matrix")                                  \
+    X(rope_theta, FLOAT, 10000.0, 1.0, 1e12, MODEL, "RoPE base")                                                    \
+    X(norm_eps, FLOAT, 1e-5, 1e-12, 1.0, MODEL, "RMSNorm epsilon")                                                  \
+    X(init_std, FLOAT, 0.02, 0.0, 10.0, MODEL, "std of weight initialisation")                                      \
+    X(router_init_std, FLOAT, 0.02, 0.0, 100.0, MODEL, "std of router weight initialisation")                       \
+    X(capacity_factor, FLOAT, 1.25, 0.0, 1e6, MODEL, "training capacity factor; 0 = dropless")                      \
+    X(eval_capacity_factor, FLOAT, 0.0, 0.0, 1e6, MODEL, "capacity factor for eval and sampling; 0 = dropless")     \
+    X(min_capacity, INT, 4, 0, INT_MAX, MODEL, "lower bound of the per-expert capacity")                            \
+    X(drop_policy, ENUM(moe_drop_policy, MOE_DROP_POLICY_VALUES), MOE_DROP_PROBABILITY, 0,                          \
+      MOE__ENUM_MAX(MOE_DROP_POLICY_VALUES), MODEL,                                                                 \
+      "which assignments an expert over capacity drops: probability (lowest first) or position (latest)")           \
+    X(expert_counts, STR, "", 0, 0, MODEL,                                                                          \
+      "experts per MoE layer, one count per MoE layer (PR-MoE pyramid, e.g. 8,8,16,16); empty = n_experts")         \
+    X(routing, ENUM(moe_routing, MOE_ROUTING_VALUES), MOE_ROUTING_TOPK, 0, MOE__ENUM_MAX(MOE_ROUTING_VALUES),       \
+      MODEL,                                                                                                        \
+      "topk (token choice), noisy_topk (Shazeer 2017), expert_choice (Zhou 2022; not causal: token choice "         \
+      "at eval and sampling), soft (every expert, softmax weights)")                                                \
+    X(router_score, ENUM(moe_score, MOE_SCORE_VALUES), MOE_SCORE_SOFTMAX, 0, MOE__ENUM_MAX(MOE_SCORE_VALUES),       \
+      MODEL, "router scores: softmax or sigmoid (DeepSeek-V3)")                                                     \
+    /* DeepSeek-V3's routed_scaling_factor */                                                                       \
+    X(route_scale, FLOAT, 1.0, 1e-6, 1e6, MODEL, "multiplier of routed gate weights (DeepSeek-V3)")                 \
+    X(jitter_eps, FLOAT, 0.0, 0.0, 1.0, MODEL, "Switch router input jitter U(1-eps,1+eps); 0 = off")                \
+    X(random_routing, BOOL, 0, 0, 1, MODEL, "GShard: keep the 2nd expert with probability 2*g2 (top_k=2)")          \
+    X(bias_update_rate, FLOAT, 0.0, 0.0, 1.0, MODEL,                                                                \
+      "DeepSeek-V3 aux-loss-free balancing: per-expert selection bias, b += rate*sign(mean-load); 0 = off")         \
+    /* E * sum_i f_i P_i */                                                                                         \
+    X(aux_loss_coef, FLOAT, 0.01, 0.0, 1e6, MODEL, "Switch load-balancing loss coefficient")                        \
+    /* mean(logsumexp(router logits)^2) */                                                                          \
+    X(z_loss_coef, FLOAT, 0.001, 0.0, 1e6, MODEL, "router z-loss coefficient")                                      \
+    X(seq_aux_loss_coef, FLOAT, 0.0, 0.0, 1e6, MODEL, "DeepSeek-V3 sequence-wise balance loss coefficient")         \
+    X(importance_loss_coef, FLOAT, 0.0, 0.0, 1e6, MODEL, "Shazeer importance loss CV(importance)^2 (noisy_topk)")   \
+    X(load_loss_coef, FLOAT, 0.0, 0.0, 1e6, MODEL, "Shazeer smooth load loss CV(load)^2 (noisy_topk)")              \
+    X(batch_size, INT, 16, 1, 1 << 20, TRAINING, "sequences per micro-batch B")                                     \
+    X(grad_accum, INT, 1, 1, 1 << 20, TRAINING, "micro-batches per optimizer step")                                 \
+    X(steps, INT, 300, 0, INT_MAX, TRAINING, "optimizer steps to train (total, counting resumed ones)")             \
+    X(warmup_steps, INT, 30, 0, INT_MAX, TRAINING, "linear warmup steps")                                           \
+    X(lr, FLOAT, 3e-3, 0.0, 10.0, TRAINING, "peak learning rate")                                                   \
+    X(min_lr_frac, FLOAT, 0.1, 0.0, 1.0, TRAINING, "cosine decay floor as a fraction of lr")                        \
+    X(weight_decay, FLOAT, 0.1, 0.0, 10.0, TRAINING, "AdamW decoupled weight decay (not on norms)")                 \
+    X(beta1, FLOAT, 0.9, 0.0, 0.999999, TRAINING, "AdamW beta1")                                                    \
+    X(beta2, FLOAT, 0.95, 0.0, 0.999999, TRAINING, "AdamW beta2")                                                   \
+    X(adam_eps, FLOAT, 1e-8, 0.0, 1.0, TRAINING, "AdamW epsilon")                                                   \
+    X(grad_clip, FLOAT, 1.0, 0.0, 1e6, TRAINING, "global gradient-norm clip; 0 = off")                              \
+    X(expert_lr_mult, FLOAT, 1.0, 0.0, 1e3, TRAINING, "learning-rate multiplier of routed experts")                 \
+    X(router_lr_mult, FLOAT, 1.0, 0.0, 1e3, TRAINING, "learning-rate multiplier of routers")                        \
+    X(eval_every, INT, 100, 0, INT_MAX, TRAINING, "steps between evaluations; 0 = only at the end")                 \
+    X(eval_batches, INT, 8, 1, INT_MAX, TRAINING, "validation batches per evaluation")                              \
+    X(ckpt_every, INT, 0, 0, INT_MAX, TRAINING, "steps between checkpoints; 0 = only at the end")                   \
+    X(log_every, INT, 10, 1, INT_MAX, TRAINING, "steps between progress lines")                                     \
+    X(nonfinite_policy, ENUM(moe_fault_policy, MOE_FAULT_POLICY_VALUES), MOE_FAULT_STOP, 0,                         \
+      MOE__ENUM_MAX(MOE_FAULT_POLICY_VALUES), TRAINING,                                                             \
+      "a step whose loss or gradients are NaN/Inf (or a loss spike): stop (save the last good checkpoint, "         \
+      "exit) or skip (drop its update, go on)")                                                                     \
+    X(max_skipped_steps, INT, 10, 1, INT_MAX, TRAINING,                                                             \
+      "with nonfinite_policy=skip: stop (after saving) when this many steps in a row were skipped")                 \
+    X(loss_spike_factor, FLOAT, 0.0, 0.0, 1e6, TRAINING,                                                            \
+      "loss spike guard: a step whose loss exceeds this times the running mean (EMA 0.99, after 20 steps) "         \
+      "is handled like a NaN; 0 = off")                                                                             \
+    X(keep_checkpoints, INT, 0, 0, 100000, TRAINING,                                                                \
+      "also keep the last N checkpoints as DIR/checkpoints/step-SSSSSSSS (hard links); 0 = only the latest")        \
+    X(val_frac, FLOAT, 0.1, 0.0, 0.9, TRAINING, "held-out fraction when no validation file is given")               \
+    X(seed, U64, 1337, 0, 0, TRAINING, "random seed (initialisation, data order)")                                  \
+    X(threads, INT, 0, 0, 4096, TRAINING, "OpenMP threads; 0 = the OpenMP default")                                 \
+    X(recompute, BOOL, 0, 0, 1, TRAINING,                                                                           \
+      "activation recompute: keep each block's input only, redo its forward in backward (less memory, ~1/3 "        \
+      "more compute)")                                                                                              \
+    X(tensorboard, BOOL, 1, 0, 1, TRAINING,                                                                         \
+      "write TensorBoard event files (losses, lr, grad norm, per-layer MaxVio, drops and per-expert loads) "        \
+      "to the run directory")
+
+/* The C type of each config key type (a STR field is a char array of this type). */
+typedef char moe__config_str[128];
+#define MOE__CONFIG_INT int
+#define MOE__CONFIG_FLOAT float
+#define MOE__CONFIG_BOOL int
+#define MOE__CONFIG_U64 uint64_t
+#define MOE__CONFIG_STR moe__config_str
+#define MOE__CONFIG_ENUM(ctype, values) ctype
+
+/* Model and training configuration: one field per key of MOE_CONFIG_KEYS, of the same name.
+ * moe_config_default() gives each its default. */
 typedef struct moe_config {
-    /* model */
-    int vocab_size;        /* V; 256 for byte-level text */
-    int seq_len;           /* T, maximum context */
-    int n_embd;            /* C */
-    int n_layer;           /* L */
-    int n_head;            /* H; must divide C, head size even (RoPE) */
-    int ffn_hidden;        /* hidden size of dense SwiGLU FFN layers */
-    int n_experts;         /* E routed experts per MoE layer */
-    int top_k;             /* K experts per token (1 = Switch) */
-    int expert_hidden;     /* F, hidden size of each expert (routed and shared) */
-    int n_shared;          /* S shared experts, always active */
-    char moe_layers[128];  /* "all", "none", "every:k" (layers k-1, 2k-1, ...) or "0,2,5" */
-    char expert_counts[128]; /* "" (n_experts everywhere) or one count per MoE layer: "8,8,16,16" */
-    moe_routing routing;
-    moe_score router_score;
-    float route_scale;     /* multiplies routed gate weights (DeepSeek-V3 routed_scaling_factor) */
-    float jitter_eps;      /* Switch input jitter on the router input; 0 = off */
-    int random_routing;    /* GShard random routing of the 2nd expert (top_k = 2) */
-    float bias_update_rate;/* DeepSeek-V3 aux-loss-free balancing: b_i += rate * sign(mean - load_i); 0 = off */
-    int norm_topk;         /* renormalise the K gate weights to sum to 1 */
-    int tie_embeddings;    /* lm_head shares the embedding matrix */
-    float rope_theta;
-    float norm_eps;
-    float init_std;
-    float router_init_std;
-    float capacity_factor;      /* training; 0 = dropless */
-    float eval_capacity_factor; /* evaluation and sampling; 0 = dropless */
-    int min_capacity;
-    moe_drop_policy drop_policy;
-    float aux_loss_coef;   /* Switch load-balancing loss E * sum f_i P_i */
-    float z_loss_coef;     /* router z-loss mean(logsumexp^2) */
-    float seq_aux_loss_coef;    /* DeepSeek-V3 sequence-wise balance loss */
-    float importance_loss_coef; /* Shazeer CV(importance)^2 (noisy_topk) */
-    float load_loss_coef;       /* Shazeer CV(smooth load)^2 (noisy_topk) */
-    /* training */
-    int batch_size;
-    int grad_accum;
-    int steps;
-    int warmup_steps;
-    float lr;
-    float min_lr_frac;     /* cosine floor as a fraction of lr */
-    float weight_decay;
-    float beta1, beta2, adam_eps;
-    float grad_clip;       /* global norm; 0 = off */
-    float expert_lr_mult;
-    float router_lr_mult;
-    int eval_every;        /* steps; 0 = only at the end */
-    int eval_batches;
-    int ckpt_every;        /* steps; 0 = only at the end */
-    int log_every;
-    int keep_checkpoints;  /* also keep the last N checkpoints in DIR/checkpoints/step-SSSSSSSS; 0 = off */
-    moe_fault_policy nonfinite_policy; /* NaN/Inf loss or gradients, or a loss spike: stop or skip */
-    int max_skipped_steps; /* skip: stop after this many skipped steps in a row */
-    float loss_spike_factor; /* loss > factor * running mean counts as a fault; 0 = off */
-    float val_frac;        /* held-out fraction when no validation file is given */
-    uint64_t seed;
-    int threads;           /* 0 = OpenMP default */
-    int recompute;         /* keep only each block's input; recompute its activations in backward */
-    int tensorboard;       /* write TensorBoard event files to the run directory */
+#define MOE__X(name, type, def, min, max, kind, help) MOE__CONFIG_##type name;
+    MOE_CONFIG_KEYS(MOE__X)
+#undef MOE__X
 } moe_config;
 
 moe_config moe_config_default(void);

@@ -1,115 +1,44 @@
 /*
- * config.c — the configuration keys: one table (CONFIG_KEYS) gives each key's type, default,
- * range, kind (model or training) and meaning; defaults, JSON parsing, `--set`, validation
- * ranges, serialisation into checkpoints and `--help` all read it.
+ * config.c — the configuration keys. Their one list, MOE_CONFIG_KEYS in moe.h, gives each key's
+ * field, type, default, range, kind (model or training) and meaning; from it this file builds a
+ * table of key descriptors (field offsets, spellings of enum values), which JSON parsing, `--set`,
+ * validation ranges, serialisation into checkpoints and `--help` read, and the defaults.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "model/model.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
 
 typedef enum { K_INT, K_FLOAT, K_BOOL, K_U64, K_STR, K_ENUM } key_type;
-typedef enum { KIND_MODEL, KIND_TRAIN } key_kind;
-
-static const char *const drop_names[] = {"probability", "position", NULL};
-static const char *const routing_names[] = {"topk", "noisy_topk", "expert_choice", "soft", NULL};
-static const char *const score_names[] = {"softmax", "sigmoid", NULL};
-static const char *const fault_names[] = {"stop", "skip", NULL};
-
-/* X(name, type, default, min, max, kind, enum names, help) */
-#define CONFIG_KEYS(X)                                                                                          \
-    X(vocab_size, K_INT, 256, 2, 1 << 20, KIND_MODEL, NULL, "vocabulary size V (256 for byte-level text)")           \
-    X(seq_len, K_INT, 128, 1, 1 << 16, KIND_MODEL, NULL, "context length T")                                         \
-    X(n_embd, K_INT, 128, 2, 1 << 16, KIND_MODEL, NULL, "channels C")                                                \
-    X(n_layer, K_INT, 4, 1, 1024, KIND_MODEL, NULL, "transformer blocks L")                                          \
-    X(n_head, K_INT, 4, 1, 1024, KIND_MODEL, NULL, "attention heads H (must divide n_embd; even head size)")         \
-    X(ffn_hidden, K_INT, 512, 1, 1 << 20, KIND_MODEL, NULL, "hidden size of dense SwiGLU FFN layers")                \
-    X(n_experts, K_INT, 8, 1, 4096, KIND_MODEL, NULL, "routed experts E per MoE layer")                              \
-    X(top_k, K_INT, 2, 1, 4096, KIND_MODEL, NULL, "experts per token K (1 = Switch)")                                \
-    X(expert_hidden, K_INT, 256, 1, 1 << 20, KIND_MODEL, NULL, "hidden size F of each expert (routed and shared)")   \
-    X(n_shared, K_INT, 0, 0, 64, KIND_MODEL, NULL, "shared experts S, always active, added to the routed output")    \
-    X(moe_layers, K_STR, 0, 0, 0, KIND_MODEL, NULL, "which layers are MoE: all, none, every:k, or a list like 0,2,3") \
-    X(norm_topk, K_BOOL, 1, 0, 1, KIND_MODEL, NULL, "renormalise the K gate weights to sum to 1 (Mixtral)")          \
-    X(tie_embeddings, K_BOOL, 0, 0, 1, KIND_MODEL, NULL, "lm_head shares the embedding matrix")                      \
-    X(rope_theta, K_FLOAT, 10000.0, 1.0, 1e12, KIND_MODEL, NULL, "RoPE base")                                        \
-    X(norm_eps, K_FLOAT, 1e-5, 1e-12, 1.0, KIND_MODEL, NULL, "RMSNorm epsilon")                                      \
-    X(init_std, K_FLOAT, 0.02, 0.0, 10.0, KIND_MODEL, NULL, "std of weight initialisation")                          \
-    X(router_init_std, K_FLOAT, 0.02, 0.0, 100.0, KIND_MODEL, NULL, "std of router weight initialisation")           \
-    X(capacity_factor, K_FLOAT, 1.25, 0.0, 1e6, KIND_MODEL, NULL, "training capacity factor; 0 = dropless")          \
-    X(eval_capacity_factor, K_FLOAT, 0.0, 0.0, 1e6, KIND_MODEL, NULL,                                                 \
-      "capacity factor for eval and sampling; 0 = dropless")                                                    \
-    X(min_capacity, K_INT, 4, 0, INT_MAX, KIND_MODEL, NULL, "lower bound of the per-expert capacity")                 \
-    X(drop_policy, K_ENUM, 0, 0, 1, KIND_MODEL, drop_names,                                                                 \
-      "which assignments an expert over capacity drops: probability (lowest first) or position (latest)")       \
-    X(expert_counts, K_STR, 0, 0, 0, KIND_MODEL, NULL,                                                          \
-      "experts per MoE layer, one count per MoE layer (PR-MoE pyramid, e.g. 8,8,16,16); empty = n_experts")    \
-    X(routing, K_ENUM, 0, 0, 3, KIND_MODEL, routing_names,                                                      \
-      "topk (token choice), noisy_topk (Shazeer 2017), expert_choice (Zhou 2022; not causal: token choice "    \
-      "at eval and sampling), soft (every expert, softmax weights)")                                            \
-    X(router_score, K_ENUM, 0, 0, 1, KIND_MODEL, score_names, "router scores: softmax or sigmoid (DeepSeek-V3)") \
-    X(route_scale, K_FLOAT, 1.0, 1e-6, 1e6, KIND_MODEL, NULL, "multiplier of routed gate weights (DeepSeek-V3)") \
-    X(jitter_eps, K_FLOAT, 0.0, 0.0, 1.0, KIND_MODEL, NULL, "Switch router input jitter U(1-eps,1+eps); 0 = off") \
-    X(random_routing, K_BOOL, 0, 0, 1, KIND_MODEL, NULL, "GShard: keep the 2nd expert with probability 2*g2 (top_k=2)") \
-    X(bias_update_rate, K_FLOAT, 0.0, 0.0, 1.0, KIND_MODEL, NULL,                                               \
-      "DeepSeek-V3 aux-loss-free balancing: per-expert selection bias, b += rate*sign(mean-load); 0 = off")     \
-    X(aux_loss_coef, K_FLOAT, 0.01, 0.0, 1e6, KIND_MODEL, NULL, "Switch load-balancing loss coefficient")           \
-    X(z_loss_coef, K_FLOAT, 0.001, 0.0, 1e6, KIND_MODEL, NULL, "router z-loss coefficient")                          \
-    X(seq_aux_loss_coef, K_FLOAT, 0.0, 0.0, 1e6, KIND_MODEL, NULL, "DeepSeek-V3 sequence-wise balance loss coefficient") \
-    X(importance_loss_coef, K_FLOAT, 0.0, 0.0, 1e6, KIND_MODEL, NULL, "Shazeer importance loss CV(importance)^2 (noisy_topk)") \
-    X(load_loss_coef, K_FLOAT, 0.0, 0.0, 1e6, KIND_MODEL, NULL, "Shazeer smooth load loss CV(load)^2 (noisy_topk)") \
-    X(batch_size, K_INT, 16, 1, 1 << 20, KIND_TRAIN, NULL, "sequences per micro-batch B")                            \
-    X(grad_accum, K_INT, 1, 1, 1 << 20, KIND_TRAIN, NULL, "micro-batches per optimizer step")                        \
-    X(steps, K_INT, 300, 0, INT_MAX, KIND_TRAIN, NULL, "optimizer steps to train (total, counting resumed ones)")    \
-    X(warmup_steps, K_INT, 30, 0, INT_MAX, KIND_TRAIN, NULL, "linear warmup steps")                                   \
-    X(lr, K_FLOAT, 3e-3, 0.0, 10.0, KIND_TRAIN, NULL, "peak learning rate")                                          \
-    X(min_lr_frac, K_FLOAT, 0.1, 0.0, 1.0, KIND_TRAIN, NULL, "cosine decay floor as a fraction of lr")               \
-    X(weight_decay, K_FLOAT, 0.1, 0.0, 10.0, KIND_TRAIN, NULL, "AdamW decoupled weight decay (not on norms)")        \
-    X(beta1, K_FLOAT, 0.9, 0.0, 0.999999, KIND_TRAIN, NULL, "AdamW beta1")                                           \
-    X(beta2, K_FLOAT, 0.95, 0.0, 0.999999, KIND_TRAIN, NULL, "AdamW beta2")                                          \
-    X(adam_eps, K_FLOAT, 1e-8, 0.0, 1.0, KIND_TRAIN, NULL, "AdamW epsilon")                                          \
-    X(grad_clip, K_FLOAT, 1.0, 0.0, 1e6, KIND_TRAIN, NULL, "global gradient-norm clip; 0 = off")                     \
-    X(expert_lr_mult, K_FLOAT, 1.0, 0.0, 1e3, KIND_TRAIN, NULL, "learning-rate multiplier of routed experts")       \
-    X(router_lr_mult, K_FLOAT, 1.0, 0.0, 1e3, KIND_TRAIN, NULL, "learning-rate multiplier of routers")              \
-    X(eval_every, K_INT, 100, 0, INT_MAX, KIND_TRAIN, NULL, "steps between evaluations; 0 = only at the end")       \
-    X(eval_batches, K_INT, 8, 1, INT_MAX, KIND_TRAIN, NULL, "validation batches per evaluation")                    \
-    X(ckpt_every, K_INT, 0, 0, INT_MAX, KIND_TRAIN, NULL, "steps between checkpoints; 0 = only at the end")         \
-    X(log_every, K_INT, 10, 1, INT_MAX, KIND_TRAIN, NULL, "steps between progress lines")                            \
-    X(nonfinite_policy, K_ENUM, 0, 0, 1, KIND_TRAIN, fault_names,                                                \
-      "a step whose loss or gradients are NaN/Inf (or a loss spike): stop (save the last good checkpoint, exit) " \
-      "or skip (drop its update, go on)")                                                                       \
-    X(max_skipped_steps, K_INT, 10, 1, INT_MAX, KIND_TRAIN, NULL,                                               \
-      "with nonfinite_policy=skip: stop (after saving) when this many steps in a row were skipped")           \
-    X(loss_spike_factor, K_FLOAT, 0.0, 0.0, 1e6, KIND_TRAIN, NULL,                                              \
-      "loss spike guard: a step whose loss exceeds this times the running mean (EMA 0.99, after 20 steps) "      \
-      "is handled like a NaN; 0 = off")                                                                          \
-    X(keep_checkpoints, K_INT, 0, 0, 100000, KIND_TRAIN, NULL,                                                      \
-      "also keep the last N checkpoints as DIR/checkpoints/step-SSSSSSSS (hard links); 0 = only the latest")    \
-    X(val_frac, K_FLOAT, 0.1, 0.0, 0.9, KIND_TRAIN, NULL, "held-out fraction when no validation file is given")     \
-    X(seed, K_U64, 1337, 0, 0, KIND_TRAIN, NULL, "random seed (initialisation, data order)")                         \
-    X(threads, K_INT, 0, 0, 4096, KIND_TRAIN, NULL, "OpenMP threads; 0 = the OpenMP default")                      \
-    X(recompute, K_BOOL, 0, 0, 1, KIND_TRAIN, NULL,                                                                  \
-      "activation recompute: keep each block's input only, redo its forward in backward (less memory, ~1/3 more compute)") \
-    X(tensorboard, K_BOOL, 1, 0, 1, KIND_TRAIN, NULL,                                                                  \
-      "write TensorBoard event files (losses, lr, grad norm, per-layer MaxVio, drops and per-expert loads) to the run directory")
+typedef enum { KIND_MODEL, KIND_TRAINING } key_kind;
 
 typedef struct {
     const char *name;
     key_type type;
-    double def, min, max;
+    const char *const *names; // K_ENUM: the spellings of its values, NULL-terminated; else NULL
+    double min, max;
     key_kind kind;
-    const char *const *names;
     const char *help;
-    size_t offset;
+    size_t offset, size; // of the field in moe_config
 } key_desc;
 
+/* The type column of MOE_CONFIG_KEYS as a key_desc's type and names. */
+#define TYPE_INT K_INT, NULL
+#define TYPE_FLOAT K_FLOAT, NULL
+#define TYPE_BOOL K_BOOL, NULL
+#define TYPE_U64 K_U64, NULL
+#define TYPE_STR K_STR, NULL
+#define TYPE_ENUM(ctype, values) K_ENUM, (const char *const[]){values(SPELLING) NULL}
+#define SPELLING(constant, spelling) spelling,
+
 static const key_desc keys[] = {
-#define X(name, type, def, min, max, kind, names, help) {#name, type, def, min, max, kind, names, help, offsetof(moe_config, name)},
-    CONFIG_KEYS(X)
+#define X(name, type, def, min, max, kind, help) \
+    {#name, TYPE_##type, min, max, KIND_##kind, help, offsetof(moe_config, name), sizeof(((moe_config *)0)->name)},
+    MOE_CONFIG_KEYS(X)
 #undef X
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
@@ -121,21 +50,12 @@ static const key_desc *find_key(const char *name) {
 }
 
 moe_config moe_config_default(void) {
-    moe_config c;
-    memset(&c, 0, sizeof c);
-    for (int i = 0; i < N_KEYS; i++) {
-        void *p = (char *)&c + keys[i].offset;
-        switch (keys[i].type) {
-        case K_INT:
-        case K_BOOL: *(int *)p = (int)keys[i].def; break;
-        case K_FLOAT: *(float *)p = (float)keys[i].def; break;
-        case K_U64: *(uint64_t *)p = (uint64_t)keys[i].def; break;
-        case K_ENUM: *(int *)p = (int)keys[i].def; break;
-        case K_STR: break;
-        }
-    }
-    strcpy(c.moe_layers, "all");
-    return c;
+    static const moe_config defaults = {
+#define X(name, type, def, min, max, kind, help) .name = def,
+        MOE_CONFIG_KEYS(X)
+#undef X
+    };
+    return defaults;
 }
 
 static moe_status set_value(moe_config *c, const key_desc *k, const char *v, const char *origin) {
@@ -189,7 +109,7 @@ static moe_status set_value(moe_config *c, const key_desc *k, const char *v, con
         return moe__err(MOE_STATUS_CONFIG, "%s: key '%s' must be one of %s, got '%s'", origin, k->name, allowed, v);
     }
     case K_STR:
-        if (strlen(v) >= sizeof c->moe_layers)
+        if (strlen(v) >= k->size)
             return moe__err(MOE_STATUS_CONFIG, "%s: key '%s' is too long", origin, k->name);
         strcpy((char *)p, v);
         break;
@@ -434,11 +354,7 @@ moe_status moe_config_validate(const moe_config *c) {
 
 void moe_config_take_training(moe_config *dst, const moe_config *src) {
     for (int i = 0; i < N_KEYS; i++) {
-        if (keys[i].kind != KIND_TRAIN) continue;
-        size_t sz = keys[i].type == K_U64     ? sizeof(uint64_t)
-                    : keys[i].type == K_FLOAT ? sizeof(float)
-                    : keys[i].type == K_STR   ? sizeof dst->moe_layers
-                                              : sizeof(int);
-        memcpy((char *)dst + keys[i].offset, (const char *)src + keys[i].offset, sz);
+        if (keys[i].kind == KIND_TRAINING)
+            memcpy((char *)dst + keys[i].offset, (const char *)src + keys[i].offset, keys[i].size);
     }
 }
