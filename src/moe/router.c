@@ -233,93 +233,120 @@ void moe__router_losses(moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
     c->seq_aux = B > 0 ? (float)(seq / (double)B) : 0.0f;
 }
 
+/* Per token n of the backward: dl (E) gets d loss / d logits before the z-loss (d/dscores on
+ * the way), from the gate gradients dg (slots), the balance losses' per-expert terms and, for
+ * noisy top-K, the noise path (dn (E) gets d loss / d noise_raw). */
+typedef struct {
+    const moe__moe_cache *c;
+    const moe__moe_dims *d;
+    const moe__moe_loss_scales *ls;
+    const float *gimp, *gload;   /* (E) importance and load loss gradients (noisy top-K) */
+    int64_t N, B;
+} token_grad_ctx;
+
+static void noisy_token_backward(float *dl, float *dn, const token_grad_ctx *x, int64_t n, const float *dg) {
+    const moe__moe_cache *c = x->c;
+    const moe__moe_dims *d = x->d;
+    const moe__moe_loss_scales *ls = x->ls;
+    int E = d->E, K = d->K, T = d->T, slots = moe__moe_slots(d);
+    int64_t N = x->N, B = x->B;
+    const float *gimp = x->gimp, *gload = x->gload, *l = c->logits + n * E, *fb = c->seq_f + (n / T) * E;
+    const int *sel = c->sel + n * slots;
+    // dl accumulates dH first; dn accumulates d/dstd, then d/draw
+    const float *H = c->noisy + n * E, *eps = c->noise_eps + n * E, *raw = c->noise_raw + n * E;
+    for (int e = 0; e < E; e++) dn[e] = 0.0f;
+    // probs = scores = the gates scattered, so the aux, sequence and importance
+    // gradients reach the K gates: dg_k = dgate_k * scale + (those at expert sel_k)
+#define DG(k) (dg[k] * d->route_scale + gimp[sel[k]] + ls->aux * (float)E * c->f[sel[k]] / (float)N + \
+       ls->seq_aux * fb[sel[k]] / ((float)T * (float)B))
+    float dot = 0.0f;
+    for (int k = 0; k < K; k++) dot += DG(k) * c->gate[n * slots + k];
+    // gates = softmax over the selected H: dH_k = g_k (dg_k - sum_j g_j dg_j)
+    for (int k = 0; k < K; k++) dl[sel[k]] += c->gate[n * slots + k] * (DG(k) - dot);
+#undef DG
+    // smooth load: prob_e = Phi(z_e), z_e = (logit_e - H_thr(e)) / std_e
+    int io, ii;
+    noisy_thresholds(H, sel, E, K, &io, &ii);
+    float dthr_in = 0.0f, dthr_out = 0.0f;
+    for (int e = 0; e < E; e++) {
+        int in = 0;
+        for (int k = 0; k < K; k++) in |= sel[k] == e;
+        float stdv = softplus(raw[e]);
+        double z = ((double)l[e] - H[in ? ii : io]) / stdv;
+        float gp = (float)(gload[e] * normal_pdf(z)) / stdv; // d loss / d logit_e (direct)
+        dn[e] -= gp * (float)z;                                // d loss / d std_e (direct)
+        if (in) dthr_in -= gp;
+        else dthr_out -= gp;
+    }
+    dl[ii] += dthr_in; // the thresholds are entries of H
+    dl[io] += dthr_out;
+    // H = logit + eps * std, std = softplus(raw); then the direct logit part of the load
+    for (int e = 0; e < E; e++) {
+        int in = 0;
+        for (int k = 0; k < K; k++) in |= sel[k] == e;
+        float stdv = softplus(raw[e]);
+        double z = ((double)l[e] - H[in ? ii : io]) / stdv;
+        dn[e] = (dn[e] + dl[e] * eps[e]) * sigmoidf_(raw[e]);
+        dl[e] += (float)(gload[e] * normal_pdf(z)) / stdv;
+    }
+}
+
+static void clean_token_backward(float *dl, const token_grad_ctx *x, int64_t n, const float *dg) {
+    const moe__moe_cache *c = x->c;
+    const moe__moe_dims *d = x->d;
+    const moe__moe_loss_scales *ls = x->ls;
+    int E = d->E, K = d->K, T = d->T, slots = moe__moe_slots(d);
+    int64_t N = x->N, B = x->B;
+    const float *sc = c->scores + n * E, *pr = c->probs + n * E, *fb = c->seq_f + (n / T) * E;
+    const int *sel = c->sel + n * slots;
+    moe_routing routing = moe__moe_effective_routing(d);
+    for (int e = 0; e < E; e++)
+        dl[e] = ls->aux * (float)E * c->f[e] / (float)N + ls->seq_aux * fb[e] / ((float)T * (float)B);
+    if (d->score == MOE_SCORE_SIGMOID) {
+        // probs = s / sum s: ds_j = (dprobs_j - sum_e dprobs_e probs_e) / sum s
+        float ssum = 0.0f, dot = 0.0f;
+        for (int e = 0; e < E; e++) ssum += sc[e], dot += dl[e] * pr[e];
+        for (int e = 0; e < E; e++) dl[e] = (dl[e] - dot) / ssum;
+    }
+    if (routing == MOE_ROUTING_TOPK) {
+        // gate_k = route_scale * s_k / S (norm_topk) or route_scale * s_k
+        float gs = 0.0f, dot = 0.0f;
+        for (int k = 0; k < K; k++) gs += sc[sel[k]];
+        for (int k = 0; k < K; k++) dot += dg[k] * d->route_scale * sc[sel[k]] / gs;
+        for (int k = 0; k < K; k++)
+            dl[sel[k]] += d->norm_topk ? (dg[k] * d->route_scale - dot) / gs : dg[k] * d->route_scale;
+    } else {
+        for (int e = 0; e < E; e++) dl[e] += dg[e] * d->route_scale;
+    }
+    if (d->score == MOE_SCORE_SIGMOID) {
+        for (int e = 0; e < E; e++) dl[e] *= sc[e] * (1.0f - sc[e]);
+    } else {
+        // p = softmax(logits): dlogit_e = p_e (dp_e - sum_j p_j dp_j)
+        float pdp = 0.0f;
+        for (int e = 0; e < E; e++) pdp += sc[e] * dl[e];
+        for (int e = 0; e < E; e++) dl[e] = sc[e] * (dl[e] - pdp);
+    }
+}
+
 void moe__router_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *x,
                           const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N,
                           const moe__moe_loss_scales *ls) {
-    int E = d->E, K = d->K, C = d->C, T = d->T, slots = moe__moe_slots(d);
+    int E = d->E, C = d->C, slots = moe__moe_slots(d);
     moe_routing routing = moe__moe_effective_routing(d);
-    int64_t B = N / T;
     float *gimp = s->gvec, *gload = s->gvec + E;
     if (routing == MOE_ROUTING_NOISY_TOPK) {
         cv_squared(c->imp, E, gimp);
         cv_squared(c->loadest, E, gload);
         for (int e = 0; e < E; e++) gimp[e] *= ls->importance, gload[e] *= ls->load;
     }
+    token_grad_ctx ctx = {c, d, ls, gimp, gload, N, N / d->T};
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
-        const float *l = c->logits + n * E, *sc = c->scores + n * E, *pr = c->probs + n * E;
-        const int *sel = c->sel + n * slots;
-        const float *dg = s->dgate + n * slots;
+        const float *l = c->logits + n * E, *dg = s->dgate + n * slots;
         float *dl = s->dlogits + n * E; // d/dscores first, d/dlogits at the end
-        const float *fb = c->seq_f + (n / T) * E;
         for (int e = 0; e < E; e++) dl[e] = 0.0f;
-        if (routing == MOE_ROUTING_NOISY_TOPK) {
-            // dl accumulates dH first; dn accumulates d/dstd, then d/draw
-            const float *H = c->noisy + n * E, *eps = c->noise_eps + n * E, *raw = c->noise_raw + n * E;
-            float *dn = s->dnoise + n * E;
-            for (int e = 0; e < E; e++) dn[e] = 0.0f;
-            // probs = scores = the gates scattered, so the aux, sequence and importance
-            // gradients reach the K gates: dg_k = dgate_k * scale + (those at expert sel_k)
-#define DG(k) (dg[k] * d->route_scale + gimp[sel[k]] + ls->aux * (float)E * c->f[sel[k]] / (float)N + \
-               ls->seq_aux * fb[sel[k]] / ((float)T * (float)B))
-            float dot = 0.0f;
-            for (int k = 0; k < K; k++) dot += DG(k) * c->gate[n * slots + k];
-            // gates = softmax over the selected H: dH_k = g_k (dg_k - sum_j g_j dg_j)
-            for (int k = 0; k < K; k++) dl[sel[k]] += c->gate[n * slots + k] * (DG(k) - dot);
-#undef DG
-            // smooth load: prob_e = Phi(z_e), z_e = (logit_e - H_thr(e)) / std_e
-            int io, ii;
-            noisy_thresholds(H, sel, E, K, &io, &ii);
-            float dthr_in = 0.0f, dthr_out = 0.0f;
-            for (int e = 0; e < E; e++) {
-                int in = 0;
-                for (int k = 0; k < K; k++) in |= sel[k] == e;
-                float stdv = softplus(raw[e]);
-                double z = ((double)l[e] - H[in ? ii : io]) / stdv;
-                float gp = (float)(gload[e] * normal_pdf(z)) / stdv; // d loss / d logit_e (direct)
-                dn[e] -= gp * (float)z;                                // d loss / d std_e (direct)
-                if (in) dthr_in -= gp;
-                else dthr_out -= gp;
-            }
-            dl[ii] += dthr_in; // the thresholds are entries of H
-            dl[io] += dthr_out;
-            // H = logit + eps * std, std = softplus(raw); then the direct logit part of the load
-            for (int e = 0; e < E; e++) {
-                int in = 0;
-                for (int k = 0; k < K; k++) in |= sel[k] == e;
-                float stdv = softplus(raw[e]);
-                double z = ((double)l[e] - H[in ? ii : io]) / stdv;
-                dn[e] = (dn[e] + dl[e] * eps[e]) * sigmoidf_(raw[e]);
-                dl[e] += (float)(gload[e] * normal_pdf(z)) / stdv;
-            }
-        } else {
-            for (int e = 0; e < E; e++)
-                dl[e] = ls->aux * (float)E * c->f[e] / (float)N + ls->seq_aux * fb[e] / ((float)T * (float)B);
-            if (d->score == MOE_SCORE_SIGMOID) {
-                // probs = s / sum s: ds_j = (dprobs_j - sum_e dprobs_e probs_e) / sum s
-                float ssum = 0.0f, dot = 0.0f;
-                for (int e = 0; e < E; e++) ssum += sc[e], dot += dl[e] * pr[e];
-                for (int e = 0; e < E; e++) dl[e] = (dl[e] - dot) / ssum;
-            }
-            if (routing == MOE_ROUTING_TOPK) {
-                // gate_k = route_scale * s_k / S (norm_topk) or route_scale * s_k
-                float gs = 0.0f, dot = 0.0f;
-                for (int k = 0; k < K; k++) gs += sc[sel[k]];
-                for (int k = 0; k < K; k++) dot += dg[k] * d->route_scale * sc[sel[k]] / gs;
-                for (int k = 0; k < K; k++)
-                    dl[sel[k]] += d->norm_topk ? (dg[k] * d->route_scale - dot) / gs : dg[k] * d->route_scale;
-            } else {
-                for (int e = 0; e < E; e++) dl[e] += dg[e] * d->route_scale;
-            }
-            if (d->score == MOE_SCORE_SIGMOID) {
-                for (int e = 0; e < E; e++) dl[e] *= sc[e] * (1.0f - sc[e]);
-            } else {
-                // p = softmax(logits): dlogit_e = p_e (dp_e - sum_j p_j dp_j)
-                float pdp = 0.0f;
-                for (int e = 0; e < E; e++) pdp += sc[e] * dl[e];
-                for (int e = 0; e < E; e++) dl[e] = sc[e] * (dl[e] - pdp);
-            }
-        }
+        if (routing == MOE_ROUTING_NOISY_TOPK) noisy_token_backward(dl, s->dnoise + n * E, &ctx, n, dg);
+        else clean_token_backward(dl, &ctx, n, dg);
         // z = mean_n lse_n^2: dz / dlogit_ne = 2 lse_n softmax(logits_n)_e / N
         float zc = ls->z * 2.0f * c->lse[n] / (float)N;
         for (int e = 0; e < E; e++) dl[e] += zc * expf(l[e] - c->lse[n]);
