@@ -258,6 +258,7 @@ typedef struct {
     moe__moe_weights w, g;
     moe__moe_cache c;
     moe__moe_scratch s;
+    char *arena;             /* c and s, from moe__moe_plan_cache and moe__moe_plan_scratch */
     moe__moe_loss_scales ls; /* loss coefficients: the checked function is y.r + sum ls.x * loss_x */
 } moe_ctx;
 
@@ -271,7 +272,7 @@ static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S, 
     m->d.min_capacity = 1;
     m->d.training = 1;
     m->d.noise_seed = 77;
-    int64_t P = (int64_t)E * N, SF = (int64_t)S * F, hid = P * F > N * SF ? P * F : N * SF, B = N / T;
+    int64_t P = (int64_t)E * N, SF = (int64_t)S * F;
     m->x = randn(N * C, 1), m->y = zeros(N * C), m->r = randn(N * C, 1);
     m->w.wg = randn((int64_t)E * C, 1), m->w.wnoise = randn((int64_t)E * C, 0.5f), m->w.bias = NULL;
     m->w.w1 = randn((int64_t)E * F * C, 0.5f), m->w.w3 = randn((int64_t)E * F * C, 0.5f);
@@ -280,30 +281,24 @@ static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S, 
     m->g.wg = zeros((int64_t)E * C), m->g.wnoise = zeros((int64_t)E * C), m->g.w1 = zeros((int64_t)E * F * C);
     m->g.w3 = zeros((int64_t)E * F * C), m->g.w2 = zeros((int64_t)E * F * C);
     m->g.sw1 = zeros(SF * C), m->g.sw3 = zeros(SF * C), m->g.sw2 = zeros(SF * C);
-    moe__moe_cache *c = &m->c;
-    c->xr = zeros(N * C), c->jit = zeros(N * C);
-    c->logits = zeros(N * E), c->scores = zeros(N * E), c->probs = zeros(N * E), c->lse = zeros(N);
-    c->noise_raw = zeros(N * E), c->noise_eps = zeros(N * E), c->noisy = zeros(N * E);
-    c->sel = calloc((size_t)P, sizeof(int)), c->gate = zeros(P), c->row_of = calloc((size_t)P, sizeof(int));
-    c->row_token = calloc((size_t)P, sizeof(int)), c->offsets = calloc((size_t)E + 1, sizeof(int64_t));
-    c->load = calloc((size_t)E, sizeof(int64_t)), c->f = zeros(E), c->seq_f = zeros(B * E);
-    c->imp = zeros(E), c->loadest = zeros(E);
-    c->xe = zeros(P * C), c->ye = zeros(P * C), c->h1 = zeros(P * F), c->h3 = zeros(P * F), c->act = zeros(P * F);
-    c->sh1 = zeros(N * SF), c->sh3 = zeros(N * SF), c->sact = zeros(N * SF);
-    c->scratch_idx = calloc((size_t)(2 * P), sizeof(int));
-    m->s.dye = zeros(P * C), m->s.dxe = zeros(P * C), m->s.dact = zeros(hid), m->s.dh1 = zeros(hid);
-    m->s.dh3 = zeros(hid), m->s.dgate = zeros(P), m->s.dlogits = zeros(N * E), m->s.dnoise = zeros(N * E);
-    m->s.dxr = zeros(N * C), m->s.gvec = zeros(2 * E);
+    // the cache and scratch come from the layer's own memory plan (the one the model uses),
+    // sized for every method: noise and jitter buffers present, P = E*N assignments
+    moe__moe_dims all = m->d;
+    all.routing = MOE_ROUTING_NOISY_TOPK, all.jitter_eps = 1.0f, all.ep = 1;
+    int64_t hid = moe__moe_hidden_scratch(&all, N, P);
+    for (int pass = 0; pass < 2; pass++) { // size, then hand out
+        moe__planner pl = {m->arena, 0};
+        moe__moe_plan_cache(&pl, &m->c, &all, N, P);
+        moe__moe_plan_scratch(&pl, &m->s, &all, N, P);
+        m->s.dact = MOE_TAKE_F(&pl, hid), m->s.dh1 = MOE_TAKE_F(&pl, hid), m->s.dh3 = MOE_TAKE_F(&pl, hid);
+        if (!pass) m->arena = moe__calloc(pl.off);
+    }
 }
 
 static void moe_release(moe_ctx *m) {
     void *ptrs[] = {m->x, m->y, m->r, m->w.wg, m->w.wnoise, m->w.bias, m->w.w1, m->w.w3, m->w.w2, m->w.sw1,
                     m->w.sw3, m->w.sw2, m->g.wg, m->g.wnoise, m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3,
-                    m->g.sw2, m->c.xr, m->c.jit, m->c.logits, m->c.scores, m->c.probs, m->c.lse, m->c.noise_raw,
-                    m->c.noise_eps, m->c.noisy, m->c.sel, m->c.gate, m->c.row_of, m->c.row_token, m->c.offsets,
-                    m->c.load, m->c.f, m->c.seq_f, m->c.imp, m->c.loadest, m->c.xe, m->c.ye, m->c.h1, m->c.h3,
-                    m->c.act, m->c.sh1, m->c.sh3, m->c.sact, m->c.scratch_idx, m->s.dye, m->s.dxe, m->s.dact,
-                    m->s.dh1, m->s.dh3, m->s.dgate, m->s.dlogits, m->s.dnoise, m->s.dxr, m->s.gvec};
+                    m->g.sw2, m->arena};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
 }
 

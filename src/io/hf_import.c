@@ -46,6 +46,22 @@ static moe_status num_field(const cJSON *j, const char *path, const char *key, d
     return MOE_STATUS_OK;
 }
 
+/* Fields of config.json that the model cannot represent: each an error naming it. */
+static moe_status check_unsupported(const cJSON *j, const char *path) {
+    const char *must_false[] = {"attention_bias", "mlp_bias"};
+    for (int i = 0; i < 2; i++)
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, must_false[i])))
+            return moe__err(MOE_STATUS_FORMAT, "'%s': %s is true; moe's layers have no biases", path, must_false[i]);
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs))
+        return moe__err(MOE_STATUS_FORMAT, "'%s': rope_scaling is set; moe has plain RoPE only", path);
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
+    if (act && (!cJSON_IsString(act) || (strcmp(act->valuestring, "silu") && strcmp(act->valuestring, "swish"))))
+        return moe__err(MOE_STATUS_FORMAT, "'%s': hidden_act '%s' is not silu; moe's FFNs are SwiGLU", path,
+                        cJSON_IsString(act) ? act->valuestring : "?");
+    return MOE_STATUS_OK;
+}
+
 static moe_status parse_config(const char *dir, hf_info *h) {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -70,24 +86,7 @@ static moe_status parse_config(const char *dir, hf_info *h) {
                       path, type);
         goto done;
     }
-    // fields the model cannot represent
-    const char *must_false[] = {"attention_bias", "mlp_bias"};
-    for (int i = 0; i < 2; i++)
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, must_false[i]))) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': %s is true; moe's layers have no biases", path, must_false[i]);
-            goto done;
-        }
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs)) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': rope_scaling is set; moe has plain RoPE only", path);
-        goto done;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
-    if (act && (!cJSON_IsString(act) || (strcmp(act->valuestring, "silu") && strcmp(act->valuestring, "swish")))) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': hidden_act '%s' is not silu; moe's FFNs are SwiGLU", path,
-                      cJSON_IsString(act) ? act->valuestring : "?");
-        goto done;
-    }
+    if ((st = check_unsupported(j, path)) != MOE_STATUS_OK) goto done;
     double V, C, F, L, H, kvh, mpe, eps, theta, tie, E, K, hd, sw, jitter, std, aux;
     if ((st = num_field(j, path, "vocab_size", NAN, 1, &V)) || (st = num_field(j, path, "hidden_size", NAN, 1, &C)) ||
         (st = num_field(j, path, "intermediate_size", NAN, 1, &F)) ||

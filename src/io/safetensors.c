@@ -50,6 +50,46 @@ static char *read_header_bytes(const char *path, size_t *len, size_t *size) {
     return buf;
 }
 
+/* One tensor entry of the header (it, named it->string) into t: dtype, shape and data offsets
+ * checked against the data region (data is NULL when only the header was read). */
+static moe_status parse_entry(moe__st_tensor *t, const cJSON *it, const char *path, const uint8_t *data,
+                              uint64_t data_len) {
+    cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+    cJSON *shape = cJSON_GetObjectItemCaseSensitive(it, "shape");
+    cJSON *offs = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+    if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' lacks dtype, shape or data_offsets", path, it->string);
+    int es = dtype_size(dt->valuestring);
+    if (!es || strlen(dt->valuestring) >= sizeof t->dtype)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has unknown dtype '%s'", path, it->string, dt->valuestring);
+    t->ndim = cJSON_GetArraySize(shape);
+    if (t->ndim > 8)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %d dimensions (at most 8)", path, it->string, t->ndim);
+    double numel = 1;
+    int d = 0;
+    for (cJSON *s = shape->child; s; s = s->next, d++) {
+        if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > 1e15)
+            return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has a bad shape entry", path, it->string);
+        t->shape[d] = (int64_t)s->valuedouble;
+        numel *= s->valuedouble;
+    }
+    double b = cJSON_GetArrayItem(offs, 0)->valuedouble, e = cJSON_GetArrayItem(offs, 1)->valuedouble;
+    if (!cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) || b < 0 ||
+        e < b || e > (double)data_len)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' data_offsets [%.0f, %.0f] lie outside the %llu data bytes (truncated?)",
+                        path, it->string, b, e, (unsigned long long)data_len);
+    if (numel * es != e - b)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %.0f bytes but its shape and dtype need %.0f", path,
+                        it->string, e - b, numel * es);
+    snprintf(t->dtype, sizeof t->dtype, "%s", dt->valuestring);
+    t->nbytes = (int64_t)(e - b);
+    t->data = data ? data + (int64_t)b : NULL;
+    t->name = strdup(it->string);
+    if (!t->name)
+        return moe__err(MOE_STATUS_NOMEM, "out of memory reading '%s'", path);
+    return MOE_STATUS_OK;
+}
+
 /* Reads and checks a file; with header_only, only its header (tensors then have no data). */
 static moe_status st_read(const char *path, moe__st_file *out, int header_only) {
     memset(out, 0, sizeof *out);
@@ -97,54 +137,8 @@ static moe_status st_read(const char *path, moe__st_file *out, int header_only) 
             out->metadata = cJSON_DetachItemViaPointer(root, it); // kept: its keys are read later
             continue;
         }
-        moe__st_tensor *t = &out->t[out->n];
-        cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
-        cJSON *shape = cJSON_GetObjectItemCaseSensitive(it, "shape");
-        cJSON *offs = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
-        if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' lacks dtype, shape or data_offsets", path, it->string);
-            goto fail;
-        }
-        int es = dtype_size(dt->valuestring);
-        if (!es || strlen(dt->valuestring) >= sizeof t->dtype) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has unknown dtype '%s'", path, it->string, dt->valuestring);
-            goto fail;
-        }
-        t->ndim = cJSON_GetArraySize(shape);
-        if (t->ndim > 8) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %d dimensions (at most 8)", path, it->string, t->ndim);
-            goto fail;
-        }
-        double numel = 1;
-        int d = 0;
-        for (cJSON *s = shape->child; s; s = s->next, d++) {
-            if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > 1e15) {
-                st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has a bad shape entry", path, it->string);
-                goto fail;
-            }
-            t->shape[d] = (int64_t)s->valuedouble;
-            numel *= s->valuedouble;
-        }
-        double b = cJSON_GetArrayItem(offs, 0)->valuedouble, e = cJSON_GetArrayItem(offs, 1)->valuedouble;
-        if (!cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) || b < 0 ||
-            e < b || e > (double)data_len) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' data_offsets [%.0f, %.0f] lie outside the %llu data bytes (truncated?)",
-                          path, it->string, b, e, (unsigned long long)data_len);
-            goto fail;
-        }
-        if (numel * es != e - b) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %.0f bytes but its shape and dtype need %.0f", path,
-                          it->string, e - b, numel * es);
-            goto fail;
-        }
-        snprintf(t->dtype, sizeof t->dtype, "%s", dt->valuestring);
-        t->nbytes = (int64_t)(e - b);
-        t->data = data ? data + (int64_t)b : NULL;
-        t->name = strdup(it->string);
-        if (!t->name) {
-            st = moe__err(MOE_STATUS_NOMEM, "out of memory reading '%s'", path);
-            goto fail;
-        }
+        st = parse_entry(&out->t[out->n], it, path, data, data_len);
+        if (st != MOE_STATUS_OK) goto fail;
         out->n++;
     }
     cJSON_Delete(root);
