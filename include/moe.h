@@ -264,6 +264,10 @@ int moe_model_n_tensors(const moe_model *m);
 const moe_tensor_info *moe_model_tensor(const moe_model *m, int i);
 /* Tensor by name, or NULL. */
 const moe_tensor_info *moe_model_find(const moe_model *m, const char *name);
+/* The parameters and gradients (n_params floats each, laid out by the tensor table's offsets) as
+ * host memory. The CPU backend computes in these buffers, so writes (finite-difference tests,
+ * hand initialisation) take effect at the next forward; the library's own readers and writers
+ * (checkpoints, export, initialisation) synchronise with the backend around them. */
 float *moe_model_params(moe_model *m);
 float *moe_model_grads(moe_model *m);
 int64_t moe_model_n_params(const moe_model *m);
