@@ -1,9 +1,9 @@
-/* fuzz_cli.c — the command line's values, through the code `moe` runs (tools/args.c): every
- * numeric flag with its range, --set KEY=VALUE into a config, and the token ids `moe logits`
- * reads. The input is lines "FLAG VALUE" (fuzz/cli.dict names the flags and keys); a refused
- * value must get a message naming it, an accepted one must be in range and read back the same,
- * and a config the sets leave valid must survive a JSON round trip unchanged. */
-#include "args.h"
+/* fuzz_cli.c — the command line's values, through the code `moe` runs (tools/cli.c): every
+ * numeric flag of every command's flag table with its range, --set KEY=VALUE into a config, and
+ * the token ids `moe logits` reads. The input is lines "FLAG VALUE" (fuzz/cli.dict names the flags
+ * and keys); a refused value must get a message naming it, an accepted one must be in range and
+ * read back the same, and a config the sets leave valid must survive a JSON round trip unchanged. */
+#include "cli.h"
 #include "fuzz_common.h"
 
 #include <math.h>
@@ -11,21 +11,42 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void one(moe_config *c, const char *flag, const char *v) {
-    char err[1200] = "";
-    const moe_arg_spec *s = moe_arg_find(flag);
-    if (s) {
-        double x;
-        if (moe_arg_number(s, v, &x, err, sizeof err) != 0) {
-            if (!strstr(err, s->flag)) abort(); // the message names the flag
-            return;
+static const cli_command *const commands[] = {MOE_COMMANDS(MOE_CMD_REF)};
+
+/* v as the value of the numeric flag s: refused with a message naming the flag, or accepted in
+ * range and read back the same. */
+static void number(const cli_flag *s, const char *v) {
+    char err[1200] = "", txt[64], err2[256];
+    double x, y;
+    if (moe_arg_number(s, v, &x, err, sizeof err) != 0) {
+        if (!strstr(err, s->name)) abort(); // the message names the flag
+        return;
+    }
+    int is_int = s->kind == CLI_INT;
+    if (!(x >= s->lo && x <= s->hi) || (is_int && x != floor(x))) abort();
+    snprintf(txt, sizeof txt, is_int ? "%.0f" : "%.17g", x);
+    if (moe_arg_number(s, txt, &y, err2, sizeof err2) != 0 || y != x) abort(); // reads back the same
+}
+
+/* Whether flag names a numeric flag of some command; each such flag (a name may have a range
+ * per command) checks v. */
+static int numeric_flag(const char *flag, const char *v) {
+    int found = 0;
+    for (size_t c = 0; c < sizeof commands / sizeof commands[0]; c++)
+        for (int i = 0; i < commands[c]->n_flags; i++) {
+            const cli_flag *s = &commands[c]->flags[i];
+            if ((s->kind == CLI_INT || s->kind == CLI_REAL) && !strcmp(s->name, flag)) {
+                number(s, v);
+                found = 1;
+            }
         }
-        if (!(x >= s->lo && x <= s->hi) || (s->is_int && x != floor(x))) abort();
-        char txt[64], err2[256];
-        double y;
-        snprintf(txt, sizeof txt, s->is_int ? "%.0f" : "%.17g", x);
-        if (moe_arg_number(s, txt, &y, err2, sizeof err2) != 0 || y != x) abort(); // reads back the same
-    } else if (!strcmp(flag, "--set")) {
+    return found;
+}
+
+static void one(moe_config *c, const char *flag, const char *v) {
+    if (numeric_flag(flag, v)) return;
+    char err[1200] = "";
+    if (!strcmp(flag, "--set")) {
         if (moe_arg_set(c, v, err, sizeof err) != 0) {
             const char *eq = strchr(v, '=');
             if (!err[0]) abort();

@@ -30,8 +30,9 @@ python3 -c "import struct,sys; h=[20240520,1,6]+[0]*253; open(sys.argv[1],'wb').
 # cli: every numeric flag and every config key (with the seed's values), and a token list; the
 # dictionary names them so that mutations stay on real flags and keys
 python3 - "$S/config/seed" "$S/cli/seed" "$S/cli.dict" <<'PY' 2>/dev/null
-import json, re, sys
-flags = re.findall(r'\{"(--[a-z-]+)", [01],', open("tools/args.c").read())
+import glob, json, re, sys
+tables = "".join(open(f).read() for f in sorted(glob.glob("tools/cmd_*.c")))
+flags = list(dict.fromkeys(re.findall(r'\{"(--[a-z-]+)", CLI_(?:INT|REAL),', tables)))
 keys = re.findall(r'X\(([a-z_0-9]+), K_', open("src/model/config.c").read())
 cfg = json.loads(open(sys.argv[1]).read())
 val = lambda v: str(v).lower() if isinstance(v, bool) else str(v)

@@ -1,0 +1,242 @@
+/*
+ * cli.c — the machinery of the `moe` commands (cli.h): exiting errors, the flag-table parser and
+ * --help, the values the command line takes (numbers within a flag's range, --set KEY=VALUE,
+ * token ids), and the few helpers the commands share.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Noreturn void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (moe_dist_size() > 1) fprintf(stderr, "moe (rank %d of %d): ", moe_dist_rank(), moe_dist_size());
+    else fprintf(stderr, "moe: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    moe_dist_abort(code); // under MPI: ends every rank, none is left waiting in a collective
+    exit(code);
+}
+
+void check(moe_status st) {
+    if (st != MOE_STATUS_OK) die(1, "%s: %s", moe_status_str(st), moe_last_error());
+}
+
+/* ---------------------------------------------------------------- flags */
+
+static const cli_flag *find_flag(const cli_command *cmd, const char *name) {
+    for (int i = 0; i < cmd->n_flags; i++)
+        if (!strcmp(cmd->flags[i].name, name)) return &cmd->flags[i];
+    return NULL;
+}
+
+static void list_append(cli_list *l, char *v, int room) {
+    if (!l->v && !(l->v = calloc((size_t)room, sizeof(char *)))) die(1, "out of memory");
+    if (!v) die(1, "out of memory");
+    l->v[l->n++] = v;
+}
+
+/* "key=value", to free (NULL when out of memory). */
+static char *key_value(const char *key, const char *v) {
+    size_t n = strlen(key) + strlen(v) + 2;
+    char *kv = malloc(n);
+    if (kv) snprintf(kv, n, "%s=%s", key, v);
+    return kv;
+}
+
+/* Stores the value v of flag f in opts (room: how many values a list may get at most). */
+static void store(const cli_flag *f, const char *v, void *opts, int room) {
+    char *dest = (char *)opts + f->dest, err[512];
+    double x = 0.0;
+    if ((f->kind == CLI_INT || f->kind == CLI_REAL) && moe_arg_number(f, v, &x, err, sizeof err) != 0)
+        die(2, "%s", err);
+    if (f->set_key) {
+        list_append((cli_list *)dest, key_value(f->set_key, v), room);
+        return;
+    }
+    switch (f->kind) {
+    case CLI_NONE: *(int *)dest = 1; break;
+    case CLI_STRING: *(const char **)dest = v; break;
+    case CLI_INT: *(long *)dest = (long)x; break;
+    case CLI_REAL: *(double *)dest = x; break;
+    case CLI_LIST: list_append((cli_list *)dest, strdup(v), room); break;
+    }
+}
+
+void cli_parse(const cli_command *cmd, int argc, char **argv, void *opts) {
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            cli_help(cmd, stdout);
+            exit(0);
+        }
+        const cli_flag *f = find_flag(cmd, a);
+        if (!f) die(2, "%s: unknown option '%s' (see moe %s --help)", cmd->name, a, cmd->name);
+        if (f->kind != CLI_NONE && i + 1 >= argc) die(2, "%s needs a value", a);
+        store(f, f->kind == CLI_NONE ? NULL : argv[++i], opts, argc);
+    }
+    for (int i = 0; i < cmd->n_flags; i++) {
+        const cli_flag *f = &cmd->flags[i];
+        if (f->required && !*(const char **)((char *)opts + f->dest))
+            die(2, "%s: %s is required (see moe %s --help)", cmd->name, f->name, cmd->name);
+    }
+}
+
+void cli_help(const cli_command *cmd, FILE *f) {
+    fprintf(f, "usage: moe %s\n\n%s\noptions:\n", cmd->usage, cmd->about);
+    for (int i = 0; i < cmd->n_flags; i++) {
+        const cli_flag *fl = &cmd->flags[i];
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", fl->name, fl->arg ? " " : "", fl->arg ? fl->arg : "");
+        fprintf(f, "  %-18s ", left);
+        for (const char *h = fl->help; *h; h++) { // later lines under the first
+            fputc(*h, f);
+            if (*h == '\n') fprintf(f, "%21s", "");
+        }
+        fputc('\n', f);
+    }
+    if (cmd->help_tail) {
+        fputc('\n', f);
+        cmd->help_tail(f);
+    }
+}
+
+void cli_free(const cli_command *cmd, void *opts) {
+    for (int i = 0; i < cmd->n_flags; i++) {
+        const cli_flag *f = &cmd->flags[i];
+        if (f->kind != CLI_LIST && !f->set_key) continue; // a set_key flag shares --set's list: freed once
+        cli_list *l = (cli_list *)((char *)opts + f->dest);
+        for (int j = 0; j < l->n; j++) free(l->v[j]);
+        free(l->v);
+        *l = (cli_list){0, NULL};
+    }
+}
+
+/* ---------------------------------------------------------------- values */
+
+int moe_arg_number(const cli_flag *f, const char *v, double *out, char *err, size_t n) {
+    char *end;
+    errno = 0;
+    double x;
+    if (f->kind == CLI_INT) {
+        long long i = strtoll(v, &end, 10);
+        x = (double)i;
+        if (!*v || *end || errno || i < (long long)f->lo || i > (long long)f->hi) {
+            snprintf(err, n, "%s needs an integer in [%.0f, %.0f], got '%s'", f->name, f->lo, f->hi, v);
+            return -1;
+        }
+    } else {
+        x = strtod(v, &end);
+        if (!*v || *end || !(x >= f->lo && x <= f->hi)) { // NaN fails the range test too
+            snprintf(err, n, "%s needs a number in [%g, %g], got '%s'", f->name, f->lo, f->hi, v);
+            return -1;
+        }
+    }
+    *out = x;
+    return 0;
+}
+
+int moe_arg_set(moe_config *c, const char *kv, char *err, size_t n) {
+    const char *eq = strchr(kv, '=');
+    if (!eq) {
+        snprintf(err, n, "--set needs KEY=VALUE, got '%s'", kv);
+        return -1;
+    }
+    char key[128];
+    if ((size_t)(eq - kv) >= sizeof key) {
+        snprintf(err, n, "--set: config key '%.40s...' is too long (no key is)", kv);
+        return -1;
+    }
+    memcpy(key, kv, (size_t)(eq - kv));
+    key[eq - kv] = 0;
+    if (moe_config_set(c, key, eq + 1) != MOE_STATUS_OK) {
+        snprintf(err, n, "%s: %s", moe_status_str(MOE_STATUS_CONFIG), moe_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+int moe_arg_tokens(const char *text, const char *origin, int vocab, int max, int *tok, int *n_tok, char *err,
+                   size_t n) {
+    int T = 0;
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
+            snprintf(err, n, "'%s' holds '%.20s', which is not a token id", origin, p);
+            return -1;
+        }
+        if (v < 0 || v >= vocab) {
+            snprintf(err, n, "token %lld in '%s' is outside the vocabulary [0, %d)", v, origin, vocab);
+            return -1;
+        }
+        if (T == max) {
+            snprintf(err, n, "'%s' has more than seq_len = %d tokens", origin, max);
+            return -1;
+        }
+        tok[T++] = (int)v;
+        p = end;
+    }
+    if (T == 0) {
+        snprintf(err, n, "'%s' has no tokens", origin);
+        return -1;
+    }
+    *n_tok = T;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- helpers that exit */
+
+void apply_keys(moe_config *c, const char *config, const cli_list *sets) {
+    if (config) check(moe_config_apply_file(c, config));
+    char err[1200];
+    for (int i = 0; i < sets->n; i++)
+        if (moe_arg_set(c, sets->v[i], err, sizeof err) != 0) die(strchr(sets->v[i], '=') ? 1 : 2, "%s", err);
+}
+
+int split_list(char *s, char **out, int max) {
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ",")) out[n++] = tok;
+    return n;
+}
+
+char *path_in(const char *dir, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    size_t n = strlen(dir) + (size_t)len + 2;
+    char *p = malloc(n);
+    if (!p) die(1, "out of memory");
+    int at = snprintf(p, n, "%s/", dir);
+    va_start(ap, fmt);
+    vsnprintf(p + at, n - (size_t)at, fmt, ap);
+    va_end(ap);
+    return p;
+}
+
+char *read_text(const char *path, const char *what) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t n = getdelim(&buf, &cap, '\0', f); // the whole file: it stops early only after a NUL
+    if (ferror(f)) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
+    fclose(f);
+    if (n < 0) { // an empty file
+        free(buf);
+        buf = calloc(1, 1);
+    }
+    if (!buf) die(1, "out of memory");
+    if (n > 0 && strlen(buf) != (size_t)n) die(1, "%s '%s' holds a NUL byte: it is not text", what, path);
+    return buf;
+}
