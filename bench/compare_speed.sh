@@ -47,10 +47,11 @@ trap 'rm -rf "$W"' EXIT
 cpu=$(lscpu 2> /dev/null | sed -n 's/^Model name: *//p' | head -n 1)
 echo "compare_speed: OLD $OLD"
 echo "               NEW $NEW"
-echo "CPU: ${cpu:-unknown} ($(nproc) cores available), threads=$THREADS"
+echo "CPU: ${cpu:-unknown} ($(nproc) cores available), threads=$THREADS, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(OpenMP default)}"
 echo "config: ${CONFIG}, $STEPS steps per run, $RUNS runs per binary, interleaved old/new"
 echo "figure: median tokens_per_s (metrics.jsonl) over steps $((WARMUP + 1))..$STEPS of each run; side = median of its runs"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+awk -v n="$(nproc)" -v t="$THREADS" '$1 > 0.5 && $1 + t > n { printf "warning: the machine is busy (load %s with %d cores): the figures will be noisy\n", $1, n }' /proc/loadavg
 printf '%4s %-4s %10s %11s %8s\n' run side tok/s ms/step wall_s
 
 fails=0

@@ -6,7 +6,7 @@
 #   1. training, three configs, STEPS (20) steps each:
 #        a  the default model (batch 4, eval every 10, warmup 5),
 #        b  mixed dense/MoE (moe_layers=0,2), a shared expert, the aux-loss-free bias,
-#           ckpt_every=10 and keep_checkpoints=2 (checkpoints/step-*/ compared too),
+#           ckpt_every=STEPS/2 (10) and keep_checkpoints=2 (checkpoints/step-*/ compared too),
 #        c  --ep 2 under `mpirun -np 2` (expert shards), default model with the aux-free bias;
 #      for each: metrics.jsonl with the timing fields (tokens_per_s, step_ms, a2a_s,
 #      allreduce_s) removed, line by line, with the numbers compared as written (text, not
@@ -22,16 +22,17 @@
 #      (--stop-after), NEW --resume's it to the end; compared with OLD's uninterrupted run
 #      (metrics without timing fields, every checkpoint file), for a, b and c;
 #   4. the command line: `--help` of every command and a few bad inputs (exit status, stdout,
-#      stderr).
+#      stderr); SKIP_CLI=1 leaves these out (for a refactoring that changes help texts on purpose).
 # One line per comparison, "same" or "DIFFERENT: ..."; exits 1 if any differs (and keeps the
 # work directory), 2 on bad usage.
 #
 # usage: scripts/compare_builds.sh OLD_MOE NEW_MOE [WORKDIR]
 #   WORKDIR: where the runs go (kept); default a temporary directory, removed when all is same.
 # environment:
-#   DATA     training data, FILE[,FILE...]; default /work/shared/data/tinyshakespeare.txt if it
+#   DATA     training data, FILE[,FILE...]; default ../shared/data/tinyshakespeare.txt if it
 #            exists, else the license texts in /usr/share/common-licenses (as scripts/quickstart.sh)
 #   THREADS  OpenMP threads of one-process commands (--set threads, OMP_NUM_THREADS); default 2
+#            (OMP_WAIT_POLICY defaults to passive: it changes no result, only how idle threads wait)
 #   MPI_THREADS  threads per rank of the ep 2 runs; default 1 (2 ranks x 1 = 2 cores)
 #   STEPS    steps per training run; default 20 (the resume test stops after STEPS/2)
 #   PROMPT   sampling prompt; default "ROMEO:"
@@ -48,12 +49,17 @@ NEW=$(readlink -f -- "$2") && [ -x "$NEW" ] && [ -f "$NEW" ] || { echo "$0: '$2'
 THREADS=${THREADS:-2}
 MPI_THREADS=${MPI_THREADS:-1}
 STEPS=${STEPS:-20}
+[[ $STEPS =~ ^[0-9]+$ ]] && [ "$STEPS" -ge 2 ] || { echo "$0: STEPS must be a number >= 2" >&2; exit 2; }
 HALF=$((STEPS / 2))
 PROMPT=${PROMPT:-ROMEO:}
 export OMP_NUM_THREADS=$THREADS
+# idle OpenMP threads sleep instead of spinning: the same results (the thread count fixes how work
+# is split), but runs that share the cores with other work take seconds, not minutes
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 if [ -z "${DATA:-}" ]; then
-    if [ -f /work/shared/data/tinyshakespeare.txt ]; then
-        DATA=/work/shared/data/tinyshakespeare.txt
+    shakespeare="$(cd "$(dirname "$0")/.." && pwd)/../shared/data/tinyshakespeare.txt"
+    if [ -f "$shakespeare" ]; then
+        DATA=$shakespeare
     else
         DATA=$(find /usr/share/common-licenses -maxdepth 1 -type f | sort | paste -sd, -)
     fi
@@ -93,7 +99,9 @@ cat > "$W/py/metrics_cmp.py" <<'PY'
 # the text written (parse_float/parse_int=str), so a change of formatting shows too.
 import json, sys
 TIMING = {"tokens_per_s", "step_ms", "a2a_s", "allreduce_s"}
-hook = lambda pairs: [(k, v) for k, v in pairs if k not in TIMING]
+class Obj(list):  # a JSON object: its (key, value) pairs in order, timing keys left out
+    pass
+hook = lambda pairs: Obj((k, v) for k, v in pairs if k not in TIMING)
 def load(path, who):
     data = open(path, "rb").read()
     if data and not data.endswith(b"\n"):
@@ -105,17 +113,25 @@ def load(path, who):
         except ValueError as e:
             sys.exit(f"{who} line {n} is not JSON: {e}")
     return out
+def where(x, y, path):  # the first place where x and y differ
+    if isinstance(x, Obj) and isinstance(y, Obj):
+        kx, ky = [k for k, _ in x], [k for k, _ in y]
+        if kx != ky:
+            return f"{path or 'record'}: keys {kx} vs {ky}"
+        for (k, vx), (_, vy) in zip(x, y):
+            if vx != vy:
+                return where(vx, vy, f"{path}.{k}" if path else k)
+    elif isinstance(x, list) and isinstance(y, list) and type(x) == type(y):
+        if len(x) != len(y):
+            return f"{path}: {len(x)} entries vs {len(y)}"
+        for i, (vx, vy) in enumerate(zip(x, y)):
+            if vx != vy:
+                return where(vx, vy, f"{path}[{i}]")
+    return f"{path}: {json.dumps(x)} vs {json.dumps(y)}"
 a, b = load(sys.argv[1], "OLD"), load(sys.argv[2], "NEW")
 for n, (x, y) in enumerate(zip(a, b), 1):
-    if x == y:
-        continue
-    step = dict(x).get("step", "?")
-    kx, ky = [k for k, _ in x], [k for k, _ in y]
-    if kx != ky:
-        sys.exit(f"line {n} (step {step}): keys {kx} vs {ky}"[:300])
-    for (k, vx), (_, vy) in zip(x, y):
-        if vx != vy:
-            sys.exit(f"line {n} (step {step}): {k}: {json.dumps(vx)} vs {json.dumps(vy)}"[:300])
+    if x != y:
+        sys.exit(f"line {n} (step {dict(x).get('step', '?')}): {where(x, y, '')}"[:300])
 if len(a) != len(b):
     sys.exit(f"{len(a)} records vs {len(b)}")
 if not a:
@@ -226,12 +242,72 @@ except ValueError as e:
     sys.exit(str(e))
 PY
 
-# first differing line of two text files, for messages
-firstdiff() {
-    local n
-    n=$(cmp -- "$1" "$2" 2>&1 | grep -o 'line [0-9]*' | head -n 1)
-    [ -n "$n" ] && echo "first difference at $n" || cmp -- "$1" "$2" 2>&1 | head -n 1
+cat > "$W/py/st_diff.py" <<'PY'
+# st_diff.py A B: where two differing safetensors files differ (metadata keys, config keys,
+# tensor names, dtypes, shapes, the first tensor whose bytes differ and its max |difference|)
+import array, json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return h.pop("__metadata__", {}), h, b[8 + n:]
+(ma, ha, da), (mb, hb, db) = load(sys.argv[1]), load(sys.argv[2])
+out = []
+for k in sorted(set(ma) | set(mb)):
+    if ma.get(k) != mb.get(k):
+        try:
+            ca, cb = json.loads(ma[k]), json.loads(mb[k])
+            keys = [c for c in ca if ca.get(c) != cb.get(c)] + [c for c in cb if c not in ca]
+            out.append(f"metadata {k}: keys {keys} differ ({[ca.get(c) for c in keys]} vs {[cb.get(c) for c in keys]})")
+        except Exception:
+            out.append(f"metadata {k}: {str(ma.get(k))[:40]!r} vs {str(mb.get(k))[:40]!r}")
+if list(ha) != list(hb):
+    out.append(f"tensor names: {len(ha)} vs {len(hb)}, e.g. {sorted(set(ha) ^ set(hb))[:2]}")
+diff = []
+for name in sorted(set(ha) & set(hb), key=lambda t: ha[t]["data_offsets"][0]):
+    ta, tb = ha[name], hb[name]
+    if (ta["dtype"], ta["shape"]) != (tb["dtype"], tb["shape"]):
+        out.append(f"{name}: {ta['dtype']}{ta['shape']} vs {tb['dtype']}{tb['shape']}")
+        continue
+    xa, xb = da[slice(*ta["data_offsets"])], db[slice(*tb["data_offsets"])]
+    if xa != xb:
+        d = ""
+        if ta["dtype"] == "F32" and len(xa) == len(xb):
+            fa, fb = array.array("f", xa), array.array("f", xb)
+            d = f" (max |diff| {max(abs(u - v) for u, v in zip(fa, fb)):.3g})"
+        diff.append(name + d)
+if diff:
+    out.append(f"{len(diff)} tensors differ, first {diff[0]}")
+if not out:
+    out.append("same tensors and metadata; the header's layout or padding differs")
+print("; ".join(out)[:400])
+PY
+
+# why two files differ: for safetensors, where (st_diff.py); else cmp's first differing byte
+whydiff() {
+    local m=""
+    case $1 in *.safetensors) m=$(python3 "$W/py/st_diff.py" "$1" "$2" 2> /dev/null) ;; esac
+    [ -n "$m" ] && echo "$m" || cmp -- "$1" "$2" 2>&1 | head -n 1 | sed "s|$W/||g"
 }
+
+cat > "$W/py/firstdiff.py" <<'PY'
+# firstdiff.py OLD NEW: the first differing line of two text files, around the first differing
+# character; or which one ends first and what the other goes on with
+import sys
+a, b = (open(p, "rb").read().decode("utf-8", "replace").split("\n") for p in sys.argv[1:3])
+for n, (x, y) in enumerate(zip(a, b), 1):
+    if x != y:
+        c = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+        lo = max(0, c - 25)
+        cut = lambda t: ("..." if lo else "") + repr(t[lo:c + 35])[1:-1] + ("..." if len(t) > c + 35 else "")
+        sys.exit(f"line {n}, column {c + 1}: OLD '{cut(x)}' vs NEW '{cut(y)}'")
+short, other, rest = ("OLD", "NEW", b[len(a):]) if len(a) < len(b) else ("NEW", "OLD", a[len(b):])
+if rest == [""]:
+    sys.exit(f"{other}'s last line ends with a newline, {short}'s does not")
+more = next((t for t in rest if t.strip()), "")
+sys.exit(f"{short} ends after line {min(len(a), len(b)) - 1}; {other} has {len(rest)} more, e.g. '{more[:60]}'")
+PY
+firstdiff() { python3 "$W/py/firstdiff.py" "$1" "$2" 2>&1 | head -c 300; }
 
 # ---------------------------------------------------------------- training
 MPI=("${MPIRUN:-mpirun}" --oversubscribe)
@@ -241,11 +317,15 @@ HAVE_MPI=1
 command -v "${MPI[0]}" > /dev/null || HAVE_MPI=0
 
 COMMON=(--steps "$STEPS" --set batch_size=4 --set eval_every=10 --set eval_batches=2 --set warmup_steps=5 --quiet)
-CFG_a=("${COMMON[@]}" --set threads="$THREADS")
-CFG_b=("${COMMON[@]}" --set threads="$THREADS" --set n_layer=4 --set moe_layers=0,2 --set n_shared=1
-       --set bias_update_rate=0.001 --set ckpt_every=10 --set keep_checkpoints=2)
-CFG_c=("${COMMON[@]}" --set threads="$MPI_THREADS" --set bias_update_rate=0.001 --ep 2)
-NP_a=1 NP_b=1 NP_c=2
+# config CFG: sets ARGS (the train arguments) and NP (1, or the mpirun ranks) of config a, b or c
+config() {
+    case $1 in
+        a) NP=1 ARGS=("${COMMON[@]}" --set threads="$THREADS") ;;
+        b) NP=1 ARGS=("${COMMON[@]}" --set threads="$THREADS" --set n_layer=4 --set "moe_layers=0,2" --set n_shared=1
+                      --set bias_update_rate=0.001 --set ckpt_every="$HALF" --set keep_checkpoints=2) ;;
+        c) NP=2 ARGS=("${COMMON[@]}" --set threads="$MPI_THREADS" --set bias_update_rate=0.001 --ep 2) ;;
+    esac
+}
 
 # train SIDE BIN NAME NP ARGS...: runs `BIN train` in $W/SIDE with --out NAME (relative, so the
 # two sides' commands are the same strings); log in $W/SIDE/NAME.log; returns the exit status
@@ -255,7 +335,7 @@ train() {
     if [ "$np" = 1 ]; then
         (cd "$W/$side" && timeout 900 "$bin" train --data "$DATA" --out "$name" "$@") > "$W/$side/$name.log" 2>&1
     else
-        (cd "$W/$side" && timeout 900 "${MPI[@]}" -np "$np" -x OMP_NUM_THREADS="$MPI_THREADS" \
+        (cd "$W/$side" && timeout 900 "${MPI[@]}" -np "$np" -x OMP_NUM_THREADS="$MPI_THREADS" -x OMP_WAIT_POLICY \
             "$bin" train --data "$DATA" --out "$name" "$@") > "$W/$side/$name.log" 2>&1
     fi
 }
@@ -272,12 +352,12 @@ compare_run() {
     if [ "$la" = "$lb" ]; then
         report "$label checkpoint file names ($(echo "$la" | wc -l) files)"
     else
-        report "$label checkpoint file names" "OLD: $(echo $la) / NEW: $(echo $lb)"
+        report "$label checkpoint file names" "OLD: ${la//$'\n'/ } / NEW: ${lb//$'\n'/ }"
     fi
     for f in $la; do
         if [ ! -f "$b/$f" ]; then report "$label $f" "missing in NEW"
         elif cmp -s -- "$a/$f" "$b/$f"; then report "$label $f"
-        else report "$label $f" "$(cmp -- "$a/$f" "$b/$f" 2>&1 | head -n 1 | sed "s|$W/||g")"; fi
+        else report "$label $f" "$(whydiff "$a/$f" "$b/$f")"; fi
     done
     if [ "$tb" = tb ]; then
         msg=$(python3 "$W/py/tb_cmp.py" "$a" "$b" 2>&1)
@@ -290,14 +370,18 @@ echo "                NEW $NEW"
 cmp -s "$OLD" "$NEW" && echo "                (the two are the same file contents)"
 echo "                data $DATA"
 echo "                $STEPS steps, threads=$THREADS (ep 2: 2 ranks x $MPI_THREADS), work directory $W"
-ldd "$OLD" 2> /dev/null | grep -q libmpi || echo "note: OLD is not linked with MPI: its --ep 2 run is two independent processes"
+for b in OLD NEW; do # (no `ldd | grep -q`: with pipefail, grep's early exit would fail ldd)
+    case $(ldd "${!b}" 2> /dev/null) in
+        *libmpi*) ;;
+        *) echo "note: $b does not look linked with MPI (ldd): its --ep 2 run may be independent processes" ;;
+    esac
+done
 
 declare -A TRAINED
 for cfg in a b c; do
-    np_var=NP_$cfg
-    np=${!np_var}
-    args_var="CFG_$cfg[@]"
-    args=("${!args_var}")
+    config "$cfg"
+    np=$NP
+    args=("${ARGS[@]}")
     if [ "$np" != 1 ] && [ $HAVE_MPI = 0 ]; then
         if [ "${NO_MPI:-0}" = 1 ]; then echo "$cfg: skipped (no ${MPI[0]}, NO_MPI=1)"
         else report "$cfg: training under mpirun" "${MPI[0]} not found (NO_MPI=1 to skip)"; fi
@@ -343,14 +427,14 @@ compare_inv() {
     local label=$1 a=$2 b=$3 msg="" s f
     [ "$(cat "$a/rc")" = "$(cat "$b/rc")" ] || msg+="exit $(cat "$a/rc") vs $(cat "$b/rc"); "
     for s in stdout stderr; do
-        cmp -s "$a/$s" "$b/$s" || msg+="$s differs ($(firstdiff "$a/$s" "$b/$s")); "
+        cmp -s "$a/$s" "$b/$s" || msg+="$s: $(firstdiff "$a/$s" "$b/$s"); "
     done
     local la lb
     la=$(cd "$a/cwd" && find . -type f | sort)
     lb=$(cd "$b/cwd" && find . -type f | sort)
-    if [ "$la" != "$lb" ]; then msg+="files written: OLD $(echo $la) / NEW $(echo $lb); "
+    if [ "$la" != "$lb" ]; then msg+="files written: OLD ${la//$'\n'/ } / NEW ${lb//$'\n'/ }; "
     else
-        for f in $la; do cmp -s "$a/cwd/$f" "$b/cwd/$f" || msg+="${f#./} differs; "; done
+        for f in $la; do cmp -s "$a/cwd/$f" "$b/cwd/$f" || msg+="${f#./} differs ($(whydiff "$a/cwd/$f" "$b/cwd/$f")); "; done
     fi
     [ -z "$msg" ] && [ "$(cat "$a/rc")" != 0 ] && [ "${EXPECT_FAIL:-0}" != 1 ] && \
         msg="both exit $(cat "$a/rc"): $(head -c 150 "$a/stderr" | tr '\n' ' ')"
@@ -390,10 +474,9 @@ echo "# commands on the checkpoints: $((SECONDS - t0)) s"
 t0=$SECONDS
 for cfg in a b c; do
     [ -n "${TRAINED[$cfg]:-}" ] || continue
-    np_var=NP_$cfg
-    np=${!np_var}
-    args_var="CFG_$cfg[@]"
-    args=("${!args_var}")
+    config "$cfg"
+    np=$NP
+    args=("${ARGS[@]}")
     train cross "$OLD" "$cfg" "$np" "${args[@]}" --stop-after "$HALF"; rc=$?
     if [ $rc -ne 0 ]; then report "$cfg: OLD $HALF steps, NEW resumes" "$(failmsg "OLD (first $HALF steps)" $rc "$W/cross/$cfg.log")"; continue; fi
     mv "$W/cross/$cfg.log" "$W/cross/$cfg.first.log"
@@ -412,6 +495,9 @@ cli() {
     compare_inv "cli: $name" "$oo" "$nn"
 }
 EXPECT_FAIL=1
+if [ "${SKIP_CLI:-0}" = 1 ]; then
+    echo "# command line: skipped (SKIP_CLI=1)"
+else
 cli "moe (no command)"
 cli "moe --help" --help
 for c in train sample eval export import logits route plot; do cli "moe $c --help" "$c" --help; done
@@ -422,6 +508,7 @@ cli "error: bad value" train --data "$DATA" --out x --steps 1 --set top_k=99 --q
 cli "error: resume without a checkpoint" train --data "$DATA" --out x --resume --quiet
 cli "error: missing checkpoint" eval --ckpt nope --data "$DATA"
 cli "error: sample without --prompt" sample --ckpt ckpt
+fi
 EXPECT_FAIL=0
 
 echo "compare_builds: $NCMP comparisons, $NDIFF different, $((SECONDS - START)) s"
