@@ -334,6 +334,35 @@ moe_status moe_run_config(const char *dir, moe_config *out);
 moe_status moe_model_sample(moe_model *m, const int *prompt, int n_prompt, int *out, int n_new,
                             float temperature, int top_k, float top_p, uint64_t seed);
 
+/* ---------------------------------------------------------------- device */
+
+/* Where models run, and the precision of their matrix products. Not a config key: a checkpoint
+ * never records where it was trained, and any device loads any checkpoint. */
+typedef enum { MOE_DEVICE_CPU = 0, MOE_DEVICE_CUDA = 1 } moe_device_kind;
+typedef enum {
+    MOE_DTYPE_FP32 = 0, /* fp32 throughout (on CUDA: TF32 off, for checking) */
+    MOE_DTYPE_BF16 = 1  /* bf16 matrix inputs, fp32 accumulation, master weights and moments (the CUDA default) */
+} moe_dtype;
+typedef struct {
+    moe_device_kind kind;
+    int index;          /* CUDA device number (cuda:N) */
+    moe_dtype dtype;
+} moe_device;
+
+/* The CPU, fp32: the device of every process until moe_device_select. */
+moe_device moe_device_default(void);
+/* Parses a device ("cpu", "cuda", "cuda:N"; NULL = cpu) and a dtype ("fp32", "bf16"; NULL = the
+ * device's default: fp32 on the CPU, bf16 on CUDA). MOE_STATUS_ARG naming the bad value. */
+moe_status moe_device_parse(const char *device, const char *dtype, moe_device *out);
+/* Whether the device runs models of config c: MOE_STATUS_CONFIG naming the first option it does
+ * not take (CUDA: routing other than topk, random_routing, jitter_eps, recompute, expert_counts). */
+moe_status moe_device_supports(const moe_device *d, const moe_config *c);
+/* Selects the device of the models this process creates from now on (moe_model_create and
+ * every function that creates one). MOE_STATUS_ARG when it cannot be used: a build without CUDA,
+ * no usable GPU, a device number the machine lacks, or CUDA under MPI with several ranks. */
+moe_status moe_device_select(const moe_device *d);
+const moe_device *moe_device_selected(void);
+
 /* ---------------------------------------------------------------- data */
 
 typedef struct moe_dataset moe_dataset;

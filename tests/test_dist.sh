@@ -177,5 +177,10 @@ checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/bad" --steps 2 "${SMALL[@]}" --ep 2 > "$W/log" 2>&1 \
     && fail "--ep 2 without mpirun succeeded"
 grep -q "mpirun" "$W/log" || fail "--ep 2 without mpirun: unclear message: $(cat "$W/log")"
+# CUDA runs on one process until multi-GPU exists: several ranks are refused before any GPU is looked for
+checks=$((checks + 1))
+timeout 120 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/bad" --steps 2 "${SMALL[@]}" --device cuda \
+    > "$W/log" 2>&1 && fail "--device cuda on 2 ranks succeeded"
+grep -q "2 MPI ranks; CUDA runs on one process" "$W/log" || fail "--device cuda on 2 ranks: unclear message: $(tail -3 "$W/log")"
 
 finish test_dist

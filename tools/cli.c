@@ -240,3 +240,17 @@ char *read_text(const char *path, const char *what) {
     if (n > 0 && strlen(buf) != (size_t)n) die(1, "%s '%s' holds a NUL byte: it is not text", what, path);
     return buf;
 }
+
+void use_device(const char *device, const char *dtype, const moe_config *c) {
+    moe_device d;
+    if (moe_device_parse(device, dtype, &d) != MOE_STATUS_OK) die(2, "%s", moe_last_error());
+    check(moe_device_supports(&d, c));
+    check(moe_device_select(&d));
+}
+
+void use_device_for(const char *device, const char *dtype, const char *ckpt) {
+    if (!device && !dtype) return;
+    moe_config c;
+    check(moe_checkpoint_config(ckpt, &c, NULL));
+    use_device(device, dtype, &c);
+}

@@ -97,6 +97,19 @@ char *path_in(const char *dir, const char *fmt, ...) __attribute__((format(print
  * be read or holds a NUL byte. */
 char *read_text(const char *path, const char *what);
 
+/* --device and --dtype: every command that runs a model takes them (not config keys). */
+#define CLI_DEVICE_FLAGS(opts)                                                                          \
+    {"--device", CLI_STRING, "DEV", offsetof(opts, device),                                             \
+     .help = "cpu (default), cuda or cuda:N; not a config key: any device loads any checkpoint"},       \
+    {"--dtype", CLI_STRING, "T", offsetof(opts, dtype),                                                 \
+     .help = "matrix-product precision: fp32 (the CPU's) or bf16 (the CUDA default)"}
+/* Selects --device/--dtype for the models this command creates, after checking that the device
+ * takes config c: exits 2 on a bad value, 1 on an option the device refuses or a device that
+ * cannot be used. */
+void use_device(const char *device, const char *dtype, const moe_config *c);
+/* use_device for the model of a checkpoint (its config read first); nothing when both are NULL. */
+void use_device_for(const char *device, const char *dtype, const char *ckpt);
+
 /* ---------------------------------------------------------------- model sources (cmd_hf.c) */
 
 /* A model to start from (moe import, moe train --init-from): where, which kind, its config. */

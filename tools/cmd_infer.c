@@ -19,7 +19,7 @@
 /* ---------------------------------------------------------------- sample */
 
 typedef struct {
-    const char *ckpt, *prompt;
+    const char *ckpt, *prompt, *device, *dtype;
     long tokens, top_k, seed, threads; /* threads 0: OpenMP's default */
     double temperature, top_p;
 } sample_opts;
@@ -35,6 +35,7 @@ static const cli_flag sample_flags[] = {
     {"--top-p", CLI_REAL, "P", OPT(top_p), .help = "nucleus filter; 1 = off (default 0.95)", .lo = 1e-6, .hi = 1},
     {"--seed", CLI_INT, "S", OPT(seed), .help = "sampling seed (default 42)", .lo = 0, .hi = INT_MAX},
     {"--threads", CLI_INT, "N", OPT(threads), .help = "OpenMP threads (default: OpenMP's)", .lo = 1, .hi = 4096},
+    CLI_DEVICE_FLAGS(sample_opts),
 };
 #undef OPT
 
@@ -46,6 +47,7 @@ static int run_sample(void *opts) {
     size_t np = strlen(o->prompt);
     if (np == 0) die(2, "sample: --prompt is empty; give at least one character");
     moe_model *m;
+    use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, 1, &m));
     const moe_config *c = moe_model_config(m);
     if (c->vocab_size < 256)
@@ -84,7 +86,7 @@ const cli_command moe_cmd_sample = {
 
 /* A checkpoint, data, batching, JSON output: what eval and route take. */
 typedef struct {
-    const char *ckpt, *data;
+    const char *ckpt, *data, *device, *dtype;
     long batch, max_batches; /* max_batches 0: all */
     int json;
 } data_opts;
@@ -100,6 +102,7 @@ typedef struct {
         {"--max-batches", CLI_INT, "N", offsetof(data_opts, max_batches), .help = max_batches_help, .lo = 0,   \
          .hi = 1 << 30},                                                                                       \
         {"--json", CLI_NONE, NULL, offsetof(data_opts, json), .help = json_help},                              \
+        CLI_DEVICE_FLAGS(data_opts),                                                                           \
     }
 
 static const cli_flag eval_flags[] =
@@ -114,6 +117,7 @@ static const cli_flag route_flags[] =
  * in paths[0..n) (pointing into *list, to free). */
 static moe_model *load_for_data(const data_opts *o, char **list, char **paths, int max, int *n) {
     moe_model *m;
+    use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, (int)o->batch, &m));
     if (!(*list = strdup(o->data))) die(1, "out of memory");
     *n = split_list(*list, paths, max);
@@ -361,7 +365,7 @@ const cli_command moe_cmd_route = {
 /* ---------------------------------------------------------------- logits */
 
 typedef struct {
-    const char *ckpt, *tokens, *out;
+    const char *ckpt, *tokens, *out, *device, *dtype;
 } logits_opts;
 
 #define OPT(field) offsetof(logits_opts, field)
@@ -370,12 +374,14 @@ static const cli_flag logits_flags[] = {
     {"--tokens", CLI_STRING, "FILE", OPT(tokens), .help = "token ids, whitespace-separated (at most seq_len)",
      .required = 1},
     {"--out", CLI_STRING, "FILE", OPT(out), .help = "where to write the logits", .required = 1},
+    CLI_DEVICE_FLAGS(logits_opts),
 };
 #undef OPT
 
 static int run_logits(void *opts) {
     const logits_opts *o = opts;
     moe_model *m;
+    use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, 1, &m));
     const moe_config *c = moe_model_config(m);
     char *text = read_text(o->tokens, "token file");

@@ -19,7 +19,7 @@
 #endif
 
 typedef struct {
-    const char *data, *val, *out, *config, *init_from;
+    const char *data, *val, *out, *config, *init_from, *device, *dtype;
     cli_list sets;       /* --set, --steps and --log-every, in command-line order */
     long stop_after, ep; /* stop_after 0: run to the last step */
     int resume, quiet, profile;
@@ -58,6 +58,7 @@ static const cli_flag train_flags[] = {
              "otherwise each line ends with the ETA",
      .lo = 1, .hi = INT_MAX, .set_key = "log_every"},
     {"--profile", CLI_NONE, NULL, OPT(profile), .help = "at the end, print where the training time went, by phase"},
+    CLI_DEVICE_FLAGS(train_opts),
 };
 #undef OPT
 
@@ -267,6 +268,7 @@ static int run_train(void *opts) {
     model_source from = {NULL, 0, moe_config_default()};
     moe_config c = train_config(&o, &from);
     check(moe_dist_setup((int)o.ep));
+    use_device(o.device, o.dtype, &c);
     o.quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
     o.profile &= moe_dist_rank() == 0;
     moe_dataset *train = load_data(o.data, c.vocab_size, 1), *val = load_data(o.val, c.vocab_size, 0);

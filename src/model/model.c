@@ -130,6 +130,11 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
     if ((int64_t)max_batch * c->seq_len * c->top_k > INT32_MAX / 2)
         return moe__err(MOE_STATUS_CONFIG, "config: batch_size * seq_len * top_k = %lld is too large",
                         (long long)max_batch * c->seq_len * c->top_k);
+    const moe_device *dev = moe_device_selected();
+    if ((st = moe_device_supports(dev, c)) != MOE_STATUS_OK) return st;
+    if (dev->kind != MOE_DEVICE_CPU) // the CUDA backend's kernels are issue 15's work
+        return moe__err(MOE_STATUS_ARG, "--device cuda:%d: the CUDA backend does not run models yet; use --device cpu",
+                        dev->index);
     moe_model *m = calloc(1, sizeof *m);
     if (!m) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     m->cfg = *c;

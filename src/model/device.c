@@ -1,0 +1,89 @@
+/*
+ * device.c — where models run: the device and dtype a process selects (moe_device_select)
+ * before creating models, what each device supports, and the checks that a selected device
+ * exists. The device is not a config key: a checkpoint never records where it was trained.
+ *
+ * CUDA (issue 15) is checked here already: a build without it, a machine without a GPU, a bad
+ * index, several MPI ranks, and the options the CUDA backend will not take each get their own
+ * error. Its kernels are not written yet, so a model on CUDA is refused at creation.
+ */
+#include "model/model.h"
+#include "dist/dist.h"
+#ifdef MOE_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
+
+#include <stdlib.h>
+#include <string.h>
+
+static moe_device selected = {MOE_DEVICE_CPU, 0, MOE_DTYPE_FP32};
+
+moe_device moe_device_default(void) {
+    moe_device d = {MOE_DEVICE_CPU, 0, MOE_DTYPE_FP32};
+    return d;
+}
+
+moe_status moe_device_parse(const char *device, const char *dtype, moe_device *out) {
+    moe_device d = moe_device_default();
+    if (device && strcmp(device, "cpu")) {
+        char *end = NULL;
+        if (strncmp(device, "cuda", 4) || (device[4] && device[4] != ':'))
+            return moe__err(MOE_STATUS_ARG, "--device '%s': expected cpu, cuda or cuda:N", device);
+        d.kind = MOE_DEVICE_CUDA;
+        d.dtype = MOE_DTYPE_BF16; // the GPU default
+        if (device[4] == ':') {
+            long i = strtol(device + 5, &end, 10);
+            if (end == device + 5 || *end || i < 0 || i > 1023)
+                return moe__err(MOE_STATUS_ARG, "--device '%s': the device number must be an integer in [0, 1023]", device);
+            d.index = (int)i;
+        }
+    }
+    if (dtype) {
+        if (!strcmp(dtype, "fp32")) d.dtype = MOE_DTYPE_FP32;
+        else if (!strcmp(dtype, "bf16")) d.dtype = MOE_DTYPE_BF16;
+        else return moe__err(MOE_STATUS_ARG, "--dtype '%s': expected fp32 or bf16", dtype);
+        if (d.kind == MOE_DEVICE_CPU && d.dtype != MOE_DTYPE_FP32)
+            return moe__err(MOE_STATUS_ARG, "--dtype %s: the CPU computes in fp32 only (bf16 is for --device cuda)", dtype);
+    }
+    *out = d;
+    return MOE_STATUS_OK;
+}
+
+moe_status moe_device_supports(const moe_device *d, const moe_config *c) {
+    if (d->kind == MOE_DEVICE_CPU) return MOE_STATUS_OK;
+    // the configuration issue 15 puts on the GPU first; the rest is refused by name
+    static const char *const routing[] = {"topk", "noisy_topk", "expert_choice", "soft"};
+    if (c->routing != MOE_ROUTING_TOPK)
+        return moe__err(MOE_STATUS_CONFIG, "--device cuda: routing=%s is not on the GPU yet (topk is)", routing[c->routing]);
+    if (c->random_routing) return moe__err(MOE_STATUS_CONFIG, "--device cuda: random_routing is not on the GPU yet");
+    if (c->jitter_eps > 0.0f) return moe__err(MOE_STATUS_CONFIG, "--device cuda: jitter_eps=%g is not on the GPU yet", c->jitter_eps);
+    if (c->recompute) return moe__err(MOE_STATUS_CONFIG, "--device cuda: recompute is not on the GPU yet");
+    if (c->expert_counts[0])
+        return moe__err(MOE_STATUS_CONFIG, "--device cuda: per-layer expert counts (expert_counts=%s) are not on the GPU yet",
+                        c->expert_counts);
+    return MOE_STATUS_OK;
+}
+
+moe_status moe_device_select(const moe_device *d) {
+    if (d->kind == MOE_DEVICE_CPU) {
+        if (d->dtype != MOE_DTYPE_FP32)
+            return moe__err(MOE_STATUS_ARG, "--dtype bf16: the CPU computes in fp32 only (bf16 is for --device cuda)");
+        selected = *d;
+        return MOE_STATUS_OK;
+    }
+    if (moe__dist_get()->size > 1)
+        return moe__err(MOE_STATUS_ARG, "--device cuda: %d MPI ranks; CUDA runs on one process until multi-GPU exists",
+                        moe__dist_get()->size);
+#ifdef MOE_HAVE_CUDA
+    char name[256];
+    size_t free_b, total_b;
+    moe_status st = moe__cuda_device_check(d->index, name, sizeof name, &free_b, &total_b);
+    if (st != MOE_STATUS_OK) return st;
+    selected = *d;
+    return MOE_STATUS_OK;
+#else
+    return moe__err(MOE_STATUS_ARG, "--device cuda: this build has no CUDA (configure with -DMOE_CUDA=ON where nvcc is installed)");
+#endif
+}
+
+const moe_device *moe_device_selected(void) { return &selected; }
