@@ -53,6 +53,10 @@ void moe__cpu_backward(moe_model *m, float grad_scale);
 void moe__cpu_zero_grad(moe_model *m);
 float moe__cpu_grad_norm(moe_model *m);
 void moe__cpu_adamw(moe_model *m, int64_t step, float lr, const moe_config *c, float norm);
+/* AdamW on one tensor of n elements (what moe__cpu_adamw runs per tensor, and the reference of
+ * the CUDA kernel): g scaled by clip; decay = 1 - lr * wd; step_size = lr / bc1. */
+void moe__cpu_adamw_tensor(float *restrict p, float *restrict m, float *restrict v, const float *restrict g, int64_t n,
+                           float clip, float b1, float b2, float eps, float decay, float step_size, float sqrt_bc2);
 void moe__cpu_bias_update(moe_model *m, const int64_t *loads, float rate);
 int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n);
 

@@ -43,6 +43,19 @@ float moe__cpu_grad_norm(moe_model *m) {
     return (float)sqrt(ss + ss_exp);
 }
 
+void moe__cpu_adamw_tensor(float *restrict p, float *restrict m, float *restrict v, const float *restrict g, int64_t n,
+                           float clip, float b1, float b2, float eps, float decay, float step_size, float sqrt_bc2) {
+    // constants in arguments and restrict pointers: the loop vectorises
+#pragma omp parallel for simd schedule(static)
+    for (int64_t j = 0; j < n; j++) {
+        float gj = g[j] * clip;
+        float mo = b1 * m[j] + (1.0f - b1) * gj, va = b2 * v[j] + (1.0f - b2) * gj * gj;
+        m[j] = mo;
+        v[j] = va;
+        p[j] = p[j] * decay - step_size * mo / (sqrtf(va) / sqrt_bc2 + eps);
+    }
+}
+
 void moe__cpu_adamw(moe_model *m, int64_t step, float lr, const moe_config *c, float norm) {
     int64_t P = m->n_params;
     float *g = m->grads, *p = m->params, *opt = m->opt;
@@ -63,19 +76,8 @@ void moe__cpu_adamw(moe_model *m, int64_t step, float lr, const moe_config *c, f
                           : ti->group == MOE_GROUP_ROUTER ? c->router_lr_mult : 1.0f);
         float wd = ti->group == MOE_GROUP_NORM ? 0.0f : c->weight_decay;
         float step_size = tlr / bc1, sqrt_bc2 = sqrtf(bc2);
-        // constants in locals and restrict pointers: the loop vectorises (no reloads through c)
-        const float b1 = c->beta1, b2 = c->beta2, eps = c->adam_eps, decay = 1.0f - tlr * wd;
-        float *restrict pj = p + ti->offset, *restrict mj = mom + ti->offset, *restrict vj = var + ti->offset;
-        const float *restrict gp = g + ti->offset;
-        int64_t n = ti->numel;
-#pragma omp parallel for simd schedule(static)
-        for (int64_t j = 0; j < n; j++) {
-            float gj = gp[j] * clip;
-            float mo = b1 * mj[j] + (1.0f - b1) * gj, va = b2 * vj[j] + (1.0f - b2) * gj * gj;
-            mj[j] = mo;
-            vj[j] = va;
-            pj[j] = pj[j] * decay - step_size * mo / (sqrtf(va) / sqrt_bc2 + eps);
-        }
+        moe__cpu_adamw_tensor(p + ti->offset, mom + ti->offset, var + ti->offset, g + ti->offset, ti->numel, clip,
+                              c->beta1, c->beta2, c->adam_eps, 1.0f - tlr * wd, step_size, sqrt_bc2);
     }
 }
 

@@ -9,6 +9,7 @@
 #include "moe.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -18,6 +19,36 @@ extern "C" {
  * success, name (n bytes) gets its name and compute capability and *free_bytes, *total_bytes
  * its memory. */
 moe_status moe__cuda_device_check(int index, char *name, size_t n, size_t *free_bytes, size_t *total_bytes);
+
+/* Device memory and copies for the backend and the tests: every call checked. */
+moe_status moe__cuda_malloc(void **p, size_t bytes);
+void moe__cuda_free(void *p);
+moe_status moe__cuda_to_device(void *dst, const void *src, size_t bytes);
+moe_status moe__cuda_to_host(void *dst, const void *src, size_t bytes);
+moe_status moe__cuda_memset(void *p, int v, size_t bytes);
+/* Waits for the work queued so far; reports an error a kernel met. */
+moe_status moe__cuda_sync(void);
+
+/* ---------------------------------------------------------------- kernels
+ * Launchers of the kernels, each mirroring the CPU function of the same name (nn/nn.h,
+ * cpu/cpu_optim.c) on device pointers; they queue work and return launch errors. */
+
+/* layers.cu */
+moe_status moe__cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int C,
+                                     float eps);
+moe_status moe__cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                                      const float *rstd, int64_t N, int C);
+moe_status moe__cuda_swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);
+moe_status moe__cuda_swiglu_backward(float *dh1, float *dh3, const float *dact, const float *h1, const float *h3,
+                                     int64_t n);
+/* loss.cu: *loss (device) gets the mean cross-entropy; dlogits may be NULL. */
+moe_status moe__cuda_crossentropy(float *loss, float *dlogits, float *row_loss, const float *logits, const int *targets,
+                                  int64_t N, int V, float scale);
+/* adamw.cu: *out (device) += sum of g^2; scratch holds moe__cuda_sumsq_scratch() bytes. */
+size_t moe__cuda_sumsq_scratch(void);
+moe_status moe__cuda_sumsq(double *out, double *scratch, const float *g, int64_t n);
+moe_status moe__cuda_adamw(float *p, float *m, float *v, const float *g, int64_t n, float clip, float b1, float b2,
+                           float eps, float decay, float step_size, float sqrt_bc2);
 
 #ifdef __cplusplus
 }

@@ -1,15 +1,11 @@
 /*
- * cuda_device.cu — the CUDA device query: does the driver answer, does device N exist, what
- * it is and how much memory it has free. Every CUDA call is checked and its error becomes a
- * status with the runtime's message.
+ * cuda_device.cu — the CUDA device query (does the driver answer, does device N exist, what it
+ * is and how much memory it has free) and the device memory and copy helpers. Every CUDA call
+ * is checked and its error becomes a status with the runtime's message.
  */
-#include "cuda/cuda.h"
+#include "cuda/common.cuh"
 
-#include <cuda_runtime.h>
 #include <stdio.h>
-
-// core.h is C11 (_Noreturn); its error reporter is all this file needs
-extern "C" moe_status moe__err(moe_status s, const char *fmt, ...);
 
 extern "C" moe_status moe__cuda_device_check(int index, char *name, size_t n, size_t *free_bytes,
                                              size_t *total_bytes) {
@@ -28,3 +24,29 @@ extern "C" moe_status moe__cuda_device_check(int index, char *name, size_t n, si
     snprintf(name, n, "%s (sm_%d%d)", p.name, p.major, p.minor);
     return MOE_STATUS_OK;
 }
+
+extern "C" moe_status moe__cuda_malloc(void **p, size_t bytes) {
+    *p = NULL;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e != cudaSuccess)
+        return moe__err(MOE_STATUS_NOMEM, "CUDA: cannot allocate %zu bytes on the device: %s", bytes, cudaGetErrorString(e));
+    return MOE_STATUS_OK;
+}
+
+extern "C" void moe__cuda_free(void *p) {
+    if (p) cudaFree(p);
+}
+
+extern "C" moe_status moe__cuda_to_device(void *dst, const void *src, size_t bytes) {
+    return moe__cuda_status(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to the device");
+}
+
+extern "C" moe_status moe__cuda_to_host(void *dst, const void *src, size_t bytes) {
+    return moe__cuda_status(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to the host");
+}
+
+extern "C" moe_status moe__cuda_memset(void *p, int v, size_t bytes) {
+    return moe__cuda_status(cudaMemset(p, v, bytes), "memset");
+}
+
+extern "C" moe_status moe__cuda_sync(void) { return moe__cuda_status(cudaDeviceSynchronize(), "a kernel"); }

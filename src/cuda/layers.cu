@@ -1,0 +1,105 @@
+/*
+ * layers.cu — the dense layers on the GPU, each mirroring its CPU function in nn/layers.c with
+ * the same arguments (device pointers) and the same accumulation rules:
+ *
+ *   RMSNorm  y = x / sqrt(mean(x^2) + eps) * w; backward: dx and dw accumulate (+=)
+ *   SwiGLU   act = silu(h1) * h3; backward: dh1, dh3 overwritten
+ *
+ * Numerics: fp32 throughout. A row's sum of squares is a tree reduction over the block's
+ * threads (the CPU sums left to right), so results agree to rounding, not bit for bit; dw sums
+ * over the rows in row order, one thread per channel, as the CPU does.
+ */
+#include "cuda/common.cuh"
+
+#define ROW_THREADS 256
+
+/* Sum of v over the block (blockDim.x = ROW_THREADS); every thread gets it. */
+static __device__ float block_sum(float v, float *shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = ROW_THREADS / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    float r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+static __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *x, const float *w, int64_t N, int C,
+                                              float eps) {
+    __shared__ float shared[ROW_THREADS];
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *xn = x + n * C;
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < C; i += ROW_THREADS) ss += xn[i] * xn[i];
+        float r = 1.0f / sqrtf(block_sum(ss, shared) / (float)C + eps);
+        if (threadIdx.x == 0) rstd[n] = r;
+        for (int i = threadIdx.x; i < C; i += ROW_THREADS) out[n * C + i] = xn[i] * r * w[i];
+    }
+}
+
+static __global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const float *x, const float *w,
+                                                  const float *rstd, int64_t N, int C) {
+    __shared__ float shared[ROW_THREADS];
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *xn = x + n * C, *dn = dout + n * C;
+        float r = rstd[n], dot = 0.0f; // sum_i dout_i w_i x_i
+        for (int i = threadIdx.x; i < C; i += ROW_THREADS) dot += dn[i] * w[i] * xn[i];
+        float k = r * r * r * block_sum(dot, shared) / (float)C;
+        for (int i = threadIdx.x; i < C; i += ROW_THREADS) dx[n * C + i] += dn[i] * w[i] * r - k * xn[i];
+    }
+}
+
+static __global__ void rmsnorm_backward_dw_kernel(float *dw, const float *dout, const float *x, const float *rstd,
+                                                  int64_t N, int C) {
+    // dw_i = sum_n dout_ni x_ni r_n, rows in order (as the CPU)
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int64_t n = 0; n < N; n++) acc += dout[n * C + i] * x[n * C + i] * rstd[n];
+        dw[i] += acc;
+    }
+}
+
+extern "C" moe_status moe__cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N,
+                                                int C, float eps) {
+    rmsnorm_forward_kernel<<<moe__cuda_blocks(N, 1), ROW_THREADS>>>(out, rstd, x, w, N, C, eps);
+    return MOE_CUDA_LAUNCHED("rmsnorm_forward");
+}
+
+extern "C" moe_status moe__cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                                                 const float *w, const float *rstd, int64_t N, int C) {
+    rmsnorm_backward_dx_kernel<<<moe__cuda_blocks(N, 1), ROW_THREADS>>>(dx, dout, x, w, rstd, N, C);
+    moe_status st = MOE_CUDA_LAUNCHED("rmsnorm_backward (dx)");
+    if (st != MOE_STATUS_OK) return st;
+    rmsnorm_backward_dw_kernel<<<moe__cuda_blocks(C, 128), 128>>>(dw, dout, x, rstd, N, C);
+    return MOE_CUDA_LAUNCHED("rmsnorm_backward (dw)");
+}
+
+static __global__ void swiglu_forward_kernel(float *act, const float *h1, const float *h3, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float z = h1[i];
+        act[i] = z / (1.0f + expf(-z)) * h3[i];
+    }
+}
+
+static __global__ void swiglu_backward_kernel(float *dh1, float *dh3, const float *dact, const float *h1,
+                                              const float *h3, int64_t n) {
+    // silu'(z) = sig(z) (1 + z (1 - sig(z)))
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float z = h1[i], sg = 1.0f / (1.0f + expf(-z));
+        dh3[i] = dact[i] * z * sg;
+        dh1[i] = dact[i] * h3[i] * sg * (1.0f + z * (1.0f - sg));
+    }
+}
+
+extern "C" moe_status moe__cuda_swiglu_forward(float *act, const float *h1, const float *h3, int64_t n) {
+    swiglu_forward_kernel<<<moe__cuda_blocks(n, 256), 256>>>(act, h1, h3, n);
+    return MOE_CUDA_LAUNCHED("swiglu_forward");
+}
+
+extern "C" moe_status moe__cuda_swiglu_backward(float *dh1, float *dh3, const float *dact, const float *h1,
+                                                const float *h3, int64_t n) {
+    swiglu_backward_kernel<<<moe__cuda_blocks(n, 256), 256>>>(dh1, dh3, dact, h1, h3, n);
+    return MOE_CUDA_LAUNCHED("swiglu_backward");
+}

@@ -1,0 +1,171 @@
+/*
+ * test_cuda.c — every CUDA kernel against the CPU function it mirrors, on the same random
+ * inputs, including awkward shapes (one row, rows wider than a block, N not a multiple of
+ * anything). fp32 throughout: |gpu - cpu| <= atol + rtol |cpu| with rtol 1e-5 and atol scaled
+ * to the tensor (1e-6 of its largest value), since reductions run in another order (trees on
+ * the GPU, left to right on the CPU) and the GPU contracts multiply-adds into fmas.
+ *
+ * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
+ * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
+ */
+#include "check.h"
+#include "core/core.h"
+#include "cpu/cpu.h"
+#include "cuda/cuda.h"
+#include "nn/nn.h"
+
+#include <string.h>
+
+static moe__rng rng;
+
+static float *randn(int64_t n, float std) {
+    float *p = malloc((size_t)(n ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) p[i] = std * moe__rng_normal(&rng);
+    return p;
+}
+
+/* A device copy of n bytes of x. */
+static void *dev(const void *x, size_t n) {
+    void *d;
+    CHECK_OK(moe__cuda_malloc(&d, n));
+    CHECK_OK(moe__cuda_to_device(d, x, n));
+    return d;
+}
+
+/* The device array d (n floats) in a new host array. */
+static float *host(const void *d, int64_t n) {
+    float *p = malloc((size_t)(n ? n : 1) * sizeof(float));
+    CHECK_OK(moe__cuda_sync());
+    CHECK_OK(moe__cuda_to_host(p, d, (size_t)n * sizeof(float)));
+    return p;
+}
+
+static double maxabs(const float *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    return m;
+}
+
+/* got (device, n floats) against want (host): rtol 1e-5, atol scale * the tensor's largest value
+ * (1e-6 for elementwise results; 1e-5 for sums over many terms, whose order differs). */
+static void compare_at(const void *got_dev, const float *want, int64_t n, double scale, const char *what) {
+    float *got = host(got_dev, n);
+    CHECK_ARRAYS(got, want, n, scale * maxabs(want, n) + 1e-30, 1e-5, what);
+    free(got);
+}
+#define compare(got, want, n, what) compare_at(got, want, n, 1e-6, what)
+#define compare_sum(got, want, n, what) compare_at(got, want, n, 1e-5, what)
+
+#define FREE_ALL(...)                                                                     \
+    do {                                                                                  \
+        void *ptrs_[] = {__VA_ARGS__};                                                    \
+        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) free(ptrs_[i_]);   \
+    } while (0)
+#define DFREE_ALL(...)                                                                               \
+    do {                                                                                             \
+        void *ptrs_[] = {__VA_ARGS__};                                                               \
+        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) moe__cuda_free(ptrs_[i_]);    \
+    } while (0)
+
+static void test_rmsnorm(int64_t N, int C) {
+    size_t NC = (size_t)N * C * sizeof(float);
+    float *x = randn(N * C, 1), *w = randn(C, 1), *dout = randn(N * C, 1);
+    float *out = calloc((size_t)N * C, sizeof(float)), *rstd = calloc((size_t)N, sizeof(float));
+    float *dx = randn(N * C, 1), *dw = randn(C, 1); // both accumulate
+    void *dX = dev(x, NC), *dW = dev(w, (size_t)C * 4), *dOut = dev(out, NC), *dR = dev(rstd, (size_t)N * 4);
+    void *dDout = dev(dout, NC), *dDx = dev(dx, NC), *dDw = dev(dw, (size_t)C * 4);
+    moe__rmsnorm_forward(out, rstd, x, w, N, C, 1e-5f);
+    CHECK_OK(moe__cuda_rmsnorm_forward(dOut, dR, dX, dW, N, C, 1e-5f));
+    compare_sum(dOut, out, N * C, "rmsnorm forward: out");
+    compare_sum(dR, rstd, N, "rmsnorm forward: rstd");
+    moe__rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+    CHECK_OK(moe__cuda_rmsnorm_backward(dDx, dDw, dDout, dX, dW, dR, N, C));
+    compare_sum(dDx, dx, N * C, "rmsnorm backward: dx (accumulated)");
+    compare_sum(dDw, dw, C, "rmsnorm backward: dw (accumulated)");
+    FREE_ALL(x, w, dout, out, rstd, dx, dw);
+    DFREE_ALL(dX, dW, dOut, dR, dDout, dDx, dDw);
+}
+
+static void test_swiglu(int64_t n) {
+    size_t b = (size_t)n * sizeof(float);
+    float *h1 = randn(n, 3), *h3 = randn(n, 1), *dact = randn(n, 1);
+    float *act = malloc(b), *dh1 = malloc(b), *dh3 = malloc(b);
+    void *d1 = dev(h1, b), *d3 = dev(h3, b), *dA = dev(dact, b), *dAct = dev(h1, b), *dG1 = dev(h1, b), *dG3 = dev(h1, b);
+    moe__swiglu_forward(act, h1, h3, n);
+    CHECK_OK(moe__cuda_swiglu_forward(dAct, d1, d3, n));
+    compare(dAct, act, n, "swiglu forward");
+    moe__swiglu_backward(dh1, dh3, dact, h1, h3, n);
+    CHECK_OK(moe__cuda_swiglu_backward(dG1, dG3, dA, d1, d3, n));
+    compare(dG1, dh1, n, "swiglu backward: dh1");
+    compare(dG3, dh3, n, "swiglu backward: dh3");
+    FREE_ALL(h1, h3, dact, act, dh1, dh3);
+    DFREE_ALL(d1, d3, dA, dAct, dG1, dG3);
+}
+
+static void test_crossentropy(int64_t N, int V) {
+    size_t NV = (size_t)N * V * sizeof(float);
+    float *logits = randn(N * V, 4), *dlogits = malloc(NV), *row = calloc((size_t)N, sizeof(float));
+    int *tgt = malloc((size_t)N * sizeof(int));
+    for (int64_t n = 0; n < N; n++) tgt[n] = (int)(moe__rng_u64(&rng) % (uint64_t)V);
+    void *dL = dev(logits, NV), *dD = dev(logits, NV), *dRow = dev(row, (size_t)N * 4), *dT = dev(tgt, (size_t)N * 4);
+    void *dLoss = dev(row, sizeof(float));
+    float loss = moe__crossentropy(dlogits, row, logits, tgt, N, V, 0.5f);
+    CHECK_OK(moe__cuda_crossentropy(dLoss, dD, dRow, dL, dT, N, V, 0.5f));
+    compare_sum(dLoss, &loss, 1, "crossentropy: mean loss");
+    compare_sum(dRow, row, N, "crossentropy: row losses");
+    compare_sum(dD, dlogits, N * V, "crossentropy: dlogits");
+    FREE_ALL(logits, dlogits, row, tgt);
+    DFREE_ALL(dL, dD, dRow, dT, dLoss);
+}
+
+static void test_sumsq(int64_t n) {
+    float *g = randn(n, 2);
+    double want = 0.25, got; // accumulates into what is there
+    for (int64_t i = 0; i < n; i++) want += (double)g[i] * g[i];
+    double start = 0.25;
+    void *dG = dev(g, (size_t)n * 4), *dOut = dev(&start, sizeof start), *scratch;
+    CHECK_OK(moe__cuda_malloc(&scratch, moe__cuda_sumsq_scratch()));
+    CHECK_OK(moe__cuda_sumsq(dOut, scratch, dG, n));
+    CHECK_OK(moe__cuda_sync());
+    CHECK_OK(moe__cuda_to_host(&got, dOut, sizeof got));
+    CHECK_CLOSE(got, want, 1e-300, 1e-12, "sumsq");
+    free(g);
+    DFREE_ALL(dG, dOut, scratch);
+}
+
+static void test_adamw(int64_t n) {
+    size_t b = (size_t)n * sizeof(float);
+    float *p = randn(n, 1), *m = randn(n, 0.1f), *g = randn(n, 1), *v = randn(n, 0.1f);
+    for (int64_t i = 0; i < n; i++) v[i] = v[i] * v[i]; // second moments are >= 0
+    void *dP = dev(p, b), *dM = dev(m, b), *dV = dev(v, b), *dG = dev(g, b);
+    // step 3 of lr 3e-3, weight decay 0.1, clipped to 0.7 of the gradient
+    float bc1 = 1.0f - powf(0.9f, 3.0f), bc2 = 1.0f - powf(0.95f, 3.0f), lr = 3e-3f;
+    moe__cpu_adamw_tensor(p, m, v, g, n, 0.7f, 0.9f, 0.95f, 1e-8f, 1.0f - lr * 0.1f, lr / bc1, sqrtf(bc2));
+    CHECK_OK(moe__cuda_adamw(dP, dM, dV, dG, n, 0.7f, 0.9f, 0.95f, 1e-8f, 1.0f - lr * 0.1f, lr / bc1, sqrtf(bc2)));
+    compare(dP, p, n, "adamw: parameters");
+    compare(dM, m, n, "adamw: first moments");
+    compare(dV, v, n, "adamw: second moments");
+    FREE_ALL(p, m, v, g);
+    DFREE_ALL(dP, dM, dV, dG);
+}
+
+int main(void) {
+    char name[256];
+    size_t free_b, total_b;
+    if (moe__cuda_device_check(0, name, sizeof name, &free_b, &total_b) != MOE_STATUS_OK) {
+        printf("test_cuda: skipped: %s\n", moe_last_error());
+        return 77;
+    }
+    printf("test_cuda: %s, %.1f of %.1f GiB free\n", name, free_b / 1073741824.0, total_b / 1073741824.0);
+    moe__rng_seed(&rng, 20261130);
+    const int64_t rows[] = {1, 7, 33, 300};
+    const int widths[] = {1, 13, 256, 384, 1000};
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 5; j++) test_rmsnorm(rows[i], widths[j]);
+    const int64_t lens[] = {1, 255, 4097, 1000003};
+    for (int i = 0; i < 4; i++) test_swiglu(lens[i]), test_sumsq(lens[i]), test_adamw(lens[i]);
+    const int vocabs[] = {2, 256, 1000, 32000};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) test_crossentropy(rows[i], vocabs[j]);
+    CHECK_SUMMARY("test_cuda");
+}
