@@ -5,6 +5,8 @@
  * to the tensor (1e-6 of its largest value), since reductions run in another order (trees on
  * the GPU, left to right on the CPU) and the GPU contracts multiply-adds into fmas.
  *
+ * Kernels: RMSNorm, SwiGLU, RoPE, cross-entropy, the gradient sum of squares, AdamW.
+ *
  * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
  * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
  */
@@ -102,6 +104,22 @@ static void test_swiglu(int64_t n) {
     DFREE_ALL(d1, d3, dA, dAct, dG1, dG3);
 }
 
+static void test_rope(int B, int T, int C, int H) {
+    int64_t n = (int64_t)B * T * C, half = C / H / 2;
+    size_t b = (size_t)n * sizeof(float), tb = (size_t)(T * half) * sizeof(float);
+    float *x = randn(n, 1), *cos_t = malloc(tb), *sin_t = malloc(tb);
+    moe__rope_tables(cos_t, sin_t, T, C / H, 10000.0f);
+    void *dX = dev(x, b), *dC = dev(cos_t, tb), *dS = dev(sin_t, tb);
+    moe__rope_forward(x, cos_t, sin_t, B, T, C, H);
+    CHECK_OK(moe__cuda_rope_forward(dX, dC, dS, B, T, C, H));
+    compare(dX, x, n, "rope forward");
+    moe__rope_backward(x, cos_t, sin_t, B, T, C, H);
+    CHECK_OK(moe__cuda_rope_backward(dX, dC, dS, B, T, C, H));
+    compare(dX, x, n, "rope backward");
+    FREE_ALL(x, cos_t, sin_t);
+    DFREE_ALL(dX, dC, dS);
+}
+
 static void test_crossentropy(int64_t N, int V) {
     size_t NV = (size_t)N * V * sizeof(float);
     float *logits = randn(N * V, 4), *dlogits = malloc(NV), *row = calloc((size_t)N, sizeof(float));
@@ -164,6 +182,9 @@ int main(void) {
         for (int j = 0; j < 5; j++) test_rmsnorm(rows[i], widths[j]);
     const int64_t lens[] = {1, 255, 4097, 1000003};
     for (int i = 0; i < 4; i++) test_swiglu(lens[i]), test_sumsq(lens[i]), test_adamw(lens[i]);
+    test_rope(1, 1, 2, 1);
+    test_rope(3, 17, 24, 3);
+    test_rope(2, 128, 128, 4);
     const int vocabs[] = {2, 256, 1000, 32000};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 4; j++) test_crossentropy(rows[i], vocabs[j]);

@@ -41,6 +41,9 @@ moe_status moe__cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, c
 moe_status moe__cuda_swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);
 moe_status moe__cuda_swiglu_backward(float *dh1, float *dh3, const float *dact, const float *h1, const float *h3,
                                      int64_t n);
+/* tables cos_t, sin_t (T, D/2) as moe__rope_tables makes them (host), copied to the device */
+moe_status moe__cuda_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+moe_status moe__cuda_rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 /* loss.cu: *loss (device) gets the mean cross-entropy; dlogits may be NULL. */
 moe_status moe__cuda_crossentropy(float *loss, float *dlogits, float *row_loss, const float *logits, const int *targets,
                                   int64_t N, int V, float scale);

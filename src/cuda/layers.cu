@@ -4,6 +4,8 @@
  *
  *   RMSNorm  y = x / sqrt(mean(x^2) + eps) * w; backward: dx and dw accumulate (+=)
  *   SwiGLU   act = silu(h1) * h3; backward: dh1, dh3 overwritten
+ *   RoPE     in place on (B,T,C), H heads, pairs (i, i + D/2) rotated by t * inv_freq_i;
+ *            backward rotates by the opposite angle (the transpose)
  *
  * Numerics: fp32 throughout. A row's sum of squares is a tree reduction over the block's
  * threads (the CPU sums left to right), so results agree to rounding, not bit for bit; dw sums
@@ -102,4 +104,34 @@ extern "C" moe_status moe__cuda_swiglu_backward(float *dh1, float *dh3, const fl
                                                 const float *h3, int64_t n) {
     swiglu_backward_kernel<<<moe__cuda_blocks(n, 256), 256>>>(dh1, dh3, dact, h1, h3, n);
     return MOE_CUDA_LAUNCHED("swiglu_backward");
+}
+
+static __global__ void rope_kernel(float *x, const float *cos_t, const float *sin_t, int64_t BT, int T, int C, int H,
+                                   float sign) {
+    // one thread per (row bt, head h, pair i)
+    int D = C / H, half = D / 2;
+    int64_t n = BT * H * half;
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        int i = (int)(k % half), h = (int)(k / half % H);
+        int64_t bt = k / half / H;
+        int t = (int)(bt % T);
+        float *v = x + bt * C + (int64_t)h * D;
+        float a = v[i], b = v[i + half], c = cos_t[(int64_t)t * half + i], s = sign * sin_t[(int64_t)t * half + i];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+extern "C" moe_status moe__cuda_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C,
+                                             int H) {
+    int64_t n = (int64_t)B * T * C / 2;
+    rope_kernel<<<moe__cuda_blocks(n, 256), 256>>>(x, cos_t, sin_t, (int64_t)B * T, T, C, H, 1.0f);
+    return MOE_CUDA_LAUNCHED("rope_forward");
+}
+
+extern "C" moe_status moe__cuda_rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C,
+                                              int H) {
+    int64_t n = (int64_t)B * T * C / 2;
+    rope_kernel<<<moe__cuda_blocks(n, 256), 256>>>(dx, cos_t, sin_t, (int64_t)B * T, T, C, H, -1.0f);
+    return MOE_CUDA_LAUNCHED("rope_backward");
 }
