@@ -5,7 +5,7 @@
  * to the tensor (1e-6 of its largest value), since reductions run in another order (trees on
  * the GPU, left to right on the CPU) and the GPU contracts multiply-adds into fmas.
  *
- * Kernels: RMSNorm, SwiGLU, RoPE, cross-entropy, the gradient sum of squares, AdamW.
+ * Kernels: embedding, RMSNorm, SwiGLU, RoPE, cross-entropy, the gradient sum of squares, AdamW.
  *
  * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
  * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
@@ -104,6 +104,23 @@ static void test_swiglu(int64_t n) {
     DFREE_ALL(d1, d3, dA, dAct, dG1, dG3);
 }
 
+static void test_embedding(int64_t N, int V, int C) {
+    size_t xb = (size_t)N * C * sizeof(float), wb = (size_t)V * C * sizeof(float);
+    float *wte = randn((int64_t)V * C, 1), *gwte = randn((int64_t)V * C, 1), *dx = randn(N * C, 1);
+    float *x = calloc((size_t)N * C, sizeof(float));
+    int *tok = malloc((size_t)N * sizeof(int));
+    for (int64_t n = 0; n < N; n++) tok[n] = (int)(moe__rng_u64(&rng) % (uint64_t)V); // repeats: sums per row
+    void *dW = dev(wte, wb), *dG = dev(gwte, wb), *dDx = dev(dx, xb), *dX = dev(x, xb), *dT = dev(tok, (size_t)N * 4);
+    moe__embedding_forward(x, wte, tok, N, C);
+    CHECK_OK(moe__cuda_embedding_forward(dX, dW, dT, N, C));
+    compare(dX, x, N * C, "embedding forward");
+    moe__embedding_backward(gwte, dx, tok, N, C);
+    CHECK_OK(moe__cuda_embedding_backward(dG, dDx, dT, N, C));
+    compare(dG, gwte, (int64_t)V * C, "embedding backward (accumulated)");
+    FREE_ALL(wte, gwte, dx, x, tok);
+    DFREE_ALL(dW, dG, dDx, dX, dT);
+}
+
 static void test_rope(int B, int T, int C, int H) {
     int64_t n = (int64_t)B * T * C, half = C / H / 2;
     size_t b = (size_t)n * sizeof(float), tb = (size_t)(T * half) * sizeof(float);
@@ -182,6 +199,9 @@ int main(void) {
         for (int j = 0; j < 5; j++) test_rmsnorm(rows[i], widths[j]);
     const int64_t lens[] = {1, 255, 4097, 1000003};
     for (int i = 0; i < 4; i++) test_swiglu(lens[i]), test_sumsq(lens[i]), test_adamw(lens[i]);
+    test_embedding(1, 2, 1);
+    test_embedding(300, 7, 33);
+    test_embedding(1000, 256, 384);
     test_rope(1, 1, 2, 1);
     test_rope(3, 17, 24, 3);
     test_rope(2, 128, 128, 4);

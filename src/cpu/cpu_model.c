@@ -119,11 +119,8 @@ moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets,
     int C = c->n_embd, V = c->vocab_size;
     memcpy(s->tokens, tokens, (size_t)N * sizeof(int));
     if (targets) memcpy(s->targets, targets, (size_t)N * sizeof(int));
-    const float *wte = m->params + m->off_embed;
-    // x_n = wte[token_n]
     double *prof = m->prof, t = moe__prof_begin(prof);
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) memcpy(s->resid[0] + n * C, wte + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
+    moe__embedding_forward(s->resid[0], m->params + m->off_embed, tokens, N, C);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
     double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0}; // aux, z, seq_aux, importance, load
     for (int l = 0; l < c->n_layer; l++) {
@@ -213,11 +210,7 @@ void moe__cpu_backward(moe_model *m, float grad_scale) {
         moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
     }
     t = moe__prof_begin(prof);
-    // x_n = wte[token_n]: parallel over channels so each gradient row is summed in token order
-    float *gwte = g + m->off_embed;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < C; i++)
-        for (int64_t n = 0; n < N; n++) gwte[(int64_t)s->tokens[n] * C + i] += s->dresid[n * C + i];
+    moe__embedding_backward(g + m->off_embed, s->dresid, s->tokens, N, C);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
 }
 

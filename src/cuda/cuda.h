@@ -41,6 +41,9 @@ moe_status moe__cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, c
 moe_status moe__cuda_swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);
 moe_status moe__cuda_swiglu_backward(float *dh1, float *dh3, const float *dact, const float *h1, const float *h3,
                                      int64_t n);
+/* x (N,C) = wte[tokens]; gwte (V,C) += the rows of dx at their tokens (the CPU's order) */
+moe_status moe__cuda_embedding_forward(float *x, const float *wte, const int *tokens, int64_t N, int C);
+moe_status moe__cuda_embedding_backward(float *gwte, const float *dx, const int *tokens, int64_t N, int C);
 /* tables cos_t, sin_t (T, D/2) as moe__rope_tables makes them (host), copied to the device */
 moe_status moe__cuda_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 moe_status moe__cuda_rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);

@@ -4,6 +4,8 @@
  *
  *   RMSNorm  y = x / sqrt(mean(x^2) + eps) * w; backward: dx and dw accumulate (+=)
  *   SwiGLU   act = silu(h1) * h3; backward: dh1, dh3 overwritten
+ *   Embedding  x_n = wte[token_n]; backward: gwte[token_n] += dx_n, summed over n in token
+ *            order per channel (one thread a channel, as the CPU), so the sums are the CPU's
  *   RoPE     in place on (B,T,C), H heads, pairs (i, i + D/2) rotated by t * inv_freq_i;
  *            backward rotates by the opposite angle (the transpose)
  *
@@ -134,4 +136,24 @@ extern "C" moe_status moe__cuda_rope_backward(float *dx, const float *cos_t, con
     int64_t n = (int64_t)B * T * C / 2;
     rope_kernel<<<moe__cuda_blocks(n, 256), 256>>>(dx, cos_t, sin_t, (int64_t)B * T, T, C, H, -1.0f);
     return MOE_CUDA_LAUNCHED("rope_backward");
+}
+
+static __global__ void embedding_forward_kernel(float *x, const float *wte, const int *tokens, int64_t N, int C) {
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < N * C; k += (int64_t)gridDim.x * blockDim.x)
+        x[k] = wte[(int64_t)tokens[k / C] * C + k % C];
+}
+
+static __global__ void embedding_backward_kernel(float *gwte, const float *dx, const int *tokens, int64_t N, int C) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x)
+        for (int64_t n = 0; n < N; n++) gwte[(int64_t)tokens[n] * C + i] += dx[n * C + i];
+}
+
+extern "C" moe_status moe__cuda_embedding_forward(float *x, const float *wte, const int *tokens, int64_t N, int C) {
+    embedding_forward_kernel<<<moe__cuda_blocks(N * C, 256), 256>>>(x, wte, tokens, N, C);
+    return MOE_CUDA_LAUNCHED("embedding_forward");
+}
+
+extern "C" moe_status moe__cuda_embedding_backward(float *gwte, const float *dx, const int *tokens, int64_t N, int C) {
+    embedding_backward_kernel<<<moe__cuda_blocks(C, 128), 128>>>(gwte, dx, tokens, N, C);
+    return MOE_CUDA_LAUNCHED("embedding_backward");
 }

@@ -1,6 +1,6 @@
 /*
  * layers.c — the dense layers of the transformer: RMSNorm, RoPE, causal attention, SwiGLU,
- * the SwiGLU FFN, and cross-entropy (attention is in attention.c). Conventions follow Hugging Face Llama/Mixtral:
+ * the SwiGLU FFN, cross-entropy and the token embedding (attention is in attention.c). Conventions follow Hugging Face Llama/Mixtral:
  * RMSNorm y = x / sqrt(mean(x^2) + eps) * w; RoPE with rotate-half pairing (i, i + D/2) and
  * inv_freq_i = theta^(-2i/D); attention softmax(q k^T / sqrt(D)) with a causal mask.
  *
@@ -13,6 +13,21 @@
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+
+/* ---------------------------------------------------------------- embedding */
+
+void moe__embedding_forward(float *x, const float *wte, const int *tokens, int64_t N, int C) {
+    // x_n = wte[token_n]
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) memcpy(x + n * C, wte + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
+}
+
+void moe__embedding_backward(float *gwte, const float *dx, const int *tokens, int64_t N, int C) {
+    // parallel over channels so each gradient row is summed in token order
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < C; i++)
+        for (int64_t n = 0; n < N; n++) gwte[(int64_t)tokens[n] * C + i] += dx[n * C + i];
+}
 
 /* ---------------------------------------------------------------- RMSNorm */
 

@@ -1,7 +1,8 @@
 /*
- * nn.h — the dense layers (nn/): matmul (BLAS, with plain _ref loops), RMSNorm, RoPE, causal
- * attention, SwiGLU and the SwiGLU FFN, cross-entropy. Each is a forward/backward pair of free
- * functions: outputs first, then inputs, then dimensions (llm.c style). Not installed.
+ * nn.h — the dense layers (nn/): matmul (BLAS, with plain _ref loops), the token embedding,
+ * RMSNorm, RoPE, causal attention, SwiGLU and the SwiGLU FFN, cross-entropy. Each is a
+ * forward/backward pair of free functions: outputs first, then inputs, then dimensions (llm.c
+ * style). Not installed.
  */
 #ifndef MOE_NN_H
 #define MOE_NN_H
@@ -16,6 +17,10 @@ void moe__matmul_backward(float *dx, float *dw, const float *dout, const float *
                           int64_t N, int I, int O);
 void moe__matmul_backward_ref(float *dx, float *dw, const float *dout, const float *x, const float *w,
                               int64_t N, int I, int O);
+
+/* x (N,C) = wte[tokens] (wte (V,C)); backward: gwte[token_n] += dx_n, in token order per channel. */
+void moe__embedding_forward(float *x, const float *wte, const int *tokens, int64_t N, int C);
+void moe__embedding_backward(float *gwte, const float *dx, const int *tokens, int64_t N, int C);
 
 void moe__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int C, float eps);
 void moe__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
