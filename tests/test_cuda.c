@@ -5,7 +5,7 @@
  * to the tensor (1e-6 of its largest value), since reductions run in another order (trees on
  * the GPU, left to right on the CPU) and the GPU contracts multiply-adds into fmas.
  *
- * Kernels: embedding, RMSNorm, SwiGLU, RoPE, cross-entropy, the gradient sum of squares, AdamW.
+ * Kernels: embedding, RMSNorm, SwiGLU, RoPE, causal attention, cross-entropy, the gradient sum of squares, AdamW.
  *
  * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
  * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
@@ -137,6 +137,28 @@ static void test_rope(int B, int T, int C, int H) {
     DFREE_ALL(dX, dC, dS);
 }
 
+static void test_attention(int B, int T, int C, int H) {
+    int64_t n = (int64_t)B * T * C, na = (int64_t)B * H * T * T;
+    size_t b = (size_t)n * sizeof(float), ab = (size_t)na * sizeof(float);
+    float *q = randn(n, 1), *k = randn(n, 1), *v = randn(n, 1), *dout = randn(n, 1);
+    float *dq = randn(n, 1), *dk = randn(n, 1), *dv = randn(n, 1); // accumulate
+    float *out = calloc((size_t)n, sizeof(float)), *att = calloc((size_t)na, sizeof(float));
+    float *datt = calloc((size_t)na, sizeof(float));
+    void *dQ = dev(q, b), *dK = dev(k, b), *dV = dev(v, b), *dO = dev(out, b), *dA = dev(att, ab), *dDA = dev(datt, ab);
+    void *dDout = dev(dout, b), *dDq = dev(dq, b), *dDk = dev(dk, b), *dDv = dev(dv, b);
+    moe__attention_forward(out, att, q, k, v, B, T, C, H);
+    CHECK_OK(moe__cuda_attention_forward(dO, dA, dQ, dK, dV, B, T, C, H));
+    compare_sum(dO, out, n, "attention forward: out");
+    compare_sum(dA, att, na, "attention forward: att (zero above the diagonal)");
+    moe__attention_backward(dq, dk, dv, datt, dout, q, k, v, att, B, T, C, H);
+    CHECK_OK(moe__cuda_attention_backward(dDq, dDk, dDv, dDA, dDout, dQ, dK, dV, dA, B, T, C, H));
+    compare_sum(dDq, dq, n, "attention backward: dq (accumulated)");
+    compare_sum(dDk, dk, n, "attention backward: dk (accumulated)");
+    compare_sum(dDv, dv, n, "attention backward: dv (accumulated)");
+    FREE_ALL(q, k, v, dout, dq, dk, dv, out, att, datt);
+    DFREE_ALL(dQ, dK, dV, dO, dA, dDA, dDout, dDq, dDk, dDv);
+}
+
 static void test_crossentropy(int64_t N, int V) {
     size_t NV = (size_t)N * V * sizeof(float);
     float *logits = randn(N * V, 4), *dlogits = malloc(NV), *row = calloc((size_t)N, sizeof(float));
@@ -202,6 +224,9 @@ int main(void) {
     test_embedding(1, 2, 1);
     test_embedding(300, 7, 33);
     test_embedding(1000, 256, 384);
+    test_attention(1, 1, 2, 1);
+    test_attention(2, 13, 24, 3);
+    test_attention(2, 130, 128, 4); // T over the tile and the block width
     test_rope(1, 1, 2, 1);
     test_rope(3, 17, 24, 3);
     test_rope(2, 128, 128, 4);

@@ -47,6 +47,11 @@ moe_status moe__cuda_embedding_backward(float *gwte, const float *dx, const int 
 /* tables cos_t, sin_t (T, D/2) as moe__rope_tables makes them (host), copied to the device */
 moe_status moe__cuda_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 moe_status moe__cuda_rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+/* attention.cu: as moe__attention_forward/_backward (att (B,H,T,T) saved; dq, dk, dv accumulate) */
+moe_status moe__cuda_attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B,
+                                       int T, int C, int H);
+moe_status moe__cuda_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
+                                        const float *k, const float *v, const float *att, int B, int T, int C, int H);
 /* loss.cu: *loss (device) gets the mean cross-entropy; dlogits may be NULL. */
 moe_status moe__cuda_crossentropy(float *loss, float *dlogits, float *row_loss, const float *logits, const int *targets,
                                   int64_t N, int V, float scale);
