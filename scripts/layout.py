@@ -10,7 +10,7 @@ root = pathlib.Path(__file__).resolve().parent.parent
 bad = 0
 for d in ("src", "tools"):
     for p in sorted((root / d).rglob("*")):
-        if p.suffix not in (".c", ".h", ".cu"):
+        if p.suffix not in (".c", ".h", ".cu", ".cuh"):
             continue
         lines = p.read_text().split("\n")
         n = len(lines) - (lines[-1] == "")
