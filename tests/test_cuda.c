@@ -5,7 +5,8 @@
  * to the tensor (1e-6 of its largest value), since reductions run in another order (trees on
  * the GPU, left to right on the CPU) and the GPU contracts multiply-adds into fmas.
  *
- * Kernels: embedding, RMSNorm, SwiGLU, RoPE, causal attention, cross-entropy, the gradient sum of squares, AdamW.
+ * Kernels: embedding, RMSNorm, SwiGLU, RoPE, causal attention, top-K routing (tokens whose
+ * choice is a near-tie are skipped, as the CPU tests do), cross-entropy, the gradient sum of squares, AdamW.
  *
  * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
  * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
@@ -14,6 +15,7 @@
 #include "core/core.h"
 #include "cpu/cpu.h"
 #include "cuda/cuda.h"
+#include "moe/moe_layer.h"
 #include "nn/nn.h"
 
 #include <string.h>
@@ -159,6 +161,71 @@ static void test_attention(int B, int T, int C, int H) {
     DFREE_ALL(dQ, dK, dV, dO, dA, dDA, dDout, dDq, dDk, dDv);
 }
 
+/* The token's top-K choice is a near-tie: its K-th and (K+1)-th keys lie within 1e-5. */
+static int near_tie(const float *key, const int *sel, int E, int K) {
+    float kth = key[sel[K - 1]], next = -INFINITY;
+    for (int e = 0; e < E; e++) {
+        int taken = 0;
+        for (int j = 0; j < K; j++) taken |= sel[j] == e;
+        if (!taken && key[e] > next) next = key[e];
+    }
+    for (int j = 1; j < K; j++) // ties inside the top-K change the order of sel
+        if (fabsf(key[sel[j - 1]] - key[sel[j]]) < 1e-5f) return 1;
+    return K < E && kth - next < 1e-5f;
+}
+
+static void test_router(int64_t N, int E, int K, moe_score score, int norm_topk, int with_bias) {
+    int C = 16;
+    moe__moe_dims d;
+    memset(&d, 0, sizeof d);
+    d.E = E, d.K = K, d.C = C, d.T = (int)N, d.F = 1, d.ep = 1, d.El = E, d.training = 1;
+    d.routing = MOE_ROUTING_TOPK, d.score = score, d.norm_topk = norm_topk, d.route_scale = 2.5f;
+    moe__moe_cache c;
+    moe__planner pl = {NULL, 0};
+    moe__moe_plan_cache(&pl, &c, &d, N, N * K);
+    char *arena = moe__calloc(pl.off);
+    pl.base = arena, pl.off = 0;
+    moe__moe_plan_cache(&pl, &c, &d, N, N * K);
+    float *x = randn(N * C, 1), *wg = randn((int64_t)E * C, 0.5f), *bias = randn(E, 0.05f);
+    moe__moe_weights w;
+    memset(&w, 0, sizeof w);
+    w.wg = wg, w.bias = with_bias ? bias : NULL;
+    moe__router_forward(&c, x, &w, &d, N);
+    size_t NE = (size_t)N * E * sizeof(float), NK = (size_t)N * K * sizeof(float);
+    void *dL = dev(c.logits, NE), *dB = dev(bias, (size_t)E * 4), *dLse = dev(c.lse, (size_t)N * 4), *dSc = dev(c.scores, NE);
+    void *dPr = dev(c.probs, NE), *dSel = dev(c.sel, NK), *dGate = dev(c.gate, NK), *dRow = dev(c.row_of, NK), *dZ = dev(x, 4);
+    CHECK_OK(moe__cuda_router_topk(dZ, dLse, dSc, dPr, dSel, dGate, dRow, dL, with_bias ? dB : NULL, N, E, K,
+                                   score == MOE_SCORE_SIGMOID, norm_topk, d.route_scale));
+    compare_sum(dLse, c.lse, N, "router: lse");
+    compare_sum(dSc, c.scores, N * E, "router: scores");
+    compare_sum(dPr, c.probs, N * E, "router: probs");
+    compare_sum(dZ, &c.z, 1, "router: z-loss");
+    int *sel = malloc(NK), *row = malloc(NK);
+    float *gate = host(dGate, N * K);
+    CHECK_OK(moe__cuda_to_host(sel, dSel, NK));
+    CHECK_OK(moe__cuda_to_host(row, dRow, NK));
+    float *key = malloc((size_t)E * sizeof(float));
+    int64_t skipped = 0, bad_sel = 0, bad_gate = 0, bad_row = 0;
+    for (int64_t n = 0; n < N; n++) {
+        for (int e = 0; e < E; e++) key[e] = c.scores[n * E + e] + (with_bias ? bias[e] : 0.0f);
+        if (near_tie(key, c.sel + n * K, E, K)) {
+            skipped++;
+            continue;
+        }
+        for (int k = 0; k < K; k++) {
+            int64_t a = n * K + k;
+            bad_sel += sel[a] != c.sel[a];
+            bad_gate += !(fabsf(gate[a] - c.gate[a]) <= 1e-6f + 1e-5f * fabsf(c.gate[a]));
+            bad_row += row[a] != 0;
+        }
+    }
+    CHECK(bad_sel == 0 && bad_gate == 0 && bad_row == 0 && skipped < N / 2 + 1,
+          "router N %lld E %d K %d: %lld selections, %lld gates, %lld rows differ (%lld near-tie tokens skipped)",
+          (long long)N, E, K, (long long)bad_sel, (long long)bad_gate, (long long)bad_row, (long long)skipped);
+    FREE_ALL(x, wg, bias, sel, row, gate, key, arena);
+    DFREE_ALL(dL, dB, dLse, dSc, dPr, dSel, dGate, dRow, dZ);
+}
+
 static void test_crossentropy(int64_t N, int V) {
     size_t NV = (size_t)N * V * sizeof(float);
     float *logits = randn(N * V, 4), *dlogits = malloc(NV), *row = calloc((size_t)N, sizeof(float));
@@ -227,6 +294,11 @@ int main(void) {
     test_attention(1, 1, 2, 1);
     test_attention(2, 13, 24, 3);
     test_attention(2, 130, 128, 4); // T over the tile and the block width
+    test_router(1, 1, 1, MOE_SCORE_SOFTMAX, 1, 0);
+    test_router(257, 8, 2, MOE_SCORE_SOFTMAX, 1, 0);
+    test_router(257, 8, 2, MOE_SCORE_SOFTMAX, 0, 0);
+    test_router(100, 64, 6, MOE_SCORE_SIGMOID, 1, 1);
+    test_router(100, 16, 16, MOE_SCORE_SIGMOID, 0, 1);
     test_rope(1, 1, 2, 1);
     test_rope(3, 17, 24, 3);
     test_rope(2, 128, 128, 4);

@@ -52,6 +52,11 @@ moe_status moe__cuda_attention_forward(float *out, float *att, const float *q, c
                                        int T, int C, int H);
 moe_status moe__cuda_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                                         const float *k, const float *v, const float *att, int B, int T, int C, int H);
+/* router.cu: the topk path of moe__router_forward from the logits (N,E) on: lse (N), scores and
+ * probs (N,E), sel, gate, row_of (N,K); *z (device) the z-loss; bias (E) may be NULL. */
+moe_status moe__cuda_router_topk(float *z, float *lse, float *scores, float *probs, int *sel, float *gate, int *row_of,
+                                 const float *logits, const float *bias, int64_t N, int E, int K, int sigmoid,
+                                 int norm_topk, float route_scale);
 /* loss.cu: *loss (device) gets the mean cross-entropy; dlogits may be NULL. */
 moe_status moe__cuda_crossentropy(float *loss, float *dlogits, float *row_loss, const float *logits, const int *targets,
                                   int64_t N, int V, float scale);
