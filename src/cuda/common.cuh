@@ -26,4 +26,21 @@ static inline unsigned moe__cuda_blocks(int64_t n, int threads) {
     return (unsigned)(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16); // kernels stride over the rest
 }
 
+/* *out = mean of x (or of x^2 with square) over n values, summed in double by one block of
+ * MOE_MEAN_THREADS threads in a fixed order: the same inputs give the same value every run.
+ * Launch with <<<1, MOE_MEAN_THREADS>>>. */
+#define MOE_MEAN_THREADS 256
+template <bool square> static __global__ void moe__mean_kernel(float *out, const float *x, int64_t n) {
+    __shared__ double shared[MOE_MEAN_THREADS];
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += MOE_MEAN_THREADS) acc += square ? (double)x[i] * x[i] : (double)x[i];
+    shared[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = MOE_MEAN_THREADS / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = (float)(shared[0] / (double)n);
+}
+
 #endif

@@ -45,24 +45,11 @@ static __global__ void crossentropy_kernel(float *dlogits, float *row_loss, cons
     }
 }
 
-static __global__ void mean_kernel(float *loss, const float *row_loss, int64_t N) {
-    __shared__ double shared[CE_THREADS];
-    double acc = 0.0;
-    for (int64_t n = threadIdx.x; n < N; n += CE_THREADS) acc += row_loss[n];
-    shared[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = CE_THREADS / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *loss = (float)(shared[0] / (double)N);
-}
-
 extern "C" moe_status moe__cuda_crossentropy(float *loss, float *dlogits, float *row_loss, const float *logits,
                                              const int *targets, int64_t N, int V, float scale) {
     crossentropy_kernel<<<moe__cuda_blocks(N, 1), CE_THREADS>>>(dlogits, row_loss, logits, targets, N, V, scale);
     moe_status st = MOE_CUDA_LAUNCHED("crossentropy");
     if (st != MOE_STATUS_OK) return st;
-    mean_kernel<<<1, CE_THREADS>>>(loss, row_loss, N);
+    moe__mean_kernel<false><<<1, MOE_MEAN_THREADS>>>(loss, row_loss, N);
     return MOE_CUDA_LAUNCHED("crossentropy (mean)");
 }

@@ -55,21 +55,6 @@ static __global__ void router_topk_kernel(float *lse, float *scores, float *prob
     }
 }
 
-#define Z_THREADS 256
-
-static __global__ void zloss_kernel(float *z, const float *lse, int64_t N) {
-    __shared__ double shared[Z_THREADS];
-    double acc = 0.0;
-    for (int64_t n = threadIdx.x; n < N; n += Z_THREADS) acc += (double)lse[n] * lse[n];
-    shared[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = Z_THREADS / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *z = (float)(shared[0] / (double)N);
-}
-
 extern "C" moe_status moe__cuda_router_topk(float *z, float *lse, float *scores, float *probs, int *sel, float *gate,
                                             int *row_of, const float *logits, const float *bias, int64_t N, int E, int K,
                                             int sigmoid, int norm_topk, float route_scale) {
@@ -77,6 +62,6 @@ extern "C" moe_status moe__cuda_router_topk(float *z, float *lse, float *scores,
                                                            sigmoid, norm_topk, route_scale);
     moe_status st = MOE_CUDA_LAUNCHED("router_topk");
     if (st != MOE_STATUS_OK) return st;
-    zloss_kernel<<<1, Z_THREADS>>>(z, lse, N);
+    moe__mean_kernel<true><<<1, MOE_MEAN_THREADS>>>(z, lse, N); // z = mean_n lse_n^2
     return MOE_CUDA_LAUNCHED("router_topk (z-loss)");
 }
