@@ -33,9 +33,10 @@ static void plan_block(moe__planner *p, moe__cpu_layer_act *a, const moe_config 
     moe__moe_plan_cache(p, &a->mc, d, N, P);
 }
 
-/* The dims of an MoE layer with E experts, for planning (full sequences, training). */
-static moe__moe_dims plan_dims(const moe_model *m, int l, int E) {
-    moe__moe_dims d = moe__cpu_layer_dims(m, l, m->cfg.seq_len, 1);
+/* The dims of an MoE layer with E experts, for planning (full sequences, training): sizes depend
+ * on the config and E only, not on which layer. */
+static moe__moe_dims plan_dims(const moe_model *m, int E) {
+    moe__moe_dims d = moe__cpu_layer_dims(m, 0, m->cfg.seq_len, 1);
     d.E = E;
     d.El = E / m->ep;
     return d;
@@ -46,12 +47,11 @@ static moe__moe_dims plan_dims(const moe_model *m, int l, int E) {
  * before its own backward). Returns the most assignments of any layer. */
 static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B) {
     const moe_config *c = &m->cfg;
-    int64_t N = B * c->seq_len, PM = 0, first_moe = -1;
+    int64_t N = B * c->seq_len, PM = 0;
     for (int l = 0; l < c->n_layer; l++)
         if (m->moe_slot[l] >= 0) {
             int64_t P = moe__model_max_slots(c, m->n_exp[l]) * N;
             PM = P > PM ? P : PM;
-            if (first_moe < 0) first_moe = l;
         }
     if (c->recompute) {
         moe__cpu_layer_act dense, moe;
@@ -59,7 +59,7 @@ static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B
         memset(&moe, 0, sizeof moe);
         if (m->n_moe < c->n_layer) plan_block(p, &dense, c, B, NULL, 0);
         if (m->n_moe > 0) {
-            moe__moe_dims d = plan_dims(m, (int)first_moe, m->max_e);
+            moe__moe_dims d = plan_dims(m, m->max_e);
             plan_block(p, &moe, c, B, &d, PM);
         }
         for (int l = 0; l < c->n_layer; l++) s->la[l] = m->moe_slot[l] >= 0 ? moe : dense;
@@ -70,7 +70,7 @@ static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B
             plan_block(p, &s->la[l], c, B, NULL, 0);
             continue;
         }
-        moe__moe_dims d = plan_dims(m, l, m->n_exp[l]);
+        moe__moe_dims d = plan_dims(m, m->n_exp[l]);
         plan_block(p, &s->la[l], c, B, &d, moe__model_max_slots(c, m->n_exp[l]) * N);
     }
     return PM;
@@ -99,10 +99,7 @@ static size_t plan(moe_model *m, moe__cpu *s, char *base) {
     s->dv = MOE_TAKE_F(&p, N * C);
     s->datt = MOE_TAKE_F(&p, B * H * T * T);
     if (m->n_moe > 0) {
-        // the scratch of the widest MoE layer (the dims of any MoE layer, with the most experts)
-        int l = 0;
-        while (m->moe_slot[l] < 0) l++;
-        moe__moe_dims d = plan_dims(m, l, m->max_e);
+        moe__moe_dims d = plan_dims(m, m->max_e); // the scratch of the widest MoE layer
         if (m->ep > 1) {
             s->a2a_buf = MOE_TAKE_F(&p, m->ep * PM * C);
             s->a2a_cnt = MOE_TAKE_I64(&p, 2 * (int64_t)m->ep * m->max_e);

@@ -52,7 +52,9 @@ moe_status moe_device_parse(const char *device, const char *dtype, moe_device *o
 moe_status moe_device_supports(const moe_device *d, const moe_config *c) {
     if (d->kind == MOE_DEVICE_CPU) return MOE_STATUS_OK;
     // the configuration issue 15 puts on the GPU first; the rest is refused by name
-    static const char *const routing[] = {"topk", "noisy_topk", "expert_choice", "soft"};
+#define SPELLING(constant, spelling) spelling,
+    static const char *const routing[] = {MOE_ROUTING_VALUES(SPELLING)};
+#undef SPELLING
     if (c->routing != MOE_ROUTING_TOPK)
         return moe__err(MOE_STATUS_CONFIG, "--device cuda: routing=%s is not on the GPU yet (topk is)", routing[c->routing]);
     if (c->random_routing) return moe__err(MOE_STATUS_CONFIG, "--device cuda: random_routing is not on the GPU yet");
