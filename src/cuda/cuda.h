@@ -66,6 +66,38 @@ moe_status moe__cuda_sumsq(double *out, double *scratch, const float *g, int64_t
 moe_status moe__cuda_adamw(float *p, float *m, float *v, const float *g, int64_t n, float clip, float b1, float b2,
                            float eps, float decay, float step_size, float sqrt_bc2);
 
+/* moe.cu: the MoE layer around the experts, for token-choice top-K (K slots a token).
+ *
+ * Dispatch mirrors moe__dispatch: the N*K assignments (row_of 0 from router_topk = routed) are
+ * sorted by expert with CUB (stable radix sort: token order within an expert); load (E) gets the
+ * routed assignments per expert; with cap > 0 an expert keeps its first cap assignments in token
+ * order (probability = 0) or its cap highest-scoring ones (probability = 1, ties to the lower
+ * token; kept ones stay in token order); row_of gets each kept assignment's row or
+ * MOE_ROW_DROPPED, row_token (N*K) each row's token, offsets (E+1) each expert's first row.
+ * scratch holds the bytes moe__cuda_dispatch_scratch gives for (A = N*K, E). */
+moe_status moe__cuda_dispatch_scratch(size_t *bytes, int64_t A, int E);
+moe_status moe__cuda_dispatch(int *row_of, int *row_token, int64_t *offsets, int64_t *load, void *scratch,
+                              size_t scratch_bytes, const int *sel, const float *scores, int64_t N, int E, int K,
+                              int cap, int probability);
+/* xe (R,C): row r = x[row_token[r]] */
+moe_status moe__cuda_gather_rows(float *xe, const float *x, const int *row_token, int64_t R, int C);
+/* y (N,C) = sum over token n's kept slots, in slot order, of gate * ye[row] (overwrites y) */
+moe_status moe__cuda_combine(float *y, const float *ye, const float *gate, const int *row_of, int64_t N, int K, int C);
+/* its backward: dye[row] = gate * dy_n; dgate (N,K) = dy_n . ye[row] (0 where not kept) */
+moe_status moe__cuda_combine_backward(float *dye, float *dgate, const float *dy, const float *ye, const float *gate,
+                                      const int *row_of, int64_t N, int K, int C);
+/* dx (N,C) += sum over token n's kept slots, in slot order, of dxe[row] */
+moe_status moe__cuda_scatter_add(float *dx, const float *dxe, const int *row_of, int64_t N, int K, int C);
+/* as moe__router_losses for top-K: f (E), seq_f (N/T, E); *aux and *seq_aux (device floats) */
+moe_status moe__cuda_router_losses(float *aux, float *seq_aux, float *f, float *seq_f, const int64_t *load,
+                                   const float *probs, const int *sel, int64_t N, int T, int E, int K);
+/* as moe__router_backward's per-token part for top-K (clean_token_backward and the z-loss):
+ * dlogits (N,E) from dgate (N,K); aux_s, seq_s, z_s are the loss scales (moe__moe_loss_scales) */
+moe_status moe__cuda_router_backward(float *dlogits, const float *dgate, const float *logits, const float *lse,
+                                     const float *scores, const float *probs, const int *sel, const float *f,
+                                     const float *seq_f, int64_t N, int T, int E, int K, int sigmoid, int norm_topk,
+                                     float route_scale, float aux_s, float seq_s, float z_s);
+
 #ifdef __cplusplus
 }
 #endif
