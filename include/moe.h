@@ -33,7 +33,8 @@ extern "C" {
     X(CONFIG, "invalid configuration")                              \
     X(ARG, "invalid argument")                                      \
     X(DATA, "invalid data")                                         \
-    X(NUMERIC, "numerical error")
+    X(NUMERIC, "numerical error")                                   \
+    X(DEVICE, "device error")
 
 typedef enum {
 #define MOE__X(name, msg) MOE_STATUS_##name,
@@ -267,7 +268,9 @@ const moe_tensor_info *moe_model_find(const moe_model *m, const char *name);
 /* The parameters and gradients (n_params floats each, laid out by the tensor table's offsets) as
  * host memory. The CPU backend computes in these buffers, so writes (finite-difference tests,
  * hand initialisation) take effect at the next forward; the library's own readers and writers
- * (checkpoints, export, initialisation) synchronise with the backend around them. */
+ * (checkpoints, export, initialisation) synchronise with the backend around them. On a CUDA
+ * model they are host copies, made current by these calls (NULL if the device fails); writes
+ * to them do not reach the device. */
 float *moe_model_params(moe_model *m);
 float *moe_model_grads(moe_model *m);
 int64_t moe_model_n_params(const moe_model *m);
@@ -283,6 +286,8 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
  * gradients, scaled by grad_scale (1/grad_accum). */
 moe_status moe_model_backward(moe_model *m, float grad_scale);
 void moe_model_zero_grad(moe_model *m);
+/* The logits of the last forward: on a CUDA model a host copy, made by this call; NULL (error in
+ * moe_last_error) when the device cannot give it. */
 const float *moe_model_logits(const moe_model *m);
 /* Routing statistics of the last forward: one entry per MoE layer. */
 int moe_model_n_moe_layers(const moe_model *m);

@@ -6,7 +6,8 @@
  * the GPU, left to right on the CPU) and the GPU contracts multiply-adds into fmas.
  *
  * Kernels: embedding, RMSNorm, SwiGLU, RoPE, causal attention, top-K routing (tokens whose
- * choice is a near-tie are skipped, as the CPU tests do), cross-entropy, the gradient sum of squares, AdamW.
+ * choice is a near-tie are skipped, as the CPU tests do), cross-entropy, the gradient sum of squares, AdamW,
+ * and the cuBLAS products in fp32 and in bf16 (against a bf16-rounding reference computed here).
  *
  * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
  * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
@@ -273,6 +274,84 @@ static void test_adamw(int64_t n) {
     DFREE_ALL(dP, dM, dV, dG);
 }
 
+/* x rounded to bf16 (nearest, ties to even), as __float2bfloat16_rn; values are finite here */
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static float *rounded(const float *x, int64_t n) {
+    float *r = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) r[i] = bf16_round(x[i]);
+    return r;
+}
+
+static double max_err(const float *a, const float *b, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs((double)a[i] - b[i]) > m ? fabs((double)a[i] - b[i]) : m;
+    return m;
+}
+
+/* One product's three results (forward with accumulate, dx, dw) on the GPU: fp32 against the CPU
+ * within rtol 1e-5; bf16 with an error against the CPU's fp32 of at most 2x (per tensor, largest
+ * element error) that of the bf16-rounding reference: the CPU's product of bf16-rounded inputs. */
+static void test_gemm(moe__cuda_blas *b, int64_t N, int I, int O, int bf16) {
+    int64_t nx = N * I, nw = (int64_t)O * I, no = N * O;
+    float *x = randn(nx, 1), *w = randn(nw, 0.1f), *dout = randn(no, 1), *out0 = randn(no, 1);
+    float *out = malloc((size_t)no * 4), *dx = randn(nx, 1), *dw = randn(nw, 1), *dx0 = malloc((size_t)nx * 4), *dw0 = malloc((size_t)nw * 4);
+    memcpy(out, out0, (size_t)no * 4), memcpy(dx0, dx, (size_t)nx * 4), memcpy(dw0, dw, (size_t)nw * 4);
+    void *dX = dev(x, (size_t)nx * 4), *dW = dev(w, (size_t)nw * 4), *dD = dev(dout, (size_t)no * 4);
+    void *dO = dev(out0, (size_t)no * 4), *dDx = dev(dx0, (size_t)nx * 4), *dDw = dev(dw0, (size_t)nw * 4);
+    moe__matmul_forward(out, x, w, N, I, O, 1);
+    moe__matmul_backward(dx, dw, dout, x, w, N, I, O);
+    CHECK_OK(moe__cuda_matmul_forward(b, bf16, dO, dX, dW, N, I, O, 1));
+    CHECK_OK(moe__cuda_matmul_backward(b, bf16, dDx, dDw, dD, dX, dW, N, I, O));
+    float *res[3] = {out, dx, dw};
+    void *got[3] = {dO, dDx, dDw};
+    int64_t n[3] = {no, nx, nw};
+    const char *what[3] = {"matmul forward (accumulated)", "matmul backward: dx", "matmul backward: dw"};
+    if (!bf16) {
+        for (int i = 0; i < 3; i++) compare_sum(got[i], res[i], n[i], what[i]);
+    } else {
+        float *xr = rounded(x, nx), *wr = rounded(w, nw), *dr = rounded(dout, no);
+        float *ro = malloc((size_t)no * 4), *rdx = malloc((size_t)nx * 4), *rdw = malloc((size_t)nw * 4);
+        memcpy(ro, out0, (size_t)no * 4), memcpy(rdx, dx0, (size_t)nx * 4), memcpy(rdw, dw0, (size_t)nw * 4);
+        moe__matmul_forward(ro, xr, wr, N, I, O, 1);
+        moe__matmul_backward(rdx, rdw, dr, xr, wr, N, I, O);
+        float *ref[3] = {ro, rdx, rdw};
+        for (int i = 0; i < 3; i++) {
+            float *g = host(got[i], n[i]);
+            double eg = max_err(g, res[i], n[i]), er = max_err(ref[i], res[i], n[i]);
+            CHECK(eg <= 2.0 * er + 1e-6 * maxabs(res[i], n[i]), "bf16 %s (%lld x %d x %d): error %.3g, the bf16 reference's %.3g",
+                  what[i], (long long)N, I, O, eg, er);
+            free(g);
+        }
+        FREE_ALL(xr, wr, dr, ro, rdx, rdw);
+    }
+    FREE_ALL(x, w, dout, out0, out, dx, dw, dx0, dw0);
+    DFREE_ALL(dX, dW, dD, dO, dDx, dDw);
+}
+
+static void test_gemms(void) {
+    size_t ws = moe__cuda_blas_workspace_bytes(), sb = (size_t)2 * 2 * 1000 * 1000;
+    void *dws, *dsc;
+    CHECK_OK(moe__cuda_malloc(&dws, ws));
+    CHECK_OK(moe__cuda_malloc(&dsc, sb));
+    moe__cuda_blas *b;
+    CHECK_OK(moe__cuda_blas_create(&b, dws, ws, dsc, sb));
+    const int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {300, 128, 384}, {1000, 256, 1000}, {33, 1000, 7}};
+    for (int bf16 = 0; bf16 <= 1; bf16++)
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            test_gemm(b, shapes[i][0], shapes[i][1], shapes[i][2], bf16);
+    CHECK_OK(moe__cuda_matmul_forward(b, 0, dsc, dsc, dsc, 0, 4, 4, 0)); // no rows: nothing to do
+    moe__cuda_blas_free(b);
+    DFREE_ALL(dws, dsc);
+}
+
 int main(void) {
     char name[256];
     size_t free_b, total_b;
@@ -305,5 +384,6 @@ int main(void) {
     const int vocabs[] = {2, 256, 1000, 32000};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 4; j++) test_crossentropy(rows[i], vocabs[j]);
+    test_gemms();
     CHECK_SUMMARY("test_cuda");
 }

@@ -393,8 +393,10 @@ static int run_logits(void *opts) {
     free(text);
     check(moe_model_forward(m, tok, NULL, 1, T, 0, NULL));
     size_t n = (size_t)T * c->vocab_size;
+    const float *logits = moe_model_logits(m);
+    if (!logits) die(1, "logits: %s", moe_last_error());
     FILE *f = fopen(o->out, "wb");
-    if (!f || fwrite(moe_model_logits(m), sizeof(float), n, f) != n || fclose(f) != 0)
+    if (!f || fwrite(logits, sizeof(float), n, f) != n || fclose(f) != 0)
         die(1, "logits: cannot write '%s'", o->out);
     free(tok);
     moe_model_free(m);

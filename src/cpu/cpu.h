@@ -39,6 +39,10 @@ typedef struct {
     int *tokens, *targets;
 } moe__cpu;
 
+/* The activation plan for (m->max_batch, seq_len): with base NULL, its size in bytes; else the
+ * views in s point into base. The CUDA backend lays out its device activations with it too. */
+size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base);
+
 static inline moe__cpu *moe__cpu_of(const moe_model *m) { return (moe__cpu *)m->be_state; }
 
 /* Pointers of layer l's tensors in base (the parameters or the gradients). */
@@ -48,7 +52,7 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
 
 moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
                             moe_losses *out);
-void moe__cpu_backward(moe_model *m, float grad_scale);
+moe_status moe__cpu_backward(moe_model *m, float grad_scale);
 
 void moe__cpu_zero_grad(moe_model *m);
 float moe__cpu_grad_norm(moe_model *m);
@@ -59,6 +63,11 @@ void moe__cpu_adamw_tensor(float *restrict p, float *restrict m, float *restrict
                            float clip, float b1, float b2, float eps, float decay, float step_size, float sqrt_bc2);
 void moe__cpu_bias_update(moe_model *m, const int64_t *loads, float rate);
 int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n);
+/* For every backend, on the host views: the first non-finite parameter (in tensor order) or
+ * gradient (in the order backward makes them), described in where; its kind, or 0. */
+int64_t moe__first_nonfinite(const float *x, int64_t n);
+int moe__nonfinite_params(const moe_model *m, char *where, size_t n);
+int moe__nonfinite_grads(const moe_model *m, char *where, size_t n);
 
 /* For tests: the MoE cache of layer l of the last forward (NULL for a dense layer). */
 const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l);

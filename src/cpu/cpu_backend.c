@@ -76,7 +76,7 @@ static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B
     return PM;
 }
 
-static size_t plan(moe_model *m, moe__cpu *s, char *base) {
+size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     const moe_config *c = &m->cfg;
     moe__planner p = {base, 0};
     int64_t B = m->max_batch, T = c->seq_len, N = B * T, C = c->n_embd, V = c->vocab_size, H = c->n_head;
@@ -144,12 +144,12 @@ static moe_status cpu_create(moe_model *m) {
     s->resid = calloc((size_t)c->n_layer + 1, sizeof(float *));
     s->la = calloc((size_t)c->n_layer, sizeof(moe__cpu_layer_act));
     if (!s->resid || !s->la) return moe__err(MOE_STATUS_NOMEM, "out of memory (activation plan)");
-    size_t bytes = plan(m, s, NULL);
+    size_t bytes = moe__cpu_plan(m, s, NULL);
     s->arena = moe__calloc(bytes);
     if (!s->arena)
         return moe__err(MOE_STATUS_NOMEM, "cannot allocate %.1f MiB of activations (batch %d x seq_len %d)",
                         (double)bytes / 1048576.0, m->max_batch, c->seq_len);
-    plan(m, s, s->arena);
+    moe__cpu_plan(m, s, s->arena);
     moe__rope_tables(s->rope_cos, s->rope_sin, c->seq_len, c->n_embd / c->n_head, c->rope_theta);
     return MOE_STATUS_OK;
 }
@@ -178,9 +178,10 @@ const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l) {
 }
 
 /* The host views are the buffers themselves. */
-static void cpu_sync(moe_model *m, moe__buf b) {
+static moe_status cpu_sync(moe_model *m, moe__buf b) {
     (void)m;
     (void)b;
+    return MOE_STATUS_OK;
 }
 
 const moe__backend moe__backend_cpu = {

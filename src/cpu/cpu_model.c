@@ -154,7 +154,7 @@ moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets,
 
 /* ---------------------------------------------------------------- backward */
 
-void moe__cpu_backward(moe_model *m, float grad_scale) {
+moe_status moe__cpu_backward(moe_model *m, float grad_scale) {
     moe__cpu *s = moe__cpu_of(m);
     const moe_config *c = &m->cfg;
     int B = m->B, T = m->T, C = c->n_embd, V = c->vocab_size, H = c->n_head;
@@ -212,5 +212,6 @@ void moe__cpu_backward(moe_model *m, float grad_scale) {
     t = moe__prof_begin(prof);
     moe__embedding_backward(g + m->off_embed, s->dresid, s->tokens, N, C);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
+    return MOE_STATUS_OK;
 }
 

@@ -92,43 +92,30 @@ void moe__cpu_bias_update(moe_model *m, const int64_t *loads, float rate) {
 
 /* ---------------------------------------------------------------- numerical faults */
 
-static int64_t first_nonfinite(const float *x, int64_t n) {
+int64_t moe__first_nonfinite(const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return i;
     return -1;
 }
 
-int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n) {
-    const moe_config *c = &m->cfg;
-    const moe__cpu *s = moe__cpu_of(m);
+int moe__nonfinite_params(const moe_model *m, char *where, size_t n) {
     for (int i = 0; i < m->n_tensors; i++) { // a parameter: it came from an earlier update
         const moe_tensor_info *t = &m->tensors[i].info;
-        int64_t k = first_nonfinite(m->params + t->offset, t->numel);
+        int64_t k = moe__first_nonfinite(m->params + t->offset, t->numel);
         if (k >= 0) {
             snprintf(where, n, "parameter '%s' (layer %d), element %lld = %g", t->name, t->layer, (long long)k,
                      m->params[t->offset + k]);
             return MOE_NONFINITE_PARAM;
         }
     }
-    int64_t NC = (int64_t)m->B * m->T * c->n_embd;
-    for (int l = 0; l < c->n_layer && m->B > 0; l++) { // the forward, block by block
-        if (!c->recompute && first_nonfinite(s->la[l].resid_mid, NC) >= 0) {
-            snprintf(where, n, "activations: the attention output of layer %d", l);
-            return MOE_NONFINITE_ACT;
-        }
-        if (first_nonfinite(s->resid[l + 1], NC) >= 0) {
-            snprintf(where, n, "activations: the %s output of layer %d", m->moe_slot[l] >= 0 ? "MoE" : "FFN", l);
-            return MOE_NONFINITE_ACT;
-        }
-    }
-    if (m->B > 0 && first_nonfinite(s->logits, (int64_t)m->B * m->T * c->vocab_size) >= 0) {
-        snprintf(where, n, "activations: the logits (lm_head)");
-        return MOE_NONFINITE_ACT;
-    }
+    return 0;
+}
+
+int moe__nonfinite_grads(const moe_model *m, char *where, size_t n) {
     for (int i = m->n_tensors - 1; i >= 0; i--) { // gradients, in the order backward makes them
         const moe_tensor_info *t = &m->tensors[i].info;
         if (t->group == MOE_GROUP_BUFFER) continue;
-        int64_t k = first_nonfinite(m->grads + t->offset, t->numel);
+        int64_t k = moe__first_nonfinite(m->grads + t->offset, t->numel);
         if (k >= 0) {
             snprintf(where, n, "gradient of '%s' (layer %d), element %lld = %g", t->name, t->layer, (long long)k,
                      m->grads[t->offset + k]);
@@ -136,4 +123,27 @@ int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n) {
         }
     }
     return 0;
+}
+
+int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n) {
+    const moe_config *c = &m->cfg;
+    const moe__cpu *s = moe__cpu_of(m);
+    int kind = moe__nonfinite_params(m, where, n);
+    if (kind) return kind;
+    int64_t NC = (int64_t)m->B * m->T * c->n_embd;
+    for (int l = 0; l < c->n_layer && m->B > 0; l++) { // the forward, block by block
+        if (!c->recompute && moe__first_nonfinite(s->la[l].resid_mid, NC) >= 0) {
+            snprintf(where, n, "activations: the attention output of layer %d", l);
+            return MOE_NONFINITE_ACT;
+        }
+        if (moe__first_nonfinite(s->resid[l + 1], NC) >= 0) {
+            snprintf(where, n, "activations: the %s output of layer %d", m->moe_slot[l] >= 0 ? "MoE" : "FFN", l);
+            return MOE_NONFINITE_ACT;
+        }
+    }
+    if (m->B > 0 && moe__first_nonfinite(s->logits, (int64_t)m->B * m->T * c->vocab_size) >= 0) {
+        snprintf(where, n, "activations: the logits (lm_head)");
+        return MOE_NONFINITE_ACT;
+    }
+    return moe__nonfinite_grads(m, where, n);
 }

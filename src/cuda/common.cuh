@@ -16,7 +16,7 @@ extern "C" moe_status moe__err(moe_status s, const char *fmt, ...);
 /* The status of the last launch or call: MOE_STATUS_OK, or an error naming what and where. */
 static inline moe_status moe__cuda_status(cudaError_t e, const char *what) {
     if (e == cudaSuccess) return MOE_STATUS_OK;
-    return moe__err(MOE_STATUS_NUMERIC, "CUDA: %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return moe__err(MOE_STATUS_DEVICE, "CUDA: %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 /* After a kernel launch: launch errors (bad configuration) now, execution errors at the next sync. */
 #define MOE_CUDA_LAUNCHED(what) moe__cuda_status(cudaGetLastError(), what)

@@ -66,6 +66,23 @@ moe_status moe__cuda_sumsq(double *out, double *scratch, const float *g, int64_t
 moe_status moe__cuda_adamw(float *p, float *m, float *v, const float *g, int64_t n, float clip, float b1, float b2,
                            float eps, float decay, float step_size, float sqrt_bc2);
 
+/* gemm.cu: products through cuBLAS (opened with dlopen at create), the shapes and accumulation
+ * of moe__matmul_forward/_backward; bf16 != 0 rounds both inputs to bf16 (fp32 accumulate) in
+ * the scratch given at create, which must hold the two inputs of the largest product. */
+typedef struct moe__cuda_blas moe__cuda_blas;
+size_t moe__cuda_blas_workspace_bytes(void);
+moe_status moe__cuda_blas_create(moe__cuda_blas **out, void *workspace, size_t workspace_bytes, void *bf16_scratch,
+                                 size_t scratch_bytes);
+void moe__cuda_blas_free(moe__cuda_blas *b);
+moe_status moe__cuda_matmul_forward(moe__cuda_blas *b, int bf16, float *out, const float *x, const float *w, int64_t N,
+                                    int I, int O, int accumulate);
+moe_status moe__cuda_matmul_backward(moe__cuda_blas *b, int bf16, float *dx, float *dw, const float *dout,
+                                     const float *x, const float *w, int64_t N, int I, int O);
+/* layers.cu: out = a + b (n floats; out may be a or b) */
+moe_status moe__cuda_add(float *out, const float *a, const float *b, int64_t n);
+/* cuda_device.cu: device-to-device copy, queued */
+moe_status moe__cuda_copy(void *dst, const void *src, size_t bytes);
+
 /* moe.cu: the MoE layer around the experts, for token-choice top-K (K slots a token).
  *
  * Dispatch mirrors moe__dispatch: the N*K assignments (row_of 0 from router_topk = routed) are

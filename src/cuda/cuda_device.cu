@@ -46,7 +46,11 @@ extern "C" moe_status moe__cuda_to_host(void *dst, const void *src, size_t bytes
 }
 
 extern "C" moe_status moe__cuda_memset(void *p, int v, size_t bytes) {
-    return moe__cuda_status(cudaMemset(p, v, bytes), "memset");
+    return moe__cuda_status(cudaMemsetAsync(p, v, bytes, 0), "memset");
 }
 
 extern "C" moe_status moe__cuda_sync(void) { return moe__cuda_status(cudaDeviceSynchronize(), "a kernel"); }
+
+extern "C" moe_status moe__cuda_copy(void *dst, const void *src, size_t bytes) {
+    return moe__cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0), "device copy");
+}

@@ -157,3 +157,13 @@ extern "C" moe_status moe__cuda_embedding_backward(float *gwte, const float *dx,
     embedding_backward_kernel<<<moe__cuda_blocks(C, 128), 128>>>(gwte, dx, tokens, N, C);
     return MOE_CUDA_LAUNCHED("embedding_backward");
 }
+
+static __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = a[i] + b[i];
+}
+
+extern "C" moe_status moe__cuda_add(float *out, const float *a, const float *b, int64_t n) {
+    add_kernel<<<moe__cuda_blocks(n, 256), 256>>>(out, a, b, n);
+    return MOE_CUDA_LAUNCHED("add");
+}

@@ -25,7 +25,12 @@ static moe_status save_tensors(const moe_model *m, const char *path, int64_t ste
         free(cfg);
         return moe__err(MOE_STATUS_NOMEM, "out of memory saving '%s'", path);
     }
-    m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
+    moe_status sync = m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
+    if (sync != MOE_STATUS_OK) {
+        free(e);
+        free(cfg);
+        return sync;
+    }
     const float *params = m->params;
     for (int i = 0; i < n; i++) {
         const moe_tensor_info *t = moe_model_tensor(m, i);
@@ -186,7 +191,7 @@ static moe_status load_experts(float *dst, const moe_tensor_info *t, int64_t E, 
 moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path) {
     int n = moe_model_n_tensors(m), ep, ep_rank, n_sh = 0;
     moe__model_ep(m, &ep, &ep_rank);
-    float *params = moe_model_params(m);
+    float *params = m->params; // the host view: every tensor is written, then read back (from_host)
     moe_status st = MOE_STATUS_OK;
     // a multi-rank checkpoint keeps its experts in shard files named by its step
     char *shv = moe__st_meta(f, "expert_shards"), *stepv = moe__st_meta(f, "step");
@@ -250,7 +255,7 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
         if (!moe_model_find(m, f->t[i].name))
             st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is not part of this model's config", path, f->t[i].name);
 done:
-    if (st == MOE_STATUS_OK) m->be->from_host(m, MOE_BUF_PARAMS);
+    if (st == MOE_STATUS_OK) st = m->be->from_host(m, MOE_BUF_PARAMS);
     for (int j = 0; j < n_sh && sh; j++) {
         moe__st_free(&sh[j]);
         if (sh_path) free(sh_path[j]);

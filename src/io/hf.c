@@ -120,7 +120,8 @@ static const char *rename_part(char *buf, size_t n, const char *name, const char
 /* The model's tensors under the family's names, and the family's extra tensors. */
 static moe_status collect(const moe_model *m, int qwen, out_list *o) {
     const moe_config *c = moe_model_config(m);
-    m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
+    moe_status sync = m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
+    if (sync != MOE_STATUS_OK) return sync;
     const float *params = m->params;
     static const char *const qwen_proj[] = {"gate_proj", "down_proj", "up_proj"}; // w1 w2 w3
     char name[512], tmp[512];
@@ -251,8 +252,8 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
     if (st != MOE_STATUS_OK) return st;
     out_list o = {NULL, 0, 0};
     moe__st_entry *e = NULL;
-    if (collect(m, qwen, &o) != MOE_STATUS_OK || !(e = calloc((size_t)(o.n ? o.n : 1), sizeof *e))) {
-        st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
+    if ((st = collect(m, qwen, &o)) != MOE_STATUS_OK || !(e = calloc((size_t)(o.n ? o.n : 1), sizeof *e))) {
+        if (st == MOE_STATUS_OK) st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
         goto done;
     }
     for (int i = 0; i < o.n; i++) {

@@ -45,7 +45,7 @@ struct moe__backend {
                           moe_losses *out);
     /* Backward of the last forward (which had targets): gradients accumulate, scaled by
      * grad_scale. COLLECTIVE (ep group) with expert parallelism. */
-    void (*backward)(moe_model *m, float grad_scale);
+    moe_status (*backward)(moe_model *m, float grad_scale);
     void (*zero_grad)(moe_model *m);
     /* Logits (B*T, V) of the last forward, readable on the host until the next forward. */
     const float *(*logits)(moe_model *m);
@@ -66,12 +66,13 @@ struct moe__backend {
     int (*locate_nonfinite)(const moe_model *m, char *where, size_t n);
 
     /* Makes the host view of b current (before reading it: checkpoints, exports). */
-    void (*to_host)(moe_model *m, moe__buf b);
+    moe_status (*to_host)(moe_model *m, moe__buf b);
     /* Reads the host view of b back (after writing it: initialisation, loading). */
-    void (*from_host)(moe_model *m, moe__buf b);
+    moe_status (*from_host)(moe_model *m, moe__buf b);
 };
 
-/* The CPU backend (cpu/). */
+/* The CPU backend (cpu/), and the CUDA backend (cuda/, in builds with MOE_HAVE_CUDA). */
 extern const moe__backend moe__backend_cpu;
+extern const moe__backend moe__backend_cuda;
 
 #endif

@@ -3,9 +3,9 @@
  * before creating models, what each device supports, and the checks that a selected device
  * exists. The device is not a config key: a checkpoint never records where it was trained.
  *
- * CUDA (issue 15) is checked here already: a build without it, a machine without a GPU, a bad
- * index, several MPI ranks, and the options the CUDA backend will not take each get their own
- * error. Its kernels are not written yet, so a model on CUDA is refused at creation.
+ * CUDA: a build without it, a machine without a GPU, a bad index, several MPI ranks, and the
+ * options the CUDA backend does not take yet each get their own error; moe_model_create then
+ * runs a model on the selected device (cuda/cuda_backend.c).
  */
 #include "model/model.h"
 #include "dist/dist.h"

@@ -48,7 +48,10 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
                         moe_model_config(dst)->vocab_size, moe_model_config(src)->vocab_size);
     uint8_t *used = calloc((size_t)(ns ? ns : 1), 1);
     if (!used) return moe__err(MOE_STATUS_NOMEM, "out of memory");
-    src->be->to_host((moe_model *)src, MOE_BUF_PARAMS);
+    if (src->be->to_host((moe_model *)src, MOE_BUF_PARAMS) != MOE_STATUS_OK) {
+        free(used);
+        return moe__err(MOE_STATUS_NUMERIC, "init from a model: %s", moe_last_error());
+    }
     float *dp = dst->params;
     const float *sp = src->params;
     moe_status st = MOE_STATUS_OK;
@@ -95,7 +98,7 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
             st = moe__err(MOE_STATUS_CONFIG, "init from a model: the source's tensor '%s' has no place in this config",
                           moe_model_tensor(src, i)->name);
     free(used);
-    if (st == MOE_STATUS_OK) dst->be->from_host(dst, MOE_BUF_PARAMS);
+    if (st == MOE_STATUS_OK) st = dst->be->from_host(dst, MOE_BUF_PARAMS);
     if (st == MOE_STATUS_OK && report) *report = r;
     return st;
 }

@@ -132,16 +132,21 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
                         (long long)max_batch * c->seq_len * c->top_k);
     const moe_device *dev = moe_device_selected();
     if ((st = moe_device_supports(dev, c)) != MOE_STATUS_OK) return st;
-    if (dev->kind != MOE_DEVICE_CPU) // the CUDA backend's kernels are issue 15's work
-        return moe__err(MOE_STATUS_ARG, "--device cuda:%d: the CUDA backend does not run models yet; use --device cpu",
-                        dev->index);
+#ifndef MOE_HAVE_CUDA
+    if (dev->kind != MOE_DEVICE_CPU) // moe_device_select refuses it first; a caller may not have called it
+        return moe__err(MOE_STATUS_ARG, "--device cuda: this build has no CUDA (configure with -DMOE_CUDA=ON where nvcc is installed)");
+#endif
     moe_model *m = calloc(1, sizeof *m);
     if (!m) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     m->cfg = *c;
     m->max_batch = max_batch;
     m->ep = moe__dist_get()->ep;
     m->ep_rank = moe__dist_get()->ep_rank;
+#ifdef MOE_HAVE_CUDA
+    m->be = dev->kind == MOE_DEVICE_CUDA ? &moe__backend_cuda : &moe__backend_cpu;
+#else
     m->be = &moe__backend_cpu;
+#endif
     st = build_table(m);
     if (st == MOE_STATUS_OK) st = m->be->create(m);
     if (st == MOE_STATUS_OK) st = create_stats(m);
@@ -190,8 +195,8 @@ void moe_model_init(moe_model *m, uint64_t seed) {
 const moe_config *moe_model_config(const moe_model *m) { return &m->cfg; }
 int moe_model_n_tensors(const moe_model *m) { return m->n_tensors; }
 const moe_tensor_info *moe_model_tensor(const moe_model *m, int i) { return &m->tensors[i].info; }
-float *moe_model_params(moe_model *m) { return m->params; }
-float *moe_model_grads(moe_model *m) { return m->grads; }
+float *moe_model_params(moe_model *m) { return m->be->to_host(m, MOE_BUF_PARAMS) == MOE_STATUS_OK ? m->params : NULL; }
+float *moe_model_grads(moe_model *m) { return m->be->to_host(m, MOE_BUF_GRADS) == MOE_STATUS_OK ? m->grads : NULL; }
 int64_t moe_model_n_params(const moe_model *m) { return m->n_params; }
 int moe_model_n_moe_layers(const moe_model *m) { return m->n_moe; }
 const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i) { return &m->stats[i]; }
@@ -248,8 +253,7 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
 
 moe_status moe_model_backward(moe_model *m, float grad_scale) {
     if (!m->has_targets) return moe__err(MOE_STATUS_ARG, "backward: the last forward had no targets");
-    m->be->backward(m, grad_scale);
-    return MOE_STATUS_OK;
+    return m->be->backward(m, grad_scale);
 }
 
 void moe_model_zero_grad(moe_model *m) { m->be->zero_grad(m); }

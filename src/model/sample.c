@@ -43,7 +43,12 @@ moe_status moe_model_sample(moe_model *m, const int *prompt, int n_prompt, int *
         int ctx = pos < T ? pos : T;
         st = moe_model_forward(m, seq + pos - ctx, NULL, 1, ctx, 0, NULL);
         if (st != MOE_STATUS_OK) break;
-        const float *l = moe_model_logits(m) + (int64_t)(ctx - 1) * V;
+        const float *l = moe_model_logits(m);
+        if (!l) {
+            st = MOE_STATUS_DEVICE;
+            break;
+        }
+        l += (int64_t)(ctx - 1) * V;
         int next = 0;
         if (temperature == 0.0f) {
             for (int i = 1; i < V; i++)

@@ -25,7 +25,8 @@ static moe_status save_state(moe_trainer *t, const char *path) {
     char head[MOE_STATE_HEADER];
     size_t hl = moe__state_header(&t->run, P, head);
     size_t opt_bytes = (size_t)P * 2 * sizeof(float);
-    m->be->to_host(m, MOE_BUF_OPT);
+    moe_status st = m->be->to_host(m, MOE_BUF_OPT);
+    if (st != MOE_STATUS_OK) return st;
     uint64_t sum = moe__fnv1a(MOE_FNV_INIT, head, hl);
     sum = moe__fnv1a(sum, m->opt, opt_bytes);
     const void *parts[] = {head, m->opt, &sum};
@@ -52,7 +53,7 @@ static moe_status load_state(moe_trainer *t, const char *path, int64_t model_ste
     if (st == MOE_STATUS_OK) {
         t->run = s;
         memcpy(t->m->opt, opt, (size_t)P * 2 * sizeof(float));
-        t->m->be->from_host(t->m, MOE_BUF_OPT);
+        st = t->m->be->from_host(t->m, MOE_BUF_OPT);
     }
     free(buf);
     return st;

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# test_cuda_train.sh MOE DATA — training on the GPU against the CPU, with shared checkpoints:
+#
+#   - 300 steps of the default model: the GPU's final validation loss (bf16, the GPU default,
+#     and fp32) is within 0.03 of the CPU's;
+#   - cross-backend resume: the step-250 checkpoint of a GPU run resumed on the CPU (and of a
+#     CPU run on the GPU) ends, 50 steps later, within 0.02 of the uninterrupted run's loss;
+#   - GPU -> GPU resume with the same dtype continues bit for bit (losses, gradient norms, loads,
+#     final weights).
+#
+# Exits 77 (skipped) where `moe train --device cuda` cannot run: no GPU, or a build without CUDA.
+# bench/gpu_check.sh runs it on the GPU machine; ctest runs it with the label cuda.
+set -uo pipefail
+MOE=$1
+DATA=$2
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+fails=0 checks=0
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+[ -f "$DATA" ] || { echo "test_cuda_train: skipped: no corpus at $DATA"; exit 77; }
+
+if ! "$MOE" train --data "$DATA" --out "$W/probe" --steps 1 --quiet --device cuda > "$W/probe.txt" 2>&1; then
+    if grep -q -e "no usable CUDA device" -e "has no CUDA" -e "cannot load cuBLAS" "$W/probe.txt"; then
+        echo "test_cuda_train: skipped: $(tail -1 "$W/probe.txt")"
+        exit 77
+    fi
+    echo "FAIL: a one-step GPU run: $(cat "$W/probe.txt")" >&2
+    exit 1
+fi
+
+# step, loss, grad norm and loads of every record (repr: exact floats)
+records() { python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if int(r["step"]) > int(sys.argv[2]):
+        print(r["step"], repr(r["loss"]), repr(r["grad_norm"]), [m["load"] for m in r["moe"]])
+' "$1" "${2:-0}"; }
+final() { python3 -c '
+import json, sys
+last = [json.loads(l) for l in open(sys.argv[1]) if "val_loss" in l][-1]
+print(last["val_loss"])' "$1"; }
+within() { python3 -c 'import sys; a, b, t = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= t else 1)' "$1" "$2" "$3"; }
+
+RUN=(train --data "$DATA" --steps 300 --quiet --set ckpt_every=50 --set keep_checkpoints=2)
+"$MOE" "${RUN[@]}" --out "$W/cpu" --device cpu || fail "the CPU run failed"
+"$MOE" "${RUN[@]}" --out "$W/gpu" --device cuda || fail "the GPU run (bf16) failed"
+"$MOE" "${RUN[@]}" --out "$W/gpu32" --device cuda --dtype fp32 || fail "the GPU run (fp32) failed"
+cpu=$(final "$W/cpu/metrics.jsonl") gpu=$(final "$W/gpu/metrics.jsonl") gpu32=$(final "$W/gpu32/metrics.jsonl")
+echo "300 steps: val loss cpu $cpu, gpu bf16 $gpu, gpu fp32 $gpu32"
+checks=$((checks + 2))
+within "$gpu" "$cpu" 0.03 || fail "GPU bf16 val loss $gpu is not within 0.03 of the CPU's $cpu"
+within "$gpu32" "$cpu" 0.03 || fail "GPU fp32 val loss $gpu32 is not within 0.03 of the CPU's $cpu"
+
+# resume the step-250 checkpoint of run $1 on device $2 (extra flags after), into $W/$3
+resume() {
+    local from=$1 dev=$2 to=$3
+    shift 3
+    mkdir -p "$W/$to"
+    cp "$W/$from/checkpoints/step-00000250/"* "$W/$to/" || { fail "$to: no step-250 checkpoint in $from"; return; }
+    "$MOE" train --data "$DATA" --out "$W/$to" --resume --quiet --device "$dev" "$@" || fail "$to: resume failed"
+}
+resume gpu cpu gpu_then_cpu
+resume cpu cuda cpu_then_gpu
+resume gpu cuda gpu_then_gpu
+a=$(final "$W/gpu_then_cpu/metrics.jsonl") b=$(final "$W/cpu_then_gpu/metrics.jsonl")
+echo "resumed at 250 for 50 steps: gpu->cpu $a (gpu straight $gpu), cpu->gpu $b (cpu straight $cpu)"
+checks=$((checks + 2))
+within "$a" "$gpu" 0.02 || fail "GPU->CPU resume ends at $a, not within 0.02 of the GPU run's $gpu"
+within "$b" "$cpu" 0.02 || fail "CPU->GPU resume ends at $b, not within 0.02 of the CPU run's $cpu"
+
+checks=$((checks + 2))
+records "$W/gpu/metrics.jsonl" 250 > "$W/straight.txt"
+records "$W/gpu_then_gpu/metrics.jsonl" 250 > "$W/resumed.txt"
+[ "$(wc -l < "$W/straight.txt")" -eq 50 ] || fail "the GPU run has $(wc -l < "$W/straight.txt") records after step 250"
+cmp -s "$W/straight.txt" "$W/resumed.txt" || { fail "GPU->GPU resume is not bit-exact"; diff "$W/straight.txt" "$W/resumed.txt" | head -5 >&2; }
+cmp -s "$W/gpu/model.safetensors" "$W/gpu_then_gpu/model.safetensors" || fail "GPU->GPU resume: final weights differ"
+
+echo "test_cuda_train: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
+[ $fails -eq 0 ]
