@@ -12,44 +12,15 @@
  * Exits 77 (skipped) where there is no usable GPU or the build has no CUDA: CI builds and runs
  * it without a GPU; bench/gpu_check.sh runs it on the GPU machine.
  */
-#include "check.h"
-#include "core/core.h"
+#include "cuda_check.h"
 #include "cpu/cpu.h"
-#include "cuda/cuda.h"
 #include "moe/moe_layer.h"
 #include "nn/nn.h"
 
 #include <string.h>
 
-static moe__rng rng;
-
-static float *randn(int64_t n, float std) {
-    float *p = malloc((size_t)(n ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) p[i] = std * moe__rng_normal(&rng);
-    return p;
-}
-
-/* A device copy of n bytes of x. */
-static void *dev(const void *x, size_t n) {
-    void *d;
-    CHECK_OK(moe__cuda_malloc(&d, n));
-    CHECK_OK(moe__cuda_to_device(d, x, n));
-    return d;
-}
-
 /* The device array d (n floats) in a new host array. */
-static float *host(const void *d, int64_t n) {
-    float *p = malloc((size_t)(n ? n : 1) * sizeof(float));
-    CHECK_OK(moe__cuda_sync());
-    CHECK_OK(moe__cuda_to_host(p, d, (size_t)n * sizeof(float)));
-    return p;
-}
-
-static double maxabs(const float *x, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
-    return m;
-}
+static float *host(const void *d, int64_t n) { return host_bytes(d, (size_t)n * sizeof(float)); }
 
 /* got (device, n floats) against want (host): rtol 1e-5, atol scale * the tensor's largest value
  * (1e-6 for elementwise results; 1e-5 for sums over many terms, whose order differs). */
@@ -60,17 +31,6 @@ static void compare_at(const void *got_dev, const float *want, int64_t n, double
 }
 #define compare(got, want, n, what) compare_at(got, want, n, 1e-6, what)
 #define compare_sum(got, want, n, what) compare_at(got, want, n, 1e-5, what)
-
-#define FREE_ALL(...)                                                                     \
-    do {                                                                                  \
-        void *ptrs_[] = {__VA_ARGS__};                                                    \
-        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) free(ptrs_[i_]);   \
-    } while (0)
-#define DFREE_ALL(...)                                                                               \
-    do {                                                                                             \
-        void *ptrs_[] = {__VA_ARGS__};                                                               \
-        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) moe__cuda_free(ptrs_[i_]);    \
-    } while (0)
 
 static void test_rmsnorm(int64_t N, int C) {
     size_t NC = (size_t)N * C * sizeof(float);

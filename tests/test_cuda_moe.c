@@ -20,29 +20,12 @@
  *
  * Exits 77 (skipped) where there is no usable GPU: CI builds and runs it without one.
  */
-#include "check.h"
-#include "core/core.h"
-#include "cuda/cuda.h"
+#include "cuda_check.h"
 #include "moe/moe_layer.h"
 
 #include <string.h>
 
-static moe__rng rng;
 static const char *case_name = "";
-
-static float *randn(int64_t n, float std) {
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) p[i] = std * moe__rng_normal(&rng);
-    return p;
-}
-
-/* A device copy of n bytes of x. */
-static void *dev(const void *x, size_t n) {
-    void *d;
-    CHECK_OK(moe__cuda_malloc(&d, n));
-    CHECK_OK(moe__cuda_to_device(d, x, n));
-    return d;
-}
 
 /* An uninitialised device buffer of n bytes, filled with 0xff so that stale values cannot pass. */
 static void *dev_out(size_t n) {
@@ -52,26 +35,12 @@ static void *dev_out(size_t n) {
     return d;
 }
 
-/* The device array d (n bytes) in a new host array. */
-static void *host(const void *d, size_t n) {
-    void *p = malloc(n ? n : 1);
-    CHECK_OK(moe__cuda_sync());
-    CHECK_OK(moe__cuda_to_host(p, d, n));
-    return p;
-}
-
-static double maxabs(const float *x, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
-    return m;
-}
-
 /* got (device, n floats) against want (host): rtol 1e-5 and atol scale * the tensor's largest
  * value; scale < 0 asks for equal bits. */
 static void compare_at(const void *got_dev, const float *want, int64_t n, double scale, const char *what) {
     char msg[256];
     snprintf(msg, sizeof msg, "%s: %s", case_name, what);
-    float *got = host(got_dev, (size_t)n * sizeof(float));
+    float *got = host_bytes(got_dev, (size_t)n * sizeof(float));
     if (scale < 0) CHECK_ARRAYS(got, want, n, 0.0, 0.0, msg);
     else CHECK_ARRAYS(got, want, n, scale * maxabs(want, n) + 1e-30, 1e-5, msg);
     free(got);
@@ -82,7 +51,7 @@ static void compare_at(const void *got_dev, const float *want, int64_t n, double
 
 /* Integers (elem 4: int, 8: int64_t) on the device against the host's: exactly. */
 static void compare_ints(const void *got_dev, const void *want, int64_t n, size_t elem, const char *what) {
-    char *got = host(got_dev, (size_t)n * elem);
+    char *got = host_bytes(got_dev, (size_t)n * elem);
     int64_t bad = 0, first = -1;
     for (int64_t i = 0; i < n; i++)
         if (memcmp(got + i * elem, (const char *)want + i * elem, elem)) bad++, first = first < 0 ? i : first;
@@ -98,22 +67,11 @@ static void compare_ints(const void *got_dev, const void *want, int64_t n, size_
 
 /* The two device arrays (n bytes) hold the same bits: a rerun gave the same result. */
 static void same_bits(const void *a_dev, const void *b_dev, size_t n, const char *what) {
-    void *a = host(a_dev, n), *b = host(b_dev, n);
+    void *a = host_bytes(a_dev, n), *b = host_bytes(b_dev, n);
     CHECK(memcmp(a, b, n) == 0, "%s: %s: a second run gave other bits", case_name, what);
     free(a);
     free(b);
 }
-
-#define FREE_ALL(...)                                                                     \
-    do {                                                                                  \
-        void *ptrs_[] = {__VA_ARGS__};                                                    \
-        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) free(ptrs_[i_]);   \
-    } while (0)
-#define DFREE_ALL(...)                                                                               \
-    do {                                                                                             \
-        void *ptrs_[] = {__VA_ARGS__};                                                               \
-        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) moe__cuda_free(ptrs_[i_]);    \
-    } while (0)
 
 typedef struct {
     const char *name;

@@ -89,9 +89,8 @@ static void block_forward(moe_model *m, int l, int B, int T, int training) {
     moe__prof_end(prof, MOE_PHASE_COMBINE, t);
 }
 
-/* Copies MoE layer l's routing statistics of the forward into its moe_layer_stats and adds its
- * losses to sums (aux, z, seq_aux, importance, load). */
-static void collect_stats(moe_model *m, int l, double *sums) {
+/* Copies MoE layer l's routing statistics and losses of the forward into its moe_layer_stats. */
+static void collect_stats(moe_model *m, int l) {
     const moe__moe_cache *mc = &moe__cpu_of(m)->la[l].mc;
     moe_layer_stats *st = &m->stats[m->moe_slot[l]];
     memcpy(st->load, mc->load, (size_t)m->n_exp[l] * sizeof(int64_t));
@@ -104,11 +103,6 @@ static void collect_stats(moe_model *m, int l, double *sums) {
     st->seq_aux = mc->seq_aux;
     st->importance = mc->imp_loss;
     st->load_loss = mc->load_loss;
-    sums[0] += mc->aux;
-    sums[1] += mc->z;
-    sums[2] += mc->seq_aux;
-    sums[3] += mc->imp_loss;
-    sums[4] += mc->load_loss;
 }
 
 moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
@@ -122,34 +116,17 @@ moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets,
     double *prof = m->prof, t = moe__prof_begin(prof);
     moe__embedding_forward(s->resid[0], m->params + m->off_embed, tokens, N, C);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
-    double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0}; // aux, z, seq_aux, importance, load
     for (int l = 0; l < c->n_layer; l++) {
         block_forward(m, l, B, T, training);
-        if (m->moe_slot[l] >= 0) collect_stats(m, l, sums);
+        if (m->moe_slot[l] >= 0) collect_stats(m, l);
     }
     t = moe__prof_begin(prof);
     moe__rmsnorm_forward(s->lnf, s->rstdf, s->resid[c->n_layer], m->params + m->off_normf, N, C, c->norm_eps);
     moe__matmul_forward(s->logits, s->lnf, m->params + m->off_lm, N, C, V, 0);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
     if (!out) return MOE_STATUS_OK;
-    memset(out, 0, sizeof *out);
-    if (m->n_moe) {
-        out->aux = (float)(sums[0] / m->n_moe);
-        out->z = (float)(sums[1] / m->n_moe);
-        out->seq_aux = (float)(sums[2] / m->n_moe);
-        out->importance = (float)(sums[3] / m->n_moe);
-        out->load = (float)(sums[4] / m->n_moe);
-    }
-    if (targets) {
-        out->ce = moe__crossentropy(NULL, s->row_loss, s->logits, targets, N, V, 1.0f);
-        out->total = out->ce + c->aux_loss_coef * out->aux + c->z_loss_coef * out->z +
-                     c->seq_aux_loss_coef * out->seq_aux + c->importance_loss_coef * out->importance +
-                     c->load_loss_coef * out->load;
-    }
-    if (!isfinite(out->ce) || !isfinite(out->aux) || !isfinite(out->z))
-        return moe__err(MOE_STATUS_NUMERIC, "forward: loss is not finite (ce %g, aux %g, z %g)", out->ce,
-                        out->aux, out->z);
-    return MOE_STATUS_OK;
+    float ce = targets ? moe__crossentropy(NULL, s->row_loss, s->logits, targets, N, V, 1.0f) : 0.0f;
+    return moe__model_losses(m, targets != NULL, ce, out);
 }
 
 /* ---------------------------------------------------------------- backward */

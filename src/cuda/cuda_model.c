@@ -167,35 +167,18 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
 }
 
 /* The losses of the forward, read back once: the cross-entropy and each MoE layer's aux, z and
- * sequence losses (into m->stats and, averaged over the MoE layers, out). */
+ * sequence losses (into m->stats, then moe__model_losses). */
 static moe_status read_losses(moe_model *m, int targets, moe_losses *out) {
     moe__cuda *s = moe__cuda_of(m);
-    const moe_config *c = &m->cfg;
     TRY(moe__cuda_sync());
     TRY(moe__cuda_to_host(s->h_scal, s->scal, (size_t)(1 + 3 * m->n_moe) * sizeof(float)));
-    double sums[3] = {0.0, 0.0, 0.0};
     for (int i = 0; i < m->n_moe; i++) {
         moe_layer_stats *st = &m->stats[i];
         st->aux = s->h_scal[1 + 3 * i];
         st->z = s->h_scal[2 + 3 * i];
         st->seq_aux = s->h_scal[3 + 3 * i];
-        sums[0] += st->aux, sums[1] += st->z, sums[2] += st->seq_aux;
     }
-    if (!out) return MOE_STATUS_OK;
-    memset(out, 0, sizeof *out);
-    if (m->n_moe) {
-        out->aux = (float)(sums[0] / m->n_moe);
-        out->z = (float)(sums[1] / m->n_moe);
-        out->seq_aux = (float)(sums[2] / m->n_moe);
-    }
-    if (targets) {
-        out->ce = s->h_scal[0];
-        out->total = out->ce + c->aux_loss_coef * out->aux + c->z_loss_coef * out->z + c->seq_aux_loss_coef * out->seq_aux;
-    }
-    if (!isfinite(out->ce) || !isfinite(out->aux) || !isfinite(out->z))
-        return moe__err(MOE_STATUS_NUMERIC, "forward: loss is not finite (ce %g, aux %g, z %g)", out->ce, out->aux,
-                        out->z);
-    return MOE_STATUS_OK;
+    return out ? moe__model_losses(m, targets, s->h_scal[0], out) : MOE_STATUS_OK;
 }
 
 moe_status moe__cuda_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,

@@ -231,6 +231,33 @@ int64_t moe_model_active_params(const moe_model *m) {
 
 /* ---------------------------------------------------------------- running: the backend */
 
+moe_status moe__model_losses(const moe_model *m, int targets, float ce, moe_losses *out) {
+    const moe_config *c = &m->cfg;
+    double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0}; // aux, z, seq_aux, importance, load
+    for (int i = 0; i < m->n_moe; i++) {
+        const moe_layer_stats *st = &m->stats[i];
+        sums[0] += st->aux, sums[1] += st->z, sums[2] += st->seq_aux, sums[3] += st->importance, sums[4] += st->load_loss;
+    }
+    memset(out, 0, sizeof *out);
+    if (m->n_moe) {
+        out->aux = (float)(sums[0] / m->n_moe);
+        out->z = (float)(sums[1] / m->n_moe);
+        out->seq_aux = (float)(sums[2] / m->n_moe);
+        out->importance = (float)(sums[3] / m->n_moe);
+        out->load = (float)(sums[4] / m->n_moe);
+    }
+    if (targets) {
+        out->ce = ce;
+        out->total = out->ce + c->aux_loss_coef * out->aux + c->z_loss_coef * out->z +
+                     c->seq_aux_loss_coef * out->seq_aux + c->importance_loss_coef * out->importance +
+                     c->load_loss_coef * out->load;
+    }
+    if (!isfinite(out->ce) || !isfinite(out->aux) || !isfinite(out->z))
+        return moe__err(MOE_STATUS_NUMERIC, "forward: loss is not finite (ce %g, aux %g, z %g)", out->ce,
+                        out->aux, out->z);
+    return MOE_STATUS_OK;
+}
+
 moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
                              moe_losses *out) {
     const moe_config *c = &m->cfg;

@@ -61,6 +61,10 @@ struct moe_model {
     void *be_state;
 };
 
+/* A forward's losses from its routing statistics (m->stats: each MoE layer's losses, averaged
+ * over the layers) and its cross-entropy ce (with targets): moe_model_forward's out, for every
+ * backend. MOE_STATUS_NUMERIC when a loss is not finite. */
+moe_status moe__model_losses(const moe_model *m, int targets, float ce, moe_losses *out);
 /* Slots per token a layer with E experts may use in training (its widest routing). */
 int64_t moe__model_max_slots(const moe_config *c, int E);
 /* Seeds the random draws (noise, jitter, random routing) of the next training forwards. */

@@ -1,0 +1,54 @@
+/*
+ * cuda_check.h — what the CUDA tests share (after check.h): random host arrays, device copies
+ * of host arrays and host copies of device arrays (every call checked), a tensor's largest value.
+ */
+#ifndef MOE_TEST_CUDA_CHECK_H
+#define MOE_TEST_CUDA_CHECK_H
+
+#include "check.h"
+#include "core/core.h"
+#include "cuda/cuda.h"
+
+static moe__rng rng;
+
+static float *randn(int64_t n, float std) {
+    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) p[i] = std * moe__rng_normal(&rng);
+    return p;
+}
+
+/* A device copy of n bytes of x. */
+static void *dev(const void *x, size_t n) {
+    void *d;
+    CHECK_OK(moe__cuda_malloc(&d, n));
+    CHECK_OK(moe__cuda_to_device(d, x, n));
+    return d;
+}
+
+/* The device array d (n bytes) in a new host array, after the queued work. */
+static void *host_bytes(const void *d, size_t n) {
+    void *p = malloc(n ? n : 1);
+    CHECK_OK(moe__cuda_sync());
+    CHECK_OK(moe__cuda_to_host(p, d, n));
+    return p;
+}
+
+static double maxabs(const float *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    return m;
+}
+
+/* free (host) or moe__cuda_free (device) each pointer */
+#define FREE_ALL(...)                                                                     \
+    do {                                                                                  \
+        void *ptrs_[] = {__VA_ARGS__};                                                    \
+        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) free(ptrs_[i_]);   \
+    } while (0)
+#define DFREE_ALL(...)                                                                               \
+    do {                                                                                             \
+        void *ptrs_[] = {__VA_ARGS__};                                                               \
+        for (size_t i_ = 0; i_ < sizeof ptrs_ / sizeof ptrs_[0]; i_++) moe__cuda_free(ptrs_[i_]);    \
+    } while (0)
+
+#endif
