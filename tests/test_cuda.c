@@ -296,6 +296,26 @@ static void test_gemm(moe__cuda_blas *b, int64_t N, int I, int O, int bf16) {
     DFREE_ALL(dX, dW, dD, dO, dDx, dDw);
 }
 
+/* Forward overwriting (beta 0, over garbage) and a backward with dx or dw left out (NULL). */
+static void test_gemm_overwrite(moe__cuda_blas *b, int64_t N, int I, int O) {
+    int64_t nx = N * I, nw = (int64_t)O * I, no = N * O;
+    float *x = randn(nx, 1), *w = randn(nw, 0.1f), *dout = randn(no, 1), *out = randn(no, 1), *dx = randn(nx, 1);
+    float *dw = randn(nw, 1);
+    void *dX = dev(x, (size_t)nx * 4), *dW = dev(w, (size_t)nw * 4), *dD = dev(dout, (size_t)no * 4);
+    void *dO = dev(out, (size_t)no * 4), *dDx = dev(dx, (size_t)nx * 4), *dDw = dev(dw, (size_t)nw * 4);
+    moe__matmul_forward(out, x, w, N, I, O, 0);
+    moe__matmul_backward(NULL, dw, dout, x, w, N, I, O);
+    moe__matmul_backward(dx, NULL, dout, x, w, N, I, O);
+    CHECK_OK(moe__cuda_matmul_forward(b, 0, dO, dX, dW, N, I, O, 0));
+    CHECK_OK(moe__cuda_matmul_backward(b, 0, NULL, dDw, dD, dX, dW, N, I, O));
+    CHECK_OK(moe__cuda_matmul_backward(b, 0, dDx, NULL, dD, dX, dW, N, I, O));
+    compare_sum(dO, out, no, "matmul forward (overwritten)");
+    compare_sum(dDw, dw, nw, "matmul backward: dw alone");
+    compare_sum(dDx, dx, nx, "matmul backward: dx alone");
+    FREE_ALL(x, w, dout, out, dx, dw);
+    DFREE_ALL(dX, dW, dD, dO, dDx, dDw);
+}
+
 static void test_gemms(void) {
     size_t ws = moe__cuda_blas_workspace_bytes(), sb = (size_t)2 * 2 * 1000 * 1000;
     void *dws, *dsc;
@@ -307,7 +327,10 @@ static void test_gemms(void) {
     for (int bf16 = 0; bf16 <= 1; bf16++)
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
             test_gemm(b, shapes[i][0], shapes[i][1], shapes[i][2], bf16);
+    test_gemm_overwrite(b, 65, 48, 80);
     CHECK_OK(moe__cuda_matmul_forward(b, 0, dsc, dsc, dsc, 0, 4, 4, 0)); // no rows: nothing to do
+    CHECK(moe__cuda_matmul_forward(b, 1, dsc, dsc, dsc, 1000, 1000, 1000, 0) == MOE_STATUS_ARG,
+          "a bf16 product larger than the scratch is refused");
     moe__cuda_blas_free(b);
     DFREE_ALL(dws, dsc);
 }

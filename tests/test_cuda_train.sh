@@ -6,7 +6,8 @@
 #   - cross-backend resume: the step-250 checkpoint of a GPU run resumed on the CPU (and of a
 #     CPU run on the GPU) ends, 50 steps later, within 0.02 of the uninterrupted run's loss;
 #   - GPU -> GPU resume with the same dtype continues bit for bit (losses, gradient norms, loads,
-#     final weights).
+#     final weights);
+#   - the NaN report names the tensor, as on the CPU (a skipped step, a stopped run).
 #
 # Exits 77 (skipped) where `moe train --device cuda` cannot run: no GPU, or a build without CUDA.
 # bench/gpu_check.sh runs it on the GPU machine; ctest runs it with the label cuda.
@@ -42,39 +43,59 @@ last = [json.loads(l) for l in open(sys.argv[1]) if "val_loss" in l][-1]
 print(last["val_loss"])' "$1"; }
 within() { python3 -c 'import sys; a, b, t = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= t else 1)' "$1" "$2" "$3"; }
 
-RUN=(train --data "$DATA" --steps 300 --quiet --set ckpt_every=50 --set keep_checkpoints=2)
+# MOE_CUDA_TRAIN_STEPS (a multiple of 50, at least 100; default 300) shortens the run to check
+# this script itself, with a MOE wrapper that maps --device cuda to cpu
+STEPS=${MOE_CUDA_TRAIN_STEPS:-300}
+AT=$(printf "%08d" $((STEPS - 50)))
+RUN=(train --data "$DATA" --steps "$STEPS" --quiet --set ckpt_every=50 --set keep_checkpoints=2)
 "$MOE" "${RUN[@]}" --out "$W/cpu" --device cpu || fail "the CPU run failed"
 "$MOE" "${RUN[@]}" --out "$W/gpu" --device cuda || fail "the GPU run (bf16) failed"
 "$MOE" "${RUN[@]}" --out "$W/gpu32" --device cuda --dtype fp32 || fail "the GPU run (fp32) failed"
 cpu=$(final "$W/cpu/metrics.jsonl") gpu=$(final "$W/gpu/metrics.jsonl") gpu32=$(final "$W/gpu32/metrics.jsonl")
-echo "300 steps: val loss cpu $cpu, gpu bf16 $gpu, gpu fp32 $gpu32"
+echo "$STEPS steps: val loss cpu $cpu, gpu bf16 $gpu, gpu fp32 $gpu32"
 checks=$((checks + 2))
 within "$gpu" "$cpu" 0.03 || fail "GPU bf16 val loss $gpu is not within 0.03 of the CPU's $cpu"
 within "$gpu32" "$cpu" 0.03 || fail "GPU fp32 val loss $gpu32 is not within 0.03 of the CPU's $cpu"
 
-# resume the step-250 checkpoint of run $1 on device $2 (extra flags after), into $W/$3
+# resume the step-(STEPS-50) checkpoint of run $1 on device $2 (extra flags after), into $W/$3
 resume() {
     local from=$1 dev=$2 to=$3
     shift 3
     mkdir -p "$W/$to"
-    cp "$W/$from/checkpoints/step-00000250/"* "$W/$to/" || { fail "$to: no step-250 checkpoint in $from"; return; }
+    cp "$W/$from/checkpoints/step-$AT/"* "$W/$to/" || { fail "$to: no step-$AT checkpoint in $from"; return; }
     "$MOE" train --data "$DATA" --out "$W/$to" --resume --quiet --device "$dev" "$@" || fail "$to: resume failed"
 }
 resume gpu cpu gpu_then_cpu
 resume cpu cuda cpu_then_gpu
 resume gpu cuda gpu_then_gpu
 a=$(final "$W/gpu_then_cpu/metrics.jsonl") b=$(final "$W/cpu_then_gpu/metrics.jsonl")
-echo "resumed at 250 for 50 steps: gpu->cpu $a (gpu straight $gpu), cpu->gpu $b (cpu straight $cpu)"
+echo "resumed at $((STEPS - 50)) for 50 steps: gpu->cpu $a (gpu straight $gpu), cpu->gpu $b (cpu straight $cpu)"
 checks=$((checks + 2))
 within "$a" "$gpu" 0.02 || fail "GPU->CPU resume ends at $a, not within 0.02 of the GPU run's $gpu"
 within "$b" "$cpu" 0.02 || fail "CPU->GPU resume ends at $b, not within 0.02 of the CPU run's $cpu"
 
 checks=$((checks + 2))
-records "$W/gpu/metrics.jsonl" 250 > "$W/straight.txt"
-records "$W/gpu_then_gpu/metrics.jsonl" 250 > "$W/resumed.txt"
-[ "$(wc -l < "$W/straight.txt")" -eq 50 ] || fail "the GPU run has $(wc -l < "$W/straight.txt") records after step 250"
+records "$W/gpu/metrics.jsonl" $((STEPS - 50)) > "$W/straight.txt"
+records "$W/gpu_then_gpu/metrics.jsonl" $((STEPS - 50)) > "$W/resumed.txt"
+[ "$(wc -l < "$W/straight.txt")" -eq 50 ] || fail "the GPU run has $(wc -l < "$W/straight.txt") records in its last 50 steps"
 cmp -s "$W/straight.txt" "$W/resumed.txt" || { fail "GPU->GPU resume is not bit-exact"; diff "$W/straight.txt" "$W/resumed.txt" | head -5 >&2; }
 cmp -s "$W/gpu/model.safetensors" "$W/gpu_then_gpu/model.safetensors" || fail "GPU->GPU resume: final weights differ"
+
+# the NaN report as on the CPU: a NaN gradient skipped and named; a NaN parameter stops the run
+# naming it, and the checkpoint keeps the last good step
+G=model.layers.1.block_sparse_moe.experts.w2.weight Q=model.layers.1.self_attn.q_proj.weight
+SHORT=(train --data "$DATA" --quiet --device cuda --set eval_every=0 --set log_every=1)
+checks=$((checks + 2))
+MOE_TEST_FAULT=3:grad_nan:$G "$MOE" "${SHORT[@]}" --steps 5 --out "$W/skip" --set nonfinite_policy=skip \
+    || fail "NaN skip: the run failed"
+grep '"step":3,' "$W/skip/metrics.jsonl" | grep -q "first non-finite value: gradient of '$G'" \
+    || fail "NaN skip: step 3 is not recorded as skipped naming $G"
+"$MOE" "${SHORT[@]}" --steps 2 --out "$W/poison" || fail "NaN stop: the first run failed"
+cp "$W/poison/model.safetensors" "$W/poison.model"
+MOE_TEST_FAULT=3:param_nan:$Q "$MOE" "${SHORT[@]}" --steps 5 --out "$W/poison" --resume > "$W/poison.txt" 2>&1 \
+    && fail "NaN stop: a poisoned run succeeded"
+grep -q "first non-finite value: parameter '$Q'" "$W/poison.txt" && cmp -s "$W/poison.model" "$W/poison/model.safetensors" \
+    || fail "NaN stop: $(tail -2 "$W/poison.txt")"
 
 echo "test_cuda_train: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
 [ $fails -eq 0 ]

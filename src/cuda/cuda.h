@@ -70,6 +70,7 @@ moe_status moe__cuda_adamw(float *p, float *m, float *v, const float *g, int64_t
  * of moe__matmul_forward/_backward; bf16 != 0 rounds both inputs to bf16 (fp32 accumulate) in
  * the scratch given at create, which must hold the two inputs of the largest product. */
 typedef struct moe__cuda_blas moe__cuda_blas;
+#define MOE_CUDA_BF16_ALIGN 64 /* elements: the second input in the scratch starts on 128 bytes */
 size_t moe__cuda_blas_workspace_bytes(void);
 moe_status moe__cuda_blas_create(moe__cuda_blas **out, void *workspace, size_t workspace_bytes, void *bf16_scratch,
                                  size_t scratch_bytes);

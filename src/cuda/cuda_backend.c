@@ -29,10 +29,10 @@ static size_t bf16_elems(const moe_model *m) {
     const moe_config *c = &m->cfg;
     int64_t N = (int64_t)m->max_batch * c->seq_len, C = c->n_embd, V = c->vocab_size, Fd = c->ffn_hidden;
     int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, P = N * c->top_k;
-    int64_t sizes[] = {N * V, V * C, N * C, N * Fd, Fd * C, P * F, P * C, F * C, N * SF, SF * C};
+    int64_t sizes[] = {N * V, V * C, N * C, C * C, N * Fd, Fd * C, P * F, P * C, F * C, N * SF, SF * C};
     int64_t mx = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) mx = sizes[i] > mx ? sizes[i] : mx;
-    return (size_t)(2 * mx);
+    return (size_t)(2 * mx + MOE_CUDA_BF16_ALIGN); // the second input starts aligned
 }
 
 static size_t small_bytes(const moe_model *m) {
@@ -65,7 +65,9 @@ moe_status moe__cuda_plan_size(moe_model *m, size_t dispatch_bytes, int bf16, in
     out->bf16 = bf16 ? up(bf16_elems(m) * 2) : 0;
     out->workspace = up(moe__cuda_blas_workspace_bytes());
     out->small = small_bytes(m);
-    out->total = out->params + out->grads + out->opt + out->acts + out->dispatch + out->bf16 + out->workspace + out->small;
+    out->reserve = (size_t)64 << 20;
+    out->total = out->params + out->grads + out->opt + out->acts + out->dispatch + out->bf16 + out->workspace + out->small +
+                 out->reserve;
     return MOE_STATUS_OK;
 }
 
@@ -74,10 +76,11 @@ moe_status moe__cuda_plan_fits(const moe__cuda_plan_bytes *b, size_t free_bytes,
     const double G = 1073741824.0;
     return moe__err(MOE_STATUS_NOMEM,
                     "--device cuda:%d: the memory plan needs %.3f GiB (%zu bytes: parameters %.3f, gradients %.3f, "
-                    "AdamW moments %.3f, activations %.3f, scratch %.3f GiB) but the device has %.3f GiB (%zu bytes) "
-                    "free; lower --batch-size or seq_len, or use --dtype fp32 to drop the bf16 scratch",
+                    "AdamW moments %.3f, activations %.3f, scratch %.3f, kept for cuBLAS and CUB %.3f GiB) but the "
+                    "device has %.3f GiB (%zu bytes) free; lower --batch-size or seq_len, or use --dtype fp32 to drop "
+                    "the bf16 scratch",
                     index, b->total / G, b->total, b->params / G, b->grads / G, b->opt / G, b->acts / G,
-                    (b->dispatch + b->bf16 + b->workspace + b->small) / G, free_bytes / G, free_bytes);
+                    (b->dispatch + b->bf16 + b->workspace + b->small) / G, b->reserve / G, free_bytes / G, free_bytes);
 }
 
 static void cuda_free(moe_model *m) {
@@ -124,7 +127,7 @@ static moe_status device_setup(moe_model *m, moe__cuda *s) {
     if (st == MOE_STATUS_OK) st = moe__cuda_plan_size(m, disp, s->bf16, 0, &b);
     if (st == MOE_STATUS_OK) st = moe__cuda_plan_fits(&b, free_b, s->index);
     if (st == MOE_STATUS_OK) st = moe__cuda_malloc((void **)&s->p, b.params + b.grads);
-    if (st == MOE_STATUS_OK) st = moe__cuda_malloc((void **)&s->arena, b.total - b.params - b.grads);
+    if (st == MOE_STATUS_OK) st = moe__cuda_malloc((void **)&s->arena, b.total - b.params - b.grads - b.reserve);
     if (st != MOE_STATUS_OK) return st;
     s->g = (float *)((char *)s->p + b.params);
     carve(m, s, &b);
@@ -190,6 +193,9 @@ static void buffer(moe_model *m, moe__buf b, float **host, float **dev, size_t *
 }
 
 static moe_status cuda_to_host(moe_model *m, moe__buf b) {
+    moe__cuda *s = moe__cuda_of(m);
+    if (s->err != MOE_STATUS_OK) // an optimizer step failed: its buffers are not to be saved
+        return moe__err(s->err, "the GPU failed earlier: %s", moe_last_error());
     float *h, *d;
     size_t bytes;
     buffer(m, b, &h, &d, &bytes);

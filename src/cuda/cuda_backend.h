@@ -23,7 +23,9 @@
 
 /* Bytes of each part of the plan (host arithmetic only: it runs without a GPU). */
 typedef struct {
-    size_t params, grads, opt, acts, dispatch, bf16, workspace, small, total;
+    size_t params, grads, opt, acts, dispatch, bf16, workspace, small;
+    size_t reserve;               /* not allocated: left free for what cuBLAS and CUB allocate */
+    size_t total;
 } moe__cuda_plan_bytes;
 
 typedef struct {

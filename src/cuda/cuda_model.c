@@ -69,17 +69,11 @@ static moe_status moe_forward(moe_model *m, int l, float *y, const float *x, int
     TRY(moe__cuda_dispatch(mc->row_of, mc->row_token, mc->offsets, mc->load, s->dispatch, s->dispatch_bytes, mc->sel,
                            mc->scores, N, E, K, cap, d.drop_policy == MOE_DROP_PROBABILITY));
     TRY(moe__cuda_router_losses(scal, scal + 2, mc->f, mc->seq_f, mc->load, mc->probs, mc->sel, N, T, E, K));
-    // the row counts: offsets (E+1) and load (E) lie together in the plan (moe__moe_plan_cache)
+    // the row counts, the step's one wait inside a layer: offsets (E+1), then load (E)
     int64_t *h = layer_counts(m, l);
-    size_t span = (size_t)((char *)(mc->load + E) - (char *)mc->offsets);
-    int64_t *tmp = malloc(span);
-    if (!tmp) return moe__err(MOE_STATUS_NOMEM, "out of memory");
-    moe_status st = moe__cuda_sync();
-    if (st == MOE_STATUS_OK) st = moe__cuda_to_host(tmp, mc->offsets, span);
-    memcpy(h, tmp, (size_t)(E + 1) * sizeof(int64_t));
-    memcpy(h + E + 1, (char *)tmp + ((char *)mc->load - (char *)mc->offsets), (size_t)E * sizeof(int64_t));
-    free(tmp);
-    if (st != MOE_STATUS_OK) return st;
+    TRY(moe__cuda_sync());
+    TRY(moe__cuda_to_host(h, mc->offsets, (size_t)(E + 1) * sizeof(int64_t)));
+    TRY(moe__cuda_to_host(h + E + 1, mc->load, (size_t)E * sizeof(int64_t)));
     const int64_t *off = h, *load = h + E + 1;
     TRY(moe__cuda_gather_rows(mc->xe, x, mc->row_token, off[E], C));
     for (int e = 0; e < E; e++) {

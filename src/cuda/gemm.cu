@@ -70,7 +70,7 @@ extern "C" moe_status moe__cuda_blas_create(moe__cuda_blas **out, void *workspac
     b->lib = open_cublas();
     if (!b->lib) {
         free(b);
-        return moe__err(MOE_STATUS_ARG, "--device cuda: cannot load cuBLAS (libcublas.so.13): %s", dlerror());
+        return moe__err(MOE_STATUS_DEVICE, "--device cuda: cannot load cuBLAS (libcublas.so.13): %s", dlerror());
     }
     create_fn create = (create_fn)dlsym(b->lib, "cublasCreate_v2");
     workspace_fn set_ws = (workspace_fn)dlsym(b->lib, "cublasSetWorkspace_v2");
@@ -82,7 +82,7 @@ extern "C" moe_status moe__cuda_blas_create(moe__cuda_blas **out, void *workspac
     b->scratch_elems = scratch_bytes / sizeof(__nv_bfloat16);
     moe_status st = MOE_STATUS_OK;
     if (!create || !set_ws || !set_math || !b->destroy || !b->string || !b->gemm)
-        st = moe__err(MOE_STATUS_ARG, "--device cuda: cuBLAS lacks a function moe needs (cuBLAS 12 or newer)");
+        st = moe__err(MOE_STATUS_DEVICE, "--device cuda: cuBLAS lacks a function moe needs (cuBLAS 12 or newer)");
     if (st == MOE_STATUS_OK) st = blas_status(b, create(&b->h), "create a handle");
     if (st == MOE_STATUS_OK) st = blas_status(b, set_ws(b->h, workspace, workspace_bytes), "set the workspace");
     if (st == MOE_STATUS_OK) st = blas_status(b, set_math(b->h, CUBLAS_DEFAULT_MATH), "set the math mode");
@@ -112,12 +112,13 @@ static moe_status operands(moe__cuda_blas *b, int bf16, const float *a, int64_t 
                            const void **ao, const void **bo, cudaDataType *type) {
     *ao = a, *bo = bb, *type = CUDA_R_32F;
     if (!bf16) return MOE_STATUS_OK;
-    if ((size_t)(na + nb) > b->scratch_elems)
+    int64_t at = (na + MOE_CUDA_BF16_ALIGN - 1) / MOE_CUDA_BF16_ALIGN * MOE_CUDA_BF16_ALIGN; // aligned for tensor cores
+    if ((size_t)(at + nb) > b->scratch_elems)
         return moe__err(MOE_STATUS_ARG, "cuBLAS: a product of %lld + %lld inputs exceeds the planned bf16 scratch (%zu)",
                         (long long)na, (long long)nb, b->scratch_elems);
     to_bf16_kernel<<<moe__cuda_blocks(na, 256), 256>>>(b->scratch, a, na);
-    to_bf16_kernel<<<moe__cuda_blocks(nb, 256), 256>>>(b->scratch + na, bb, nb);
-    *ao = b->scratch, *bo = b->scratch + na, *type = CUDA_R_16BF;
+    to_bf16_kernel<<<moe__cuda_blocks(nb, 256), 256>>>(b->scratch + at, bb, nb);
+    *ao = b->scratch, *bo = b->scratch + at, *type = CUDA_R_16BF;
     return MOE_CUDA_LAUNCHED("bf16 rounding of a product's inputs");
 }
 
