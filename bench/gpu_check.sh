@@ -56,6 +56,7 @@ run)
     check test_cuda_moe 30 "$DIR/test_cuda_moe"
     check test_cuda_model 30 "$DIR/test_cuda_model"
     check test_cuda_train 150 bash tests/test_cuda_train.sh "$DIR/moe" "$DIR/tinyshakespeare.txt"
+    mkdir -p "$OUT"
     tar -czf "$OUT/gpu_check.tar.gz" -C "$LOG" . && echo "gpu_check: logs in $OUT/gpu_check.tar.gz"
     rm -rf "$LOG"
     exit $status
