@@ -43,4 +43,33 @@ template <bool square> static __global__ void moe__mean_kernel(float *out, const
     if (threadIdx.x == 0) *out = (float)(shared[0] / (double)n);
 }
 
+/* ---------------------------------------------------------------- shared by the MoE-layer files */
+
+// The row markers of moe/moe_layer.h, which includes the C11-only core.h: keep them equal
+// (test_cuda_moe compares row_of with the CPU's, markers included).
+#define MOE_ROW_DROPPED (-1)
+#define MOE_ROW_UNROUTED (-2)
+
+#define MOE_THREADS 256
+#define MOE_WARP 32
+
+#define GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+// one warp an item: the loop is uniform over the warp, so shuffles inside it are safe
+#define WARP_STRIDE(i, n)                                                                      \
+    for (int64_t i = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / MOE_WARP; i < (n);       \
+         i += (int64_t)gridDim.x * (blockDim.x / MOE_WARP))
+
+#define MOE_TRY(expr)                                                                              \
+    do {                                                                                       \
+        moe_status st_ = (expr);                                                               \
+        if (st_ != MOE_STATUS_OK) return st_;                                                  \
+    } while (0)
+
+/* Sum over the warp by a butterfly: every lane ends with the same bits, in the same order. */
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = MOE_WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 #endif
