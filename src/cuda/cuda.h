@@ -116,6 +116,61 @@ moe_status moe__cuda_router_backward(float *dlogits, const float *dgate, const f
                                      const float *seq_f, int64_t N, int T, int E, int K, int sigmoid, int norm_topk,
                                      float route_scale, float aux_s, float seq_s, float z_s);
 
+/* ---------------------------------------------------------------- every routing method
+ * (issue 16) The router of one MoE layer for every routing method of moe__router_forward, on
+ * device pointers: the fields of its moe__moe_cache that routing uses, and its dimensions. */
+typedef struct {
+    float *xr, *jit;                      /* (N,C) input jitter only: the router input and the multipliers */
+    float *logits, *scores, *probs;       /* (N,E) */
+    float *noise_raw, *noise_eps, *noisy; /* (N,E) noisy top-K only: x Wn^T, the N(0,1) draws, H */
+    float *lse;                           /* (N) */
+    int *sel;                             /* (N,slots) */
+    float *gate;                          /* (N,slots) */
+    int *row_of;                          /* (N,slots) */
+    int64_t *load;                        /* (E) routed assignments per expert (from dispatch) */
+    float *f, *seq_f, *imp, *loadest;     /* (E), (N/T,E), (E), (E) */
+} moe__cuda_route;
+
+typedef struct {
+    int64_t N;
+    int T, C, E, K, slots;      /* slots: K for (noisy) top-K, E for expert choice and soft */
+    int routing;                /* the effective moe_routing (moe__moe_effective_routing) */
+    int sigmoid, norm_topk, random_routing, training;
+    float route_scale, jitter_eps;
+    uint64_t noise_seed;        /* moe__moe_dims.noise_seed: the same draws as the CPU's */
+} moe__cuda_route_dims;
+
+/* d (total) / d (each loss of the layer), already divided by the number of MoE layers */
+typedef struct {
+    float aux, z, seq_aux, importance, load;
+} moe__cuda_loss_scales;
+
+/* router.cu. Jitter (training, jitter_eps > 0): xr = x * jit, jit = 1 - eps + 2 eps U with U the
+ * CPU's moe__hash_uniform draws; its backward dx (N,C) += dxr * jit. */
+moe_status moe__cuda_jitter(const moe__cuda_route_dims *d, const moe__cuda_route *r, const float *x);
+moe_status moe__cuda_jitter_backward(float *dx, const float *dxr, const float *jit, int64_t n);
+/* From the logits (and noise_raw for noisy top-K) on: lse, scores, probs, sel, gate, row_of (0
+ * routed, MOE_ROW_UNROUTED for GShard's dropped 2nd expert), noise_eps and noisy (noisy top-K),
+ * and *z (device) the z-loss; bias (E) may be NULL. Expert choice and soft: a slot per expert. */
+moe_status moe__cuda_router_forward(const moe__cuda_route_dims *d, const moe__cuda_route *r, float *z, const float *bias);
+/* After dispatch (load, row_of final): f, seq_f (unrouted slots not counted), imp and loadest
+ * (noisy top-K), and out (device) = {aux, seq_aux, importance, load} as moe__router_losses and
+ * the noisy part of moe__router_forward compute them (importance and load 0 unless noisy). */
+moe_status moe__cuda_router_losses_all(const moe__cuda_route_dims *d, const moe__cuda_route *r, float *out);
+/* As moe__router_backward from dgate (N,slots) to dlogits (N,E) and, for noisy top-K, dnoise (N,E);
+ * gvec (2E) scratch. The products back to the input (and jitter) are the caller's. */
+moe_status moe__cuda_router_backward_all(const moe__cuda_route_dims *d, const moe__cuda_route *r,
+                                         const moe__cuda_loss_scales *ls, float *dlogits, float *dnoise, float *gvec,
+                                         const float *dgate);
+
+/* dispatch.cu, expert choice (moe__dispatch's expert-choice path): each expert takes its cap
+ * highest-scoring tokens (scores (N,E); ties to the lower token), rows expert by expert in token
+ * order; row_of (N,E) gets the row or MOE_ROW_UNROUTED, row_token (E*cap), offsets (E+1) = e*cap,
+ * load (E) = cap. scratch: moe__cuda_dispatch_ec_scratch bytes for (N, E). */
+moe_status moe__cuda_dispatch_ec_scratch(size_t *bytes, int64_t N, int E);
+moe_status moe__cuda_dispatch_ec(int *row_of, int *row_token, int64_t *offsets, int64_t *load, void *scratch,
+                                 size_t scratch_bytes, const float *scores, int64_t N, int E, int cap);
+
 #ifdef __cplusplus
 }
 #endif
