@@ -360,7 +360,8 @@ moe_device moe_device_default(void);
  * device's default: fp32 on the CPU, bf16 on CUDA). MOE_STATUS_ARG naming the bad value. */
 moe_status moe_device_parse(const char *device, const char *dtype, moe_device *out);
 /* Whether the device runs models of config c: MOE_STATUS_CONFIG naming the first option it does
- * not take (CUDA: routing other than topk, random_routing, jitter_eps, recompute, expert_counts). */
+ * not take. Today both the CPU and CUDA take every option (several MPI ranks on CUDA are
+ * refused by moe_device_select). */
 moe_status moe_device_supports(const moe_device *d, const moe_config *c);
 /* Selects the device of the models this process creates from now on (moe_model_create and
  * every function that creates one). MOE_STATUS_ARG when it cannot be used: a build without CUDA,

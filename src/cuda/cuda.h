@@ -79,6 +79,14 @@ moe_status moe__cuda_matmul_forward(moe__cuda_blas *b, int bf16, float *out, con
                                     int I, int O, int accumulate);
 moe_status moe__cuda_matmul_backward(moe__cuda_blas *b, int bf16, float *dx, float *dw, const float *dout,
                                      const float *x, const float *w, int64_t N, int I, int O);
+/* cuda_device.cu: phase timing by CUDA events. mark: the work queued since the previous mark
+ * belongs to phase (a moe_phase; -1 starts a chain, counting nothing); collect (after a sync, or
+ * waiting for the last mark): adds each interval's seconds to prof[phase] and starts over. */
+typedef struct moe__cuda_prof moe__cuda_prof;
+moe_status moe__cuda_prof_create(moe__cuda_prof **p, int capacity);
+void moe__cuda_prof_free(moe__cuda_prof *p);
+void moe__cuda_prof_mark(moe__cuda_prof *p, int phase);
+void moe__cuda_prof_collect(moe__cuda_prof *p, double *prof);
 /* layers.cu: out = a + b (n floats; out may be a or b) */
 moe_status moe__cuda_add(float *out, const float *a, const float *b, int64_t n);
 /* cuda_device.cu: device-to-device copy, queued */

@@ -36,7 +36,7 @@ static size_t bf16_elems(const moe_model *m) {
 }
 
 static size_t small_bytes(const moe_model *m) {
-    return up((size_t)(1 + 3 * m->n_moe) * sizeof(float)) + up(2 * sizeof(double)) + up(moe__cuda_sumsq_scratch());
+    return up((size_t)(1 + MOE_CUDA_LAYER_LOSSES * m->n_moe) * sizeof(float)) + up(2 * sizeof(double)) + up(moe__cuda_sumsq_scratch());
 }
 
 moe_status moe__cuda_plan_size(moe_model *m, size_t dispatch_bytes, int bf16, int training, moe__cuda_plan_bytes *out) {
@@ -91,6 +91,7 @@ static void cuda_free(moe_model *m) {
     m->params = m->grads = m->opt = NULL;
     if (!s) return;
     moe__cuda_blas_free(s->blas);
+    moe__cuda_prof_free(s->prof);
     moe__cuda_free(s->p); // s->g lies in the same allocation
     moe__cuda_free(s->opt);
     moe__cuda_free(s->arena);
@@ -111,7 +112,7 @@ static void carve(moe_model *m, moe__cuda *s, const moe__cuda_plan_bytes *b) {
     s->dispatch = a, s->dispatch_bytes = b->dispatch, a += b->dispatch;
     s->bf16s = a, s->bf16_bytes = b->bf16, a += b->bf16;
     s->workspace = a, a += b->workspace;
-    s->scal = (float *)a, a += up((size_t)(1 + 3 * m->n_moe) * sizeof(float));
+    s->scal = (float *)a, a += up((size_t)(1 + MOE_CUDA_LAYER_LOSSES * m->n_moe) * sizeof(float));
     s->sumsq = (double *)a, a += up(2 * sizeof(double));
     s->sumsq_scratch = (double *)a;
 }
@@ -121,8 +122,14 @@ static moe_status device_setup(moe_model *m, moe__cuda *s) {
     char name[256];
     size_t free_b = 0, total_b = 0, disp = 0;
     moe_status st = moe__cuda_device_check(s->index, name, sizeof name, &free_b, &total_b);
-    if (st == MOE_STATUS_OK && m->n_moe > 0)
-        st = moe__cuda_dispatch_scratch(&disp, (int64_t)m->max_batch * c->seq_len * c->top_k, m->max_e);
+    int64_t N = (int64_t)m->max_batch * c->seq_len;
+    if (st == MOE_STATUS_OK && m->n_moe > 0) // the widest routing's assignments, or expert choice's sort
+        st = moe__cuda_dispatch_scratch(&disp, N * moe__model_max_slots(c, m->max_e), m->max_e);
+    if (st == MOE_STATUS_OK && m->n_moe > 0 && c->routing == MOE_ROUTING_EXPERT_CHOICE) {
+        size_t ec = 0;
+        st = moe__cuda_dispatch_ec_scratch(&ec, N, m->max_e);
+        disp = ec > disp ? ec : disp;
+    }
     moe__cuda_plan_bytes b;
     if (st == MOE_STATUS_OK) st = moe__cuda_plan_size(m, disp, s->bf16, 0, &b);
     if (st == MOE_STATUS_OK) st = moe__cuda_plan_fits(&b, free_b, s->index);
@@ -142,6 +149,7 @@ static moe_status device_setup(moe_model *m, moe__cuda *s) {
     free(tab);
     if (st == MOE_STATUS_OK)
         st = moe__cuda_blas_create(&s->blas, s->workspace, moe__cuda_blas_workspace_bytes(), s->bf16s, s->bf16_bytes);
+    if (st == MOE_STATUS_OK) st = moe__cuda_prof_create(&s->prof, 64 + 16 * c->n_layer); // a pass's marks
     return st;
 }
 
@@ -157,7 +165,7 @@ static moe_status cuda_create(moe_model *m) {
     m->grads = moe__calloc((size_t)m->n_params * sizeof(float));
     s->act.resid = calloc((size_t)c->n_layer + 1, sizeof(float *));
     s->act.la = calloc((size_t)c->n_layer, sizeof(moe__cpu_layer_act));
-    s->h_scal = calloc((size_t)(1 + 3 * m->n_moe), sizeof(float));
+    s->h_scal = calloc((size_t)(1 + MOE_CUDA_LAYER_LOSSES * m->n_moe), sizeof(float));
     s->h_counts = calloc((size_t)(m->n_moe ? m->n_moe : 1) * (2 * (size_t)m->max_e + 1), sizeof(int64_t));
     if (!m->params || !m->grads || !s->act.resid || !s->act.la || !s->h_scal || !s->h_counts)
         return moe__err(MOE_STATUS_NOMEM, "cannot allocate the host views of %lld parameters", (long long)m->n_params);
@@ -229,8 +237,11 @@ static const float *cuda_logits(moe_model *m) {
 }
 
 static int cuda_routing(const moe_model *m, int i, int *out) {
-    const moe__moe_cache *c = &moe__cuda_of(m)->act.la[m->stats[i].layer].mc;
-    int K = m->cfg.top_k;
+    int l = m->stats[i].layer;
+    if (m->cfg.recompute) return -1; // the blocks share one activation slot
+    const moe__moe_cache *c = &moe__cuda_of(m)->act.la[l].mc;
+    moe__moe_dims d = moe__cpu_layer_dims(m, l, m->T, m->training);
+    int K = moe__moe_slots(&d);
     int64_t P = (int64_t)K * m->B * m->T;
     int *row = malloc((size_t)P * sizeof(int));
     int ok = row && moe__cuda_sync() == MOE_STATUS_OK &&
@@ -289,6 +300,9 @@ static void cuda_adamw(moe_model *m, int64_t step, float lr, const moe_config *c
         st = moe__cuda_adamw(s->p + o, s->opt + o, s->opt + P + o, s->g + o, ti->numel, clip, c->beta1, c->beta2,
                              c->adam_eps, 1.0f - tlr * wd, tlr / bc1, sqrtf(bc2));
     }
+    // the step ends here: waiting costs nothing (the next forward's token copy would wait) and
+    // the trainer's optimizer time then holds the update's device time
+    if (st == MOE_STATUS_OK) st = moe__cuda_sync();
     sticky(m, st);
 }
 

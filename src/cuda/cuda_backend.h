@@ -11,6 +11,9 @@
  * the same sizes, one layout for both backends. `act` is the first member, so moe__cpu_of(m) is
  * the layout on either backend.
  *
+ * Every routing method, jitter, recompute and per-layer expert counts run here as on the CPU;
+ * only several MPI ranks are refused (moe_device_select).
+ *
  * Precision (--dtype): bf16 rounds the inputs of every dense and expert product to bf16 and
  * accumulates in fp32 (gemm.cu); the router's product, attention, norms, the loss and AdamW stay
  * fp32, with fp32 master weights and moments. fp32 computes everything in fp32 without TF32.
@@ -32,17 +35,21 @@ typedef struct {
     moe__cpu act;                 /* first: the activation views (device addresses) */
     int bf16, index;
     moe__cuda_blas *blas;
+    moe__cuda_prof *prof;         /* phase timing by events (cuda_model.c marks, collects at syncs) */
     float *p, *g, *opt;           /* device: parameters, gradients (one allocation), AdamW moments */
     char *arena;                  /* device: activations, dispatch scratch, bf16 scratch, workspace, scalars */
     void *dispatch, *bf16s, *workspace;
     size_t dispatch_bytes, bf16_bytes;
-    float *scal;                  /* device: the cross-entropy, then aux, z, seq_aux per MoE layer */
+    float *scal;                  /* device: the cross-entropy, then MOE_CUDA_LAYER_LOSSES per MoE layer */
     double *sumsq, *sumsq_scratch;/* device: the gradient's sums of squares (replicated, experts) */
     float *h_scal;                /* host copy of scal */
     int64_t *h_counts;            /* host: per MoE layer, offsets (E+1) then load (E) of its last dispatch */
     float *h_logits;              /* host copy of the logits, made on the first moe_model_logits */
     moe_status err;               /* the first error of an op that cannot return one (sticky) */
 } moe__cuda;
+
+/* Losses of each MoE layer in the step's scalars: z, aux, seq_aux, importance, load. */
+#define MOE_CUDA_LAYER_LOSSES 5
 
 static inline moe__cuda *moe__cuda_of(const moe_model *m) { return (moe__cuda *)m->be_state; }
 
