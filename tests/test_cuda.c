@@ -100,25 +100,112 @@ static void test_rope(int B, int T, int C, int H) {
     DFREE_ALL(dX, dC, dS);
 }
 
-static void test_attention(int B, int T, int C, int H) {
+static moe__cuda_blas *blas; // for the products of attention and the GEMM tests (main makes it)
+
+/* x rounded to bf16 (nearest, ties to even), as __float2bfloat16_rn; values are finite here */
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* The bf16-rounding reference of attention: the inputs of every product rounded to bf16 (q, k,
+ * v, P, dout, dS), the products and the softmax in fp32, as autocast computes it. out, dq, dk, dv
+ * as moe__attention_forward/_backward's (dq, dk, dv accumulate). */
+static void attention_bf16_ref(float *out, float *dq, float *dk, float *dv, const float *q, const float *k,
+                               const float *v, const float *dout, int B, int T, int C, int H) {
+    int D = C / H;
+    float scale = 1.0f / sqrtf((float)D), *P = malloc((size_t)T * sizeof(float)), *dS = malloc((size_t)T * T * sizeof(float));
+    float *Pm = malloc((size_t)T * T * sizeof(float));
+#define R(x) bf16_round(x)
+#define AT(a, b_, t, h, i) a[((int64_t)(b_) * T + (t)) * C + (h) * D + (i)]
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            for (int t = 0; t < T; t++) {
+                float mx = -INFINITY, sum = 0.0f;
+                for (int s2 = 0; s2 <= t; s2++) {
+                    float acc = 0.0f;
+                    for (int i = 0; i < D; i++) acc += R(AT(q, b, t, h, i)) * R(AT(k, b, s2, h, i));
+                    P[s2] = acc * scale;
+                    mx = fmaxf(mx, P[s2]);
+                }
+                for (int s2 = 0; s2 <= t; s2++) sum += (P[s2] = expf(P[s2] - mx));
+                for (int s2 = 0; s2 < T; s2++) Pm[(int64_t)t * T + s2] = s2 <= t ? P[s2] / sum : 0.0f;
+                for (int i = 0; i < D; i++) {
+                    float acc = 0.0f;
+                    for (int s2 = 0; s2 <= t; s2++) acc += R(Pm[(int64_t)t * T + s2]) * R(AT(v, b, s2, h, i));
+                    AT(out, b, t, h, i) = acc;
+                }
+                float dot = 0.0f;
+                for (int s2 = 0; s2 <= t; s2++) {
+                    float dp = 0.0f;
+                    for (int i = 0; i < D; i++) dp += R(AT(dout, b, t, h, i)) * R(AT(v, b, s2, h, i));
+                    dS[(int64_t)t * T + s2] = dp;
+                    dot += Pm[(int64_t)t * T + s2] * dp;
+                }
+                for (int s2 = 0; s2 < T; s2++)
+                    dS[(int64_t)t * T + s2] = s2 <= t ? Pm[(int64_t)t * T + s2] * (dS[(int64_t)t * T + s2] - dot) * scale : 0.0f;
+            }
+            for (int t = 0; t < T; t++)
+                for (int i = 0; i < D; i++) {
+                    float aq = 0.0f, ak = 0.0f, av = 0.0f;
+                    for (int s2 = 0; s2 < T; s2++) {
+                        aq += R(dS[(int64_t)t * T + s2]) * R(AT(k, b, s2, h, i));
+                        ak += R(dS[(int64_t)s2 * T + t]) * R(AT(q, b, s2, h, i));
+                        av += R(Pm[(int64_t)s2 * T + t]) * R(AT(dout, b, s2, h, i));
+                    }
+                    AT(dq, b, t, h, i) += aq, AT(dk, b, t, h, i) += ak, AT(dv, b, t, h, i) += av;
+                }
+        }
+#undef R
+#undef AT
+    FREE_ALL(P, dS, Pm);
+}
+
+static double max_err(const float *a, const float *b, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs((double)a[i] - b[i]) > m ? fabs((double)a[i] - b[i]) : m;
+    return m;
+}
+
+/* Attention through cuBLAS against the CPU: fp32 within rtol 1e-5; bf16 with an error against the
+ * CPU's fp32 of at most 2x that of the bf16-rounding reference (largest element error per tensor). */
+static void test_attention(int B, int T, int C, int H, int bf16) {
     int64_t n = (int64_t)B * T * C, na = (int64_t)B * H * T * T;
     size_t b = (size_t)n * sizeof(float), ab = (size_t)na * sizeof(float);
     float *q = randn(n, 1), *k = randn(n, 1), *v = randn(n, 1), *dout = randn(n, 1);
     float *dq = randn(n, 1), *dk = randn(n, 1), *dv = randn(n, 1); // accumulate
     float *out = calloc((size_t)n, sizeof(float)), *att = calloc((size_t)na, sizeof(float));
-    float *datt = calloc((size_t)na, sizeof(float));
+    float *datt = calloc((size_t)na, sizeof(float)), *r[4];
     void *dQ = dev(q, b), *dK = dev(k, b), *dV = dev(v, b), *dO = dev(out, b), *dA = dev(att, ab), *dDA = dev(datt, ab);
     void *dDout = dev(dout, b), *dDq = dev(dq, b), *dDk = dev(dk, b), *dDv = dev(dv, b);
+    for (int i = 0; i < 4; i++) r[i] = malloc(b);
+    memcpy(r[1], dq, b), memcpy(r[2], dk, b), memcpy(r[3], dv, b);
+    if (bf16) attention_bf16_ref(r[0], r[1], r[2], r[3], q, k, v, dout, B, T, C, H);
     moe__attention_forward(out, att, q, k, v, B, T, C, H);
-    CHECK_OK(moe__cuda_attention_forward(dO, dA, dQ, dK, dV, B, T, C, H));
-    compare_sum(dO, out, n, "attention forward: out");
-    compare_sum(dA, att, na, "attention forward: att (zero above the diagonal)");
     moe__attention_backward(dq, dk, dv, datt, dout, q, k, v, att, B, T, C, H);
-    CHECK_OK(moe__cuda_attention_backward(dDq, dDk, dDv, dDA, dDout, dQ, dK, dV, dA, B, T, C, H));
-    compare_sum(dDq, dq, n, "attention backward: dq (accumulated)");
-    compare_sum(dDk, dk, n, "attention backward: dk (accumulated)");
-    compare_sum(dDv, dv, n, "attention backward: dv (accumulated)");
-    FREE_ALL(q, k, v, dout, dq, dk, dv, out, att, datt);
+    CHECK_OK(moe__cuda_attention_forward(blas, bf16, dO, dA, dQ, dK, dV, B, T, C, H));
+    CHECK_OK(moe__cuda_attention_backward(blas, bf16, dDq, dDk, dDv, dDA, dDout, dQ, dK, dV, dA, B, T, C, H));
+    const char *what[4] = {"attention forward: out", "attention backward: dq (accumulated)",
+                           "attention backward: dk (accumulated)", "attention backward: dv (accumulated)"};
+    void *got[4] = {dO, dDq, dDk, dDv};
+    float *want[4] = {out, dq, dk, dv};
+    for (int i = 0; i < 4; i++) {
+        if (!bf16) {
+            compare_sum(got[i], want[i], n, what[i]);
+            continue;
+        }
+        float *g = host(got[i], n);
+        double eg = max_err(g, want[i], n), er = max_err(r[i], want[i], n);
+        CHECK(eg <= 2.0 * er + 1e-6 * maxabs(want[i], n), "bf16 %s (B %d T %d C %d H %d): error %.3g, the bf16 reference's %.3g",
+              what[i], B, T, C, H, eg, er);
+        free(g);
+    }
+    if (!bf16) compare_sum(dA, att, na, "attention forward: att (zero above the diagonal)");
+    FREE_ALL(q, k, v, dout, dq, dk, dv, out, att, datt, r[0], r[1], r[2], r[3]);
     DFREE_ALL(dQ, dK, dV, dO, dA, dDA, dDout, dDq, dDk, dDv);
 }
 
@@ -234,26 +321,10 @@ static void test_adamw(int64_t n) {
     DFREE_ALL(dP, dM, dV, dG);
 }
 
-/* x rounded to bf16 (nearest, ties to even), as __float2bfloat16_rn; values are finite here */
-static float bf16_round(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
 static float *rounded(const float *x, int64_t n) {
     float *r = malloc((size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++) r[i] = bf16_round(x[i]);
     return r;
-}
-
-static double max_err(const float *a, const float *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fabs((double)a[i] - b[i]) > m ? fabs((double)a[i] - b[i]) : m;
-    return m;
 }
 
 /* One product's three results (forward with accumulate, dx, dw) on the GPU: fp32 against the CPU
@@ -316,23 +387,18 @@ static void test_gemm_overwrite(moe__cuda_blas *b, int64_t N, int I, int O) {
     DFREE_ALL(dX, dW, dD, dO, dDx, dDw);
 }
 
-static void test_gemms(void) {
-    size_t ws = moe__cuda_blas_workspace_bytes(), sb = (size_t)2 * 2 * 1000 * 1000;
-    void *dws, *dsc;
-    CHECK_OK(moe__cuda_malloc(&dws, ws));
-    CHECK_OK(moe__cuda_malloc(&dsc, sb));
-    moe__cuda_blas *b;
-    CHECK_OK(moe__cuda_blas_create(&b, dws, ws, dsc, sb));
+#define SCRATCH_BYTES ((size_t)2 * 2 * 1000 * 1000) /* bf16 scratch of the tests' blas: 2M elements */
+
+static void test_gemms(void *dsc) {
+    moe__cuda_blas *b = blas;
     const int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {300, 128, 384}, {1000, 256, 1000}, {33, 1000, 7}};
     for (int bf16 = 0; bf16 <= 1; bf16++)
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
             test_gemm(b, shapes[i][0], shapes[i][1], shapes[i][2], bf16);
     test_gemm_overwrite(b, 65, 48, 80);
     CHECK_OK(moe__cuda_matmul_forward(b, 0, dsc, dsc, dsc, 0, 4, 4, 0)); // no rows: nothing to do
-    CHECK(moe__cuda_matmul_forward(b, 1, dsc, dsc, dsc, 1000, 1000, 1000, 0) == MOE_STATUS_ARG,
+    CHECK(moe__cuda_matmul_forward(b, 1, dsc, dsc, dsc, 1001, 1000, 1000, 0) == MOE_STATUS_ARG,
           "a bf16 product larger than the scratch is refused");
-    moe__cuda_blas_free(b);
-    DFREE_ALL(dws, dsc);
 }
 
 int main(void) {
@@ -353,9 +419,16 @@ int main(void) {
     test_embedding(1, 2, 1);
     test_embedding(300, 7, 33);
     test_embedding(1000, 256, 384);
-    test_attention(1, 1, 2, 1);
-    test_attention(2, 13, 24, 3);
-    test_attention(2, 130, 128, 4); // T over the tile and the block width
+    size_t ws = moe__cuda_blas_workspace_bytes();
+    void *dws, *dsc;
+    CHECK_OK(moe__cuda_malloc(&dws, ws));
+    CHECK_OK(moe__cuda_malloc(&dsc, SCRATCH_BYTES));
+    CHECK_OK(moe__cuda_blas_create(&blas, dws, ws, dsc, SCRATCH_BYTES));
+    for (int bf16 = 0; bf16 <= 1; bf16++) {
+        test_attention(1, 1, 2, 1, bf16);
+        test_attention(2, 13, 24, 3, bf16);
+        test_attention(2, 130, 128, 4, bf16); // T over the block width
+    }
     test_router(1, 1, 1, MOE_SCORE_SOFTMAX, 1, 0);
     test_router(257, 8, 2, MOE_SCORE_SOFTMAX, 1, 0);
     test_router(257, 8, 2, MOE_SCORE_SOFTMAX, 0, 0);
@@ -367,6 +440,8 @@ int main(void) {
     const int vocabs[] = {2, 256, 1000, 32000};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 4; j++) test_crossentropy(rows[i], vocabs[j]);
-    test_gemms();
+    test_gemms(dsc);
+    moe__cuda_blas_free(blas);
+    DFREE_ALL(dws, dsc);
     CHECK_SUMMARY("test_cuda");
 }

@@ -2,11 +2,20 @@
  * attention.cu — causal multi-head attention on the GPU, mirroring moe__attention_forward and
  * _backward (nn/attention.c): q, k, v, out (B,T,C), H heads of D = C/H as column slices;
  * att (B,H,T,T) keeps the probabilities, zero above the diagonal; backward: dq, dk, dv
- * accumulate, datt (B,H,T,T) is scratch (it ends holding d scores).
+ * accumulate, datt (B,H,T,T) is scratch (it ends holding d scores, scale included).
  *
- * A first, plain version for correctness: one block per query row (forward, d scores, dq) or per
- * key row (dk, dv), each summing in a fixed order, so there are no atomics and the results do
- * not change from run to run. A fused (flash-style) kernel is the speed issue's work.
+ * The products are cuBLAS strided batched GEMMs, one call per head over the B sequences (a head
+ * of q is a (T,D) matrix of row stride C; sequence b starts T*C further):
+ *
+ *   forward    S = scale q k^T (all T x T; the softmax masks s > t), P = softmax(S), out = P v
+ *   backward   dP = dout v^T, dv += P^T dout, dS = P (dP - rowsum(P dP)) scale,
+ *              dq += dS k, dk += dS^T q
+ *
+ * The row kernels (softmax, its backward) run one block a row, reducing in a fixed order. With
+ * bf16, the inputs of every product (q, k, v, P, dout, dS) are rounded to bf16 and the products
+ * accumulate in fp32, as SDPA under autocast; P, dP, dS and the softmax stay fp32. The masked half
+ * of S is computed and thrown away: twice the score FLOPs of a causal kernel, which a fused
+ * (flash-style) kernel would save.
  */
 #include "cuda/common.cuh"
 
@@ -27,113 +36,92 @@ static __device__ float block_reduce(float v, int op, float *shared) {
     return r;
 }
 
-/* Block (b,h,t): att row t = softmax(scale q_t k_s, s <= t), out_t = sum_s att_ts v_s. */
-static __global__ void attention_forward_kernel(float *out, float *att, const float *q, const float *k, const float *v,
-                                                int B, int T, int C, int H, float scale) {
+/* Row (b,h,t) of att holds scale q_t . k_s for every s: softmax over s <= t, zero above. */
+static __global__ void causal_softmax_kernel(float *att, int64_t rows, int T) {
     __shared__ float shared[ATT_THREADS];
-    int D = C / H;
-    for (int64_t row = blockIdx.x; row < (int64_t)B * H * T; row += gridDim.x) {
-        int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / T / H);
-        const float *qt = q + ((int64_t)b * T + t) * C + h * D;
-        float *at = att + row * T; // rows of att are (b,h,t) in this order
-        float m = -INFINITY;
-        for (int s = threadIdx.x; s <= t; s += ATT_THREADS) {
-            const float *ks = k + ((int64_t)b * T + s) * C + h * D;
-            float dot = 0.0f;
-            for (int i = 0; i < D; i++) dot += qt[i] * ks[i];
-            at[s] = dot * scale;
-            m = fmaxf(m, at[s]);
-        }
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        int t = (int)(row % T);
+        float *at = att + row * T, m = -INFINITY;
+        for (int s = threadIdx.x; s <= t; s += ATT_THREADS) m = fmaxf(m, at[s]);
         float maxv = block_reduce(m, 0, shared), sum = 0.0f;
         for (int s = threadIdx.x; s <= t; s += ATT_THREADS) sum += (at[s] = expf(at[s] - maxv));
         float inv = 1.0f / block_reduce(sum, 1, shared);
         for (int s = threadIdx.x; s < T; s += ATT_THREADS) at[s] = s <= t ? at[s] * inv : 0.0f;
-        __syncthreads();
-        float *ot = out + ((int64_t)b * T + t) * C + h * D;
-        for (int i = threadIdx.x; i < D; i += ATT_THREADS) {
-            float acc = 0.0f;
-            for (int s = 0; s <= t; s++) acc += at[s] * v[((int64_t)b * T + s) * C + h * D + i];
-            ot[i] = acc;
-        }
-        __syncthreads();
     }
 }
 
-/* Block (b,h,t): datt_ts = dout_t . v_s, then d scores = att (datt - sum_s att datt) scale. */
-static __global__ void attention_dscores_kernel(float *datt, const float *dout, const float *v, const float *att, int B,
-                                                int T, int C, int H, float scale) {
+/* Row (b,h,t) of datt holds dP: d scores = P (dP - sum_s P dP) scale, zero above the diagonal. */
+static __global__ void softmax_backward_kernel(float *datt, const float *att, int64_t rows, int T, float scale) {
     __shared__ float shared[ATT_THREADS];
-    int D = C / H;
-    for (int64_t row = blockIdx.x; row < (int64_t)B * H * T; row += gridDim.x) {
-        int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / T / H);
-        const float *dt = dout + ((int64_t)b * T + t) * C + h * D, *at = att + row * T;
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        int t = (int)(row % T);
+        const float *at = att + row * T;
         float *da = datt + row * T, part = 0.0f;
-        for (int s = threadIdx.x; s <= t; s += ATT_THREADS) {
-            const float *vs = v + ((int64_t)b * T + s) * C + h * D;
-            float dot = 0.0f;
-            for (int i = 0; i < D; i++) dot += dt[i] * vs[i];
-            da[s] = dot;
-            part += at[s] * dot;
-        }
+        for (int s = threadIdx.x; s <= t; s += ATT_THREADS) part += at[s] * da[s];
         float dot = block_reduce(part, 1, shared);
         for (int s = threadIdx.x; s < T; s += ATT_THREADS) da[s] = s <= t ? at[s] * (da[s] - dot) * scale : 0.0f;
-        __syncthreads();
     }
 }
 
-/* Block (b,h,s), a key row: dv_s += sum_{t>=s} att_ts dout_t, dk_s += sum_{t>=s} dscores_ts q_t. */
-static __global__ void attention_dkv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *att,
-                                            const float *dscores, int B, int T, int C, int H) {
+/* Element offset o of a staged operand (fp32 or bf16). */
+static const void *at_elem(const void *p, int64_t o, int bf16) { return (const char *)p + o * (bf16 ? 2 : 4); }
+
+/* For each head h: C_bh (col-major) = alpha op(A_bh) op(B_bh) + beta C_bh over the B sequences.
+ * A and B are staged tensors: a is (B,T,C)-shaped (head h at column h*D) when a_head, else
+ * (B,H,T,T)-shaped (head h's block at h*T*T); the same for b and c. */
+typedef struct {
+    moe__cuda_blas *blas;
+    int bf16, B, T, C, H;
+} att_ctx;
+
+static moe_status per_head(const att_ctx *x, int ta, int tb, int m, int n, int k, float alpha, const void *A, int a_head,
+                           const void *Bm, int b_head, float beta, float *Cm, int c_head) {
+    int64_t T = x->T, C = x->C, D = C / x->H, TT = T * T;
+    for (int h = 0; h < x->H; h++) {
+        const void *a = at_elem(A, a_head ? h * D : h * TT, x->bf16), *b = at_elem(Bm, b_head ? h * D : h * TT, x->bf16);
+        float *c = Cm + (c_head ? h * D : h * TT);
+        MOE_TRY(moe__cuda_gemm_batched(x->blas, x->bf16, ta, tb, m, n, k, alpha, a, a_head ? (int)C : (int)T,
+                                       a_head ? T * C : x->H * TT, b, b_head ? (int)C : (int)T,
+                                       b_head ? T * C : x->H * TT, beta, c, c_head ? (int)C : (int)T,
+                                       c_head ? T * C : x->H * TT, x->B));
+    }
+    return MOE_STATUS_OK;
+}
+
+extern "C" moe_status moe__cuda_attention_forward(moe__cuda_blas *blas, int bf16, float *out, float *att, const float *q,
+                                                  const float *k, const float *v, int B, int T, int C, int H) {
+    att_ctx x = {blas, bf16, B, T, C, H};
     int D = C / H;
-    for (int64_t row = blockIdx.x; row < (int64_t)B * H * T; row += gridDim.x) {
-        int s = (int)(row % T), h = (int)(row / T % H), b = (int)(row / T / H);
-        const float *A = att + (row - s) * T, *dS = dscores + (row - s) * T; // the (b,h) block
-        int64_t so = ((int64_t)b * T + s) * C + h * D;
-        for (int i = threadIdx.x; i < D; i += ATT_THREADS) {
-            float av = 0.0f, ak = 0.0f;
-            for (int t = s; t < T; t++) {
-                int64_t to = ((int64_t)b * T + t) * C + h * D + i;
-                av += A[(int64_t)t * T + s] * dout[to];
-                ak += dS[(int64_t)t * T + s] * q[to];
-            }
-            dv[so + i] += av;
-            dk[so + i] += ak;
-        }
-    }
+    int64_t N = (int64_t)B * T, rows = N * H;
+    const void *sq, *sk, *sp, *sv;
+    // S^T (col-major) = k q^T: row-major S_ts = scale q_t . k_s
+    MOE_TRY(moe__cuda_stage(blas, bf16, k, N * C, q, N * C, &sk, &sq));
+    MOE_TRY(per_head(&x, 1, 0, T, T, D, 1.0f / sqrtf((float)D), sk, 1, sq, 1, 0.0f, att, 0));
+    causal_softmax_kernel<<<moe__cuda_blocks(rows, 1), ATT_THREADS>>>(att, rows, T);
+    MOE_TRY(MOE_CUDA_LAUNCHED("attention (softmax)"));
+    // out^T = v^T P^T: out_t = sum_s P_ts v_s
+    MOE_TRY(moe__cuda_stage(blas, bf16, att, rows * T, v, N * C, &sp, &sv));
+    return per_head(&x, 0, 0, D, T, T, 1.0f, sv, 1, sp, 0, 0.0f, out, 1);
 }
 
-/* Block (b,h,t): dq_t += sum_{s<=t} dscores_ts k_s. */
-static __global__ void attention_dq_kernel(float *dq, const float *k, const float *dscores, int B, int T, int C, int H) {
+extern "C" moe_status moe__cuda_attention_backward(moe__cuda_blas *blas, int bf16, float *dq, float *dk, float *dv,
+                                                   float *datt, const float *dout, const float *q, const float *k,
+                                                   const float *v, const float *att, int B, int T, int C, int H) {
+    att_ctx x = {blas, bf16, B, T, C, H};
     int D = C / H;
-    for (int64_t row = blockIdx.x; row < (int64_t)B * H * T; row += gridDim.x) {
-        int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / T / H);
-        const float *dS = dscores + row * T;
-        for (int i = threadIdx.x; i < D; i += ATT_THREADS) {
-            float acc = 0.0f;
-            for (int s = 0; s <= t; s++) acc += dS[s] * k[((int64_t)b * T + s) * C + h * D + i];
-            dq[((int64_t)b * T + t) * C + h * D + i] += acc;
-        }
-    }
-}
-
-extern "C" moe_status moe__cuda_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                                                  int B, int T, int C, int H) {
-    float scale = 1.0f / sqrtf((float)(C / H));
-    attention_forward_kernel<<<moe__cuda_blocks((int64_t)B * H * T, 1), ATT_THREADS>>>(out, att, q, k, v, B, T, C, H,
-                                                                                       scale);
-    return MOE_CUDA_LAUNCHED("attention_forward");
-}
-
-extern "C" moe_status moe__cuda_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout,
-                                                   const float *q, const float *k, const float *v, const float *att,
-                                                   int B, int T, int C, int H) {
-    float scale = 1.0f / sqrtf((float)(C / H));
-    unsigned rows = moe__cuda_blocks((int64_t)B * H * T, 1);
-    attention_dscores_kernel<<<rows, ATT_THREADS>>>(datt, dout, v, att, B, T, C, H, scale);
-    moe_status st = MOE_CUDA_LAUNCHED("attention_backward (d scores)");
-    if (st != MOE_STATUS_OK) return st;
-    attention_dkv_kernel<<<rows, ATT_THREADS>>>(dk, dv, dout, q, att, datt, B, T, C, H);
-    if ((st = MOE_CUDA_LAUNCHED("attention_backward (dk, dv)")) != MOE_STATUS_OK) return st;
-    attention_dq_kernel<<<rows, ATT_THREADS>>>(dq, k, datt, B, T, C, H);
-    return MOE_CUDA_LAUNCHED("attention_backward (dq)");
+    int64_t N = (int64_t)B * T, rows = N * H;
+    const void *a, *b;
+    // dP^T = v dout^T: dP_ts = dout_t . v_s
+    MOE_TRY(moe__cuda_stage(blas, bf16, v, N * C, dout, N * C, &a, &b));
+    MOE_TRY(per_head(&x, 1, 0, T, T, D, 1.0f, a, 1, b, 1, 0.0f, datt, 0));
+    // dv^T += dout^T P: dv_s += sum_t P_ts dout_t
+    MOE_TRY(moe__cuda_stage(blas, bf16, dout, N * C, att, rows * T, &a, &b));
+    MOE_TRY(per_head(&x, 0, 1, D, T, T, 1.0f, a, 1, b, 0, 1.0f, dv, 1));
+    softmax_backward_kernel<<<moe__cuda_blocks(rows, 1), ATT_THREADS>>>(datt, att, rows, T, 1.0f / sqrtf((float)D));
+    MOE_TRY(MOE_CUDA_LAUNCHED("attention backward (softmax)"));
+    // dq^T += k^T dS^T: dq_t += sum_s dS_ts k_s; dk^T += q^T dS: dk_s += sum_t dS_ts q_t
+    MOE_TRY(moe__cuda_stage(blas, bf16, k, N * C, datt, rows * T, &a, &b));
+    MOE_TRY(per_head(&x, 0, 0, D, T, T, 1.0f, a, 1, b, 0, 1.0f, dq, 1));
+    MOE_TRY(moe__cuda_stage(blas, bf16, q, N * C, datt, rows * T, &a, &b));
+    return per_head(&x, 0, 1, D, T, T, 1.0f, a, 1, b, 0, 1.0f, dk, 1);
 }

@@ -47,11 +47,6 @@ moe_status moe__cuda_embedding_backward(float *gwte, const float *dx, const int 
 /* tables cos_t, sin_t (T, D/2) as moe__rope_tables makes them (host), copied to the device */
 moe_status moe__cuda_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 moe_status moe__cuda_rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
-/* attention.cu: as moe__attention_forward/_backward (att (B,H,T,T) saved; dq, dk, dv accumulate) */
-moe_status moe__cuda_attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B,
-                                       int T, int C, int H);
-moe_status moe__cuda_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
-                                        const float *k, const float *v, const float *att, int B, int T, int C, int H);
 /* router.cu: the topk path of moe__router_forward from the logits (N,E) on: lse (N), scores and
  * probs (N,E), sel, gate, row_of (N,K); *z (device) the z-loss; bias (E) may be NULL. */
 moe_status moe__cuda_router_topk(float *z, float *lse, float *scores, float *probs, int *sel, float *gate, int *row_of,
@@ -87,6 +82,22 @@ moe_status moe__cuda_prof_create(moe__cuda_prof **p, int capacity);
 void moe__cuda_prof_free(moe__cuda_prof *p);
 void moe__cuda_prof_mark(moe__cuda_prof *p, int phase);
 void moe__cuda_prof_collect(moe__cuda_prof *p, double *prof);
+/* The inputs of a product as the mode computes them: x and y themselves (fp32), or their bf16
+ * roundings in the scratch (y's aligned); nx + ny must fit the scratch. */
+moe_status moe__cuda_stage(moe__cuda_blas *b, int bf16, const float *x, int64_t nx, const float *y, int64_t ny,
+                           const void **xo, const void **yo);
+/* C_i = alpha op(A_i) op(B_i) + beta C_i, i < batch, cuBLAS's column-major conventions, on staged
+ * operands (fp32, or bf16 from moe__cuda_stage), fp32 accumulation and result; ta, tb: transpose. */
+moe_status moe__cuda_gemm_batched(moe__cuda_blas *b, int bf16, int ta, int tb, int m, int n, int k, float alpha,
+                                  const void *A, int lda, long long sA, const void *B, int ldb, long long sB, float beta,
+                                  float *C, int ldc, long long sC, int batch);
+/* attention.cu: as moe__attention_forward/_backward (att (B,H,T,T) saved; dq, dk, dv accumulate),
+ * the products through cuBLAS in the mode's precision */
+moe_status moe__cuda_attention_forward(moe__cuda_blas *b, int bf16, float *out, float *att, const float *q,
+                                       const float *k, const float *v, int B, int T, int C, int H);
+moe_status moe__cuda_attention_backward(moe__cuda_blas *b, int bf16, float *dq, float *dk, float *dv, float *datt,
+                                        const float *dout, const float *q, const float *k, const float *v,
+                                        const float *att, int B, int T, int C, int H);
 /* layers.cu: out = a + b (n floats; out may be a or b) */
 moe_status moe__cuda_add(float *out, const float *a, const float *b, int64_t n);
 /* cuda_device.cu: device-to-device copy, queued */

@@ -28,8 +28,9 @@ static size_t up(size_t b) { return (b + ALIGN - 1) / ALIGN * ALIGN; }
 static size_t bf16_elems(const moe_model *m) {
     const moe_config *c = &m->cfg;
     int64_t N = (int64_t)m->max_batch * c->seq_len, C = c->n_embd, V = c->vocab_size, Fd = c->ffn_hidden;
-    int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, P = N * c->top_k;
-    int64_t sizes[] = {N * V, V * C, N * C, C * C, N * Fd, Fd * C, P * F, P * C, F * C, N * SF, SF * C};
+    int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, P = N * moe__model_max_slots(c, m->max_e);
+    int64_t A = (int64_t)m->max_batch * c->n_head * c->seq_len * c->seq_len; // attention probabilities
+    int64_t sizes[] = {N * V, V * C, N * C, C * C, N * Fd, Fd * C, P * F, P * C, F * C, N * SF, SF * C, A};
     int64_t mx = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) mx = sizes[i] > mx ? sizes[i] : mx;
     return (size_t)(2 * mx + MOE_CUDA_BF16_ALIGN); // the second input starts aligned

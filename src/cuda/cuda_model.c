@@ -215,7 +215,7 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
     TRY(moe__cuda_matmul_forward(s->blas, s->bf16, a->v, a->ln1, w.wv, N, C, C, 0));
     TRY(moe__cuda_rope_forward(a->q, a0->rope_cos, a0->rope_sin, B, T, C, H));
     TRY(moe__cuda_rope_forward(a->k, a0->rope_cos, a0->rope_sin, B, T, C, H));
-    TRY(moe__cuda_attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H));
+    TRY(moe__cuda_attention_forward(s->blas, s->bf16, a->atty, a->att, a->q, a->k, a->v, B, T, C, H));
     TRY(moe__cuda_copy(a->resid_mid, x, NC));
     TRY(moe__cuda_matmul_forward(s->blas, s->bf16, a->resid_mid, a->atty, w.wo, N, C, C, 1));
     TRY(moe__cuda_rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps));
@@ -295,7 +295,7 @@ static moe_status block_backward(moe_model *m, int l, const moe__cuda_loss_scale
     TRY(moe__cuda_memset(a0->dq, 0, NC));
     TRY(moe__cuda_memset(a0->dk, 0, NC));
     TRY(moe__cuda_memset(a0->dv, 0, NC));
-    TRY(moe__cuda_attention_backward(a0->dq, a0->dk, a0->dv, a0->datt, a0->datty, a->q, a->k, a->v, a->att, B, T, C, H));
+    TRY(moe__cuda_attention_backward(s->blas, s->bf16, a0->dq, a0->dk, a0->dv, a0->datt, a0->datty, a->q, a->k, a->v, a->att, B, T, C, H));
     TRY(moe__cuda_rope_backward(a0->dq, a0->rope_cos, a0->rope_sin, B, T, C, H));
     TRY(moe__cuda_rope_backward(a0->dk, a0->rope_cos, a0->rope_sin, B, T, C, H));
     TRY(moe__cuda_memset(a0->dln, 0, NC));

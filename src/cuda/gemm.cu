@@ -35,6 +35,10 @@ typedef const char *(*string_fn)(cublasStatus_t);
 typedef cublasStatus_t (*gemm_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
                                   const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
                                   cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+typedef cublasStatus_t (*batched_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                                     const void *, cudaDataType, int, long long, const void *, cudaDataType, int,
+                                     long long, const void *, void *, cudaDataType, int, long long, int,
+                                     cublasComputeType_t, cublasGemmAlgo_t);
 
 struct moe__cuda_blas {
     void *lib;
@@ -42,6 +46,7 @@ struct moe__cuda_blas {
     destroy_fn destroy;
     string_fn string;
     gemm_fn gemm;
+    batched_fn batched;
     __nv_bfloat16 *scratch;  /* bf16 copies of the two inputs of a product */
     size_t scratch_elems;
 };
@@ -78,10 +83,11 @@ extern "C" moe_status moe__cuda_blas_create(moe__cuda_blas **out, void *workspac
     b->destroy = (destroy_fn)dlsym(b->lib, "cublasDestroy_v2");
     b->string = (string_fn)dlsym(b->lib, "cublasGetStatusString");
     b->gemm = (gemm_fn)dlsym(b->lib, "cublasGemmEx");
+    b->batched = (batched_fn)dlsym(b->lib, "cublasGemmStridedBatchedEx");
     b->scratch = (__nv_bfloat16 *)bf16_scratch;
     b->scratch_elems = scratch_bytes / sizeof(__nv_bfloat16);
     moe_status st = MOE_STATUS_OK;
-    if (!create || !set_ws || !set_math || !b->destroy || !b->string || !b->gemm)
+    if (!create || !set_ws || !set_math || !b->destroy || !b->string || !b->gemm || !b->batched)
         st = moe__err(MOE_STATUS_DEVICE, "--device cuda: cuBLAS lacks a function moe needs (cuBLAS 12 or newer)");
     if (st == MOE_STATUS_OK) st = blas_status(b, create(&b->h), "create a handle");
     if (st == MOE_STATUS_OK) st = blas_status(b, set_ws(b->h, workspace, workspace_bytes), "set the workspace");
@@ -108,9 +114,9 @@ static __global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *x, int64_
 
 /* The product's inputs in the type the mode computes in: a and b themselves (fp32), or their bf16
  * roundings in the scratch. */
-static moe_status operands(moe__cuda_blas *b, int bf16, const float *a, int64_t na, const float *bb, int64_t nb,
-                           const void **ao, const void **bo, cudaDataType *type) {
-    *ao = a, *bo = bb, *type = CUDA_R_32F;
+extern "C" moe_status moe__cuda_stage(moe__cuda_blas *b, int bf16, const float *a, int64_t na, const float *bb,
+                                      int64_t nb, const void **ao, const void **bo) {
+    *ao = a, *bo = bb;
     if (!bf16) return MOE_STATUS_OK;
     int64_t at = (na + MOE_CUDA_BF16_ALIGN - 1) / MOE_CUDA_BF16_ALIGN * MOE_CUDA_BF16_ALIGN; // aligned for tensor cores
     if ((size_t)(at + nb) > b->scratch_elems)
@@ -118,7 +124,7 @@ static moe_status operands(moe__cuda_blas *b, int bf16, const float *a, int64_t 
                         (long long)na, (long long)nb, b->scratch_elems);
     to_bf16_kernel<<<moe__cuda_blocks(na, 256), 256>>>(b->scratch, a, na);
     to_bf16_kernel<<<moe__cuda_blocks(nb, 256), 256>>>(b->scratch + at, bb, nb);
-    *ao = b->scratch, *bo = b->scratch + at, *type = CUDA_R_16BF;
+    *ao = b->scratch, *bo = b->scratch + at;
     return MOE_CUDA_LAUNCHED("bf16 rounding of a product's inputs");
 }
 
@@ -128,7 +134,8 @@ static moe_status gemm(moe__cuda_blas *b, int bf16, cublasOperation_t ta, cublas
                        int ldc, const char *what) {
     const void *a, *bo;
     cudaDataType type;
-    moe_status st = operands(b, bf16, A, na, B, nb, &a, &bo, &type);
+    moe_status st = moe__cuda_stage(b, bf16, A, na, B, nb, &a, &bo);
+    type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     if (st != MOE_STATUS_OK) return st;
     float alpha = 1.0f;
     return blas_status(b,
@@ -157,4 +164,15 @@ extern "C" moe_status moe__cuda_matmul_backward(moe__cuda_blas *b, int bf16, flo
         st = gemm(b, bf16, CUBLAS_OP_N, CUBLAS_OP_T, I, O, (int)N, x, N * I, I, dout, N * O, O, 1.0f, dw, I,
                   "matmul backward (dw)");
     return st;
+}
+
+extern "C" moe_status moe__cuda_gemm_batched(moe__cuda_blas *b, int bf16, int ta, int tb, int m, int n, int k, float alpha,
+                                             const void *A, int lda, long long sA, const void *B, int ldb, long long sB,
+                                             float beta, float *C, int ldc, long long sC, int batch) {
+    cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    return blas_status(b,
+                       b->batched(b->h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A,
+                                  type, lda, sA, B, type, ldb, sB, &beta, C, CUDA_R_32F, ldc, sC, batch,
+                                  bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT),
+                       "strided batched product");
 }
