@@ -18,6 +18,10 @@
  * GPU, left to right on the CPU). Every float launcher runs twice and must give the same bits.
  * With capacity the dispatch is checked again on scores rounded to quarters (many exact ties).
  *
+ * Expert choice (moe__cuda_dispatch_ec) against moe__dispatch with expert-choice routing in
+ * training: row_of, row_token, offsets, load exactly, on random, tied (quarters), all-equal and
+ * signed scores (negatives, -0.0 beside +0.0: the same key to both), run twice on a used scratch.
+ *
  * Exits 77 (skipped) where there is no usable GPU: CI builds and runs it without one.
  */
 #include "cuda_check.h"
@@ -289,6 +293,102 @@ static const moe_case cases[] = {
     {"GShard random routing (unrouted slots)", 200, 50, 8, 2, SM, 1, 0.5f, POS, 1, 0, 1},
 };
 
+/* ---------------------------------------------------------------- expert choice */
+
+typedef enum { EC_UNIFORM, EC_QUARTERS, EC_EQUAL, EC_SIGNED } ec_scores;
+
+typedef struct {
+    const char *name;
+    int64_t N;
+    int E, K;
+    float cf;      /* 0 read as 1 */
+    ec_scores scores;
+    int cap;       /* the capacity moe__capacity must give (checked, so the case tests what it says) */
+} ec_case;
+
+static float ec_score(ec_scores kind, int64_t i) {
+    switch (kind) {
+    case EC_UNIFORM: return moe__rng_uniform(&rng);
+    case EC_QUARTERS: return floorf(moe__rng_uniform(&rng) * 4.0f) / 4.0f;
+    case EC_EQUAL: return 0.5f;
+    default: { // signed quarters, with exact zeros of both signs
+        float v = floorf(moe__rng_normal(&rng) * 2.0f) / 4.0f;
+        return v == 0.0f ? (i % 2 ? -0.0f : 0.0f) : v;
+    }
+    }
+}
+
+/* One GPU expert-choice dispatch into outputs filled with 0xff, compared with the CPU's c. */
+static void ec_run_compare(const moe__moe_cache *c, void *dSc, void *dScr, size_t sb, int64_t N, int E, int cap,
+                           const char *what) {
+    int64_t A = N * E, R = (int64_t)E * cap;
+    void *dRow = dev_out((size_t)A * sizeof(int)), *dTok = dev_out((size_t)R * sizeof(int));
+    void *dOff = dev_out((size_t)(E + 1) * 8), *dLoad = dev_out((size_t)E * 8);
+    CHECK_OK(moe__cuda_dispatch_ec(dRow, dTok, dOff, dLoad, dScr, sb, dSc, N, E, cap));
+    char msg[128];
+    snprintf(msg, sizeof msg, "dispatch_ec%s: row_of", what);
+    compare_ints(dRow, c->row_of, A, sizeof(int), msg);
+    snprintf(msg, sizeof msg, "dispatch_ec%s: row_token", what);
+    compare_ints(dTok, c->row_token, R, sizeof(int), msg);
+    snprintf(msg, sizeof msg, "dispatch_ec%s: offsets", what);
+    compare_ints(dOff, c->offsets, E + 1, sizeof(int64_t), msg);
+    snprintf(msg, sizeof msg, "dispatch_ec%s: load", what);
+    compare_ints(dLoad, c->load, E, sizeof(int64_t), msg);
+    // too little scratch, and capacities outside 1..N, are errors, not writes past a buffer
+    CHECK(moe__cuda_dispatch_ec(dRow, dTok, dOff, dLoad, dScr, sb - 1, dSc, N, E, cap) == MOE_STATUS_ARG,
+          "%s: dispatch_ec with too little scratch", case_name);
+    CHECK(moe__cuda_dispatch_ec(dRow, dTok, dOff, dLoad, dScr, sb, dSc, N, E, 0) == MOE_STATUS_ARG,
+          "%s: dispatch_ec with capacity 0", case_name);
+    CHECK(moe__cuda_dispatch_ec(dRow, dTok, dOff, dLoad, dScr, sb, dSc, N, E, (int)N + 1) == MOE_STATUS_ARG,
+          "%s: dispatch_ec with capacity N + 1", case_name);
+    DFREE_ALL(dRow, dTok, dOff, dLoad);
+}
+
+static void test_dispatch_ec(const ec_case *tc) {
+    int64_t N = tc->N, A = N * tc->E;
+    int E = tc->E, before = check_failures;
+    case_name = tc->name;
+    moe__moe_dims d;
+    memset(&d, 0, sizeof d);
+    d.E = d.El = E, d.K = tc->K, d.ep = 1, d.training = 1, d.routing = MOE_ROUTING_EXPERT_CHOICE;
+    d.capacity_factor = tc->cf;
+    CHECK(moe__moe_effective_routing(&d) == MOE_ROUTING_EXPERT_CHOICE && moe__moe_slots(&d) == E,
+          "%s: not an expert-choice layer", tc->name);
+    moe__moe_cache c;
+    memset(&c, 0, sizeof c);
+    c.scores = malloc((size_t)A * sizeof(float)), c.row_of = malloc((size_t)A * sizeof(int));
+    c.row_token = malloc((size_t)A * sizeof(int)), c.scratch_idx = malloc((size_t)(2 * A) * sizeof(int));
+    c.offsets = malloc((size_t)(E + 1) * 8), c.load = malloc((size_t)E * 8);
+    for (int64_t i = 0; i < A; i++) c.scores[i] = ec_score(tc->scores, i);
+    moe__dispatch(&c, &d, N);
+    int cap = c.capacity;
+    CHECK(cap == tc->cap && c.offsets[E] == (int64_t)E * cap, "%s: capacity %d (want %d), %lld rows", tc->name, cap,
+          tc->cap, (long long)c.offsets[E]);
+    size_t sb;
+    CHECK_OK(moe__cuda_dispatch_ec_scratch(&sb, N, E));
+    void *dSc = dev(c.scores, (size_t)A * sizeof(float)), *dScr = dev_out(sb);
+    ec_run_compare(&c, dSc, dScr, sb, N, E, cap, "");
+    ec_run_compare(&c, dSc, dScr, sb, N, E, cap, " (rerun, used scratch)");
+    printf("  %-44s N %5lld E %4d capacity %4d: %s\n", tc->name, (long long)N, E, cap,
+           check_failures == before ? "ok" : "FAIL");
+    FREE_ALL(c.scores, c.row_of, c.row_token, c.scratch_idx, c.offsets, c.load);
+    DFREE_ALL(dSc, dScr);
+}
+
+static const ec_case ec_cases[] = {
+    /* name                                     N    E   K  cf     scores       cap */
+    {"expert choice: N=1", 1, 8, 2, 0.0f, EC_UNIFORM, 1},
+    {"expert choice: N=37, E=8", 37, 8, 2, 0.0f, EC_UNIFORM, 10},
+    {"expert choice: every token (cap = N)", 500, 64, 8, 8.0f, EC_UNIFORM, 500},
+    {"expert choice: tied scores (quarters)", 300, 16, 2, 0.0f, EC_QUARTERS, 38},
+    {"expert choice: signed scores, -0.0 and +0.0", 200, 8, 2, 0.0f, EC_SIGNED, 50},
+    {"expert choice: cap = 1", 50, 16, 1, 0.25f, EC_UNIFORM, 1},
+    {"expert choice: cap = 1, all scores equal", 50, 16, 1, 0.25f, EC_EQUAL, 1},
+    {"expert choice: E=1", 33, 1, 1, 0.5f, EC_UNIFORM, 17},
+    {"expert choice: E=1, all scores equal", 33, 1, 1, 0.5f, EC_EQUAL, 17},
+    {"expert choice: large", 4096, 64, 2, 1.25f, EC_QUARTERS, 160},
+};
+
 int main(void) {
     char name[256];
     size_t free_b, total_b;
@@ -299,5 +399,6 @@ int main(void) {
     printf("test_cuda_moe: %s, %.1f of %.1f GiB free\n", name, free_b / 1073741824.0, total_b / 1073741824.0);
     moe__rng_seed(&rng, 20261201);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+    for (size_t i = 0; i < sizeof ec_cases / sizeof ec_cases[0]; i++) test_dispatch_ec(&ec_cases[i]);
     CHECK_SUMMARY("test_cuda_moe");
 }

@@ -6,6 +6,14 @@
  * (probability: a stable segmented radix sort by descending score, so ties go to the lower
  * token); kept rows are numbered by an exclusive scan of the kept flags in (expert, token)
  * order. Integer work throughout: the same rows as the CPU.
+ *
+ * Expert choice (moe__dispatch's expert-choice path): the scores (N,E) transposed to E segments
+ * of N (expert-major) with the token ids as values, each segment sorted by descending score (the
+ * stable segmented radix sort: ties to the lower token; CUB maps -0.0 and +0.0 to one key, as the
+ * CPU's == does; scores are assumed finite, NaN orders differently); the first cap of a segment
+ * are chosen, and an exclusive scan of the chosen flags in (expert, token) order numbers the rows:
+ * expert by expert, token order within one, offsets[e] = e*cap. No atomics: the same integers as
+ * the CPU on every run.
  */
 #include "cuda/common.cuh"
 
@@ -204,3 +212,121 @@ extern "C" moe_status moe__cuda_dispatch(int *row_of, int *row_token, int64_t *o
     return MOE_CUDA_LAUNCHED("dispatch (offsets)");
 }
 
+/* ---------------------------------------------------------------- expert choice */
+
+/* key (E,N) = scores (N,E) transposed; val = the token. Segment e (keys e*N ..) is expert e. */
+static __global__ void ec_keys_kernel(float *key, int *val, int *seg, const float *scores, int64_t N, int E) {
+    GRID_STRIDE(i, N * E) {
+        int64_t e = i / N, n = i - e * N;
+        key[i] = scores[n * E + e];
+        val[i] = (int)n;
+    }
+    GRID_STRIDE(e, (int64_t)E + 1) seg[e] = (int)(e * N);
+}
+
+/* by_score holds segment e's tokens by descending score: chosen[e*N + token] = rank < cap. Each
+ * segment is a permutation of 0..N-1, so every flag is written once; chosen[N*E] = 0 makes the
+ * scan's last entry the total. */
+static __global__ void ec_chosen_kernel(int *chosen, const int *by_score, int64_t N, int E, int cap) {
+    GRID_STRIDE(i, N * E + 1) {
+        if (i == N * E) {
+            chosen[i] = 0;
+        } else {
+            int64_t e = i / N, rank = i - e * N;
+            chosen[e * N + by_score[i]] = rank < cap;
+        }
+    }
+}
+
+/* rowpos (E,N): the exclusive scan of chosen in (expert, token) order, so expert e's rows start
+ * at e*cap and follow token order. row_of is (N,E): slot e of token n. */
+static __global__ void ec_rows_kernel(int *row_of, int *row_token, int64_t *offsets, int64_t *load, const int *chosen,
+                                      const int *rowpos, int64_t N, int E, int cap) {
+    GRID_STRIDE(i, N * E) {
+        int64_t e = i / N, n = i - e * N;
+        if (chosen[i]) {
+            row_of[n * E + e] = rowpos[i];
+            row_token[rowpos[i]] = (int)n;
+        } else {
+            row_of[n * E + e] = MOE_ROW_UNROUTED;
+        }
+    }
+    GRID_STRIDE(e, (int64_t)E + 1) {
+        offsets[e] = e * cap;
+        if (e < E) load[e] = cap;
+    }
+}
+
+typedef struct {
+    size_t key, key_sorted, val, by_score, chosen, rowpos, seg, temp;
+    size_t temp_bytes, total;
+} ec_layout;
+
+static moe_status ec_layout_of(ec_layout *L, int A, int E) {
+    size_t segsort = 0, scan = 0;
+    cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        NULL, segsort, (const float *)NULL, (float *)NULL, (const int *)NULL, (int *)NULL, A, E, (const int *)NULL,
+        (const int *)NULL);
+    if (e == cudaSuccess) e = cub::DeviceScan::ExclusiveSum(NULL, scan, (const int *)NULL, (int *)NULL, A + 1);
+    MOE_TRY(moe__cuda_status(e, "expert-choice dispatch: CUB scratch sizes"));
+    size_t ints = (size_t)A * sizeof(int), cur = 0;
+    L->key = take(&cur, ints); // floats, as wide as ints
+    L->key_sorted = take(&cur, ints);
+    L->val = take(&cur, ints);
+    L->by_score = take(&cur, ints);
+    L->chosen = take(&cur, ints + sizeof(int));
+    L->rowpos = take(&cur, ints + sizeof(int));
+    L->seg = take(&cur, (size_t)(E + 1) * sizeof(int));
+    L->temp_bytes = segsort > scan ? segsort : scan;
+    L->temp = take(&cur, L->temp_bytes);
+    L->total = cur + ALIGN - 1; // room to align the caller's pointer
+    return MOE_STATUS_OK;
+}
+
+/* N*E < INT_MAX: CUB's item counts and the rows are ints (and N*E + 1 for the scan). */
+static int ec_sizes_ok(int64_t N, int E) { return N >= 1 && E >= 1 && N <= (int64_t)(INT_MAX - 1) / E; }
+
+extern "C" moe_status moe__cuda_dispatch_ec_scratch(size_t *bytes, int64_t N, int E) {
+    *bytes = 0;
+    if (!ec_sizes_ok(N, E))
+        return moe__err(MOE_STATUS_ARG, "CUDA expert-choice dispatch scratch: N %lld, E %d out of range", (long long)N,
+                        E);
+    ec_layout L;
+    MOE_TRY(ec_layout_of(&L, (int)(N * E), E));
+    *bytes = L.total;
+    return MOE_STATUS_OK;
+}
+
+extern "C" moe_status moe__cuda_dispatch_ec(int *row_of, int *row_token, int64_t *offsets, int64_t *load,
+                                            void *scratch, size_t scratch_bytes, const float *scores, int64_t N, int E,
+                                            int cap) {
+    // scores, row_of (N,E); row_token (E*cap); offsets (E+1); load (E)
+    if (!ec_sizes_ok(N, E) || cap < 1 || cap > N)
+        return moe__err(MOE_STATUS_ARG, "CUDA expert-choice dispatch: N %lld, E %d, capacity %d out of range",
+                        (long long)N, E, cap);
+    int A = (int)(N * E);
+    ec_layout L;
+    MOE_TRY(ec_layout_of(&L, A, E));
+    if (scratch_bytes < L.total)
+        return moe__err(MOE_STATUS_ARG,
+                        "CUDA expert-choice dispatch: scratch of %zu bytes, %zu needed (moe__cuda_dispatch_ec_scratch)",
+                        scratch_bytes, L.total);
+    char *base = (char *)(((uintptr_t)scratch + ALIGN - 1) / ALIGN * ALIGN);
+    float *key = (float *)(base + L.key), *key_sorted = (float *)(base + L.key_sorted);
+    int *val = (int *)(base + L.val), *by_score = (int *)(base + L.by_score), *seg = (int *)(base + L.seg);
+    int *chosen = (int *)(base + L.chosen), *rowpos = (int *)(base + L.rowpos);
+    unsigned blocks = moe__cuda_blocks((int64_t)A + 1, MOE_THREADS);
+    size_t tb = L.temp_bytes;
+    ec_keys_kernel<<<blocks, MOE_THREADS>>>(key, val, seg, scores, N, E);
+    MOE_TRY(MOE_CUDA_LAUNCHED("expert-choice dispatch (keys)"));
+    // stable: equal scores keep their token order within a segment, so ties go to the lower token
+    MOE_TRY(moe__cuda_status(cub::DeviceSegmentedRadixSort::SortPairsDescending(base + L.temp, tb, key, key_sorted,
+                                                                                val, by_score, A, E, seg, seg + 1),
+                             "expert-choice dispatch: sort by score"));
+    ec_chosen_kernel<<<blocks, MOE_THREADS>>>(chosen, by_score, N, E, cap);
+    MOE_TRY(MOE_CUDA_LAUNCHED("expert-choice dispatch (chosen)"));
+    MOE_TRY(moe__cuda_status(cub::DeviceScan::ExclusiveSum(base + L.temp, tb, (const int *)chosen, rowpos, A + 1),
+                             "expert-choice dispatch: rows"));
+    ec_rows_kernel<<<blocks, MOE_THREADS>>>(row_of, row_token, offsets, load, chosen, rowpos, N, E, cap);
+    return MOE_CUDA_LAUNCHED("expert-choice dispatch (rows)");
+}
