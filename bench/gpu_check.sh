@@ -12,9 +12,11 @@
 # directly. Checks, each under its own timeout (about 4 minutes in all, most of it the CPU's
 # 350 training steps of test_cuda_train.sh):
 #   test_cuda         the kernels and cuBLAS products (fp32, bf16) against the CPU functions
-#   test_cuda_moe     the MoE layer's kernels (dispatch, combine, router losses and backward)
+#   test_cuda_moe     the MoE layer's kernels (dispatch, expert-choice dispatch, combine, scatter)
+#   test_cuda_router  every routing method's router forward, losses and backward
 #   test_cuda_model   the whole model's losses, loads and gradients against the CPU, per routing
-#   test_cuda_train   300 steps GPU vs CPU, cross-backend resume, bit-exact GPU->GPU resume
+#   test_cuda_train   300 steps GPU vs CPU, cross-backend resume, bit-exact GPU->GPU resume,
+#                     every other option for 100 steps, the NaN report
 # The CPU runs use OPENBLAS_CORETYPE=SkylakeX: Debian's OpenBLAS does not know the GPU host's
 # Xeon and would take its SSE3 kernels (GPU.md).
 set -uo pipefail
@@ -26,7 +28,8 @@ pack)
     BUILD=${BUILD:-build}
     [ -x "$BUILD/moe" ] && [ -x "$BUILD/tests/test_cuda" ] || { echo "gpu_check: build first (cmake with nvcc: $BUILD/tests/test_cuda)" >&2; exit 2; }
     mkdir -p "$DIR"
-    cp "$BUILD/moe" "$BUILD"/tests/test_cuda "$BUILD"/tests/test_cuda_moe "$BUILD"/tests/test_cuda_model "$DIR"/
+    cp "$BUILD/moe" "$BUILD"/tests/test_cuda "$BUILD"/tests/test_cuda_moe "$BUILD"/tests/test_cuda_router \
+        "$BUILD"/tests/test_cuda_model "$DIR"/
     # libraries the GPU machine lacks or may lack (GPU.md); the CUDA runtime is linked statically
     for lib in $(ldd "$BUILD/moe" | awk '/libcjson|libopenblas|libgomp|libgfortran|libquadmath/ {print $3}'); do
         cp -L "$lib" "$DIR"/
@@ -52,10 +55,11 @@ run)
         echo "exit $rc in $((SECONDS - t0)) s: $(tail -1 "$LOG/$name.txt")" | tee -a "$LOG/summary.txt"
         [ $rc -eq 0 ] || status=1
     }
-    check test_cuda 40 "$DIR/test_cuda"
-    check test_cuda_moe 30 "$DIR/test_cuda_moe"
+    check test_cuda 30 "$DIR/test_cuda"
+    check test_cuda_moe 20 "$DIR/test_cuda_moe"
+    check test_cuda_router 20 "$DIR/test_cuda_router"
     check test_cuda_model 30 "$DIR/test_cuda_model"
-    check test_cuda_train 150 bash tests/test_cuda_train.sh "$DIR/moe" "$DIR/tinyshakespeare.txt"
+    check test_cuda_train 140 bash tests/test_cuda_train.sh "$DIR/moe" "$DIR/tinyshakespeare.txt"
     mkdir -p "$OUT"
     tar -czf "$OUT/gpu_check.tar.gz" -C "$LOG" . && echo "gpu_check: logs in $OUT/gpu_check.tar.gz"
     rm -rf "$LOG"
