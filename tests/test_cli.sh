@@ -202,6 +202,16 @@ expect_error "bad device number" "device number must be an integer" -- "${D[@]}"
 expect_error "bad --dtype" "'fp16': expected fp32 or bf16" -- "${D[@]}" --device cuda --dtype fp16
 expect_error "bf16 on the CPU" "the CPU computes in fp32 only" -- "${D[@]}" --dtype bf16
 expect_exit "bf16 on the CPU exits 2" 2 "${D[@]}" --dtype bf16
+# an imported config with an absurd size names the reason once (the wrapped error is not garbled)
+mkdir -p "$W/hf_absurd"
+printf '{"model_type": "mixtral", "hidden_size": 40960000, "intermediate_size": 14336, "num_hidden_layers": 2,
+ "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+ "vocab_size": 32000, "rms_norm_eps": 1e-5}\n' > "$W/hf_absurd/config.json"
+expect_error "absurd HF config" "gives a config moe cannot use: config: 'n_embd' = 4.096e+07 is out of range" \
+    -- "$MOE" import --from "$W/hf_absurd" --out "$W/hf_absurd_out"
+checks=$((checks + 1))
+[ "$(grep -o "gives a config moe cannot use" "$W/err" | wc -l)" = 1 ] || fail "absurd HF config: the prefix repeats: $(cat "$W/err")"
+
 # every option reaches the GPU, none refused by name: where none is, the error is about the device
 for opt in routing=expert_choice routing=noisy_topk routing=soft random_routing=1 jitter_eps=0.01 recompute=1 \
     expert_counts=8,8,8,16; do

@@ -30,11 +30,16 @@ static _Thread_local char last_error[1024];
 
 const char *moe_last_error(void) { return last_error; }
 
+/* Formats into a buffer of its own first: a caller may pass moe_last_error() as an argument,
+ * to wrap the error it got in its own context, and the thread's buffer is then both source and
+ * destination of the formatting. */
 moe_status moe__err(moe_status s, const char *fmt, ...) {
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, sizeof last_error);
     return s;
 }
 
