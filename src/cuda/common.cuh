@@ -72,4 +72,27 @@ static __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* ---------------------------------------------------------------- shared by router.cu and router_noisy.cu */
+
+/* as router.c's softplus and sigmoidf_ (the device's expf, log1pf: within 2 ulps of glibc's) */
+static __device__ __forceinline__ float router_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+static __device__ __forceinline__ float router_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* z = mean_n lse_n^2: dz / dlogit_ne = 2 lse_n softmax(logits_n)_e / N, added to the entries
+ * e = lane, lane + 32, ... of token n's dl (its logits l, its logsumexp lse) */
+static __device__ __forceinline__ void router_z_grad(float *dl, const float *l, float lse, float z_s, int64_t N,
+                                                     int E, int lane) {
+    float zc = z_s * 2.0f * lse / (float)N;
+    for (int e = lane; e < E; e += MOE_WARP) dl[e] += zc * expf(l[e] - lse);
+}
+
+/* router_noisy.cu, for router.cu's launchers (dimensions checked there). Noisy top-K's
+ * importance and smooth load: imp, loadest (E) and loss[0], loss[1] their CV^2. */
+moe_status moe__cuda_noisy_losses(const moe__cuda_route_dims *d, const moe__cuda_route *r, float *loss);
+/* noisy_token_backward and the z-loss for every token: dlogits and dnoise (N,E); gvec (2E) gets
+ * the importance and load gradients, scaled. */
+moe_status moe__cuda_noisy_backward(const moe__cuda_route_dims *d, const moe__cuda_route *r,
+                                    const moe__cuda_loss_scales *ls, float *dlogits, float *dnoise, float *gvec,
+                                    const float *dgate);
+
 #endif
