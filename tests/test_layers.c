@@ -435,6 +435,7 @@ static void test_moe_gradients(void) {
         {"moe sigmoid renorm scale 2.5 + bias", 24, 8, 6, 2, 5, 1, 8, 1, 1.0f, PROB, TOPK, SIGMOID, 2.5f, 0, 0, 1, 0},
         {"moe sigmoid no-renorm", 24, 8, 6, 2, 5, 0, 12, 0, 0.0f, PROB, TOPK, SIGMOID, 1, 0, 0, 0, 0},
         {"moe noisy top-2", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0},
+        {"moe noisy top-2 route scale 2.5", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 2.5f, 0, 0, 0, 0},
         {"moe noisy top-1 dropping", 24, 8, 4, 1, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0},
         {"moe noisy top-2 eval (clean)", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 1},
         {"moe expert choice", 24, 8, 4, 2, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_EXPERT_CHOICE, SOFTMAX, 1, 0, 0, 0, 0},

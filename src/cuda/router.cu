@@ -133,6 +133,7 @@ static __device__ void noisy_token_forward(const moe__cuda_route_dims &d, const 
     for (int k = 0; k < K; k++) gs += (gate[k] = expf(H[sel[k]] - hmax));
     for (int e = 0; e < E; e++) sc[e] = 0.0f;
     for (int k = 0; k < K; k++) sc[sel[k]] = (gate[k] /= gs);
+    for (int k = 0; k < K; k++) gate[k] *= d.route_scale; // the scores stay the softmax
     for (int e = 0; e < E; e++) pr[e] = sc[e];
 }
 

@@ -140,7 +140,7 @@ static __global__ void noisy_backward_kernel(float *dlogits, float *dnoise, cons
     const float *gimp = gvec, *gload = gvec + E;
     WARP_STRIDE(n, N) {
         const float *l = r.logits + n * E, *H = r.noisy + n * E, *eps = r.noise_eps + n * E;
-        const float *raw = r.noise_raw + n * E, *gate = r.gate + n * K, *dg = dgate + n * K;
+        const float *raw = r.noise_raw + n * E, *dg = dgate + n * K;
         const float *fb = n / T < B ? r.seq_f + (n / T) * E : NULL; // no sequence term after the last
         const int *sel = r.sel + n * K;
         float *dl = dlogits + n * E, *dn = dnoise + n * E;
@@ -150,11 +150,13 @@ static __global__ void noisy_backward_kernel(float *dlogits, float *dnoise, cons
 #define DG(k)                                                                                              \
     (dg[k] * d.route_scale + gimp[sel[k]] + ls.aux * (float)E * r.f[sel[k]] / (float)N +                \
      (fb ? ls.seq_aux * fb[sel[k]] / ((float)T * (float)B) : 0.0f))
+        // g_k = softmax over the selected H (the scores; the gates are route_scale g_k)
+        const float *g = r.scores + n * E;
         float dot = 0.0f;
-        for (int k = 0; k < K; k++) dot += DG(k) * gate[k];
-        // gates = softmax over the selected H: dH_k = g_k (dg_k - sum_j g_j dg_j)
+        for (int k = 0; k < K; k++) dot += DG(k) * g[sel[k]];
+        // dH_k = g_k (dg_k - sum_j g_j dg_j)
         for (int k = 0; k < K; k++)
-            if (sel[k] % MOE_WARP == lane) dl[sel[k]] += gate[k] * (DG(k) - dot);
+            if (sel[k] % MOE_WARP == lane) dl[sel[k]] += g[sel[k]] * (DG(k) - dot);
 #undef DG
         // smooth load: prob_e = Phi(z_e), z_e = (logit_e - H_thr(e)) / std_e
         int io = sel[K - 1], ii = warp_threshold_in(H, sel, E, K, lane);

@@ -8,7 +8,7 @@
  *       selection by scores + bias (aux-loss-free bias selects, never weights);
  *       gate_k = route_scale * s_k / sum_j s_j (norm_topk) or route_scale * s_k
  *   noisy top-K (Shazeer et al. 2017): H = logits + eps * softplus(xr Wn^T), eps ~ N(0,1) in
- *       training (0 at eval); top-K of H; gates = softmax over the K selected H
+ *       training (0 at eval); top-K of H; gates = route_scale * softmax over the K selected H
  *   expert choice (Zhou et al. 2022) and dense soft mixture: a slot per expert, gate = score
  *   GShard random routing: the 2nd expert is kept with probability 2 g2 / (g1 + g2), training only
  *
@@ -150,6 +150,7 @@ void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weigh
             for (int k = 0; k < K; k++) gs += (gate[k] = expf(H[sel[k]] - hmax));
             for (int e = 0; e < E; e++) sc[e] = 0.0f;
             for (int k = 0; k < K; k++) sc[sel[k]] = (gate[k] /= gs);
+            for (int k = 0; k < K; k++) gate[k] *= d->route_scale; // the scores stay the softmax
             for (int e = 0; e < E; e++) pr[e] = sc[e];
             continue;
         }
@@ -259,10 +260,12 @@ static void noisy_token_backward(float *dl, float *dn, const token_grad_ctx *x, 
     // gradients reach the K gates: dg_k = dgate_k * scale + (those at expert sel_k)
 #define DG(k) (dg[k] * d->route_scale + gimp[sel[k]] + ls->aux * (float)E * c->f[sel[k]] / (float)N + \
        ls->seq_aux * fb[sel[k]] / ((float)T * (float)B))
+    // g_k = softmax over the selected H (the scores; the gates are route_scale g_k)
+    const float *g = c->scores + n * E;
     float dot = 0.0f;
-    for (int k = 0; k < K; k++) dot += DG(k) * c->gate[n * slots + k];
-    // gates = softmax over the selected H: dH_k = g_k (dg_k - sum_j g_j dg_j)
-    for (int k = 0; k < K; k++) dl[sel[k]] += c->gate[n * slots + k] * (DG(k) - dot);
+    for (int k = 0; k < K; k++) dot += DG(k) * g[sel[k]];
+    // dH_k = g_k (dg_k - sum_j g_j dg_j)
+    for (int k = 0; k < K; k++) dl[sel[k]] += g[sel[k]] * (DG(k) - dot);
 #undef DG
     // smooth load: prob_e = Phi(z_e), z_e = (logit_e - H_thr(e)) / std_e
     int io, ii;
