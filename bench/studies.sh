@@ -24,7 +24,7 @@ run() { # name data... -- options
         return
     fi
     echo "$name: $MOE train $* ${COMMON[*]}"
-    /usr/bin/time -f "$name: %e s wall, %M KB peak" "$MOE" train --out "$OUT/$name" "$@" "${COMMON[@]}"
+    /usr/bin/time -f "$name: %e s wall, %M KB peak" "$MOE" train --out "$OUT/$name" --overwrite "$@" "${COMMON[@]}"
 }
 
 # 1. collapse and its cures (tinyshakespeare, default model: 4 layers, 8 experts, top-2)

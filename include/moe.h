@@ -34,7 +34,10 @@ extern "C" {
     X(ARG, "invalid argument")                                      \
     X(DATA, "invalid data")                                         \
     X(NUMERIC, "numerical error")                                   \
-    X(DEVICE, "device error")
+    X(DEVICE, "device error")                                       \
+    X(BUSY, "in use")                                               \
+    X(EXISTS, "already exists")                                     \
+    X(MISMATCH, "mismatch")
 
 typedef enum {
 #define MOE__X(name, msg) MOE_STATUS_##name,
@@ -405,11 +408,21 @@ typedef struct {
     char fault[256];     /* "" or what was wrong and where it first appeared */
 } moe_step_info;
 
-/* Creates a trainer writing to out_dir. With resume, the model, optimizer, step, RNG and data
- * position come from out_dir's checkpoint and only training keys of c are used. val may be
- * NULL (then it is split off train). The trainer takes ownership of both datasets. */
+/* How moe_trainer_create treats out_dir. */
+typedef enum {
+    MOE_RUN_NEW = 0,       /* a new run: MOE_STATUS_EXISTS when out_dir already holds one
+                              (model.safetensors or metrics.jsonl) */
+    MOE_RUN_RESUME = 1,    /* continue the run in out_dir from its checkpoint */
+    MOE_RUN_OVERWRITE = 2  /* a new run in place of the one in out_dir (its files are removed) */
+} moe_run_mode;
+
+/* Creates a trainer writing to out_dir, which it locks for its life (MOE_STATUS_BUSY naming the
+ * process when another trainer holds it; a lock dies with its process). With MOE_RUN_RESUME, the
+ * model, optimizer, step, RNG and data position come from out_dir's checkpoint and only training
+ * keys of c are used. val may be NULL (then it is split off train). The trainer takes ownership
+ * of both datasets. */
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
-                              const char *out_dir, int resume, moe_trainer **out);
+                              const char *out_dir, moe_run_mode mode, moe_trainer **out);
 void moe_trainer_free(moe_trainer *t);
 /* One optimizer step (grad_accum micro-batches), with eval and checkpoint when due; appends
  * a record to out_dir/metrics.jsonl. */

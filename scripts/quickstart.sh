@@ -11,7 +11,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 RUN=${1:-runs/quickstart}
 DATA=$(find /usr/share/common-licenses -maxdepth 1 -type f | sort | paste -sd, -)
-./build/moe train --data "$DATA" --out "$RUN" --steps 300 --set log_every=25
+./build/moe train --data "$DATA" --out "$RUN" --steps 300 --set log_every=25 --overwrite
 echo "--- sample ---"
 ./build/moe sample --ckpt "$RUN" --prompt "This License" --tokens 300 --temperature 0.8 --seed 1
 echo "--- figures ---"

@@ -23,6 +23,35 @@ for line in open(sys.argv[1]):
     print(r["step"], repr(r["loss"]), repr(r.get("val_loss")), repr(r["grad_norm"]), [m["load"] for m in r["moe"]])
 ' "$1"; }
 
+# ---- the run directory: never two writers, never replaced by accident
+R=(train --data "$W/corpus.txt" --quiet "${SMALL[@]}")
+"$MOE" "${R[@]}" --out "$W/own" --steps 3 || fail "own: first run"
+cp "$W/own/model.safetensors" "$W/own.model"
+expect_error "a new run over a run" "already holds a run (model.safetensors); continue it with --resume, or start over with --overwrite" \
+    -- "$MOE" "${R[@]}" --out "$W/own" --steps 2
+checks=$((checks + 1))
+cmp -s "$W/own.model" "$W/own/model.safetensors" || fail "a refused run changed the checkpoint"
+checks=$((checks + 1))
+"$MOE" "${R[@]}" --out "$W/own" --steps 2 --resume --overwrite > /dev/null 2>&1
+[ $? -eq 2 ] || fail "--resume with --overwrite: not a usage error"
+"$MOE" "${R[@]}" --out "$W/own" --steps 2 --overwrite || fail "--overwrite failed"
+checks=$((checks + 1))
+[ "$(wc -l < "$W/own/metrics.jsonl")" -eq 2 ] || fail "--overwrite kept the old records: $(wc -l < "$W/own/metrics.jsonl")"
+# a second trainer on a running run is refused with the holder's PID; eval of it stays allowed;
+# a killed holder leaves no lock behind
+"$MOE" "${R[@]}" --out "$W/busy" --steps 100000 --set ckpt_every=1 > /dev/null 2>&1 &
+holder=$!
+for _ in $(seq 100); do [ -f "$W/busy/model.safetensors" ] && break; sleep 0.1; done
+expect_error "a second trainer" "run directory '$W/busy' is in use: process $holder is training there" \
+    -- "$MOE" "${R[@]}" --out "$W/busy" --steps 100000 --resume
+expect_error "a second new run" "is in use: process $holder" -- "$MOE" "${R[@]}" --out "$W/busy" --steps 5 --overwrite
+checks=$((checks + 1))
+"$MOE" eval --ckpt "$W/busy" --data "$W/corpus.txt" --max-batches 1 > /dev/null 2>&1 || fail "eval of a running run failed"
+kill -9 $holder
+wait $holder 2> /dev/null
+checks=$((checks + 1))
+"$MOE" "${R[@]}" --out "$W/busy" --resume --stop-after 1 || fail "a resume after the holder was killed failed"
+
 # ---- resume gives the same losses as an uninterrupted run
 checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 8 "${SMALL[@]}" || fail "straight run failed"
@@ -173,7 +202,7 @@ checks=$((checks + 1))
     || fail "--log-every 5 over 12 steps, eval every 4: want lines at 4,5,8,10,12, got $(grep '^step' "$W/prog.out" | cut -c1-12 | tr '\n' ' ')"
 checks=$((checks + 1))
 grep -q "^step      5/12 .* | eta [0-9]" "$W/prog.out" || fail "no ETA on a plain progress line: $(cat "$W/prog.out")"
-"$MOE" "${P[@]}" --out "$W/prog" --quiet > "$W/prog.quiet" || fail "train --quiet"
+"$MOE" "${P[@]}" --out "$W/prog" --quiet --overwrite > "$W/prog.quiet" || fail "train --quiet"
 checks=$((checks + 1))
 [ -s "$W/prog.quiet" ] && fail "--quiet printed: $(cat "$W/prog.quiet")"
 if command -v script > /dev/null; then

@@ -22,7 +22,7 @@ typedef struct {
     const char *data, *val, *out, *config, *init_from, *device, *dtype;
     cli_list sets;       /* --set, --steps and --log-every, in command-line order */
     long stop_after, ep; /* stop_after 0: run to the last step */
-    int resume, quiet, profile;
+    int resume, overwrite, quiet, profile;
 } train_opts;
 
 #define OPT(field) offsetof(train_opts, field)
@@ -41,6 +41,9 @@ static const cli_flag train_flags[] = {
     {"--resume", CLI_NONE, NULL, OPT(resume),
      .help = "continue the run in DIR from its checkpoint, with its keys (model and\n"
              "training); --config/--set may change training keys (lr, steps, ...)"},
+    {"--overwrite", CLI_NONE, NULL, OPT(overwrite),
+     .help = "start a new run in DIR although it holds one: its checkpoints, state and\n"
+             "metrics are removed first (without it, training into a run is refused)"},
     {"--init-from", CLI_STRING, "SRC", OPT(init_from),
      .help = "start a new run from SRC's weights: a Hugging Face directory (Mixtral;\n"
              "Llama/Mistral dense) or a moe checkpoint. Model keys come from SRC, then\n"
@@ -202,7 +205,13 @@ static moe_dataset *load_data(const char *list, int vocab_size, int is_train_dat
 static moe_trainer *start_trainer(const train_opts *o, const moe_config *c, moe_dataset *train, moe_dataset *val,
                                   const model_source *from) {
     moe_trainer *t;
-    check(moe_trainer_create(c, train, val, o->out, o->resume, &t));
+    if (o->resume && o->overwrite) die(2, "train: --resume continues the run in --out; --overwrite replaces it (not both)");
+    moe_run_mode mode = o->resume ? MOE_RUN_RESUME : o->overwrite ? MOE_RUN_OVERWRITE : MOE_RUN_NEW;
+    moe_status st = moe_trainer_create(c, train, val, o->out, mode, &t);
+    if (st == MOE_STATUS_EXISTS)
+        die(1, "%s; continue it with --resume, or start over with --overwrite", moe_last_error());
+    if (st == MOE_STATUS_BUSY) die(1, "%s; wait for it to end, or train into another --out", moe_last_error());
+    check(st);
     const moe_config *tc = moe_trainer_config(t);
     moe_model *m = moe_trainer_model(t);
     if (!o->quiet) {

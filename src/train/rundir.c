@@ -3,13 +3,16 @@
  * moments, step, data RNG, spike guard; checksummed, format in state.c) and metrics.jsonl; with
  * expert parallelism, each rank's expert and state shards. Saves are atomic and ordered so that
  * a run killed at any moment keeps a loadable checkpoint (docs/formats.md); keep_checkpoints
- * keeps older ones as hard links, and a resume that fails names them.
+ * keeps older ones as hard links, and a resume that fails names them. A training process holds
+ * the directory's lock (DIR/.lock) for its life, so that two trainings never write one run.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "train/train.h"
 #include "dist/dist.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -296,3 +299,107 @@ moe_status moe_trainer_save(moe_trainer *t) {
     if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->run.step);
     return st;
 }
+
+/* ---------------------------------------------------------------- ownership */
+
+moe_status moe__rundir_lock(moe_trainer *t) {
+    moe_status st = MOE_STATUS_OK;
+    t->lock_fd = -1;
+    if (moe__dist_get()->rank == 0) {
+        char path[4200];
+        if (snprintf(path, sizeof path, "%s/.lock", t->dir) >= (int)sizeof path)
+            return moe__err(MOE_STATUS_ARG, "run directory path too long: '%s'", t->dir);
+        struct stat sb;
+        int fd = stat(t->dir, &sb) == 0 ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -2;
+        if (fd == -2) { // a resume of a directory that is not there: its checkpoint read says so
+        } else if (fd < 0) {
+            st = moe__err(MOE_STATUS_IO, "cannot open '%s': %s", path, strerror(errno));
+        } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            char pid[32] = "";
+            ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+            pid[n > 0 ? n : 0] = 0;
+            pid[strcspn(pid, "\n")] = 0;
+            st = errno == EWOULDBLOCK
+                     ? moe__err(MOE_STATUS_BUSY, "run directory '%s' is in use: process %s is training there (%s)", t->dir,
+                                pid[0] ? pid : "?", path)
+                     : moe__err(MOE_STATUS_IO, "cannot lock '%s': %s", path, strerror(errno));
+            close(fd);
+        } else {
+            char pid[32];
+            int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+            if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) { /* the lock holds without it */
+            }
+            t->lock_fd = fd;
+        }
+    }
+    if (moe__dist_min_int(st == MOE_STATUS_OK) == 0 && st == MOE_STATUS_OK) // rank 0 failed: all stop
+        st = moe__err(MOE_STATUS_BUSY, "run directory '%s': rank 0 could not lock it", t->dir);
+    return st;
+}
+
+moe_status moe__rundir_check_new(const char *dir) {
+    const char *names[] = {"model.safetensors", "metrics.jsonl"};
+    char path[4200];
+    moe_status st = MOE_STATUS_OK;
+    for (int i = 0; i < 2 && moe__dist_get()->rank == 0 && st == MOE_STATUS_OK; i++) { // rank 0 writes them
+        if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path)
+            st = moe__err(MOE_STATUS_ARG, "run directory path too long: '%s'", dir);
+        else if (access(path, F_OK) == 0)
+            st = moe__err(MOE_STATUS_EXISTS, "run directory '%s' already holds a run (%s)", dir, names[i]);
+    }
+    if (moe__dist_min_int(st == MOE_STATUS_OK) == 0 && st == MOE_STATUS_OK) // as rank 0 found
+        st = moe__err(MOE_STATUS_EXISTS, "run directory '%s' already holds a run", dir);
+    return st;
+}
+
+/* A file a run writes (in the run directory or a kept checkpoint). */
+static int run_file(const char *name) {
+    static const char *const exact[] = {"model.safetensors", "state.bin", "state.next.bin", "metrics.jsonl"};
+    static const char *const prefix[] = {"events.out.tfevents.", "experts-", "state-"};
+    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
+        if (!strcmp(name, exact[i])) return 1;
+    for (size_t i = 0; i < sizeof prefix / sizeof prefix[0]; i++)
+        if (!strncmp(name, prefix[i], strlen(prefix[i]))) return 1;
+    return 0;
+}
+
+/* Removes the run files of dir; *left counts what else stays. */
+static moe_status clear_files(const char *dir, int *left) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? MOE_STATUS_OK : moe__err(MOE_STATUS_IO, "cannot read '%s': %s", dir, strerror(errno));
+    moe_status st = MOE_STATUS_OK;
+    char path[4400];
+    for (struct dirent *e; st == MOE_STATUS_OK && (e = readdir(d)) != NULL;) {
+        if (!run_file(e->d_name)) {
+            *left += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+            continue;
+        }
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            st = moe__err(MOE_STATUS_ARG, "path too long in '%s'", dir);
+        else if (unlink(path) != 0 && errno != ENOENT)
+            st = moe__err(MOE_STATUS_IO, "cannot remove '%s': %s", path, strerror(errno));
+    }
+    closedir(d);
+    return st;
+}
+
+moe_status moe__rundir_clear(const char *dir) {
+    if (moe__dist_get()->rank != 0) return MOE_STATUS_OK;
+    char base[4200], snap[4400];
+    int left = 0, n = 0;
+    moe_status st = clear_files(dir, &left);
+    if (snprintf(base, sizeof base, "%s/checkpoints", dir) >= (int)sizeof base)
+        return moe__err(MOE_STATUS_ARG, "run directory path too long: '%s'", dir);
+    char **list = list_snapshots(base, &n);
+    for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
+        int other = 0;
+        snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
+        st = clear_files(snap, &other);
+        if (st == MOE_STATUS_OK && !other && rmdir(snap) != 0)
+            st = moe__err(MOE_STATUS_IO, "cannot remove '%s': %s", snap, strerror(errno));
+    }
+    free_list(list, n);
+    if (st == MOE_STATUS_OK) rmdir(base); // when empty
+    return st;
+}
+

@@ -72,6 +72,7 @@ struct moe_trainer {
     moe__step_stats ss;
     moe__test_hooks hooks;
     FILE *metrics;               /* rank 0 only */
+    int lock_fd;                 /* rank 0: the run directory's lock (flock on DIR/.lock), or -1 */
     moe__tb *tb;                 /* rank 0 only, with tensorboard on */
 };
 
@@ -91,6 +92,16 @@ moe_status moe__optimizer_step(moe_model *m, int64_t step, float lr, const moe_c
  * model's moments; state.next.bin when the run was killed inside a save; trims metrics.jsonl.
  * *ckpt_failed: the state itself would not load (the error should name the kept checkpoints). */
 moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_failed);
+/* Locks the run directory for the trainer's life: rank 0 takes an flock on DIR/.lock holding its
+ * PID (MOE_STATUS_BUSY naming the holder when another process has it; the kernel drops a lock
+ * with its process, so a killed run leaves none). COLLECTIVE (world): every rank fails alike. */
+moe_status moe__rundir_lock(moe_trainer *t);
+/* MOE_STATUS_EXISTS when dir holds a run (model.safetensors or metrics.jsonl), as rank 0 sees
+ * it. COLLECTIVE (world). */
+moe_status moe__rundir_check_new(const char *dir);
+/* Removes a run's files from dir (rank 0): model and state files, metrics, TensorBoard events and
+ * kept checkpoints; nothing else in the directory. */
+moe_status moe__rundir_clear(const char *dir);
 /* A resume that failed on its checkpoint: adds the run's kept checkpoints to the error. */
 void moe__rundir_hint(const char *dir, moe_status st);
 

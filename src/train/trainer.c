@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -30,6 +31,7 @@ static moe_status trainer_alloc(const moe_config *c, moe_dataset *train, moe_dat
     }
     t->train = train;
     t->val = val;
+    t->lock_fd = -1;
     t->cfg = *c;
     t->dir = strdup(out_dir);
     t->model_path = moe__path_join(out_dir, "model.safetensors");
@@ -119,8 +121,9 @@ static moe_status open_outputs(moe_trainer *t, int resume) {
 }
 
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val, const char *out_dir,
-                              int resume, moe_trainer **out) {
+                              moe_run_mode mode, moe_trainer **out) {
     *out = NULL;
+    int resume = mode == MOE_RUN_RESUME;
     moe_trainer *t;
     moe__st_file ckpt; // on resume, the checkpoint, read once for its config and its weights
     memset(&ckpt, 0, sizeof ckpt);
@@ -128,6 +131,12 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     int64_t model_step = 0;
     moe_status st = trainer_alloc(c, train, val, out_dir, &t);
     if (!t) return st;
+    // own the directory before reading or writing it: a new run makes it first
+    if (st == MOE_STATUS_OK && !resume && moe__mkdir_p(out_dir) != 0)
+        st = moe__err(MOE_STATUS_IO, "cannot create run directory '%s': %s", out_dir, strerror(errno));
+    if (st == MOE_STATUS_OK) st = moe__rundir_lock(t);
+    if (st == MOE_STATUS_OK && mode == MOE_RUN_NEW) st = moe__rundir_check_new(out_dir);
+    if (st == MOE_STATUS_OK && mode == MOE_RUN_OVERWRITE) st = moe__rundir_clear(out_dir);
     if (st == MOE_STATUS_OK && resume) {
         st = read_resume_config(t, c, &ckpt, &model_step);
         ckpt_failed = st != MOE_STATUS_OK && st != MOE_STATUS_NOMEM;
@@ -157,6 +166,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
 void moe_trainer_free(moe_trainer *t) {
     if (!t) return;
     if (t->metrics) fclose(t->metrics);
+    if (t->lock_fd >= 0) close(t->lock_fd); // releases the run directory
     moe__tb_close(t->tb);
     moe_model_free(t->m);
     moe_dataset_free(t->train);
