@@ -207,6 +207,9 @@ void moe_config_help(FILE *f);
 int moe_config_layer_is_moe(const moe_config *c, int l);
 /* Routed experts of MoE layer l (expert_counts, or n_experts). */
 int moe_config_layer_experts(const moe_config *c, int l);
+/* MOE_STATUS_MISMATCH naming the first model key (not [training]) whose value in c differs from
+ * the run's, with both values. */
+moe_status moe_config_check_model(const moe_config *run, const moe_config *c);
 /* Copies the training keys ([training] in moe_config_help) of src into dst; model keys stay. */
 void moe_config_take_training(moe_config *dst, const moe_config *src);
 
@@ -418,8 +421,9 @@ typedef enum {
 
 /* Creates a trainer writing to out_dir, which it locks for its life (MOE_STATUS_BUSY naming the
  * process when another trainer holds it; a lock dies with its process). With MOE_RUN_RESUME, the
- * model, optimizer, step, RNG and data position come from out_dir's checkpoint and only training
- * keys of c are used. val may be NULL (then it is split off train). The trainer takes ownership
+ * model, optimizer, step, RNG and data position come from out_dir's checkpoint and the training
+ * keys of c apply; its model keys must equal the checkpoint's (MOE_STATUS_MISMATCH naming the key:
+ * start from moe_run_config). val may be NULL (then it is split off train). The trainer takes ownership
  * of both datasets. */
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
                               const char *out_dir, moe_run_mode mode, moe_trainer **out);

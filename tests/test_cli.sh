@@ -52,6 +52,13 @@ wait $holder 2> /dev/null
 checks=$((checks + 1))
 "$MOE" "${R[@]}" --out "$W/busy" --resume --stop-after 1 || fail "a resume after the holder was killed failed"
 
+# a resume refuses model keys that contradict the run (they were silently ignored), and takes
+# training keys
+expect_error "resume with a model key" "model key 'n_layer' = 3 contradicts the run's 2" \
+    -- "$MOE" "${R[@]}" --out "$W/own" --steps 4 --resume --set n_layer=3
+checks=$((checks + 1))
+"$MOE" "${R[@]}" --out "$W/own" --steps 3 --resume --set lr=0.001 || fail "resume with a training key"
+
 # ---- resume gives the same losses as an uninterrupted run
 checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 8 "${SMALL[@]}" || fail "straight run failed"

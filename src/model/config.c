@@ -352,6 +352,34 @@ moe_status moe_config_validate(const moe_config *c) {
     return MOE_STATUS_OK;
 }
 
+/* A key's value as text (its config JSON spelling). */
+static void format_value(const key_desc *k, const moe_config *c, char *buf, size_t n) {
+    const void *p = (const char *)c + k->offset;
+    switch (k->type) {
+    case K_INT: snprintf(buf, n, "%d", *(const int *)p); break;
+    case K_BOOL: snprintf(buf, n, "%s", *(const int *)p ? "true" : "false"); break;
+    case K_FLOAT: snprintf(buf, n, "%.9g", (double)*(const float *)p); break;
+    case K_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)p); break;
+    case K_ENUM: snprintf(buf, n, "%s", k->names[*(const int *)p]); break;
+    case K_STR: snprintf(buf, n, "'%s'", (const char *)p); break;
+    }
+}
+
+moe_status moe_config_check_model(const moe_config *run, const moe_config *c) {
+    for (int i = 0; i < N_KEYS; i++) {
+        const key_desc *k = &keys[i];
+        if (k->kind != KIND_MODEL) continue;
+        const char *a = (const char *)run + k->offset, *b = (const char *)c + k->offset;
+        if (k->type == K_STR ? !strcmp(a, b) : !memcmp(a, b, k->size)) continue;
+        char va[300], vb[300];
+        format_value(k, c, vb, sizeof vb);
+        format_value(k, run, va, sizeof va);
+        return moe__err(MOE_STATUS_MISMATCH, "model key '%s' = %s contradicts the run's %s (model keys are fixed once a run exists)",
+                        k->name, vb, va);
+    }
+    return MOE_STATUS_OK;
+}
+
 void moe_config_take_training(moe_config *dst, const moe_config *src) {
     for (int i = 0; i < N_KEYS; i++) {
         if (keys[i].kind == KIND_TRAINING)

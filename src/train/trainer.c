@@ -50,6 +50,8 @@ static moe_status read_resume_config(moe_trainer *t, const moe_config *c, moe__s
     moe_status st = moe__st_read(t->model_path, ckpt);
     if (st == MOE_STATUS_OK) st = moe__checkpoint_config_of(ckpt, t->model_path, &saved, model_step);
     if (st != MOE_STATUS_OK) return st;
+    if ((st = moe_config_check_model(&saved, c)) != MOE_STATUS_OK)
+        return moe__err(st, "resume of '%s': %s", t->dir, moe_last_error());
     moe_config_take_training(&saved, c);
     t->cfg = saved;
     return MOE_STATUS_OK;
@@ -139,7 +141,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     if (st == MOE_STATUS_OK && mode == MOE_RUN_OVERWRITE) st = moe__rundir_clear(out_dir);
     if (st == MOE_STATUS_OK && resume) {
         st = read_resume_config(t, c, &ckpt, &model_step);
-        ckpt_failed = st != MOE_STATUS_OK && st != MOE_STATUS_NOMEM;
+        ckpt_failed = st != MOE_STATUS_OK && st != MOE_STATUS_NOMEM && st != MOE_STATUS_MISMATCH;
     }
     if (st == MOE_STATUS_OK) st = moe_config_validate(&t->cfg);
 #ifdef _OPENMP
