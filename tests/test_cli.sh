@@ -248,6 +248,18 @@ expect_error "absurd HF config" "gives a config moe cannot use: config: 'n_embd'
 checks=$((checks + 1))
 [ "$(grep -o "gives a config moe cannot use" "$W/err" | wc -l)" = 1 ] || fail "absurd HF config: the prefix repeats: $(cat "$W/err")"
 
+# an unknown key gets the nearest one
+expect_error "a misspelt key" "unknown config key 'checkpoint_every' (did you mean 'ckpt_every'?)" \
+    -- "$MOE" train --data "$W/corpus.txt" --out "$W/typo" --set checkpoint_every=10
+echo '{"n_expert": 4}' > "$W/typo.json"
+expect_error "a misspelt key in a file" "unknown config key 'n_expert' (did you mean 'n_experts'?)" \
+    -- "$MOE" train --data "$W/corpus.txt" --out "$W/typo" --config "$W/typo.json"
+# every command writing to --out makes its missing parents, as train does
+checks=$((checks + 1))
+"$MOE" export --ckpt "$W/own" --out "$W/deep/hf/own" > /dev/null && "$MOE" import --from "$W/deep/hf/own" --out "$W/deep2/imp" > /dev/null \
+    && printf '1 2 3' > "$W/tok3.txt" && "$MOE" logits --ckpt "$W/own" --tokens "$W/tok3.txt" --out "$W/deep3/l/out.bin" \
+    && [ -s "$W/deep3/l/out.bin" ] || fail "export/import/logits into missing parent directories"
+
 # every option reaches the GPU, none refused by name: where none is, the error is about the device
 for opt in routing=expert_choice routing=noisy_topk routing=soft random_routing=1 jitter_eps=0.01 recompute=1 \
     expert_counts=8,8,8,16; do

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 _Noreturn void die(int code, const char *fmt, ...) {
     va_list ap;
@@ -254,3 +255,29 @@ void use_device_for(const char *device, const char *dtype, const char *ckpt) {
     check(moe_checkpoint_config(ckpt, &c, NULL));
     use_device(device, dtype, &c);
 }
+
+int make_dirs(const char *dir) {
+    char p[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof p) return errno = n ? ENAMETOOLONG : ENOENT, -1;
+    memcpy(p, dir, n + 1);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) return -1;
+            *s = '/';
+        }
+    return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+int make_parent(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    char p[4096];
+    size_t n = (size_t)(slash - path);
+    if (n >= sizeof p) return errno = ENAMETOOLONG, -1;
+    memcpy(p, path, n);
+    p[n] = 0;
+    return make_dirs(p);
+}
+

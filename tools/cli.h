@@ -93,6 +93,9 @@ void apply_keys(moe_config *c, const char *config, const cli_list *sets);
 int split_list(char *s, char **out, int max);
 /* "dir/" followed by fmt formatted like printf; to free. */
 char *path_in(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* mkdir -p dir; and of the directory of a file path. 0, or -1 with errno. */
+int make_dirs(const char *dir);
+int make_parent(const char *path);
 /* The whole text file (or pipe) at path, to free; exits 1 naming it as `what` when it cannot
  * be read or holds a NUL byte. */
 char *read_text(const char *path, const char *what);

@@ -127,7 +127,7 @@ static int run_import(void *opts) {
     moe_init_report r;
     check(moe_model_init_from(m, from, &r));
     moe_model_free(from);
-    if (mkdir(o->out, 0755) != 0 && errno != EEXIST) die(1, "import: cannot create '%s': %s", o->out, strerror(errno));
+    if (make_dirs(o->out) != 0) die(1, "import: cannot create '%s': %s", o->out, strerror(errno));
     char *path = path_in(o->out, "model.safetensors");
     check(moe_model_save(m, path, 0));
     print_init_report(o->from, &r);

@@ -395,7 +395,7 @@ static int run_logits(void *opts) {
     size_t n = (size_t)T * c->vocab_size;
     const float *logits = moe_model_logits(m);
     if (!logits) die(1, "logits: %s", moe_last_error());
-    FILE *f = fopen(o->out, "wb");
+    FILE *f = make_parent(o->out) == 0 ? fopen(o->out, "wb") : NULL;
     if (!f || fwrite(logits, sizeof(float), n, f) != n || fclose(f) != 0)
         die(1, "logits: cannot write '%s'", o->out);
     free(tok);

@@ -292,7 +292,7 @@ static int run_plot(void *opts) {
     strcpy(j->tmp, "/tmp/moe-plot-XXXXXX");
     if (!mkdtemp(j->tmp)) die(1, "plot: cannot create a temporary directory: %s", strerror(errno));
     int n = 0, rc = read_metrics(j);
-    if (!rc && mkdir(j->out, 0755) != 0 && errno != EEXIST)
+    if (!rc && make_dirs(j->out) != 0)
         rc = fail(j, "plot: cannot create '%s': %s", j->out, strerror(errno));
     if (!rc) rc = write_script(j, &n);
     if (!rc) rc = run_gnuplot(j);

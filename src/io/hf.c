@@ -238,8 +238,10 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
     }
     int ep, ep_rank;
     moe__model_ep(m, &ep, &ep_rank);
-    MOE_ASSERT(ep == 1);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+    if (ep != 1) // the expert tensors of this rank are E/ep of them: load the checkpoint on one process
+        return moe__err(MOE_STATUS_ARG, "export: the model holds 1/%d of its experts (expert parallelism); export a "
+                        "checkpoint loaded on one process (moe_model_load)", ep);
+    if (moe__mkdir_p(dir) != 0)
         return moe__err(MOE_STATUS_IO, "export: cannot create '%s': %s", dir, strerror(errno));
     char *txt = config_json(m, qwen, bf16);
     if (!txt) return moe__err(MOE_STATUS_NOMEM, "out of memory");

@@ -49,6 +49,39 @@ static const key_desc *find_key(const char *name) {
     return NULL;
 }
 
+/* Edit distance (insertions, deletions, substitutions) of two short names. */
+static int edit_distance(const char *a, const char *b) {
+    int la = (int)strlen(a), lb = (int)strlen(b), row[64];
+    if (la > 63 || lb > 63) return 1 << 20;
+    for (int j = 0; j <= lb; j++) row[j] = j;
+    for (int i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = i;
+        for (int j = 1; j <= lb; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* " (did you mean 'K'?)" for the key closest to an unknown name, when close enough to be a slip
+ * or a synonym (at most half the longer name changed); else "". */
+static const char *did_you_mean(const char *name, char *buf, size_t n) {
+    int best = -1, bd = 1 << 20;
+    for (int i = 0; i < N_KEYS; i++) {
+        int d = edit_distance(name, keys[i].name);
+        if (d < bd) bd = d, best = i;
+    }
+    size_t la = strlen(name), lb = best >= 0 ? strlen(keys[best].name) : 0;
+    if (best < 0 || 2 * (size_t)bd > (la > lb ? la : lb)) return "";
+    snprintf(buf, n, " (did you mean '%s'?)", keys[best].name);
+    return buf;
+}
+
 moe_config moe_config_default(void) {
     static const moe_config defaults = {
 #define X(name, type, def, min, max, kind, help) .name = def,
@@ -119,7 +152,10 @@ static moe_status set_value(moe_config *c, const key_desc *k, const char *v, con
 
 moe_status moe_config_set(moe_config *c, const char *key, const char *value) {
     const key_desc *k = find_key(key);
-    if (!k) return moe__err(MOE_STATUS_CONFIG, "--set: unknown config key '%s' (see moe train --help)", key);
+    char hint[96];
+    if (!k)
+        return moe__err(MOE_STATUS_CONFIG, "--set: unknown config key '%s'%s (see moe train --help)", key,
+                        did_you_mean(key, hint, sizeof hint));
     return set_value(c, k, value, "--set");
 }
 
@@ -150,7 +186,9 @@ moe_status moe__config_apply_json(moe_config *c, const char *json, const char *o
     for (cJSON *it = root->child; it && st == MOE_STATUS_OK; it = it->next) {
         const key_desc *k = find_key(it->string);
         if (!k) {
-            st = moe__err(MOE_STATUS_CONFIG, "%s: unknown config key '%s'", origin, it->string);
+            char hint[96];
+            st = moe__err(MOE_STATUS_CONFIG, "%s: unknown config key '%s'%s", origin, it->string,
+                          did_you_mean(it->string, hint, sizeof hint));
             break;
         }
         char buf[160];
