@@ -64,6 +64,7 @@ mem = f"{float(mem) / 1024:.1f}" if mem else "?"
 print(f"{name:<20} {tps:>10.0f} {tf:>8.1f} {100 * tf / 989:>6.1f}% {mem:>9}")
 PY
     sed -n '/^profile over/,$p' "$W/$name.prof" | sed 's/^/    /'
+    rm -rf "$W/$name/model.safetensors" "$W/$name"/state*.bin "$W/$name/checkpoints" # GBs: only the logs are kept
 }
 
 echo "moe on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $STEPS steps a run"
@@ -80,5 +81,6 @@ echo "GPU.md, the same H200: torch.compile 161,159 tok/s (21.7% MFU, 24.9 GiB); 
      "transformers Mixtral 101,267; fine-grained: transformers 75,082, eager 34,417"
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
-    tar -czf "$OUT/bench_gpu.tar.gz" -C "$W" --exclude=tokens.bin . && echo "logs in $OUT/bench_gpu.tar.gz"
+    tar -czf "$OUT/bench_gpu.tar.gz" -C "$W" --exclude=tokens.bin --exclude='*.safetensors' --exclude='state*.bin' . \
+        && echo "logs in $OUT/bench_gpu.tar.gz"
 fi

@@ -55,11 +55,11 @@ run)
         echo "exit $rc in $((SECONDS - t0)) s: $(tail -1 "$LOG/$name.txt")" | tee -a "$LOG/summary.txt"
         [ $rc -eq 0 ] || status=1
     }
-    check test_cuda 30 "$DIR/test_cuda"
-    check test_cuda_moe 20 "$DIR/test_cuda_moe"
-    check test_cuda_router 20 "$DIR/test_cuda_router"
-    check test_cuda_model 30 "$DIR/test_cuda_model"
-    check test_cuda_train 140 bash tests/test_cuda_train.sh "$DIR/moe" "$DIR/tinyshakespeare.txt"
+    check test_cuda 20 "$DIR/test_cuda"
+    check test_cuda_moe 15 "$DIR/test_cuda_moe"
+    check test_cuda_router 15 "$DIR/test_cuda_router"
+    check test_cuda_model 20 "$DIR/test_cuda_model"
+    check test_cuda_train 170 bash tests/test_cuda_train.sh "$DIR/moe" "$DIR/tinyshakespeare.txt"
     mkdir -p "$OUT"
     tar -czf "$OUT/gpu_check.tar.gz" -C "$LOG" . && echo "gpu_check: logs in $OUT/gpu_check.tar.gz"
     rm -rf "$LOG"

@@ -13,6 +13,8 @@
 #ifndef MOE_H
 #define MOE_H
 
+#include "moe_version.h"
+
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +50,10 @@ typedef enum {
 
 /* Short fixed message of a status code. Never NULL. */
 const char *moe_status_str(moe_status s);
+/* The library's version ("0.1.0"; MOE_VERSION_STRING of the headers it was built with) and what
+ * it was built with: "0.1.0 (openblas, openmp, mpi, cuda sm_90)". */
+const char *moe_version(void);
+const char *moe_build_info(void);
 /* Detailed message of the last error set on this thread ("" if none). Owned by the library;
  * valid until the next failing call on this thread. */
 const char *moe_last_error(void);

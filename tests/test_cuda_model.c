@@ -66,7 +66,10 @@ static int same_routing(const moe_model *a, const moe_model *b, int64_t N) {
     for (int i = 0; i < a->n_moe && same; i++) {
         int sa = moe_model_routing(a, i, ra), sb = moe_model_routing(b, i, rb);
         CHECK(sa == sb, "routing of MoE layer %d: %d slots against %d", i, sb, sa);
-        same = sa == sb && (sa < 0 || !memcmp(ra, rb, (size_t)N * sa * sizeof(int))); // < 0: recompute keeps none
+        if (sa < 0) // recompute keeps no routing: the loads tell a flipped choice
+            same = !memcmp(a->stats[i].load, b->stats[i].load, (size_t)a->stats[i].n_experts * sizeof(int64_t));
+        else
+            same = sa == sb && !memcmp(ra, rb, (size_t)N * sa * sizeof(int));
     }
     free(ra);
     free(rb);

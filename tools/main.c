@@ -32,6 +32,10 @@ static int run(const cli_command *cmd, int argc, char **argv) {
 int main(int argc, char **argv) {
     check(moe_dist_init(&argc, &argv));
     atexit(moe_dist_finalize);
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("moe %s\n", moe_build_info());
+        return 0;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         print_help(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

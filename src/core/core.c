@@ -21,6 +21,19 @@ static const char *const status_msgs[] = {
 #undef MOE__X
 };
 
+const char *moe_version(void) { return MOE_VERSION_STRING; }
+
+const char *moe_build_info(void) {
+    return MOE_VERSION_STRING " (openblas, openmp"
+#ifdef MOE_HAVE_MPI
+           ", mpi"
+#endif
+#ifdef MOE_HAVE_CUDA
+           ", cuda"
+#endif
+           ")";
+}
+
 const char *moe_status_str(moe_status s) {
     if ((int)s < 0 || s >= MOE_STATUS_COUNT) return "unknown status";
     return status_msgs[s];

@@ -97,7 +97,9 @@ extern "C" void moe__cuda_prof_free(moe__cuda_prof *p) {
 }
 
 extern "C" void moe__cuda_prof_mark(moe__cuda_prof *p, int phase) {
-    if (!p || p->n >= p->cap) return;
+    if (!p) return;
+    if (phase < 0) p->n = 0; // a new chain: marks of a pass that stopped early are dropped
+    if (p->n >= p->cap) return;
     if (cudaEventRecord(p->ev[p->n], 0) != cudaSuccess) return;
     p->phase[p->n++] = phase;
 }
