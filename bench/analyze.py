@@ -14,7 +14,7 @@ import sys
 
 def records(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [r for r in map(json.loads, f) if "event" not in r]  # step records, not typed events
 
 
 def params(run_dir):

@@ -40,7 +40,7 @@ import json, statistics, struct, sys
 sys.path.insert(0, "bench")
 from analyze import params  # active parameters per token, as the analysis counts them
 d, mem = sys.argv[1], int(sys.argv[2])
-r = [json.loads(l) for l in open(d + "/metrics.jsonl")]
+r = [x for x in map(json.loads, open(d + "/metrics.jsonl")) if "event" not in x]
 tps = statistics.median(x["tokens_per_s"] for x in r[1:])
 with open(d + "/model.safetensors", "rb") as f:
     n, = struct.unpack("<Q", f.read(8)); h = json.loads(f.read(n))

@@ -63,7 +63,7 @@ elif spec.startswith("every:"):
     k = int(spec[6:]); L_moe = sum(1 for l in range(L) if (l + 1) % k == 0)
 else:
     L_moe = len([x for x in spec.split(",") if x.strip()])
-recs = [json.loads(l) for l in open(path) if l.strip()]
+recs = [x for x in (json.loads(l) for l in open(path) if l.strip()) if "event" not in x]  # steps only
 if not recs:
     sys.exit("no records in " + path)
 if recs[0].get("moe") is not None and len(recs[0]["moe"]) != L_moe:

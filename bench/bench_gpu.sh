@@ -54,7 +54,7 @@ run() { # name sets...
     python3 - "$W/$name" "$name" "$(sort -n "$W/$name.mem" | tail -1)" <<'PY'
 import json, statistics, sys
 d, name, mem = sys.argv[1], sys.argv[2], sys.argv[3]
-r = [json.loads(l) for l in open(d + "/metrics.jsonl")]
+r = [x for x in map(json.loads, open(d + "/metrics.jsonl")) if "event" not in x]
 tps = statistics.median(x["tokens_per_s"] for x in r[5:] or r)
 V, T, C, L = 32000, 1024, 1024, 8
 E, K, F = (64, 8, 352) if name.startswith("fine") else (8, 2, 2816)

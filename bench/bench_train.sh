@@ -18,7 +18,7 @@ run() {
     python3 - "$name" "$W/$name/metrics.jsonl" "$(cat "$W/$name.mem")" <<'PY'
 import json, statistics, sys
 name, path, mem_kb = sys.argv[1], sys.argv[2], int(sys.argv[3])
-r = [json.loads(l) for l in open(path)]
+r = [x for x in map(json.loads, open(path)) if "event" not in x]  # steps, not typed records
 tps = statistics.median(x["tokens_per_s"] for x in r[1:]) if len(r) > 1 else r[0]["tokens_per_s"]
 ms = statistics.median(x["step_ms"] for x in r[1:]) if len(r) > 1 else r[0]["step_ms"]
 print(f"{name:10s} {tps:10.0f} tok/s  {ms:9.1f} ms/step  peak RSS {mem_kb/1024:7.1f} MiB")

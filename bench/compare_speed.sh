@@ -73,7 +73,7 @@ for i in $(seq 1 "$RUNS"); do
         python3 - "$out/metrics.jsonl" "$WARMUP" "$i" "$side" "$t0" "$t1" >> "$W/runs.txt" <<'PY' || fails=$((fails + 1))
 import json, statistics, sys
 path, warmup, i, side, t0, t1 = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
-r = [json.loads(l) for l in open(path)][warmup:]
+r = [x for x in map(json.loads, open(path)) if "event" not in x][warmup:]  # steps, not typed records
 if not r:
     sys.exit(f"run {i} {side}: no steps after the warm-up")
 print(i, side, statistics.median(x["tokens_per_s"] for x in r), statistics.median(x["step_ms"] for x in r), t1 - t0)

@@ -19,7 +19,7 @@ COMMON=(--steps "$STEPS" --set eval_every=50 --set eval_batches=8 --set log_ever
 run() { # name data... -- options
     local name=$1
     shift
-    if [ -f "$OUT/$name/model.safetensors" ] && [ "$(wc -l < "$OUT/$name/metrics.jsonl")" -ge "$STEPS" ]; then
+    if [ -f "$OUT/$name/model.safetensors" ] && [ "$(grep -c '"loss"' "$OUT/$name/metrics.jsonl")" -ge "$STEPS" ]; then
         echo "$name: done already"
         return
     fi

@@ -390,6 +390,12 @@ typedef struct moe_dataset moe_dataset;
 moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_size, moe_dataset **out);
 void moe_dataset_free(moe_dataset *d);
 int64_t moe_dataset_len(const moe_dataset *d);
+/* Where the tokens came from: the paths joined by commas, or for a split part, which part ("the
+ * last 10% (N tokens) of ..."). Lives as long as d. */
+const char *moe_dataset_source(const moe_dataset *d);
+/* Warnings of the load that are not errors, one a line ("" if none): a file that looks like
+ * compressed or binary data given as text. Lives as long as d. */
+const char *moe_dataset_notice(const moe_dataset *d);
 const uint16_t *moe_dataset_tokens(const moe_dataset *d);
 /* Splits off the last frac of d into a new dataset; d keeps the rest. */
 moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val);
@@ -434,6 +440,9 @@ typedef enum {
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
                               const char *out_dir, moe_run_mode mode, moe_trainer **out);
 void moe_trainer_free(moe_trainer *t);
+/* After a resume whose training data differs from the run's last start or resume record in
+ * metrics.jsonl (docs/metrics.md): what changed, for a warning; else NULL. Lives as long as t. */
+const char *moe_trainer_data_change(const moe_trainer *t);
 /* One optimizer step (grad_accum micro-batches), with eval and checkpoint when due; appends
  * a record to out_dir/metrics.jsonl. */
 moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info);

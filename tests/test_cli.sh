@@ -20,8 +20,11 @@ losses() { python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
+    if "event" in r:  # a typed record (docs/metrics.md), not a step
+        continue
     print(r["step"], repr(r["loss"]), repr(r.get("val_loss")), repr(r["grad_norm"]), [m["load"] for m in r["moe"]])
 ' "$1"; }
+steps_in() { grep -c '"loss"' "$1"; } # step records of a metrics.jsonl
 
 # ---- the run directory: never two writers, never replaced by accident
 R=(train --data "$W/corpus.txt" --quiet "${SMALL[@]}")
@@ -36,7 +39,8 @@ checks=$((checks + 1))
 [ $? -eq 2 ] || fail "--resume with --overwrite: not a usage error"
 "$MOE" "${R[@]}" --out "$W/own" --steps 2 --overwrite || fail "--overwrite failed"
 checks=$((checks + 1))
-[ "$(wc -l < "$W/own/metrics.jsonl")" -eq 2 ] || fail "--overwrite kept the old records: $(wc -l < "$W/own/metrics.jsonl")"
+[ "$(steps_in "$W/own/metrics.jsonl")" -eq 2 ] && [ "$(grep -c '"event"' "$W/own/metrics.jsonl")" -eq 1 ] \
+    || fail "--overwrite kept the old records: $(cat "$W/own/metrics.jsonl")"
 # a second trainer on a running run is refused with the holder's PID; eval of it stays allowed;
 # a killed holder leaves no lock behind
 "$MOE" "${R[@]}" --out "$W/busy" --steps 100000 --set ckpt_every=1 > /dev/null 2>&1 &
@@ -51,6 +55,30 @@ kill -9 $holder
 wait $holder 2> /dev/null
 checks=$((checks + 1))
 "$MOE" "${R[@]}" --out "$W/busy" --resume --stop-after 1 || fail "a resume after the holder was killed failed"
+
+# every start and resume is a typed record of metrics.jsonl naming the data; a resume on other
+# data warns and says so there too
+head -c 4000 "$W/corpus.txt" > "$W/other.txt"
+"$MOE" "${R[@]}" --out "$W/own" --steps 3 --resume --data "$W/corpus.txt,$W/other.txt" > /dev/null 2> "$W/err" \
+    || fail "resume with other data failed: $(cat "$W/err")"
+checks=$((checks + 2))
+grep -q "warning: resuming with other training data: the run was trained on the first .* of $W/corpus.txt; it goes on with" "$W/err" \
+    || fail "resume with other data: no warning: $(cat "$W/err")"
+python3 - "$W/own/metrics.jsonl" "$W/corpus.txt" <<'EOF' || fail "resume with other data: not on record"
+import json, sys
+ev = [r for r in map(json.loads, open(sys.argv[1])) if "event" in r]
+assert [e["event"] for e in ev] == ["start", "resume"], ev
+assert ev[0]["step"] == 0 and ev[1]["step"] == 2 and ev[1]["data_changed"] is True, ev
+assert sys.argv[2] in ev[1]["data_before"] and "other.txt" in ev[1]["data"] and "other.txt" not in ev[0]["data"], ev
+EOF
+# binary data given as text is read, with a warning; eval says which part of the data it read
+printf '\x1f\x8b\x08\x00' > "$W/data.gz" && cat "$W/corpus.txt" >> "$W/data.gz"
+"$MOE" eval --ckpt "$W/own" --data "$W/data.gz" --max-batches 1 > "$W/out" 2> "$W/err" || fail "eval of gzip data failed"
+checks=$((checks + 2))
+grep -q "warning: '$W/data.gz' looks like gzip-compressed data, not text" "$W/err" || fail "no warning for gzip data: $(cat "$W/err")"
+grep -q "^data: $W/data.gz: the first [0-9]* of its [0-9]* tokens ([0-9]* windows of 16)" "$W/out" || fail "eval does not say what it read: $(head -2 "$W/out")"
+cp "$W/corpus.txt" "$W/corpus.txt.bin"
+expect_error "a .bin without the shard magic" "not an llm.c token shard (magic" -- "$MOE" eval --ckpt "$W/own" --data "$W/corpus.txt.bin"
 
 # a resume refuses model keys that contradict the run (they were silently ignored), and takes
 # training keys
@@ -88,7 +116,7 @@ cmp -s "$W/a" "$W/r" || { fail "recompute=1 losses differ from the stored-activa
 checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/accum" --steps 3 "${SMALL[@]}" --set grad_accum=2 --set eval_every=0 \
     || fail "grad_accum run failed"
-[ "$(wc -l < "$W/accum/metrics.jsonl")" -eq 3 ] || fail "grad_accum run: wrong number of records"
+[ "$(steps_in "$W/accum/metrics.jsonl")" -eq 3 ] || fail "grad_accum run: wrong number of records"
 
 # ---- the run directory is created with its parents; a file in its way is an error
 checks=$((checks + 1))
@@ -102,7 +130,7 @@ expect_error "out is a file" "cannot create run directory" -- "$MOE" train --dat
 checks=$((checks + 1))
 python3 - "$W/straight/metrics.jsonl" <<'EOF' || fail "loss did not fall"
 import json, sys
-r = [json.loads(l) for l in open(sys.argv[1])]
+r = [x for x in map(json.loads, open(sys.argv[1])) if "event" not in x]
 assert r[-1]["loss"] < r[0]["loss"] - 0.25, (r[0]["loss"], r[-1]["loss"])  # from ln 256; the corpus is this repository's sources, so it changes
 for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "aux_loss", "z_loss"):
     assert all(k in x for x in r), k
@@ -147,7 +175,7 @@ done
 checks=$((checks + 1))
 python3 - "$W/v_router_score_sigmoid/metrics.jsonl" <<'EOF' || fail "aux-loss-free bias update wrong"
 import json, sys
-r = [json.loads(l) for l in open(sys.argv[1])]
+r = [x for x in map(json.loads, open(sys.argv[1])) if "event" not in x]
 prev = [[0.0] * len(m["load"]) for m in r[0]["moe"]]
 for x in r:
     for i, m in enumerate(x["moe"]):

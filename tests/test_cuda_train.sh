@@ -36,7 +36,7 @@ records() { python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    if int(r["step"]) > int(sys.argv[2]):
+    if "event" not in r and int(r["step"]) > int(sys.argv[2]):
         print(r["step"], repr(r["loss"]), repr(r["grad_norm"]), [m["load"] for m in r["moe"]])
 ' "$1" "${2:-0}"; }
 final() { python3 -c '

@@ -26,7 +26,9 @@ checks=$((checks + 1))
 
 # what the heatmap shows: layer 1 routes every assignment to expert 0 of 4, for 10 steps
 mkdir -p "$W/syn"
-for s in 1 2 3 4 5 6 7 8 9 10; do
+for s in 1 2 3 4 5 6 7 8 9 10; do # with typed event records (a start, a resume) between the steps
+    [ $s = 1 ] && echo '{"event":"start","step":0,"data":"a.txt","val_data":"the last 10% of a.txt"}'
+    [ $s = 6 ] && echo '{"event":"resume","step":5,"data":"b.txt","val_data":"v.txt","data_changed":true,"data_before":"a.txt"}'
     echo "{\"step\":$s,\"loss\":4.5,\"moe\":[{\"layer\":1,\"maxvio\":3,\"dropped_frac\":0.1,\"load\":[100,0,0,0]}]}"
 done > "$W/syn/metrics.jsonl"
 printf '{"step":11,"loss":4.4,"mo' >> "$W/syn/metrics.jsonl" # torn last line: a run being written

@@ -281,3 +281,24 @@ int make_parent(const char *path) {
     return make_dirs(p);
 }
 
+void print_notices(const moe_dataset *d) {
+    const char *n = moe_dataset_notice(d);
+    while (*n) {
+        const char *nl = strchr(n, '\n');
+        int len = nl ? (int)(nl - n) : (int)strlen(n);
+        fprintf(stderr, "moe: warning: %.*s\n", len, n);
+        n += len + (nl != NULL);
+    }
+}
+
+void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+

@@ -93,6 +93,10 @@ void apply_keys(moe_config *c, const char *config, const cli_list *sets);
 int split_list(char *s, char **out, int max);
 /* "dir/" followed by fmt formatted like printf; to free. */
 char *path_in(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The dataset's notices (binary data given as text, ...) as warnings on stderr. */
+void print_notices(const moe_dataset *d);
+/* s as a JSON string, quoted and escaped. */
+void json_string(FILE *f, const char *s);
 /* mkdir -p dir; and of the directory of a file path. 0, or -1 with errno. */
 int make_dirs(const char *dir);
 int make_parent(const char *path);

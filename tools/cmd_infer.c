@@ -129,13 +129,18 @@ typedef struct {
     float loss;
     int64_t tokens, would_drop, assigned; /* assigned: routed expert assignments */
     const int64_t *loads;                 /* moe_model_total_experts(m), layer after layer */
+    const char *source, *part;            /* the data and which part of it was evaluated */
 } eval_result;
 
 static void print_eval_json(const moe_model *m, const eval_result *r) {
-    printf("{\"loss\":%.9g,\"perplexity\":%.9g,\"bits_per_token\":%.9g,\"tokens\":%lld,\"would_drop_frac\":%.6g,"
-           "\"layers\":[",
+    printf("{\"loss\":%.9g,\"perplexity\":%.9g,\"bits_per_token\":%.9g,\"tokens\":%lld,\"would_drop_frac\":%.6g,",
            r->loss, exp(r->loss), r->loss / log(2.0), (long long)r->tokens,
            r->assigned ? (double)r->would_drop / (double)r->assigned : 0.0);
+    printf("\"data\":");
+    json_string(stdout, r->source);
+    printf(",\"data_part\":");
+    json_string(stdout, r->part);
+    printf(",\"layers\":[");
     const int64_t *loads = r->loads;
     for (int i = 0; i < moe_model_n_moe_layers(m); i++) {
         const moe_layer_stats *ls = moe_model_layer_stats(m, i);
@@ -148,6 +153,7 @@ static void print_eval_json(const moe_model *m, const eval_result *r) {
 }
 
 static void print_eval_text(const moe_model *m, const eval_result *r) {
+    printf("data: %s: %s\n", r->source, r->part);
     printf("loss %.4f | perplexity %.3f | bits/token %.4f | %lld tokens\n", r->loss, exp(r->loss), r->loss / log(2.0),
            (long long)r->tokens);
     const int64_t *loads = r->loads;
@@ -174,12 +180,19 @@ static int run_eval(void *opts) {
     const moe_config *c = moe_model_config(m);
     moe_dataset *d;
     check(moe_dataset_load((const char *const *)paths, n_paths, c->vocab_size, &d));
+    print_notices(d);
     int64_t total_e = moe_model_total_experts(m);
     int64_t *loads = calloc((size_t)(total_e ? total_e : 1), sizeof(int64_t));
     if (!loads) die(1, "out of memory");
     eval_result r = {.loads = loads};
     check(moe_evaluate(m, d, (int)o->batch, (int)o->max_batches, &r.loss, &r.tokens, loads, &r.would_drop));
     r.assigned = r.tokens * c->top_k * moe_model_n_moe_layers(m);
+    // which part of the data: the first windows, in file order
+    char part[256];
+    snprintf(part, sizeof part, "the first %lld of its %lld tokens (%lld windows of %d)", (long long)r.tokens,
+             (long long)moe_dataset_len(d), (long long)(r.tokens / c->seq_len), c->seq_len);
+    r.part = part;
+    r.source = moe_dataset_source(d);
     if (o->json) print_eval_json(m, &r);
     else print_eval_text(m, &r);
     free(loads);

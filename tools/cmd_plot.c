@@ -112,6 +112,10 @@ static int read_records(plot_job *j, FILE *in, const char *path, FILE *loss, FIL
         if (!torn) line[len - 1] = 0;
         lineno++;
         cJSON *r = cJSON_Parse(line);
+        if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "event"))) { // a typed record: not a step
+            cJSON_Delete(r);
+            continue;
+        }
         const cJSON *step = cJSON_GetObjectItemCaseSensitive(r, "step"),
                     *ce = cJSON_GetObjectItemCaseSensitive(r, "loss"),
                     *vl = cJSON_GetObjectItemCaseSensitive(r, "val_loss"),

@@ -197,6 +197,7 @@ static moe_dataset *load_data(const char *list, int vocab_size, int is_train_dat
     if (n == 0 && is_train_data) die(2, "train: --data is empty");
     moe_dataset *d;
     check(moe_dataset_load((const char *const *)paths, n, vocab_size, &d));
+    print_notices(d);
     free(copy);
     return d;
 }
@@ -212,6 +213,8 @@ static moe_trainer *start_trainer(const train_opts *o, const moe_config *c, moe_
         die(1, "%s; continue it with --resume, or start over with --overwrite", moe_last_error());
     if (st == MOE_STATUS_BUSY) die(1, "%s; wait for it to end, or train into another --out", moe_last_error());
     check(st);
+    if (moe_trainer_data_change(t) && moe_dist_rank() == 0) // on record in metrics.jsonl too
+        fprintf(stderr, "moe: warning: resuming with other training data: %s\n", moe_trainer_data_change(t));
     const moe_config *tc = moe_trainer_config(t);
     moe_model *m = moe_trainer_model(t);
     if (!o->quiet) {

@@ -1,7 +1,9 @@
 /*
  * data.c — training data: text files read as bytes (token = byte, V = 256) and llm.c token
  * shards (header of 256 int32: magic 20240520, version 1, token count; then count uint16
- * tokens), concatenated in the order given.
+ * tokens), concatenated in the order given. A dataset remembers where it came from (its source,
+ * the paths joined by commas; a split names its part) and what looked wrong without being an
+ * error (its notices: binary data given as text).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "core/core.h"
@@ -15,7 +17,22 @@
 struct moe_dataset {
     uint16_t *tokens;
     int64_t n;
+    char *source;                /* "a.txt,b.txt", or "the last 10% of a.txt,b.txt" */
+    char notice[512];            /* "" or warnings, one a line */
 };
+
+/* Signatures of what is not text; a text file never holds a NUL byte. */
+static const char *binary_kind(const char *buf, size_t len) {
+    static const struct {
+        const char *magic, *name;
+        size_t n;
+    } sig[] = {{"\x1f\x8b", "gzip-compressed data", 2},   {"\x7f" "ELF", "an ELF executable", 4},
+               {"PK\x03\x04", "a zip archive", 4},          {"\x28\xb5\x2f\xfd", "zstd-compressed data", 4},
+               {"\xfd" "7zXZ", "xz-compressed data", 5},    {"BZh", "bzip2-compressed data", 3}};
+    for (size_t i = 0; i < sizeof sig / sizeof sig[0]; i++)
+        if (len >= sig[i].n && !memcmp(buf, sig[i].magic, sig[i].n)) return sig[i].name;
+    return memchr(buf, 0, len < 4096 ? len : 4096) ? "binary data (NUL bytes)" : NULL;
+}
 
 static int32_t le32(const char *p) {
     const uint8_t *u = (const uint8_t *)p;
@@ -63,6 +80,12 @@ static moe_status load_one(moe_dataset *d, int64_t *cap, const char *path, int v
         }
         src = buf;
         count = (int64_t)len;
+        const char *kind = binary_kind(buf, len);
+        size_t used = strlen(d->notice);
+        if (kind && used < sizeof d->notice)
+            snprintf(d->notice + used, sizeof d->notice - used,
+                     "'%s' looks like %s, not text: it is read as bytes (vocab 256); decompress or tokenize it first\n",
+                     path, kind);
     }
     if (count == 0) {
         st = moe__err(MOE_STATUS_DATA, "'%s' holds no tokens (empty file)", path);
@@ -99,6 +122,16 @@ moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_siz
     moe_dataset *d = calloc(1, sizeof *d);
     if (!d) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     int64_t cap = 0;
+    size_t sl = 1;
+    for (int i = 0; i < n_paths; i++) sl += strlen(paths[i]) + 1;
+    if (!(d->source = calloc(sl, 1))) {
+        free(d);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n_paths; i++) {
+        if (i) strcat(d->source, ",");
+        strcat(d->source, paths[i]);
+    }
     for (int i = 0; i < n_paths; i++) {
         moe_status st = load_one(d, &cap, paths[i], vocab_size);
         if (st != MOE_STATUS_OK) {
@@ -113,10 +146,13 @@ moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_siz
 void moe_dataset_free(moe_dataset *d) {
     if (!d) return;
     free(d->tokens);
+    free(d->source);
     free(d);
 }
 
 int64_t moe_dataset_len(const moe_dataset *d) { return d->n; }
+const char *moe_dataset_source(const moe_dataset *d) { return d->source ? d->source : ""; }
+const char *moe_dataset_notice(const moe_dataset *d) { return d->notice; }
 const uint16_t *moe_dataset_tokens(const moe_dataset *d) { return d->tokens; }
 
 moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val) {
@@ -132,6 +168,20 @@ moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val) {
         return moe__err(MOE_STATUS_NOMEM, "out of memory");
     }
     memcpy(v->tokens, d->tokens + d->n - nv, (size_t)nv * sizeof(uint16_t));
+    size_t sl = strlen(moe_dataset_source(d)) + 64;
+    char *vs = malloc(sl), *ds = malloc(sl);
+    if (!vs || !ds) {
+        free(vs);
+        free(ds);
+        free(v->tokens);
+        free(v);
+        return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    }
+    snprintf(vs, sl, "the last %g%% (%lld tokens) of %s", 100.0 * frac, (long long)nv, moe_dataset_source(d));
+    snprintf(ds, sl, "the first %lld tokens of %s", (long long)(d->n - nv), moe_dataset_source(d));
+    free(d->source);
+    d->source = ds;
+    v->source = vs;
     v->n = nv;
     d->n -= nv;
     *val = v;

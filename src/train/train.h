@@ -73,6 +73,7 @@ struct moe_trainer {
     moe__test_hooks hooks;
     FILE *metrics;               /* rank 0 only */
     int lock_fd;                 /* rank 0: the run directory's lock (flock on DIR/.lock), or -1 */
+    char *data_change;           /* NULL, or how this resume's data differs from the run's */
     moe__tb *tb;                 /* rank 0 only, with tensorboard on */
 };
 
@@ -86,6 +87,9 @@ void moe__allreduce_grads(moe_model *m);
  * through the model's backend; *grad_norm gets the norm before clipping. The moments must exist
  * (the backend's optimizer_create). COLLECTIVE (ep group). */
 moe_status moe__optimizer_step(moe_model *m, int64_t step, float lr, const moe_config *c, float *grad_norm);
+
+/* events.c: the start or resume record of metrics.jsonl (rank 0), noting a change of data. */
+moe_status moe__events_start(moe_trainer *t, int resume);
 
 /* rundir.c */
 /* Resume: state.bin (or this rank's shard) of the checkpoint at model_step into t->run and the

@@ -155,6 +155,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     moe__hooks_read(&t->hooks);
     if (st == MOE_STATUS_OK && resume) st = moe__rundir_load_state(t, model_step, &ckpt_failed);
     if (st == MOE_STATUS_OK) st = open_outputs(t, resume);
+    if (st == MOE_STATUS_OK) st = moe__events_start(t, resume);
     if (st == MOE_STATUS_OK) {
         *out = t;
         return MOE_STATUS_OK;
@@ -169,6 +170,7 @@ void moe_trainer_free(moe_trainer *t) {
     if (!t) return;
     if (t->metrics) fclose(t->metrics);
     if (t->lock_fd >= 0) close(t->lock_fd); // releases the run directory
+    free(t->data_change);
     moe__tb_close(t->tb);
     moe_model_free(t->m);
     moe_dataset_free(t->train);

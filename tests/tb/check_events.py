@@ -21,7 +21,7 @@ def f32(x):
 
 def main():
     run = sys.argv[1]
-    recs = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    recs = [r for r in map(json.loads, open(f"{run}/metrics.jsonl")) if "event" not in r]  # steps only
     acc = EventAccumulator(run, size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
