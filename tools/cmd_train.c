@@ -100,6 +100,16 @@ static double eta(const progress *p, int64_t step) {
     return (now_s() - p->t0) / (double)(step - p->first) * (double)(p->target - step);
 }
 
+/* The bar redraws one line with escape codes: only on a terminal, and never under an MPI
+ * launcher, where a rank's stdout is the launcher's pseudo-terminal (Open MPI forwards through
+ * one) whatever mpirun's own output is: a log file would fill with escape codes. */
+static int bar_wanted(void) {
+    const char *launcher[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"};
+    for (size_t i = 0; i < sizeof launcher / sizeof launcher[0]; i++)
+        if (getenv(launcher[i])) return 0;
+    return moe_dist_size() == 1 && isatty(STDOUT_FILENO);
+}
+
 static void progress_clear(progress *p) {
     if (p->tty && p->drawn) fputs("\r\033[K", stdout);
     p->drawn = 0;
@@ -243,7 +253,7 @@ static int train_steps(const train_opts *o, moe_trainer *t, double *train_ms) {
     const moe_config *tc = moe_trainer_config(t);
     moe_model *m = moe_trainer_model(t);
     int64_t first = moe_trainer_steps_done(t);
-    progress prog = {isatty(STDOUT_FILENO) && !o->quiet, 0, first, tc->steps, now_s(), 0.0};
+    progress prog = {bar_wanted() && !o->quiet, 0, first, tc->steps, now_s(), 0.0};
     if (o->stop_after > 0 && first + o->stop_after < prog.target) prog.target = first + o->stop_after;
     int stopped = 0;
     *train_ms = 0.0;
