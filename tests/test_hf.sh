@@ -23,7 +23,7 @@ head -c 32 "$W/corpus.txt" | od -An -tu1 > "$W/tok.txt"
 # sets hf_loaded (the export loaded) and hf_diff, returns non-zero above TOL
 check_hf() {
     local out rc
-    out=$("$PY" "$SRC/tests/hf/check_export.py" "$1" "$W/tok.txt" "$2" "$3" 2> "$W/py.err")
+    out=$("$PY" "$SRC/tests/hf/check_export.py" "$1" "$W/tok.txt" "$2" ${3:+"$3"} 2> "$W/py.err")
     rc=$?
     echo "$out"
     hf_loaded=0 hf_diff=
@@ -41,6 +41,10 @@ for dtype in f32 bf16; do
     elif [ $rc -ne 0 ]; then fail "$dtype: logits differ by more than $tol"; fi
     [ $dtype = bf16 ] && bf16_diff=$hf_diff
 done
+# a bf16 export checked with the script's own bound passes, saying why the bound is what it is
+checks=$((checks + 1))
+out=$(check_hf "$W/hf_bf16" "$W/logits.bin") && grep -q "tolerance .* (bf16 export: its weights are moe's rounded" <<< "$out" \
+    || fail "bf16 export with the default bound: $out $(tail -3 "$W/py.err")"
 # fp32 must be close enough that bf16 rounding would fail it: the check can fail
 checks=$((checks + 1))
 within "${bf16_diff:-0}" 1e-4 && fail "bf16 export passes the fp32 tolerance: the comparison is too loose to mean anything"
