@@ -311,12 +311,15 @@ int64_t moe_model_total_experts(const moe_model *m);
  * load; 0 when nothing was routed. */
 double moe_maxvio(const int64_t *load, int n_experts);
 
-/* Routing decisions of the last forward for MoE layer i (0-based among MoE layers): for each
- * token (B*T of them) `slots` entries (K for token choice, E for expert choice and soft
- * mixture in training), each an expert id, or -1 for a slot that was dropped or not routed.
- * out must hold B*T*slots ints; returns slots, or -1 for a model created with recompute (its
- * blocks share one activation slot; moe_model_load creates models without it). */
-int moe_model_routing(const moe_model *m, int i, int *out);
+/* Routing decisions of the last forward for MoE layer i (0-based among MoE layers): *slots gets
+ * the entries per token (K for token choice, E for expert choice and soft mixture in training)
+ * and out, unless NULL, for each token (B*T of them) `slots` entries, each an expert id, or -1
+ * for a slot that was dropped or not routed; out must hold B*T*slots ints (call with out NULL
+ * to learn slots first). Errors (*slots is then 0): MOE_STATUS_ARG for i outside
+ * [0, moe_model_n_moe_layers); MOE_STATUS_CONFIG for a model created with recompute, which
+ * keeps no per-layer routing (its blocks share one activation slot; moe_model_load creates
+ * models without it); MOE_STATUS_DEVICE when a CUDA model cannot copy it to the host. */
+moe_status moe_model_routing(const moe_model *m, int i, int *out, int *slots);
 
 /* Where the time of forward, backward and optimizer passes goes, accumulated in seconds. */
 typedef enum {
@@ -435,8 +438,10 @@ typedef enum {
  * process when another trainer holds it; a lock dies with its process). With MOE_RUN_RESUME, the
  * model, optimizer, step, RNG and data position come from out_dir's checkpoint and the training
  * keys of c apply; its model keys must equal the checkpoint's (MOE_STATUS_MISMATCH naming the key:
- * start from moe_run_config). val may be NULL (then it is split off train). The trainer takes ownership
- * of both datasets. */
+ * start from moe_run_config), and so must the expert parallelism (moe_dist_setup) of a checkpoint
+ * written with one, whose optimizer state is sharded (MOE_STATUS_MISMATCH naming its ep). Paths
+ * under out_dir too long for the library are MOE_STATUS_ARG ("path too long"). val may be NULL
+ * (then it is split off train). The trainer takes ownership of both datasets. */
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
                               const char *out_dir, moe_run_mode mode, moe_trainer **out);
 void moe_trainer_free(moe_trainer *t);
@@ -491,7 +496,9 @@ typedef struct {
  * the routed experts of a layer that is dense in src are each a copy of its FFN (sparse
  * upcycling, Komatsuzaki et al. 2022; needs expert_hidden = the source's ffn_hidden); routers
  * (and noise weights, selection biases) missing from src keep dst's initialisation. Any other
- * difference (a shape, a tensor only one side has) is an error naming the tensor. */
+ * difference (a shape, a tensor only one side has) is an error naming the tensor
+ * (MOE_STATUS_CONFIG); models created under different moe_dist_setup (expert parallelism) are
+ * MOE_STATUS_ARG. */
 moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_report *report);
 /* Before the first step of a new run: the weights start from src (moe_model_init_from). */
 moe_status moe_trainer_init_from(moe_trainer *t, const moe_model *src, moe_init_report *report);

@@ -1,7 +1,9 @@
 /*
  * test_api.c — the library's contract with its callers: error messages (a caller wrapping the
- * error it got in its own context, three deep, keeps every part once), statuses and their
- * names.
+ * error it got in its own context, three deep, keeps every part once; a message too long for
+ * the buffer keeps its start and its cause at the end), statuses and their names, statuses
+ * instead of sentinels (moe_model_routing), the size guard counting the routing's slots per
+ * token, and paths too long refused with a status that says so, never a crash or another file.
  */
 #include "check.h"
 #include "core/core.h"
@@ -25,6 +27,114 @@ static void test_error_chain(void) {
     moe__err(MOE_STATUS_IO, "again: %s", moe_last_error());
     size_t n = strlen(moe_last_error());
     CHECK(n > 1000 && n < 1024 && !strncmp(moe_last_error(), "again: xxx", 10), "a long chain is cut at the buffer: %zu", n);
+    // ... in its middle: the cause after a long path stays
+    moe__err(MOE_STATUS_IO, "cannot open '%s': %s", longer, "File name too long");
+    n = strlen(moe_last_error());
+    const char *tail = "xxx': File name too long";
+    CHECK(n < 1024 && !strncmp(moe_last_error(), "cannot open 'xxx", 16) && strstr(moe_last_error(), "x ... x") &&
+              !strcmp(moe_last_error() + n - strlen(tail), tail),
+          "a long message keeps its start and its end: \"%.40s...%s\"", moe_last_error(),
+          moe_last_error() + (n > 40 ? n - 40 : 0));
+}
+
+/* A model of two MoE layers (four experts, top-2) small enough for any test. */
+static moe_model *small_model(int recompute) {
+    moe_config c = moe_config_default();
+    const char *sets[][2] = {{"vocab_size", "32"}, {"seq_len", "8"}, {"n_embd", "16"}, {"n_layer", "2"},
+                             {"n_head", "2"}, {"ffn_hidden", "16"}, {"n_experts", "4"}, {"top_k", "2"},
+                             {"expert_hidden", "8"}, {"recompute", recompute ? "1" : "0"}};
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) CHECK_OK(moe_config_set(&c, sets[i][0], sets[i][1]));
+    moe_model *m;
+    CHECK_OK(moe_model_create(&c, 2, &m));
+    moe_model_init(m, 7);
+    return m;
+}
+
+/* moe_model_routing: a status, never -1 in place of a slot count. */
+static void test_routing_status(void) {
+    moe_model *m = small_model(0);
+    int tok[2 * 8], routes[2 * 8 * 2], slots = -1;
+    for (int i = 0; i < 16; i++) tok[i] = (i * 7) % 32;
+    CHECK_OK(moe_model_forward(m, tok, NULL, 2, 8, 0, NULL));
+    CHECK_OK(moe_model_routing(m, 1, NULL, &slots)); // the size first
+    CHECK(slots == 2, "top-2: %d slots per token", slots);
+    CHECK_OK(moe_model_routing(m, 1, routes, &slots));
+    int bad = 0;
+    for (int i = 0; i < 2 * 8 * 2; i++) bad += routes[i] < -1 || routes[i] >= 4;
+    CHECK(bad == 0, "routing: %d entries are neither an expert nor -1", bad);
+    int idx[] = {-1, 2, 1000};
+    for (size_t k = 0; k < sizeof idx / sizeof idx[0]; k++) {
+        slots = -1;
+        moe_status st = moe_model_routing(m, idx[k], routes, &slots);
+        char want[64];
+        snprintf(want, sizeof want, "MoE layer %d does not exist", idx[k]);
+        CHECK(st == MOE_STATUS_ARG && slots == 0 && strstr(moe_last_error(), want),
+              "routing of MoE layer %d: %s (%s), slots %d", idx[k], moe_status_str(st), moe_last_error(), slots);
+    }
+    moe_model_free(m);
+    m = small_model(1);
+    CHECK_OK(moe_model_forward(m, tok, NULL, 2, 8, 0, NULL));
+    moe_status st = moe_model_routing(m, 0, routes, &slots);
+    CHECK(st == MOE_STATUS_CONFIG && slots == 0 && strstr(moe_last_error(), "recompute"),
+          "routing of a recompute model: %s (%s)", moe_status_str(st), moe_last_error());
+    moe_model_free(m);
+}
+
+/* The size guard of moe_model_create counts the slots per token of the routing: E for expert
+ * choice (and the soft mixture), not top_k. */
+static void test_rows_guard(void) {
+    moe_config c = moe_config_default();
+    const char *sets[][2] = {{"vocab_size", "32"}, {"seq_len", "64"}, {"n_embd", "16"}, {"n_layer", "1"},
+                             {"n_head", "2"}, {"ffn_hidden", "16"}, {"n_experts", "4096"}, {"top_k", "2"},
+                             {"expert_hidden", "8"}, {"routing", "expert_choice"}};
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) CHECK_OK(moe_config_set(&c, sets[i][0], sets[i][1]));
+    moe_model *m = NULL;
+    moe_status st = moe_model_create(&c, 4097, &m); // 4097 * 64 tokens * 4096 slots > 2^30 rows
+    CHECK(st == MOE_STATUS_CONFIG && m == NULL && strstr(moe_last_error(), "4096 slots per token"),
+          "expert choice over 2^30 rows: %s (%s)", moe_status_str(st), moe_last_error());
+    moe_model_free(m);
+}
+
+/* A status whose message says "too long", and nothing written. */
+#define CHECK_TOO_LONG(expr, what)                                                                           \
+    do {                                                                                                   \
+        moe_status s_ = (expr);                                                                            \
+        CHECK((s_ == MOE_STATUS_ARG || s_ == MOE_STATUS_IO) && strstr(moe_last_error(), "too long"),        \
+              "%s: %s (%.80s...%s)", what, moe_status_str(s_), moe_last_error(),                            \
+              moe_last_error() + (strlen(moe_last_error()) > 60 ? strlen(moe_last_error()) - 60 : 0));      \
+    } while (0)
+
+/* Paths longer than the library's buffers or the system's limit: refused with a status that
+ * says "too long", never cut into the name of another file. */
+static void test_long_paths(void) {
+    char buf[16];
+    moe_status st = moe__pathf(buf, sizeof buf, "%s/%s", "run", "model.safetensors");
+    CHECK(st == MOE_STATUS_ARG && !strncmp(moe_last_error(), "path too long: 'run/model.safe", 30) && buf[0] == 0,
+          "moe__pathf of 21 bytes into 16: %s (%s), buf '%s'", moe_status_str(st), moe_last_error(), buf);
+    CHECK_OK(moe__pathf(buf, sizeof buf, "%s/%s", "run", "state.bin")); // 13 bytes fit
+    CHECK(!strcmp(buf, "run/state.bin"), "moe__pathf that fits: '%s'", buf);
+    // a directory name of 5000 characters (a component may have 255, a path 4096)
+    char dir[5001], path[5100];
+    memset(dir, 'd', sizeof dir - 1);
+    dir[sizeof dir - 1] = '\0';
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    moe_model *m = small_model(0), *loaded = NULL;
+    CHECK_TOO_LONG(moe_model_save(m, path, 1), "moe_model_save");
+    CHECK_TOO_LONG(moe_model_load(dir, 1, &loaded), "moe_model_load");
+    CHECK(loaded == NULL, "moe_model_load of a long path gives no model");
+    moe_config c;
+    CHECK_TOO_LONG(moe_checkpoint_config(dir, &c, NULL), "moe_checkpoint_config");
+    CHECK_TOO_LONG(moe_run_config(dir, &c), "moe_run_config");
+    // the export's own buffers: a path that the system would take is still refused, by name
+    char near[4190] = "/tmp/moe_test_api/";
+    size_t at = strlen(near);
+    memset(near + at, 'e', sizeof near - 1 - at);
+    for (size_t i = at + 200; i < sizeof near - 1; i += 200) near[i] = '/';
+    near[sizeof near - 1] = '\0';
+    st = moe_export_hf(m, near, "auto", 0, NULL);
+    CHECK(st == MOE_STATUS_ARG && !strncmp(moe_last_error(), "path too long: '/tmp/moe_test_api/eee", 37),
+          "export to a directory of %zu bytes: %s (%.60s)", strlen(near), moe_status_str(st), moe_last_error());
+    moe_model_free(m);
 }
 
 static void test_status_names(void) {
@@ -38,5 +148,8 @@ static void test_status_names(void) {
 int main(void) {
     test_error_chain();
     test_status_names();
+    test_routing_status();
+    test_rows_guard();
+    test_long_paths();
     CHECK_SUMMARY("test_api");
 }

@@ -381,6 +381,13 @@ expect_error "absurd --set" "n_experts" -- "$MOE" "${T[@]}" --data "$W/corpus.tx
 expect_error "negative lr" "lr" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set lr=-1
 expect_error "NaN value" "lr" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set lr=nan
 expect_error "bad policy" "must be one of 'stop', 'skip'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set nonfinite_policy=retry
+# a path too long: a status that says so (the library's "path too long: ...", or the system's
+# "File name too long" kept at the end of a message that names the path), never a crash or a
+# cut path that names another file
+L="$W/$(printf 'd%.0s' $(seq 5000))"
+expect_error "--out too long" "too long" -- "$MOE" train --out "$L" --steps 1 --quiet --data "$W/corpus.txt"
+expect_error "--ckpt too long" "too long" -- "$MOE" eval --ckpt "$L" --data "$W/corpus.txt"
+expect_error "export --out too long" "path too long: '$W/ddd" -- "$MOE" export --ckpt "$W/straight" --out "$L"
 # a prompt that is not UTF-8 is bytes like any other for a byte-level model: it samples
 checks=$((checks + 1))
 "$MOE" sample --ckpt "$W/straight" --prompt "$(printf '\xff\xfe\x80abc')" --tokens 4 --seed 1 > "$W/bytes.out" 2>&1 \

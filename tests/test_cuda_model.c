@@ -64,9 +64,11 @@ static int same_routing(const moe_model *a, const moe_model *b, int64_t N) {
     int *ra = malloc(n * sizeof(int)), *rb = malloc(n * sizeof(int));
     int same = 1;
     for (int i = 0; i < a->n_moe && same; i++) {
-        int sa = moe_model_routing(a, i, ra), sb = moe_model_routing(b, i, rb);
-        CHECK(sa == sb, "routing of MoE layer %d: %d slots against %d", i, sb, sa);
-        if (sa < 0) // recompute keeps no routing: the loads tell a flipped choice
+        int sa, sb;
+        moe_status qa = moe_model_routing(a, i, ra, &sa), qb = moe_model_routing(b, i, rb, &sb);
+        CHECK(qa == qb && sa == sb, "routing of MoE layer %d: %s, %d slots against %s, %d", i, moe_status_str(qb), sb,
+              moe_status_str(qa), sa);
+        if (qa == MOE_STATUS_CONFIG) // recompute keeps no routing: the loads tell a flipped choice
             same = !memcmp(a->stats[i].load, b->stats[i].load, (size_t)a->stats[i].n_experts * sizeof(int64_t));
         else
             same = sa == sb && !memcmp(ra, rb, (size_t)N * sa * sizeof(int));

@@ -130,7 +130,7 @@ static void layer_run(layer *L, const moe_case *tc) {
     L->g.wg = calloc((size_t)E * C, sizeof(float)), L->g.w1 = calloc((size_t)wn, sizeof(float));
     L->g.w3 = calloc((size_t)wn, sizeof(float)), L->g.w2 = calloc((size_t)wn, sizeof(float));
     L->x = randn(N * C, 1), L->y = calloc((size_t)(N * C), sizeof(float));
-    moe__moe_forward(L->y, &L->c, L->x, &L->w, d, N);
+    CHECK_OK(moe__moe_forward(L->y, &L->c, L->x, &L->w, d, N));
     L->dy = randn(N * C, 1), L->dx0 = randn(N * C, 1), L->dx = malloc((size_t)(N * C) * sizeof(float));
     memcpy(L->dx, L->dx0, (size_t)(N * C) * sizeof(float));
     // dx += dlogits Wg: with Wg = 0 after the forward, the CPU's dx is dx0 plus the scatter alone
@@ -138,7 +138,7 @@ static void layer_run(layer *L, const moe_case *tc) {
     // a token after the last whole sequence has no seq_f row: the CPU reads past it, so no
     // sequence loss there (the GPU gives such tokens no sequence term)
     L->ls.aux = 0.1f, L->ls.z = 0.05f, L->ls.seq_aux = N % tc->T == 0 ? 0.2f : 0.0f;
-    moe__moe_backward(L->dx, &L->g, &L->s, L->dy, L->x, &L->w, &L->c, d, N, &L->ls);
+    CHECK_OK(moe__moe_backward(L->dx, &L->g, &L->s, L->dy, L->x, &L->w, &L->c, d, N, &L->ls));
     L->N = N, L->A = A, L->R = L->c.offsets[E], L->B = N / tc->T, L->C = C;
 }
 

@@ -8,7 +8,9 @@
 #     gradients in another order than one process) flips such a tie after ~10 steps, from where
 #     the runs drift apart (measured: up to 1e-4 relative by step 24; docs/distributed.md);
 #   - a checkpoint written with ep = 2 (expert shards) loads on one process and evaluates like
-#     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run;
+#     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run; resuming it
+#     with another ep (or one process without --ep, or a one-process run with --ep) is refused
+#     with the ep the checkpoint was written with;
 #   - SIGTERM to one rank stops every rank after the same step with a checkpoint, and the run
 #     resumes to an unstopped run's losses;
 #   - NaN in one rank's experts: every rank reports the same tensor and rank, none saves;
@@ -97,6 +99,28 @@ checks=$((checks + 1))
 timeout 300 "${MPI[@]}" -np 4 "$MOE" train --data "$W/corpus.txt" --out "$W/split" --steps 20 --resume "${SMALL[@]}" \
     --ep 4 > "$W/log" 2>&1 && fail "resume with another --ep succeeded"
 grep -q "needs the --ep of the run" "$W/log" || fail "resume with another --ep: unclear message: $(tail -3 "$W/log")"
+
+# ---- resuming without the run's --ep names the ep the checkpoint was written with (its
+# optimizer state is in ep shards), not a missing state.bin; and the other way round
+checks=$((checks + 1))
+timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/ep2" --steps 4 "${SMALL[@]}" --ep 2 \
+    > "$W/log" 2>&1 || fail "ep=2 run to resume failed: $(tail -3 "$W/log")"
+"$MOE" train --data "$W/corpus.txt" --out "$W/ep2" --steps 8 --resume "${SMALL[@]}" > "$W/log" 2>&1 \
+    && fail "resume of an ep=2 run on one process without --ep succeeded"
+{ grep -q "written with expert parallelism ep=2 .*needs the --ep of the run that wrote the checkpoint, --ep 2" "$W/log" &&
+    ! grep -q "state.bin" "$W/log"; } || fail "resume of an ep=2 run without --ep: unclear message: $(tail -3 "$W/log")"
+checks=$((checks + 1))
+timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/ref_plain" --steps 24 --resume "${SMALL[@]}" \
+    --set grad_accum=2 --ep 2 > "$W/log" 2>&1 && fail "resume of a one-process run with --ep 2 succeeded"
+grep -q "written without expert parallelism: resuming needs the --ep of the run that wrote the checkpoint, none" "$W/log" \
+    || fail "resume of a one-process run with --ep 2: unclear message: $(tail -3 "$W/log")"
+
+# an expert-parallel all-to-all larger than MPI's int counts is refused before anything runs
+checks=$((checks + 1))
+timeout 120 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/huge" --steps 1 --ep 2 --quiet \
+    --set n_embd=8192 --set n_head=64 --set seq_len=4096 --set batch_size=16 --set n_layer=1 > "$W/log" 2>&1 \
+    && fail "a model past the all-to-all's int counts was made"
+grep -q "exceed an all-to-all's int counts" "$W/log" || fail "all-to-all size: unclear message: $(tail -3 "$W/log")"
 
 # ---- SIGTERM reaching one rank only (as a scheduler's may): every rank stops after the same
 # step, the checkpoint is saved, and a plain --resume (the run's own keys) goes on to the losses

@@ -304,7 +304,8 @@ static void moe_release(moe_ctx *m) {
 
 static double moe_loss(void *p) {
     moe_ctx *m = p;
-    moe__moe_forward(m->y, &m->c, m->x, &m->w, &m->d, m->N);
+    moe_status st = moe__moe_forward(m->y, &m->c, m->x, &m->w, &m->d, m->N);
+    if (st != MOE_STATUS_OK) CHECK_OK(st); // counted only when it fails: this runs for every difference quotient
     return dot_d(m->y, m->r, m->N * m->d.C) + m->ls.aux * m->c.aux + m->ls.z * m->c.z + m->ls.seq_aux * m->c.seq_aux +
            m->ls.importance * m->c.imp_loss + m->ls.load * m->c.load_loss;
 }
@@ -371,7 +372,7 @@ static void run_moe_fd(const moe_variant *v) {
     const char *label = v->label;
     // the permuted forward equals the token-by-token reference
     float *yref = zeros(N * C);
-    moe__moe_forward_ref(yref, &m.c, m.x, &m.w, &m.d, N);
+    CHECK_OK(moe__moe_forward_ref(yref, &m.c, m.x, &m.w, &m.d, N));
     char what[200];
     snprintf(what, sizeof what, "%s: forward vs ref", label);
     CHECK_ARRAYS(m.y, yref, N * C, 1e-5, 1e-4, what);
@@ -390,7 +391,7 @@ static void run_moe_fd(const moe_variant *v) {
     // gradients
     moe_zero_grads(&m);
     float *dx = zeros(N * C);
-    moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls);
+    CHECK_OK(moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls));
     // float32 forward passes: the loss is O(10), so its rounding noise is ~1e-6 and the
     // difference quotient's noise ~1e-6 / eps; eps = 1e-2 keeps that below the tolerance
     // (noisy gating: its normal-CDF load term curves faster, and it has more kinks; 3e-3)
@@ -509,7 +510,7 @@ static void test_routing_edges(void) {
               m.c.capacity, (long long)m.c.offsets[E]);
         float *dx = zeros(N * C);
         moe_zero_grads(&m);
-        moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls);
+        CHECK_OK(moe__moe_backward(dx, &m.g, &m.s, m.r, m.x, &m.w, &m.c, &m.d, N, &m.ls));
         // experts 0, 1, 3 took no tokens: their weights get no gradient
         double g0 = 0;
         for (int64_t i = 0; i < (int64_t)F * C; i++) g0 += fabs(m.g.w1[i]) + fabs(m.g.w1[3 * F * C + i]);
@@ -764,8 +765,10 @@ static void test_recompute(void) {
         double gsum = 0;
         for (int64_t i = 0; i < P; i++) gsum += fabs(g0[i]);
         CHECK(gsum > 0, "recompute %s=%s: gradients are not all zero", variants[v][1], variants[v][3]);
-        int routes[3 * 8 * 8];
-        CHECK(moe_model_routing(m[1], 0, routes) == -1, "routing() reports -1 for a recompute model");
+        int routes[3 * 8 * 8], slots = -1;
+        moe_status st = moe_model_routing(m[1], 0, routes, &slots);
+        CHECK(st == MOE_STATUS_CONFIG && slots == 0 && strstr(moe_last_error(), "recompute"),
+              "routing of a recompute model: %s (%s), slots %d", moe_status_str(st), moe_last_error(), slots);
         moe_model_free(m[0]);
         moe_model_free(m[1]);
     }

@@ -297,7 +297,8 @@ static void route_source(moe_model *m, const data_opts *o, long max_batches, con
         for (int64_t i = 0; i < (int64_t)B * T; i++) tok[i] = toks[w0 * T + i];
         check(moe_model_forward(m, tok, NULL, B, T, 0, NULL));
         for (int l = 0, off = 0; l < moe_model_n_moe_layers(m); off += moe_model_layer_stats(m, l)->n_experts, l++) {
-            int E = moe_model_layer_stats(m, l)->n_experts, slots = moe_model_routing(m, l, routes);
+            int E = moe_model_layer_stats(m, l)->n_experts, slots;
+            check(moe_model_routing(m, l, routes, &slots));
             double *cls = rc->by_cls + (int64_t)N_CLS * off, *srcs = rc->by_src + (int64_t)rc->n_src * off;
             for (int64_t n = 0; n < (int64_t)B * T; n++)
                 for (int s = 0; s < slots; s++) {

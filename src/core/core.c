@@ -45,15 +45,40 @@ const char *moe_last_error(void) { return last_error; }
 
 /* Formats into a buffer of its own first: a caller may pass moe_last_error() as an argument,
  * to wrap the error it got in its own context, and the thread's buffer is then both source and
- * destination of the formatting. */
+ * destination of the formatting. A message longer than the buffer keeps its start and its end
+ * around " ... ": the end is where the cause is ("...: File name too long" after a long path). */
 moe_status moe__err(moe_status s, const char *fmt, ...) {
+    enum { TAIL = 320 };
     char msg[sizeof last_error];
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_copy(again, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    char *full = n >= (int)sizeof msg ? malloc((size_t)n + 1) : NULL;
+    if (full) {
+        vsnprintf(full, (size_t)n + 1, fmt, again);
+        size_t head = sizeof msg - 1 - TAIL - 5;
+        memcpy(msg + head, " ... ", 5);
+        memcpy(msg + head + 5, full + n - TAIL, TAIL + 1);
+        free(full);
+    }
+    va_end(again);
     va_end(ap);
     memcpy(last_error, msg, sizeof last_error);
     return s;
+}
+
+moe_status moe__pathf(char *buf, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+    if (k >= 0 && (size_t)k < n) return MOE_STATUS_OK;
+    moe_status st = k < 0 ? moe__err(MOE_STATUS_ARG, "path cannot be formatted from '%s'", fmt)
+                          : moe__err(MOE_STATUS_ARG, "path too long: '%.240s...' has %d bytes, more than the %zu allowed",
+                                     buf, k, n - 1);
+    if (n) buf[0] = '\0'; // never the prefix of the path, which may name another file
+    return st;
 }
 
 void moe__assert_fail(const char *expr, const char *file, int line) {
@@ -152,7 +177,7 @@ char *moe__path_join(const char *dir, const char *name) {
 }
 
 int moe__mkdir_p(const char *dir) {
-    char path[4096];
+    char path[4096]; // PATH_MAX: a longer dir is refused before any of its parents is made
     if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
         errno = ENAMETOOLONG;
         return -1;

@@ -57,6 +57,10 @@ void *moe__take(moe__planner *p, size_t bytes);
 #define MOE_TAKE_I(p, n) ((int *)moe__take(p, (size_t)(n) * sizeof(int)))
 #define MOE_TAKE_I64(p, n) ((int64_t *)moe__take(p, (size_t)(n) * sizeof(int64_t)))
 
+/* A path formatted into buf (n bytes) like snprintf; MOE_STATUS_ARG "path too long: ..." naming
+ * its start when it does not fit (buf then holds ""), so that a cut path never names another
+ * file. */
+moe_status moe__pathf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* dir/name (caller frees); NULL with an error set when out of memory. */
 char *moe__path_join(const char *dir, const char *name);
 /* mkdir -p: creates dir and its missing parents; 0, or -1 with errno. */

@@ -162,15 +162,14 @@ static moe_status cpu_optimizer_create(moe_model *m) {
 
 static const float *cpu_logits(moe_model *m) { return moe__cpu_of(m)->logits; }
 
-static int cpu_routing(const moe_model *m, int i, int *out) {
+static moe_status cpu_routing(const moe_model *m, int i, int *out, int *slots) {
     int l = m->stats[i].layer;
-    if (m->cfg.recompute) return -1; // the blocks share one activation slot
     moe__moe_dims d = moe__cpu_layer_dims(m, l, m->T, m->training);
-    int slots = moe__moe_slots(&d);
+    *slots = moe__moe_slots(&d);
     const moe__moe_cache *c = &moe__cpu_of(m)->la[l].mc;
-    int64_t P = (int64_t)slots * m->B * m->T;
-    for (int64_t a = 0; a < P; a++) out[a] = c->row_of[a] >= 0 ? c->sel[a] : -1;
-    return slots;
+    int64_t P = (int64_t)*slots * m->B * m->T;
+    for (int64_t a = 0; out && a < P; a++) out[a] = c->row_of[a] >= 0 ? c->sel[a] : -1;
+    return MOE_STATUS_OK;
 }
 
 const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l) {

@@ -53,8 +53,9 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
 
 /* One block: resid[l+1] = resid[l] + attn(...) + ffn(...), saving its activations in la[l] (in
  * recompute mode the slot shared by every block of its kind). Deterministic for a given thread
- * count and noise seed, so that backward can redo it bit for bit. */
-static void block_forward(moe_model *m, int l, int B, int T, int training) {
+ * count and noise seed, so that backward can redo it bit for bit. Fails only as the MoE layer's
+ * expert-parallel all-to-all does (moe__moe_forward). */
+static moe_status block_forward(moe_model *m, int l, int B, int T, int training) {
     const moe_config *c = &m->cfg;
     moe__cpu *s = moe__cpu_of(m);
     int64_t N = (int64_t)B * T;
@@ -79,14 +80,16 @@ static void block_forward(moe_model *m, int l, int B, int T, int training) {
         t = moe__prof_begin(prof);
         moe__ffn_forward(xo, a->h1, a->h3, a->act, a->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
         moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
-        return;
+        return MOE_STATUS_OK;
     }
     moe__moe_dims dims = moe__cpu_layer_dims(m, l, T, training);
-    moe__moe_forward(s->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
+    moe_status st = moe__moe_forward(s->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
+    if (st != MOE_STATUS_OK) return moe__err(st, "layer %d: %s", l, moe_last_error());
     t = moe__prof_begin(prof);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * C; i++) xo[i] += s->tmp[i];
     moe__prof_end(prof, MOE_PHASE_COMBINE, t);
+    return MOE_STATUS_OK;
 }
 
 /* Copies MoE layer l's routing statistics and losses of the forward into its moe_layer_stats. */
@@ -117,7 +120,8 @@ moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets,
     moe__embedding_forward(s->resid[0], m->params + m->off_embed, tokens, N, C);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
     for (int l = 0; l < c->n_layer; l++) {
-        block_forward(m, l, B, T, training);
+        moe_status st = block_forward(m, l, B, T, training);
+        if (st != MOE_STATUS_OK) return st;
         if (m->moe_slot[l] >= 0) collect_stats(m, l);
     }
     t = moe__prof_begin(prof);
@@ -156,7 +160,9 @@ moe_status moe__cpu_backward(moe_model *m, float grad_scale) {
         moe__cpu_layer_w w = moe__cpu_layer_weights(m, m->params, l);
         moe__cpu_layer_w gw = moe__cpu_layer_weights(m, g, l);
         moe__cpu_layer_act *a = &s->la[l];
-        if (c->recompute) block_forward(m, l, B, T, m->training); // refills la[l]; resid[l+1] is rewritten
+        // recompute: refills la[l] (and rewrites resid[l+1])
+        moe_status st = c->recompute ? block_forward(m, l, B, T, m->training) : MOE_STATUS_OK;
+        if (st != MOE_STATUS_OK) return st;
         // xo = resid_mid + ffn(ln2): dresid holds d xo and becomes d resid_mid
         memset(s->dln, 0, NC);
         t = moe__prof_begin(prof);
@@ -165,7 +171,8 @@ moe_status moe__cpu_backward(moe_model *m, float grad_scale) {
                               a->act, w.w1, w.w3, w.w2, N, C, c->ffn_hidden);
         else {
             moe__moe_dims dims = moe__cpu_layer_dims(m, l, T, m->training);
-            moe__moe_backward(s->dln, &gw.moe, &s->ms, s->dresid, a->ln2, &w.moe, &a->mc, &dims, N, &ls);
+            st = moe__moe_backward(s->dln, &gw.moe, &s->ms, s->dresid, a->ln2, &w.moe, &a->mc, &dims, N, &ls);
+            if (st != MOE_STATUS_OK) return moe__err(st, "layer %d: %s", l, moe_last_error());
         }
         if (m->moe_slot[l] < 0) moe__prof_end(prof, MOE_PHASE_EXPERTS, t);
         t = moe__prof_begin(prof);

@@ -237,21 +237,22 @@ static const float *cuda_logits(moe_model *m) {
     return s->h_logits;
 }
 
-static int cuda_routing(const moe_model *m, int i, int *out) {
+static moe_status cuda_routing(const moe_model *m, int i, int *out, int *slots) {
     int l = m->stats[i].layer;
-    if (m->cfg.recompute) return -1; // the blocks share one activation slot
     const moe__moe_cache *c = &moe__cuda_of(m)->act.la[l].mc;
     moe__moe_dims d = moe__cpu_layer_dims(m, l, m->T, m->training);
-    int K = moe__moe_slots(&d);
-    int64_t P = (int64_t)K * m->B * m->T;
+    *slots = moe__moe_slots(&d);
+    int64_t P = (int64_t)*slots * m->B * m->T;
+    if (!out || P == 0) return MOE_STATUS_OK;
     int *row = malloc((size_t)P * sizeof(int));
-    int ok = row && moe__cuda_sync() == MOE_STATUS_OK &&
-             moe__cuda_to_host(out, c->sel, (size_t)P * sizeof(int)) == MOE_STATUS_OK &&
-             moe__cuda_to_host(row, c->row_of, (size_t)P * sizeof(int)) == MOE_STATUS_OK;
-    for (int64_t a = 0; ok && a < P; a++)
+    if (!row) return moe__err(MOE_STATUS_NOMEM, "routing of MoE layer %d: cannot allocate %lld ints", i, (long long)P);
+    moe_status st = moe__cuda_sync();
+    if (st == MOE_STATUS_OK) st = moe__cuda_to_host(out, c->sel, (size_t)P * sizeof(int));
+    if (st == MOE_STATUS_OK) st = moe__cuda_to_host(row, c->row_of, (size_t)P * sizeof(int));
+    for (int64_t a = 0; st == MOE_STATUS_OK && a < P; a++)
         if (row[a] < 0) out[a] = -1;
     free(row);
-    return ok ? K : -1;
+    return st == MOE_STATUS_OK ? st : moe__err(st, "routing of MoE layer %d: %s", i, moe_last_error());
 }
 
 /* ---------------------------------------------------------------- optimizer */

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moe.h"
+
 typedef enum { MOE_COMM_WORLD, MOE_COMM_EP, MOE_COMM_DP } moe__comm;
 
 typedef struct {
@@ -41,8 +43,11 @@ int moe__dist_min_int(int v);
  * recv[p*n..] comes from peer p. */
 void moe__dist_alltoall_i64(const int64_t *send, int64_t *recv, int n);
 /* COLLECTIVE (ep group): rows of `width` floats; send_rows[p] rows for peer p, contiguous in
- * peer order in send; recv gets recv_rows[p] rows from each peer p, in peer order. */
-void moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float *recv, const int64_t *recv_rows,
-                              int width);
+ * peer order in send; recv gets recv_rows[p] rows from each peer p, in peer order.
+ * MOE_STATUS_ARG when this rank's rows to send or to receive add up to more floats than MPI's
+ * int counts hold (2^31 - 1); the ranks agree on it first, so every rank of the group returns
+ * it and none is left waiting in the exchange. */
+moe_status moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float *recv, const int64_t *recv_rows,
+                                    int width);
 
 #endif

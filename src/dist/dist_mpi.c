@@ -104,25 +104,38 @@ void moe__dist_alltoall_i64(const int64_t *send, int64_t *recv, int n) {
     grid.a2a_bytes += (int64_t)(grid.ep - 1) * n * 8;
 }
 
-void moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float *recv, const int64_t *recv_rows,
-                              int width) {
+/* MPI counts and displacements are int. moe_model_create refuses a model whose all-to-all could
+ * exceed them (check_rows in model.c), so this check cannot fail for a model it made; were it to,
+ * the rank stops with a status rather than overflow. */
+moe_status moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float *recv, const int64_t *recv_rows,
+                                    int width) {
     int p = grid.ep;
     if (p == 1) {
         memcpy(recv, send, (size_t)send_rows[0] * (size_t)width * sizeof(float));
-        return;
+        return MOE_STATUS_OK;
     }
     int sc[p], sd[p], rc[p], rd[p]; // VLAs of the ep size
     int64_t so = 0, ro = 0;
     for (int i = 0; i < p; i++) {
+        so += send_rows[i] * width;
+        ro += recv_rows[i] * width;
+    }
+    if (so > INT32_MAX || ro > INT32_MAX)
+        return moe__err(MOE_STATUS_ARG,
+                        "expert-parallel all-to-all: rank %d would send %lld and receive %lld floats (rows of %d), "
+                        "beyond MPI's int counts (2^31 - 1); lower batch_size or seq_len",
+                        grid.rank, (long long)so, (long long)ro, width);
+    double t0 = MPI_Wtime();
+    so = ro = 0;
+    for (int i = 0; i < p; i++) {
         int64_t s = send_rows[i] * width, r = recv_rows[i] * width;
-        MOE_ASSERT(so + s <= INT32_MAX && ro + r <= INT32_MAX);
         sc[i] = (int)s, sd[i] = (int)so, rc[i] = (int)r, rd[i] = (int)ro;
         so += s, ro += r;
         if (i != grid.ep_rank) grid.a2a_bytes += s * (int64_t)sizeof(float);
     }
-    double t0 = MPI_Wtime();
     MPI_Alltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, comms[MOE_COMM_EP]);
     grid.a2a_s += MPI_Wtime() - t0;
+    return MOE_STATUS_OK;
 }
 
 void moe_dist_abort(int code) {

@@ -66,9 +66,9 @@ moe_status moe_model_save(const moe_model *m, const char *path, int64_t step) {
     return save_tensors(m, path, step, NULL, NULL, NULL, 0);
 }
 
-void moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step) {
-    snprintf(out, n, "%s/%s-%d-of-%d.step%lld.%s", dir, kind, j, ep, (long long)step,
-             strcmp(kind, "experts") ? "bin" : "safetensors");
+moe_status moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step) {
+    return moe__pathf(out, n, "%s/%s-%d-of-%d.step%lld.%s", dir, kind, j, ep, (long long)step,
+                      strcmp(kind, "experts") ? "bin" : "safetensors");
 }
 
 moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step) {
@@ -211,17 +211,16 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
             goto done;
         }
         char dir[4096];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = 0;
-        else snprintf(dir, sizeof dir, ".");
+        const char *slash = strrchr(path, '/');
+        st = slash ? moe__pathf(dir, sizeof dir, "%.*s", (int)(slash - path), path) : moe__pathf(dir, sizeof dir, ".");
         for (int j = 0; j < n_sh && st == MOE_STATUS_OK; j++) {
             // shard j holds the fraction [j, j+1)/n_sh of each layer's experts, this rank needs
             // [ep_rank, ep_rank+1)/ep: only the shards that overlap are read
             if (!((int64_t)j * ep < (int64_t)(ep_rank + 1) * n_sh && (int64_t)(j + 1) * ep > (int64_t)ep_rank * n_sh))
                 continue;
             char name[4200];
-            moe__shard_name(name, sizeof name, dir, "experts", j, n_sh, strtoll(stepv, NULL, 10));
+            if ((st = moe__shard_name(name, sizeof name, dir, "experts", j, n_sh, strtoll(stepv, NULL, 10))) != MOE_STATUS_OK)
+                break;
             sh_path[j] = strdup(name);
             st = moe__st_read(name, &sh[j]);
             if (st == MOE_STATUS_OK) st = verify_data(&sh[j], name);

@@ -241,15 +241,17 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
     if (ep != 1) // the expert tensors of this rank are E/ep of them: load the checkpoint on one process
         return moe__err(MOE_STATUS_ARG, "export: the model holds 1/%d of its experts (expert parallelism); export a "
                         "checkpoint loaded on one process (moe_model_load)", ep);
+    char path[4200];
+    moe_status st = moe__pathf(path, sizeof path, "%s/model.safetensors", dir); // the longer name, checked first
+    if (st == MOE_STATUS_OK) st = moe__pathf(path, sizeof path, "%s/config.json", dir);
+    if (st != MOE_STATUS_OK) return st;
     if (moe__mkdir_p(dir) != 0)
         return moe__err(MOE_STATUS_IO, "export: cannot create '%s': %s", dir, strerror(errno));
     char *txt = config_json(m, qwen, bf16);
     if (!txt) return moe__err(MOE_STATUS_NOMEM, "out of memory");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
     const void *parts[] = {txt};
     size_t lens[] = {strlen(txt)};
-    moe_status st = moe__write_atomic(path, parts, lens, 1);
+    st = moe__write_atomic(path, parts, lens, 1);
     free(txt);
     if (st != MOE_STATUS_OK) return st;
     out_list o = {NULL, 0, 0};
@@ -274,7 +276,7 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
         e[i].shape[1] = t->shape[1];
         e[i].data = bf16 ? (const void *)t->half : (const void *)t->src;
     }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir); // fits: checked above
     const char *mk[] = {"format"}, *mv[] = {"pt"};
     st = moe__st_write(path, e, o.n, mk, mv, 1);
     if (st == MOE_STATUS_OK && written) *written = qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM";

@@ -64,7 +64,8 @@ static moe_status check_unsupported(const cJSON *j, const char *path) {
 
 static moe_status parse_config(const char *dir, hf_info *h) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    moe_status st = moe__pathf(path, sizeof path, "%s/config.json", dir);
+    if (st != MOE_STATUS_OK) return st;
     size_t len;
     char *txt = moe__read_file(path, &len);
     if (!txt) return MOE_STATUS_IO;
@@ -74,7 +75,6 @@ static moe_status parse_config(const char *dir, hf_info *h) {
         cJSON_Delete(j);
         return moe__err(MOE_STATUS_FORMAT, "'%s' is not a JSON object", path);
     }
-    moe_status st = MOE_STATUS_OK;
     moe_config *c = &h->c;
     *c = moe_config_default();
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(j, "model_type");
@@ -335,9 +335,10 @@ static moe_status checkpoint_files(const char *dir, char ***files, int *n) {
     char path[4200];
     *files = NULL;
     *n = 0;
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    moe_status st = moe__pathf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (st != MOE_STATUS_OK) return st;
     if (!file_exists(path)) {
-        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        if ((st = moe__pathf(path, sizeof path, "%s/model.safetensors", dir)) != MOE_STATUS_OK) return st;
         if (!file_exists(path))
             return moe__err(MOE_STATUS_IO, "'%s' has neither model.safetensors nor model.safetensors.index.json", dir);
         *files = malloc(sizeof(char *));
@@ -351,7 +352,6 @@ static moe_status checkpoint_files(const char *dir, char ***files, int *n) {
     cJSON *j = cJSON_ParseWithLength(txt, len);
     free(txt);
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
-    moe_status st = MOE_STATUS_OK;
     if (!cJSON_IsObject(map)) {
         st = moe__err(MOE_STATUS_FORMAT, "'%s': no weight_map object", path);
         goto done;
@@ -369,7 +369,7 @@ static moe_status checkpoint_files(const char *dir, char ***files, int *n) {
             goto done;
         }
         char file[4200];
-        snprintf(file, sizeof file, "%s/%s", dir, it->valuestring);
+        if ((st = moe__pathf(file, sizeof file, "%s/%s", dir, it->valuestring)) != MOE_STATUS_OK) goto done;
         int seen = 0;
         for (int i = 0; i < *n && !seen; i++) seen = !strcmp((*files)[i], file);
         if (seen) continue;

@@ -59,8 +59,9 @@ moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const 
 moe_status moe__checkpoint_config_of(const moe__st_file *f, const char *path, moe_config *out, int64_t *step);
 /* Copies every tensor of m's table from f, checking names, dtypes and shapes. */
 moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path);
-/* Multi-rank checkpoints: DIR/KIND-J-of-EP.stepS.{safetensors,bin} for KIND experts or state. */
-void moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step);
+/* Multi-rank checkpoints: DIR/KIND-J-of-EP.stepS.{safetensors,bin} for KIND experts or state,
+ * into out (n bytes); MOE_STATUS_ARG (moe__pathf) when it does not fit. */
+moe_status moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step);
 moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step);
 /* model.safetensors of a multi-rank checkpoint: every tensor but the experts, expert_shards = ep. */
 moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep);

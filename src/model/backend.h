@@ -49,8 +49,10 @@ struct moe__backend {
     void (*zero_grad)(moe_model *m);
     /* Logits (B*T, V) of the last forward, readable on the host until the next forward. */
     const float *(*logits)(moe_model *m);
-    /* moe_model_routing: the expert of every slot of MoE layer i in the last forward. */
-    int (*routing)(const moe_model *m, int i, int *out);
+    /* moe_model_routing: the expert of every slot of MoE layer i (valid, in a model without
+     * recompute) in the last forward into out (when not NULL), and the slots per token;
+     * MOE_STATUS_DEVICE when the device cannot give them. */
+    moe_status (*routing)(const moe_model *m, int i, int *out, int *slots);
 
     /* Global gradient norm over all trained tensors, independent of the thread count.
      * COLLECTIVE (ep group): expert tensors are summed over the ranks that share them. */

@@ -42,7 +42,11 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
     int dst_ep, dst_rank, src_ep, src_rank;
     moe__model_ep(dst, &dst_ep, &dst_rank);
     moe__model_ep(src, &src_ep, &src_rank);
-    MOE_ASSERT(dst_ep == src_ep && dst_rank == src_rank); // both made under the same moe_dist_setup
+    if (dst_ep != src_ep || dst_rank != src_rank) // made under different moe_dist_setup calls
+        return moe__err(MOE_STATUS_ARG,
+                        "init from a model: the source was created with expert parallelism ep=%d (rank %d) but this "
+                        "model with ep=%d (rank %d); create both under the same moe_dist_setup",
+                        src_ep, src_rank, dst_ep, dst_rank);
     if (moe_model_config(dst)->vocab_size != moe_model_config(src)->vocab_size)
         return moe__err(MOE_STATUS_CONFIG, "init from a model: vocab_size %d differs from the source's %d",
                         moe_model_config(dst)->vocab_size, moe_model_config(src)->vocab_size);

@@ -102,6 +102,32 @@ int64_t moe__model_max_slots(const moe_config *c, int E) {
 
 /* ---------------------------------------------------------------- create / free */
 
+/* Rows of an MoE layer are indexed by int (row_of, row_token, perm), and capacity selection
+ * sorts twice as many: the assignments of max_batch sequences, slots per token (top_k for token
+ * choice, E for expert choice and the soft mixture), times ep for the rows that a rank's experts
+ * may receive from its expert-parallel group, must stay below INT32_MAX / 2. */
+static moe_status check_rows(const moe_config *c, int max_batch, int ep) {
+    int64_t slots = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        if (moe_config_layer_is_moe(c, l)) {
+            int64_t k = moe__model_max_slots(c, moe_config_layer_experts(c, l));
+            slots = k > slots ? k : slots;
+        }
+    int64_t rows = (int64_t)max_batch * c->seq_len * slots * ep;
+    if (ep > 1 && rows * c->n_embd > INT32_MAX) // MPI's int counts of the expert-parallel all-to-all
+        return moe__err(MOE_STATUS_CONFIG,
+                        "config: batch_size %d * seq_len %d * %lld slots per token * ep %d rows of n_embd %d = %lld "
+                        "floats exceed an all-to-all's int counts (2^31 - 1); lower batch_size or seq_len",
+                        max_batch, c->seq_len, (long long)slots, ep, c->n_embd, (long long)(rows * c->n_embd));
+    if (rows <= INT32_MAX / 2) return MOE_STATUS_OK;
+    char by_ep[32] = "";
+    if (ep > 1) snprintf(by_ep, sizeof by_ep, " * ep %d", ep);
+    return moe__err(MOE_STATUS_CONFIG,
+                    "config: batch_size %d * seq_len %d * %lld slots per token%s = %lld expert rows is too large "
+                    "(at most %d)",
+                    max_batch, c->seq_len, (long long)slots, by_ep, (long long)rows, INT32_MAX / 2);
+}
+
 /* One moe_layer_stats per MoE layer, their loads in one array. */
 static moe_status create_stats(moe_model *m) {
     int64_t total_e = 0;
@@ -127,9 +153,7 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
     moe_status st = moe_config_validate(c);
     if (st != MOE_STATUS_OK) return st;
     if (max_batch < 1) return moe__err(MOE_STATUS_ARG, "max_batch = %d must be at least 1", max_batch);
-    if ((int64_t)max_batch * c->seq_len * c->top_k > INT32_MAX / 2)
-        return moe__err(MOE_STATUS_CONFIG, "config: batch_size * seq_len * top_k = %lld is too large",
-                        (long long)max_batch * c->seq_len * c->top_k);
+    if ((st = check_rows(c, max_batch, moe__dist_get()->ep)) != MOE_STATUS_OK) return st;
     const moe_device *dev = moe_device_selected();
     if ((st = moe_device_supports(dev, c)) != MOE_STATUS_OK) return st;
 #ifndef MOE_HAVE_CUDA
@@ -286,7 +310,18 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
 void moe_model_zero_grad(moe_model *m) { m->be->zero_grad(m); }
 const float *moe_model_logits(const moe_model *m) { return m->be->logits((moe_model *)m); }
 
-int moe_model_routing(const moe_model *m, int i, int *out) { return m->be->routing(m, i, out); }
+moe_status moe_model_routing(const moe_model *m, int i, int *out, int *slots) {
+    *slots = 0;
+    if (i < 0 || i >= m->n_moe)
+        return moe__err(MOE_STATUS_ARG, "routing: MoE layer %d does not exist (the model has %d MoE layers)", i, m->n_moe);
+    if (m->cfg.recompute) // the blocks share one activation slot: only the last one's routing is there
+        return moe__err(MOE_STATUS_CONFIG,
+                        "routing: a model created with recompute keeps no per-layer routing (its MoE layers share "
+                        "one activation slot); create it with recompute off");
+    moe_status st = m->be->routing(m, i, out, slots);
+    if (st != MOE_STATUS_OK) *slots = 0;
+    return st;
+}
 
 void moe__model_set_noise_seed(moe_model *m, uint64_t seed) { m->noise_seed = seed; }
 void moe__model_ep(const moe_model *m, int *ep, int *rank) {

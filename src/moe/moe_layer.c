@@ -85,31 +85,35 @@ static void ep_permute(float *dst, const float *src, const int *perm, int64_t R,
     }
 }
 
-static void experts_forward_ep(moe__moe_cache *c, const moe__moe_weights *w, const moe__moe_dims *d) {
+/* The all-to-alls fail on every rank of the group together (moe__dist_alltoallv_rows), so a
+ * failed one returns before the next exchange on all of them. */
+static moe_status experts_forward_ep(moe__moe_cache *c, const moe__moe_weights *w, const moe__moe_dims *d) {
     int C = d->C, F = d->F, El = d->El;
     ep_plan(c, d);
     int64_t RL = c->loff[El];
-    moe__dist_alltoallv_rows(c->xe, c->send_rows, d->a2a_buf, c->recv_rows, C);
+    moe_status st = moe__dist_alltoallv_rows(c->xe, c->send_rows, d->a2a_buf, c->recv_rows, C);
+    if (st != MOE_STATUS_OK) return st;
     ep_permute(c->xl, d->a2a_buf, c->perm, RL, C, 1);
     experts_forward_rows(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, C, F);
     ep_permute(d->a2a_buf, c->yl, c->perm, RL, C, 0);
-    moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, c->ye, c->send_rows, C);
+    return moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, c->ye, c->send_rows, C);
 }
 
-static void experts_backward_ep(const moe__moe_weights *g, moe__moe_scratch *s, const moe__moe_weights *w,
-                                const moe__moe_cache *c, const moe__moe_dims *d) {
+static moe_status experts_backward_ep(const moe__moe_weights *g, moe__moe_scratch *s, const moe__moe_weights *w,
+                                      const moe__moe_cache *c, const moe__moe_dims *d) {
     int C = d->C, F = d->F, El = d->El;
     int64_t RL = c->loff[El];
-    moe__dist_alltoallv_rows(s->dye, c->send_rows, d->a2a_buf, c->recv_rows, C);
+    moe_status st = moe__dist_alltoallv_rows(s->dye, c->send_rows, d->a2a_buf, c->recv_rows, C);
+    if (st != MOE_STATUS_OK) return st;
     ep_permute(s->dyl, d->a2a_buf, c->perm, RL, C, 1);
     memset(s->dxl, 0, (size_t)RL * C * sizeof(float));
     experts_backward_rows(s->dxl, g, s, s->dyl, c->xl, c->h1, c->h3, c->act, c->loff, El, w, C, F);
     ep_permute(d->a2a_buf, s->dxl, c->perm, RL, C, 0);
-    moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, s->dxe, c->send_rows, C);
+    return moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, s->dxe, c->send_rows, C);
 }
 
-void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
-                      const moe__moe_dims *d, int64_t N) {
+moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                            const moe__moe_dims *d, int64_t N) {
     // x and y are (N,C); experts w1, w3 are (E,F,C), w2 is (E,C,F)
     int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
     c->n_tokens = N;
@@ -124,9 +128,11 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
     for (int64_t r = 0; r < R; r++) memcpy(c->xe + r * C, x + (int64_t)c->row_token[r] * C, (size_t)C * sizeof(float));
     moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
     t = moe__prof_begin(d->prof);
-    if (d->ep > 1) experts_forward_ep(c, w, d);
+    moe_status st = MOE_STATUS_OK;
+    if (d->ep > 1) st = experts_forward_ep(c, w, d);
     else experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    if (st != MOE_STATUS_OK) return st;
     t = moe__prof_begin(d->prof);
     // combine: y_n = sum_s gate_ns ye_row(n,s)
 #pragma omp parallel for schedule(static)
@@ -146,6 +152,7 @@ void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__mo
     if (d->S > 0)
         moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->S * F, 1);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    return MOE_STATUS_OK;
 }
 
 static float silu_ref(double z) { return (float)(z / (1.0 + exp(-z))); }
@@ -163,11 +170,11 @@ static void ffn_token_ref(double *out, const float *xn, const float *w1, const f
     }
 }
 
-void moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
-                          const moe__moe_dims *d, int64_t N) {
+moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                                const moe__moe_dims *d, int64_t N) {
     int C = d->C, F = d->F, SF = d->S * d->F, slots = moe__moe_slots(d);
     double *acc = malloc((size_t)C * sizeof(double));
-    MOE_ASSERT(acc);
+    if (!acc) return moe__err(MOE_STATUS_NOMEM, "MoE reference forward: cannot allocate %d doubles", C);
     for (int64_t n = 0; n < N; n++) {
         const float *xn = x + n * C;
         for (int i = 0; i < C; i++) acc[i] = 0.0;
@@ -181,11 +188,12 @@ void moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, con
         for (int i = 0; i < C; i++) y[n * C + i] = (float)acc[i];
     }
     free(acc);
+    return MOE_STATUS_OK;
 }
 
-void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
-                       const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
-                       const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls) {
+moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                             const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
+                             const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls) {
     int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
     int64_t R = c->offsets[E];
     // y += shared(x)
@@ -217,13 +225,15 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
     }
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
     t = moe__prof_begin(d->prof);
+    moe_status st = MOE_STATUS_OK;
     if (d->ep > 1) {
-        experts_backward_ep(g, s, w, c, d);
+        st = experts_backward_ep(g, s, w, c, d);
     } else {
         memset(s->dxe, 0, (size_t)R * C * sizeof(float));
         experts_backward_rows(s->dxe, g, s, s->dye, c->xe, c->h1, c->h3, c->act, c->offsets, E, w, C, F);
     }
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    if (st != MOE_STATUS_OK) return st;
     t = moe__prof_begin(d->prof);
     // xe_row = x_n: dx_n += dxe_row for each kept slot of token n
 #pragma omp parallel for schedule(static)
@@ -240,6 +250,7 @@ void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s
     t = moe__prof_begin(d->prof);
     moe__router_backward(dx, g, s, x, w, c, d, N, ls);
     moe__prof_end(d->prof, MOE_PHASE_ROUTER, t);
+    return MOE_STATUS_OK;
 }
 
 /* ---------------------------------------------------------------- memory plan */

@@ -114,17 +114,21 @@ void moe__moe_plan_scratch(moe__planner *p, moe__moe_scratch *s, const moe__moe_
 int64_t moe__moe_hidden_scratch(const moe__moe_dims *d, int64_t N, int64_t P);
 
 int moe__capacity(const moe__moe_dims *d, int64_t N, float cf);
-/* y (N,C) = MoE(x). Fills the cache (routing, statistics, loss values). */
-void moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
-                      const moe__moe_dims *d, int64_t N);
+/* y (N,C) = MoE(x). Fills the cache (routing, statistics, loss values). COLLECTIVE (ep group)
+ * with expert parallelism: MOE_STATUS_ARG, on every rank of the group, when an all-to-all of
+ * rows exceeds MPI's int counts (moe__dist_alltoallv_rows); y is then not computed. */
+moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                            const moe__moe_dims *d, int64_t N);
 /* Plain reference: the same function computed token by token from the cache's routing
- * decisions, without permutation (for tests). */
-void moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
-                          const moe__moe_dims *d, int64_t N);
-/* dx (N,C) accumulates; gradients of w accumulate into g. */
-void moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
-                       const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
-                       const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls);
+ * decisions, without permutation (for tests). MOE_STATUS_NOMEM when its scratch cannot be
+ * allocated. */
+moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                                const moe__moe_dims *d, int64_t N);
+/* dx (N,C) accumulates; gradients of w accumulate into g. COLLECTIVE (ep group) with expert
+ * parallelism, failing as moe__moe_forward does (dx and g then incomplete). */
+moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                             const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
+                             const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls);
 
 /* Router half of the layer (router.c): scores, selection, random routing, balance losses. */
 void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weights *w, const moe__moe_dims *d,

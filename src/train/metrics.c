@@ -94,11 +94,12 @@ moe_status moe__metrics_tensorboard(moe_trainer *t, const moe_step_info *info) {
         moe__tb_scalar(tb, "moe/dropped_frac", info->dropped_frac);
     }
     char tag[96];
-    double share[4096], limits[21];
+    double limits[21];
     for (int i = 0; i < nm; i++) {
         const moe_layer_stats *st = moe_model_layer_stats(t->m, i);
         int E = st->n_experts;
         const int64_t *load = t->ss.load + t->ss.load_off[i];
+        double *share = t->ss.share + t->ss.load_off[i];
         int64_t tot = 0;
         for (int e = 0; e < E; e++) tot += load[e];
         snprintf(tag, sizeof tag, "moe/layer%d/maxvio", st->layer);

@@ -39,13 +39,8 @@ static moe_status save_state(moe_trainer *t, const char *path) {
 
 static moe_status load_state(moe_trainer *t, const char *path, int64_t model_step) {
     size_t len;
-    char *buf = moe__read_file(path, &len);
-    if (!buf) {
-        if (moe__dist_get()->ep > 1)
-            return moe__err(MOE_STATUS_IO, "cannot read '%s': resuming needs the --ep of the run that wrote the checkpoint",
-                            path);
-        return MOE_STATUS_IO;
-    }
+    char *buf = moe__read_file(path, &len); // of the run's ep: check_ep came first
+    if (!buf) return MOE_STATUS_IO;
     int64_t P = moe_model_n_params(t->m);
     moe__state s;
     const void *opt;
@@ -127,20 +122,23 @@ static void free_list(char **list, int n) {
  * two newest kept checkpoints that are not the failed files themselves (the newest is a hard
  * link to them), and how to go back to one without writing through those links. */
 void moe__rundir_hint(const char *dir, moe_status st) {
-    char base[4200], path[4400];
+    char first[1024], base[4200], path[4600];
     const char *best[2] = {NULL, NULL};
-    snprintf(base, sizeof base, "%s/checkpoints", dir);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(first, sizeof first, "%s", moe_last_error()); // the error stays, with or without a hint
+    if (moe__pathf(base, sizeof base, "%s/checkpoints", dir) != MOE_STATUS_OK ||
+        moe__pathf(path, sizeof path, "%s/model.safetensors", dir) != MOE_STATUS_OK) {
+        moe__err(st, "%s", first);
+        return;
+    }
     struct stat cur, sb;
     int have_cur = stat(path, &cur) == 0, n, k = 0;
     char **list = list_snapshots(base, &n);
-    for (int i = n - 1; i >= 0 && k < 2; i--) {
-        snprintf(path, sizeof path, "%s/%s/model.safetensors", base, list[i]);
-        if (stat(path, &sb) == 0 && !(have_cur && sb.st_ino == cur.st_ino && sb.st_dev == cur.st_dev)) best[k++] = list[i];
-    }
+    for (int i = n - 1; i >= 0 && k < 2; i--)
+        if (moe__pathf(path, sizeof path, "%s/%s/model.safetensors", base, list[i]) == MOE_STATUS_OK &&
+            stat(path, &sb) == 0 && !(have_cur && sb.st_ino == cur.st_ino && sb.st_dev == cur.st_dev))
+            best[k++] = list[i];
+    moe__err(st, "%s", first);
     if (k) {
-        char first[1024];
-        snprintf(first, sizeof first, "%s", moe_last_error());
         moe__err(st, "%s; kept checkpoints in %s/, newest first: %s%s%s...; to resume from one: cp --remove-destination %s/%s/* %s/ "
                      "(--remove-destination: the run's files are hard links to a kept checkpoint)",
                  first, base, best[0], k > 1 ? ", " : "", k > 1 ? best[1] : "", base, best[0], dir);
@@ -159,11 +157,38 @@ moe_status moe_run_config(const char *dir, moe_config *out) {
 
 /* ---------------------------------------------------------------- resume */
 
+/* The run's optimizer state is in as many shards as the expert parallelism its checkpoint was
+ * written with (metadata expert_shards of model.safetensors; none for ep = 1): resuming needs
+ * the same ep. (The weights load under any ep; the state does not.) */
+static moe_status check_ep(const moe_trainer *t, int ep) {
+    moe__st_file f;
+    moe_status st = moe__st_read_header(t->model_path, &f);
+    if (st != MOE_STATUS_OK) return st;
+    char *v = moe__st_meta(&f, "expert_shards");
+    int written = v ? atoi(v) : 1;
+    free(v);
+    moe__st_free(&f);
+    if (written == ep) return MOE_STATUS_OK;
+    if (written > 1)
+        return moe__err(MOE_STATUS_MISMATCH,
+                        "resume of '%s': its checkpoint was written with expert parallelism ep=%d (metadata "
+                        "expert_shards of model.safetensors), its optimizer state in %d shards: resuming needs the --ep "
+                        "of the run that wrote the checkpoint, --ep %d (under mpirun, with a multiple of %d ranks)",
+                        t->dir, written, written, written, written);
+    return moe__err(MOE_STATUS_MISMATCH,
+                    "resume of '%s': its checkpoint was written without expert parallelism: resuming needs the --ep "
+                    "of the run that wrote the checkpoint, none (not --ep %d)",
+                    t->dir, ep);
+}
+
 moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_failed) {
     const moe__dist *g = moe__dist_get();
     char shard[4200];
-    if (g->ep > 1) moe__shard_name(shard, sizeof shard, t->dir, "state", g->ep_rank, g->ep, model_step);
-    moe_status st = load_state(t, g->ep > 1 ? shard : t->state_path, model_step);
+    moe_status st = check_ep(t, g->ep);
+    *ckpt_failed = st == MOE_STATUS_FORMAT || st == MOE_STATUS_IO;
+    if (st != MOE_STATUS_OK) return st;
+    st = g->ep > 1 ? moe__shard_name(shard, sizeof shard, t->dir, "state", g->ep_rank, g->ep, model_step) : MOE_STATUS_OK;
+    if (st == MOE_STATUS_OK) st = load_state(t, g->ep > 1 ? shard : t->state_path, model_step);
     if (st != MOE_STATUS_OK && g->ep == 1) {
         // killed between committing model.safetensors and renaming state.next.bin over
         // state.bin (moe_trainer_save): the state of the model's step is the next one
@@ -188,9 +213,12 @@ moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_
 static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
     DIR *d = opendir(dir);
     if (!d) return;
-    char keep_e[4200], keep_s[4200], pre_e[64], pre_s[64];
-    moe__shard_name(keep_e, sizeof keep_e, ".", "experts", j, ep, step);
-    moe__shard_name(keep_s, sizeof keep_s, ".", "state", j, ep, step);
+    char keep_e[128], keep_s[128], pre_e[64], pre_s[64];
+    if (moe__shard_name(keep_e, sizeof keep_e, ".", "experts", j, ep, step) != MOE_STATUS_OK ||
+        moe__shard_name(keep_s, sizeof keep_s, ".", "state", j, ep, step) != MOE_STATUS_OK) {
+        closedir(d);
+        return;
+    }
     snprintf(pre_e, sizeof pre_e, "experts-%d-of-%d.step", j, ep);
     snprintf(pre_s, sizeof pre_s, "state-%d-of-%d.step", j, ep);
     struct dirent *e;
@@ -226,20 +254,24 @@ static void remove_dir(const char *dir) {
  * are replaced by rename on every save, so a link keeps its step's content. Rank 0. */
 static moe_status keep_snapshot(moe_trainer *t, int ep) {
     char base[4200], snap[4300], src[4400], dst[4600];
-    snprintf(base, sizeof base, "%s/checkpoints", t->dir);
-    snprintf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->run.step);
+    moe_status st = moe__pathf(base, sizeof base, "%s/checkpoints", t->dir);
+    if (st == MOE_STATUS_OK) st = moe__pathf(snap, sizeof snap, "%s/step-%08lld", base, (long long)t->run.step);
+    if (st != MOE_STATUS_OK) return st;
     if (moe__mkdir_p(snap) != 0) return moe__err(MOE_STATUS_IO, "cannot create '%s': %s", snap, strerror(errno));
     const char *names[3] = {"model.safetensors", ep == 1 ? "state.bin" : NULL, NULL};
     for (int i = 0; i < 2 && names[i]; i++) {
-        snprintf(src, sizeof src, "%s/%s", t->dir, names[i]);
-        snprintf(dst, sizeof dst, "%s/%s", snap, names[i]);
+        if ((st = moe__pathf(src, sizeof src, "%s/%s", t->dir, names[i])) != MOE_STATUS_OK ||
+            (st = moe__pathf(dst, sizeof dst, "%s/%s", snap, names[i])) != MOE_STATUS_OK)
+            return st;
         unlink(dst);
         if (link(src, dst) != 0) return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
     }
     for (int j = 0; ep > 1 && j < ep; j++)
         for (int k = 0; k < 2; k++) {
-            moe__shard_name(src, sizeof src, t->dir, k ? "state" : "experts", j, ep, t->run.step);
-            moe__shard_name(dst, sizeof dst, snap, k ? "state" : "experts", j, ep, t->run.step);
+            const char *kind = k ? "state" : "experts";
+            if ((st = moe__shard_name(src, sizeof src, t->dir, kind, j, ep, t->run.step)) != MOE_STATUS_OK ||
+                (st = moe__shard_name(dst, sizeof dst, snap, kind, j, ep, t->run.step)) != MOE_STATUS_OK)
+                return st;
             unlink(dst);
             if (link(src, dst) != 0)
                 return moe__err(MOE_STATUS_IO, "cannot link '%s' to '%s': %s", src, dst, strerror(errno));
@@ -247,10 +279,8 @@ static moe_status keep_snapshot(moe_trainer *t, int ep) {
     // the newest keep_checkpoints stay
     int n;
     char **list = list_snapshots(base, &n);
-    for (int i = 0; i < n - t->cfg.keep_checkpoints; i++) {
-        snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
-        remove_dir(snap);
-    }
+    for (int i = 0; i < n - t->cfg.keep_checkpoints; i++)
+        if (moe__pathf(snap, sizeof snap, "%s/%s", base, list[i]) == MOE_STATUS_OK) remove_dir(snap);
     free_list(list, n);
     return MOE_STATUS_OK;
 }
@@ -282,9 +312,9 @@ moe_status moe_trainer_save(moe_trainer *t) {
     }
     char ex[4200], sp[4200];
     if (g->dp_rank == 0) {
-        moe__shard_name(ex, sizeof ex, t->dir, "experts", g->ep_rank, g->ep, t->run.step);
-        moe__shard_name(sp, sizeof sp, t->dir, "state", g->ep_rank, g->ep, t->run.step);
-        st = moe__model_save_experts(t->m, ex, t->run.step);
+        st = moe__shard_name(ex, sizeof ex, t->dir, "experts", g->ep_rank, g->ep, t->run.step);
+        if (st == MOE_STATUS_OK) st = moe__shard_name(sp, sizeof sp, t->dir, "state", g->ep_rank, g->ep, t->run.step);
+        if (st == MOE_STATUS_OK) st = moe__model_save_experts(t->m, ex, t->run.step);
         if (st == MOE_STATUS_OK) st = save_state(t, sp);
     }
     if (!moe__dist_min_int(st == MOE_STATUS_OK))
@@ -307,11 +337,10 @@ moe_status moe__rundir_lock(moe_trainer *t) {
     t->lock_fd = -1;
     if (moe__dist_get()->rank == 0) {
         char path[4200];
-        if (snprintf(path, sizeof path, "%s/.lock", t->dir) >= (int)sizeof path)
-            return moe__err(MOE_STATUS_ARG, "run directory path too long: '%s'", t->dir);
         struct stat sb;
-        int fd = stat(t->dir, &sb) == 0 ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -2;
-        if (fd == -2) { // a resume of a directory that is not there: its checkpoint read says so
+        st = moe__pathf(path, sizeof path, "%s/.lock", t->dir); // failing, it goes on to tell the other ranks
+        int fd = st == MOE_STATUS_OK && stat(t->dir, &sb) == 0 ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -2;
+        if (fd == -2) { // or a resume of a directory that is not there: its checkpoint read says so
         } else if (fd < 0) {
             st = moe__err(MOE_STATUS_IO, "cannot open '%s': %s", path, strerror(errno));
         } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -342,9 +371,9 @@ moe_status moe__rundir_check_new(const char *dir) {
     char path[4200];
     moe_status st = MOE_STATUS_OK;
     for (int i = 0; i < 2 && moe__dist_get()->rank == 0 && st == MOE_STATUS_OK; i++) { // rank 0 writes them
-        if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path)
-            st = moe__err(MOE_STATUS_ARG, "run directory path too long: '%s'", dir);
-        else if (access(path, F_OK) == 0)
+        if ((st = moe__pathf(path, sizeof path, "%s/%s", dir, names[i])) != MOE_STATUS_OK)
+            break;
+        if (access(path, F_OK) == 0)
             st = moe__err(MOE_STATUS_EXISTS, "run directory '%s' already holds a run (%s)", dir, names[i]);
     }
     if (moe__dist_min_int(st == MOE_STATUS_OK) == 0 && st == MOE_STATUS_OK) // as rank 0 found
@@ -374,9 +403,9 @@ static moe_status clear_files(const char *dir, int *left) {
             *left += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
             continue;
         }
-        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
-            st = moe__err(MOE_STATUS_ARG, "path too long in '%s'", dir);
-        else if (unlink(path) != 0 && errno != ENOENT)
+        if ((st = moe__pathf(path, sizeof path, "%s/%s", dir, e->d_name)) != MOE_STATUS_OK)
+            break;
+        if (unlink(path) != 0 && errno != ENOENT)
             st = moe__err(MOE_STATUS_IO, "cannot remove '%s': %s", path, strerror(errno));
     }
     closedir(d);
@@ -388,13 +417,13 @@ moe_status moe__rundir_clear(const char *dir) {
     char base[4200], snap[4400];
     int left = 0, n = 0;
     moe_status st = clear_files(dir, &left);
-    if (snprintf(base, sizeof base, "%s/checkpoints", dir) >= (int)sizeof base)
-        return moe__err(MOE_STATUS_ARG, "run directory path too long: '%s'", dir);
+    if (st == MOE_STATUS_OK) st = moe__pathf(base, sizeof base, "%s/checkpoints", dir);
+    if (st != MOE_STATUS_OK) return st;
     char **list = list_snapshots(base, &n);
     for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
         int other = 0;
-        snprintf(snap, sizeof snap, "%s/%s", base, list[i]);
-        st = clear_files(snap, &other);
+        st = moe__pathf(snap, sizeof snap, "%s/%s", base, list[i]);
+        if (st == MOE_STATUS_OK) st = clear_files(snap, &other);
         if (st == MOE_STATUS_OK && !other && rmdir(snap) != 0)
             st = moe__err(MOE_STATUS_IO, "cannot remove '%s': %s", snap, strerror(errno));
     }

@@ -59,6 +59,7 @@ typedef struct {
     int64_t total_e;
     int64_t *dropped, *routed;   /* (n_moe) */
     float *maxvio, *dropped_frac;/* (n_moe) of the step, for its record and event */
+    double *share;               /* (total_e) each expert's share of its layer's load (TensorBoard) */
 } moe__step_stats;
 
 struct moe_trainer {

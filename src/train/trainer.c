@@ -106,8 +106,9 @@ static moe_status alloc_step(moe_trainer *t) {
     ss->routed = calloc(nl, sizeof(int64_t));
     ss->maxvio = calloc(nl, sizeof(float));
     ss->dropped_frac = calloc(nl, sizeof(float));
+    ss->share = calloc((size_t)(ss->total_e ? ss->total_e : 1), sizeof(double));
     if (!t->tokens || !t->targets || !t->win || !ss->load || !ss->load_off || !ss->dropped || !ss->routed ||
-        !ss->maxvio || !ss->dropped_frac)
+        !ss->maxvio || !ss->dropped_frac || !ss->share)
         return moe__err(MOE_STATUS_NOMEM, "cannot allocate the training step's buffers");
     for (int i = 1; i < nm; i++) ss->load_off[i] = ss->load_off[i - 1] + moe_model_layer_stats(t->m, i - 1)->n_experts;
     return MOE_STATUS_OK;
@@ -184,6 +185,7 @@ void moe_trainer_free(moe_trainer *t) {
     free(t->ss.routed);
     free(t->ss.maxvio);
     free(t->ss.dropped_frac);
+    free(t->ss.share);
     free(t->dir);
     free(t->model_path);
     free(t->state_path);
