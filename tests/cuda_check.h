@@ -33,6 +33,19 @@ static void *host_bytes(const void *d, size_t n) {
     return p;
 }
 
+/* 0 when device 0 is usable (its name and free memory printed under the test's name); else
+ * prints why the test is skipped and returns 77, ctest's "skipped": a test's main returns it. */
+static int gpu_or_skip(const char *test) {
+    char name[256];
+    size_t free_b, total_b;
+    if (moe__cuda_device_check(0, name, sizeof name, &free_b, &total_b) != MOE_STATUS_OK) {
+        printf("%s: skipped: %s\n", test, moe_last_error());
+        return 77;
+    }
+    printf("%s: %s, %.1f of %.1f GiB free\n", test, name, free_b / 1073741824.0, total_b / 1073741824.0);
+    return 0;
+}
+
 static double maxabs(const float *x, int64_t n) {
     double m = 0;
     for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;

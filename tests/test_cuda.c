@@ -402,13 +402,7 @@ static void test_gemms(void *dsc) {
 }
 
 int main(void) {
-    char name[256];
-    size_t free_b, total_b;
-    if (moe__cuda_device_check(0, name, sizeof name, &free_b, &total_b) != MOE_STATUS_OK) {
-        printf("test_cuda: skipped: %s\n", moe_last_error());
-        return 77;
-    }
-    printf("test_cuda: %s, %.1f of %.1f GiB free\n", name, free_b / 1073741824.0, total_b / 1073741824.0);
+    if (gpu_or_skip("test_cuda")) return 77;
     moe__rng_seed(&rng, 20261130);
     const int64_t rows[] = {1, 7, 33, 300};
     const int widths[] = {1, 13, 256, 384, 1000};

@@ -390,13 +390,7 @@ static const ec_case ec_cases[] = {
 };
 
 int main(void) {
-    char name[256];
-    size_t free_b, total_b;
-    if (moe__cuda_device_check(0, name, sizeof name, &free_b, &total_b) != MOE_STATUS_OK) {
-        printf("test_cuda_moe: skipped: %s\n", moe_last_error());
-        return 77;
-    }
-    printf("test_cuda_moe: %s, %.1f of %.1f GiB free\n", name, free_b / 1073741824.0, total_b / 1073741824.0);
+    if (gpu_or_skip("test_cuda_moe")) return 77;
     moe__rng_seed(&rng, 20261201);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
     for (size_t i = 0; i < sizeof ec_cases / sizeof ec_cases[0]; i++) test_dispatch_ec(&ec_cases[i]);
