@@ -2,13 +2,48 @@
  * moe.h — public API of moe, a trainer for sparse Mixture-of-Experts language models.
  *
  * Objects: a config (plain struct, moe_config_default()), a model (opaque handle: parameters,
- * gradients and one planned activation buffer) and a trainer (opaque handle: model, AdamW
- * state, data, run directory). Every function that can fail returns a moe_status; the detailed
- * message (naming the file, field or value at fault) is kept per thread and read with
- * moe_last_error(). The library never exits or aborts on bad input.
+ * gradients and one planned activation buffer), a trainer (opaque handle: model, AdamW state,
+ * data, run directory) and a dataset (opaque handle: tokens). How calls fail, who owns what and
+ * which thread may call: the API policy below.
  *
  * Dimension letters: B batch, T sequence, C channels, V vocab, L layers, N = B*T tokens,
  * E routed experts, S shared experts, K experts per token, F expert hidden size, H heads.
+ *
+ * API policy
+ *
+ * Versions. moe is 0.x: MOE_VERSION_* (moe_version.h) give the headers' version, moe_version()
+ * the library's. Until 1.0 a minor version may change the API, and each change is named in the
+ * comment where it happened ("0.1: moe_model_routing returns a status"), so that an upgrade is a
+ * search of this file for the new version.
+ *
+ * Statuses. Every function that can fail returns a moe_status and sets a message naming what
+ * failed, read with moe_last_error() (thread-local; valid until the next failing call on that
+ * thread). Each function's comment lists its statuses ("Statuses: ..."), except two that are
+ * not repeated: NOMEM wherever memory is allocated, DEVICE wherever a CUDA model runs. The
+ * library never exits, aborts or prints to stdout or stderr: it prints only to a FILE* the
+ * caller passes (moe_config_help), so the caller decides what the user sees. The exceptions are
+ * MOE_ASSERT, which stops the process on a bug in moe itself (never on input), and
+ * moe_dist_abort, which ends an MPI job when asked to.
+ *
+ * Structs by value. The small structs (moe_config, moe_device, moe_losses, moe_step_info,
+ * moe_layer_stats, moe_tensor_info, moe_init_report) are passed and returned by value or through
+ * pointers. A minor version may add fields to them (code is rebuilt against the new header), so
+ * a caller starts a struct it passes in from the library's defaults (moe_config_default,
+ * moe_device_default or moe_device_parse) and sets fields by name, never field by field from
+ * zero: a new field then gets its default. Structs the library fills are written whole.
+ *
+ * Ownership. Opaque handles (moe_model, moe_trainer, moe_dataset) belong to the caller, who frees
+ * each with its *_free (NULL is accepted), except where a function says it takes them over. A
+ * function that creates one sets *out to NULL when it fails. Every returned or borrowed pointer
+ * says how long it lives; "lives as long as m" means until moe_model_free(m). Strings said to be
+ * static live as long as the process.
+ *
+ * Threads. A model, trainer or dataset is used by one thread at a time (each pass runs OpenMP
+ * threads of its own); different ones may run on different threads. moe_dist_init,
+ * moe_dist_setup and moe_device_select are process-wide: call them first, before any model is
+ * created (a model keeps the device and expert parallelism it was created under). Under MPI
+ * the library is called from the thread that called moe_dist_init (MPI_THREAD_FUNNELED), and a
+ * CUDA model from the thread that called moe_device_select (CUDA's current device is per thread).
  */
 #ifndef MOE_H
 #define MOE_H
@@ -48,14 +83,15 @@ typedef enum {
     MOE_STATUS_COUNT
 } moe_status;
 
-/* Short fixed message of a status code. Never NULL. */
+/* Short fixed message of a status code ("unknown status" outside the list). Never NULL; static. */
 const char *moe_status_str(moe_status s);
 /* The library's version ("0.1.0"; MOE_VERSION_STRING of the headers it was built with) and what
- * it was built with: "0.1.0 (openblas, openmp, mpi, cuda sm_90)". */
+ * it was built with: "0.1.0 (openblas, openmp, mpi, cuda)". Both static. */
 const char *moe_version(void);
 const char *moe_build_info(void);
 /* Detailed message of the last error set on this thread ("" if none). Owned by the library;
- * valid until the next failing call on this thread. */
+ * valid until the next failing call on this thread. A successful call does not clear it, so it
+ * is read only after a call returned an error. */
 const char *moe_last_error(void);
 
 /* ---------------------------------------------------------------- config */
@@ -195,26 +231,32 @@ typedef struct moe_config {
 #undef MOE__X
 } moe_config;
 
+/* Every key at its default: where every config starts, so that fields added later get theirs. */
 moe_config moe_config_default(void);
-/* Checks every field and the relations between them (heads divide C, K <= E, ...). */
+/* Checks every field and the relations between them (heads divide C, K <= E, ...). Statuses:
+ * CONFIG naming the first field at fault. */
 moe_status moe_config_validate(const moe_config *c);
 /* Sets one key from its text value ("n_embd", "128"). Unknown key or bad value: MOE_STATUS_CONFIG. */
 moe_status moe_config_set(moe_config *c, const char *key, const char *value);
-/* Applies a JSON object of keys (the whole text of a config file); `origin` names it in errors. */
+/* Applies a JSON object of keys (the whole text of a config file); `origin` names it in errors.
+ * Statuses: CONFIG for malformed JSON, an unknown key or a bad value; the keys before it stay
+ * applied, so on error c is to be dropped. */
 moe_status moe_config_apply_json(moe_config *c, const char *json, const char *origin);
 /* Applies the JSON config file at path (a regular file or a pipe); a file that cannot be read
- * (MOE_STATUS_IO) or holds a NUL byte (MOE_STATUS_CONFIG) is named in the error. */
+ * (MOE_STATUS_IO) or holds a NUL byte (MOE_STATUS_CONFIG) is named in the error, and so are
+ * moe_config_apply_json's errors. */
 moe_status moe_config_apply_file(moe_config *c, const char *path);
-/* Writes all keys as one JSON object. Caller frees the returned string with free(). */
+/* Writes all keys as one JSON object. Caller frees the returned string with free(); NULL when
+ * out of memory (moe_last_error says so). */
 char *moe_config_to_json(const moe_config *c);
-/* Prints every key, its default and meaning. */
+/* Prints every key, its default and meaning to f: the library's only printing. */
 void moe_config_help(FILE *f);
-/* 1 if layer l has an MoE FFN under this config (moe_layers already validated). */
+/* 1 if layer l has an MoE FFN under this config (moe_layers already validated; 0 if malformed). */
 int moe_config_layer_is_moe(const moe_config *c, int l);
 /* Routed experts of MoE layer l (expert_counts, or n_experts). */
 int moe_config_layer_experts(const moe_config *c, int l);
 /* MOE_STATUS_MISMATCH naming the first model key (not [training]) whose value in c differs from
- * the run's, with both values. */
+ * the run's, with both values; no other status. */
 moe_status moe_config_check_model(const moe_config *run, const moe_config *c);
 /* Copies the training keys ([training] in moe_config_help) of src into dst; model keys stay. */
 void moe_config_take_training(moe_config *dst, const moe_config *src);
@@ -231,6 +273,7 @@ typedef enum {
     MOE_GROUP_BUFFER     /* not trained by gradients (aux-loss-free bias): no optimizer, no decay */
 } moe_group;
 
+/* One tensor of the model's table; it and its name live as long as the model. */
 typedef struct {
     const char *name;   /* checkpoint key (Hugging Face naming, experts stacked as [E][...]) */
     int ndim;
@@ -241,7 +284,8 @@ typedef struct {
     int layer;          /* -1 for non-layer tensors */
 } moe_tensor_info;
 
-/* Per-MoE-layer routing statistics of the last forward pass. */
+/* Per-MoE-layer routing statistics of the last forward pass. Its pointers (load, bias) point into
+ * the model and live as long as it; each forward rewrites what they point at. */
 typedef struct {
     int layer;
     int n_experts;      /* E of this layer */
@@ -266,23 +310,29 @@ typedef struct {
 } moe_losses;
 
 /* Creates a model for config c, with activation memory planned for batches up to max_batch
- * sequences of c->seq_len. Parameters are zero until moe_model_init or a load. */
+ * sequences of c->seq_len, on the device moe_device_select chose. Parameters are zero until
+ * moe_model_init or a load. Statuses: CONFIG when c is invalid, its expert rows for max_batch
+ * overflow the int indices, or a layer's experts do not divide by the expert parallelism
+ * (moe_dist_setup); ARG for max_batch < 1, or CUDA selected in a build without it; NOMEM. */
 moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out);
 void moe_model_free(moe_model *m);
 /* Random initialisation: N(0, init_std) matrices (output projections scaled 1/sqrt(2L)),
- * router N(0, router_init_std), norms 1. */
+ * router N(0, router_init_std), norms 1. It returns no status: on a CUDA model a failed upload
+ * is kept and returned by the next forward ("the GPU failed earlier"). */
 void moe_model_init(moe_model *m, uint64_t seed);
+/* The model's config; lives as long as m. */
 const moe_config *moe_model_config(const moe_model *m);
+/* The tensor table: i in [0, moe_model_n_tensors) (not checked); lives as long as m. */
 int moe_model_n_tensors(const moe_model *m);
 const moe_tensor_info *moe_model_tensor(const moe_model *m, int i);
-/* Tensor by name, or NULL. */
+/* Tensor by name, or NULL. Lives as long as m. */
 const moe_tensor_info *moe_model_find(const moe_model *m, const char *name);
 /* The parameters and gradients (n_params floats each, laid out by the tensor table's offsets) as
  * host memory. The CPU backend computes in these buffers, so writes (finite-difference tests,
  * hand initialisation) take effect at the next forward; the library's own readers and writers
  * (checkpoints, export, initialisation) synchronise with the backend around them. On a CUDA
  * model they are host copies, made current by these calls (NULL if the device fails); writes
- * to them do not reach the device. */
+ * to them do not reach the device. Owned by m; the pointers live as long as m. */
 float *moe_model_params(moe_model *m);
 float *moe_model_grads(moe_model *m);
 int64_t moe_model_n_params(const moe_model *m);
@@ -291,17 +341,25 @@ int64_t moe_model_active_params(const moe_model *m);
 
 /* Forward pass over tokens (B,T) (B <= max_batch, T <= seq_len). targets (B,T) may be NULL
  * (then no loss). training selects the training capacity factor; otherwise the eval one.
- * Logits (B*T, V) stay readable through moe_model_logits until the next forward. */
+ * Logits (B*T, V) stay readable through moe_model_logits until the next forward. out may be NULL
+ * (no losses computed). Statuses: ARG for B or T outside the plan; DATA for a token or target
+ * outside [0, V); NUMERIC when a loss is not finite (out is still filled, and backward may still
+ * run: the trainer then locates the fault). */
 moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets, int B, int T,
                              int training, moe_losses *out);
 /* Backward pass of the last forward (which must have had targets); accumulates into the
- * gradients, scaled by grad_scale (1/grad_accum). */
+ * gradients, scaled by grad_scale (1/grad_accum). Statuses: ARG when the last forward had no
+ * targets, or there was none. */
 moe_status moe_model_backward(moe_model *m, float grad_scale);
+/* No status: on a CUDA model a failure is kept for the next forward, as for moe_model_init. */
 void moe_model_zero_grad(moe_model *m);
-/* The logits of the last forward: on a CUDA model a host copy, made by this call; NULL (error in
- * moe_last_error) when the device cannot give it. */
+/* The logits (B*T, V) of the last forward, owned by m and valid until the next forward: on the
+ * CPU the model's own buffer, on a CUDA model a host copy made by this call (and rewritten by
+ * the next). NULL (error in moe_last_error: NOMEM or DEVICE) when the device cannot give it. */
 const float *moe_model_logits(const moe_model *m);
-/* Routing statistics of the last forward: one entry per MoE layer. */
+/* Routing statistics of the last forward: one entry per MoE layer, i in [0,
+ * moe_model_n_moe_layers) (not checked). The pointer lives as long as m; each forward rewrites
+ * the entry. */
 int moe_model_n_moe_layers(const moe_model *m);
 const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i);
 /* Routed experts summed over the MoE layers: the length of per-expert load arrays such as
@@ -318,7 +376,8 @@ double moe_maxvio(const int64_t *load, int n_experts);
  * to learn slots first). Errors (*slots is then 0): MOE_STATUS_ARG for i outside
  * [0, moe_model_n_moe_layers); MOE_STATUS_CONFIG for a model created with recompute, which
  * keeps no per-layer routing (its blocks share one activation slot; moe_model_load creates
- * models without it); MOE_STATUS_DEVICE when a CUDA model cannot copy it to the host. */
+ * models without it); MOE_STATUS_DEVICE when a CUDA model cannot copy it to the host.
+ * 0.1: returns a status and the slot count in *slots (it returned the slot count, or -1). */
 moe_status moe_model_routing(const moe_model *m, int i, int *out, int *slots);
 
 /* Where the time of forward, backward and optimizer passes goes, accumulated in seconds. */
@@ -335,22 +394,32 @@ typedef enum {
 /* Copies the accumulated seconds per phase into out[MOE_PHASE_COUNT]. */
 void moe_model_profile(const moe_model *m, double *out);
 void moe_model_profile_reset(moe_model *m);
+/* "attention", "router", ...; "?" outside the enum. Static. */
 const char *moe_phase_name(moe_phase p);
 
-/* Weights as safetensors, config in the metadata. Written atomically (temp, fsync, rename). */
+/* Weights as safetensors, config in the metadata. Written atomically (temp, fsync, rename), so
+ * a failure leaves the previous file at path. Statuses: IO; ARG for an expert-parallel model
+ * (its trainer saves it, in shards). */
 moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
 /* Reads a safetensors checkpoint written by moe_model_save (path is the file, or a run directory
- * holding model.safetensors): config from its metadata, a model sized for max_batch, weights
- * checked by name and shape. */
+ * holding model.safetensors): config from its metadata, a model sized for max_batch (recompute
+ * off, for inference), weights checked by name and shape. Statuses: IO when it cannot be read;
+ * FORMAT when it is not a moe checkpoint, fails its checksum, or a tensor is missing, extra or
+ * of another shape; CONFIG for a stored config that does not validate; moe_model_create's. */
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out);
-/* Reads only the config stored in a checkpoint (the file, or a run directory holding it). */
+/* Reads only the config stored in a checkpoint (the file, or a run directory holding it), and
+ * its step when step is not NULL. Statuses: IO, FORMAT, CONFIG as for moe_model_load; *out is
+ * meaningful only on MOE_STATUS_OK. */
 moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *step);
 /* The config of the run in dir (its model.safetensors), as a resume starts from; when it cannot
- * be read, the error also names the run's kept checkpoints (keep_checkpoints), if any. */
+ * be read, the error also names the run's kept checkpoints (keep_checkpoints), if any.
+ * Statuses: those of moe_checkpoint_config. */
 moe_status moe_run_config(const char *dir, moe_config *out);
 
-/* Samples n_new tokens after prompt (n_prompt tokens), writing them to out. temperature 0 is
- * greedy; top_k 0 and top_p 1 disable those filters. Uses the eval capacity factor. */
+/* Samples n_new tokens after prompt (n_prompt tokens), writing them to out (n_new ints).
+ * temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. Uses the eval capacity
+ * factor. Statuses: ARG for an empty prompt, temperature < 0, top_k < 0 or top_p outside
+ * (0, 1]; DATA for a prompt token outside the vocabulary; DEVICE when the logits cannot be read. */
 moe_status moe_model_sample(moe_model *m, const int *prompt, int n_prompt, int *out, int n_new,
                             float temperature, int top_k, float top_p, uint64_t seed);
 
@@ -380,8 +449,11 @@ moe_status moe_device_parse(const char *device, const char *dtype, moe_device *o
 moe_status moe_device_supports(const moe_device *d, const moe_config *c);
 /* Selects the device of the models this process creates from now on (moe_model_create and
  * every function that creates one). MOE_STATUS_ARG when it cannot be used: a build without CUDA,
- * no usable GPU, a device number the machine lacks, or CUDA under MPI with several ranks. */
+ * no usable GPU, a device number the machine lacks, or CUDA under MPI with several ranks. A CUDA
+ * device becomes current on the calling thread only (cudaSetDevice), hence the rule on threads
+ * above. */
 moe_status moe_device_select(const moe_device *d);
+/* The selected device: static, lives as long as the process; moe_device_select changes it. */
 const moe_device *moe_device_selected(void);
 
 /* ---------------------------------------------------------------- data */
@@ -389,18 +461,22 @@ const moe_device *moe_device_selected(void);
 typedef struct moe_dataset moe_dataset;
 
 /* Loads files (text as bytes, or llm.c token shards recognised by their magic 20240520) and
- * concatenates them. Every token must be < vocab_size. */
+ * concatenates them. Every token must be < vocab_size. Statuses: ARG for no paths; IO when a file
+ * cannot be read; DATA for an empty file, a malformed shard (or a .bin file that is none) and a
+ * token >= vocab_size, each naming the file. */
 moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_size, moe_dataset **out);
 void moe_dataset_free(moe_dataset *d);
 int64_t moe_dataset_len(const moe_dataset *d);
 /* Where the tokens came from: the paths joined by commas, or for a split part, which part ("the
- * last 10% (N tokens) of ..."). Lives as long as d. */
+ * last 10% (N tokens) of ..."). Valid until d is split (which renames its part) or freed. */
 const char *moe_dataset_source(const moe_dataset *d);
 /* Warnings of the load that are not errors, one a line ("" if none): a file that looks like
  * compressed or binary data given as text. Lives as long as d. */
 const char *moe_dataset_notice(const moe_dataset *d);
+/* The moe_dataset_len(d) tokens; lives as long as d (a split keeps them, shortened). */
 const uint16_t *moe_dataset_tokens(const moe_dataset *d);
-/* Splits off the last frac of d into a new dataset; d keeps the rest. */
+/* Splits off the last frac of d into a new dataset *val, the caller's to free; d keeps the rest.
+ * Statuses: ARG when frac is outside (0, 1) or either part would be empty. */
 moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val);
 
 /* ---------------------------------------------------------------- training */
@@ -441,7 +517,11 @@ typedef enum {
  * start from moe_run_config), and so must the expert parallelism (moe_dist_setup) of a checkpoint
  * written with one, whose optimizer state is sharded (MOE_STATUS_MISMATCH naming its ep). Paths
  * under out_dir too long for the library are MOE_STATUS_ARG ("path too long"). val may be NULL
- * (then it is split off train). The trainer takes ownership of both datasets. */
+ * (then it is split off train). The trainer takes ownership of both datasets, even when it fails.
+ * Other statuses: EXISTS (MOE_RUN_NEW, above); IO when out_dir or its files cannot be made or read
+ * (a resume without a checkpoint); FORMAT for a corrupt checkpoint or state (the error names the
+ * kept checkpoints); DATA when train or val holds fewer than seq_len + 1 tokens or val cannot be
+ * split off; moe_model_create's. threads > 0 sets OpenMP's thread count (omp_set_num_threads). */
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
                               const char *out_dir, moe_run_mode mode, moe_trainer **out);
 void moe_trainer_free(moe_trainer *t);
@@ -449,17 +529,27 @@ void moe_trainer_free(moe_trainer *t);
  * metrics.jsonl (docs/metrics.md): what changed, for a warning; else NULL. Lives as long as t. */
 const char *moe_trainer_data_change(const moe_trainer *t);
 /* One optimizer step (grad_accum micro-batches), with eval and checkpoint when due; appends
- * a record to out_dir/metrics.jsonl. */
+ * a record to out_dir/metrics.jsonl. info is written whole. Statuses: NUMERIC when the loss or
+ * gradients are not finite, or the loss spikes, and nonfinite_policy stops the run (the last good
+ * checkpoint saved first, unless the weights themselves are not finite); IO when the checkpoint
+ * or TensorBoard file cannot be written; moe_model_forward's. An error from the evaluation,
+ * checkpoint or TensorBoard event due after the update comes with the step taken:
+ * moe_trainer_steps_done counts it. */
 moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info);
 int64_t moe_trainer_steps_done(const moe_trainer *t);
+/* The trainer's model and config: owned by t, live as long as t (never freed by the caller). */
 moe_model *moe_trainer_model(moe_trainer *t);
 const moe_config *moe_trainer_config(const moe_trainer *t);
-/* Writes model.safetensors and state.bin to out_dir, atomically. */
+/* Writes model.safetensors and state.bin to out_dir, atomically (a failure keeps the previous
+ * checkpoint). Collective under MPI: every rank calls it. Statuses: IO; ARG for a shard path too
+ * long. */
 moe_status moe_trainer_save(moe_trainer *t);
 /* Mean cross-entropy over up to max_batches batches of non-overlapping windows of d (spread
  * evenly over d when not all are evaluated; max_batches 0 = all); routing
- * statistics summed over them go to loads (n_moe_layers*E, may be NULL) and dropped
- * (would_drop at the training capacity). */
+ * statistics summed over them go to loads (moe_model_total_experts(m) of them, may be NULL) and
+ * dropped (would_drop at the training capacity). n_tokens and would_drop may be NULL. Statuses:
+ * DATA when d holds fewer than seq_len + 1 tokens; moe_model_forward's (ARG for a batch above
+ * the model's max_batch). */
 moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches,
                         float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop);
 
@@ -469,19 +559,26 @@ moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_b
  * family the model maps onto exactly: family "mixtral" (MixtralForCausalLM: all layers MoE,
  * softmax top-K renormalised, no shared experts), "qwen2_moe" (Qwen2MoeForCausalLM: also dense
  * layers, shared experts, top-K not renormalised), or NULL/"auto" (Mixtral when it maps, else
- * Qwen2-MoE). Otherwise an error naming why. *written (may be NULL) gets the architecture. */
+ * Qwen2-MoE). Otherwise an error naming why. *written (may be NULL) gets the architecture, a
+ * static string. Statuses: CONFIG when the model maps onto no family, or not the one asked for;
+ * ARG for an unknown family, an expert-parallel model or a dir too long; IO. */
 moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, const char **written);
 
 /* The config of the Hugging Face checkpoint in dir (its config.json): MixtralForCausalLM maps
  * onto an all-MoE model (dropless, like Mixtral), LlamaForCausalLM and MistralForCausalLM onto
  * a dense one (moe_layers "none", expert_hidden = ffn_hidden, ready for upcycling). seq_len is
  * max_position_embeddings capped at 4096 and at sliding_window. A field the model cannot
- * represent (biases, rope_scaling, another activation) is an error naming it. */
+ * represent (biases, rope_scaling, another activation) is an error naming it. Statuses: IO when
+ * config.json cannot be read; FORMAT when it is not a JSON object, names another model_type or
+ * holds such a field; CONFIG when the config it gives does not validate. */
 moe_status moe_hf_config(const char *dir, moe_config *out);
 /* Loads the weights of the HF checkpoint in dir (model.safetensors, or every shard that
  * model.safetensors.index.json lists; F32, BF16 or F16) into a new model of config c (from
  * moe_hf_config; keys that do not change shapes may differ), sized for max_batch. Per-expert
- * tensors are stacked; grouped-query K/V heads are repeated to one per query head (exact). */
+ * tensors are stacked; grouped-query K/V heads are repeated to one per query head (exact).
+ * Statuses: moe_hf_config's; IO when dir holds neither weights file; FORMAT for a bad index, an
+ * unknown dtype, a tensor of the wrong shape, or an expert missing or given twice;
+ * moe_model_create's. */
 moe_status moe_hf_load(const char *dir, const moe_config *c, int max_batch, moe_model **out);
 
 /* ---------------------------------------------------------------- init from another model */
@@ -497,18 +594,23 @@ typedef struct {
  * upcycling, Komatsuzaki et al. 2022; needs expert_hidden = the source's ffn_hidden); routers
  * (and noise weights, selection biases) missing from src keep dst's initialisation. Any other
  * difference (a shape, a tensor only one side has) is an error naming the tensor
- * (MOE_STATUS_CONFIG); models created under different moe_dist_setup (expert parallelism) are
- * MOE_STATUS_ARG. */
+ * (MOE_STATUS_CONFIG), and so is a different vocab_size; models created under different
+ * moe_dist_setup (expert parallelism) are MOE_STATUS_ARG; a CUDA src whose weights cannot be
+ * copied to the host is MOE_STATUS_DEVICE. report may be NULL; it is filled on success only. */
 moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_report *report);
-/* Before the first step of a new run: the weights start from src (moe_model_init_from). */
+/* Before the first step of a new run: the weights start from src (moe_model_init_from). Statuses:
+ * ARG when the run is past step 0 (a resume); moe_model_init_from's. */
 moe_status moe_trainer_init_from(moe_trainer *t, const moe_model *src, moe_init_report *report);
 
 /* ---------------------------------------------------------------- distributed (MPI) */
 
-/* Starts MPI when this build has it (a no-op otherwise); call first in main. */
+/* Starts MPI when this build has it and a launcher (mpirun, srun) started the process (a no-op
+ * otherwise); call first in main. Statuses: IO when MPI_Init fails. */
 moe_status moe_dist_init(int *argc, char ***argv);
 /* Arranges the ranks as a dp x ep grid: ep ranks share each MoE layer's experts (E/ep each),
- * the dp = ranks/ep replicas split the batch. Call before creating models or trainers. */
+ * the dp = ranks/ep replicas split the batch. Call before creating models or trainers;
+ * collective (every rank calls it). Statuses: ARG when ep does not divide the ranks, or for
+ * ep > 1 without MPI or a launcher. */
 moe_status moe_dist_setup(int ep);
 void moe_dist_finalize(void);
 int moe_dist_rank(void);

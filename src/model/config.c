@@ -231,7 +231,10 @@ done:
 
 char *moe_config_to_json(const moe_config *c) {
     cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
+    if (!o) {
+        moe__err(MOE_STATUS_NOMEM, "out of memory (config as JSON)");
+        return NULL;
+    }
     for (int i = 0; i < N_KEYS; i++) {
         const void *p = (const char *)c + keys[i].offset;
         char buf[64];

@@ -54,7 +54,7 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
     if (!used) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     if (src->be->to_host((moe_model *)src, MOE_BUF_PARAMS) != MOE_STATUS_OK) {
         free(used);
-        return moe__err(MOE_STATUS_NUMERIC, "init from a model: %s", moe_last_error());
+        return moe__err(MOE_STATUS_DEVICE, "init from a model: %s", moe_last_error());
     }
     float *dp = dst->params;
     const float *sp = src->params;

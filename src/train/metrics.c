@@ -6,6 +6,7 @@
 #include "train/train.h"
 #include "dist/dist.h"
 
+#include <errno.h>
 #include <string.h>
 
 double moe_maxvio(const int64_t *load, int E) {
@@ -30,9 +31,9 @@ void moe__metrics_summarise(moe__step_stats *ss, const moe_model *m, moe_step_in
     }
 }
 
-void moe__metrics_record(moe_trainer *t, const moe_step_info *info) {
+moe_status moe__metrics_record(moe_trainer *t, const moe_step_info *info) {
     FILE *f = t->metrics;
-    if (!f) return; // ranks other than 0
+    if (!f) return MOE_STATUS_OK; // ranks other than 0
     int nm = moe_model_n_moe_layers(t->m);
     fprintf(f, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"aux_loss\":%.9g,\"z_loss\":%.9g,"
                "\"seq_aux_loss\":%.9g,\"importance_loss\":%.9g,\"load_loss\":%.9g,"
@@ -65,8 +66,10 @@ void moe__metrics_record(moe_trainer *t, const moe_step_info *info) {
         }
         fprintf(f, "}");
     }
-    fprintf(f, "]}\n");
-    fflush(f);
+    // a record that did not reach the file is an error (a full disk must not silently end the log)
+    if (fprintf(f, "]}\n") < 0 || fflush(f) != 0 || ferror(f))
+        return moe__err(MOE_STATUS_IO, "cannot write the step's record to '%s': %s", t->metrics_path, strerror(errno));
+    return MOE_STATUS_OK;
 }
 
 /* The step's TensorBoard event: the metrics.jsonl record's numbers under TensorBoard tags. */

@@ -114,7 +114,7 @@ void moe__rundir_hint(const char *dir, moe_status st);
 /* The step's routing statistics: MaxVio and dropped fraction per layer, their summaries in info. */
 void moe__metrics_summarise(moe__step_stats *ss, const moe_model *m, moe_step_info *info);
 /* Appends the step's record to metrics.jsonl and its TensorBoard event (rank 0; else nothing). */
-void moe__metrics_record(moe_trainer *t, const moe_step_info *info);
+moe_status moe__metrics_record(moe_trainer *t, const moe_step_info *info);
 moe_status moe__metrics_tensorboard(moe_trainer *t, const moe_step_info *info);
 
 /* eval.c */

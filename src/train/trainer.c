@@ -360,8 +360,9 @@ static moe_status finish_step(moe_trainer *t, moe_step_info *info, double t0, in
         if (st != MOE_STATUS_OK) return st;
         info->has_val = 1;
     }
-    moe__metrics_record(t, info);
-    moe_status tb = moe__metrics_tensorboard(t, info); // reported after the checkpoint, which matters more
+    moe_status rec = moe__metrics_record(t, info); // reported after the checkpoint, which matters more
+    moe_status tb = moe__metrics_tensorboard(t, info);
+    if (tb == MOE_STATUS_OK) tb = rec;
     if ((c->ckpt_every > 0 && t->run.step % c->ckpt_every == 0) || last) {
         moe_status st = moe_trainer_save(t);
         if (st != MOE_STATUS_OK) return st;
