@@ -89,6 +89,11 @@ const char *moe_status_str(moe_status s);
  * it was built with: "0.1.0 (openblas, openmp, mpi, cuda)". Both static. */
 const char *moe_version(void);
 const char *moe_build_info(void);
+/* The BLAS this process runs and how: "OpenBLAS 0.3.21, kernel Haswell, 2 threads" (the kernel
+ * OpenBLAS picked for this CPU at load, or OPENBLAS_CORETYPE's; the OpenMP thread count now).
+ * Valid until the next call on the thread. moe_blas_core: the kernel's name alone (static). */
+const char *moe_blas_info(void);
+const char *moe_blas_core(void);
 /* Detailed message of the last error set on this thread ("" if none). Owned by the library;
  * valid until the next failing call on this thread. A successful call does not clear it, so it
  * is read only after a call returned an error. */

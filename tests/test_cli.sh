@@ -80,6 +80,21 @@ grep -q "^data: $W/data.gz: the first [0-9]* of its [0-9]* tokens ([0-9]* window
 cp "$W/corpus.txt" "$W/corpus.txt.bin"
 expect_error "a .bin without the shard magic" "not an llm.c token shard (magic" -- "$MOE" eval --ckpt "$W/own" --data "$W/corpus.txt.bin"
 
+# the BLAS kernel: a generic one on a CPU with AVX2 is corrected (moe runs itself again with
+# OPENBLAS_CORETYPE; MOE_TEST_BLAS_CORE plays OpenBLAS's misdetection), a user's own is kept with a
+# warning; the kernel is in --version, the log header and the start record of metrics.jsonl
+if grep -qw avx2 /proc/cpuinfo; then
+    checks=$((checks + 3))
+    MOE_TEST_BLAS_CORE=Prescott "$MOE" --version | grep -qE "kernel (Haswell|SkylakeX), .*OpenBLAS had chosen Prescott" \
+        || fail "a generic kernel was not corrected: $(MOE_TEST_BLAS_CORE=Prescott "$MOE" --version 2>&1)"
+    OPENBLAS_CORETYPE=Prescott "$MOE" --version > "$W/out" 2> "$W/err"
+    grep -q "kernel Prescott" "$W/out" && grep -q "warning: OPENBLAS_CORETYPE=Prescott selects OpenBLAS's generic kernel" "$W/err" \
+        || fail "a user's generic kernel: $(cat "$W/out" "$W/err")"
+    MOE_TEST_BLAS_CORE=Prescott "$MOE" "${R[@]}" --out "$W/blas" --steps 1 --set tensorboard=false > /dev/null 2>&1
+    grep -q '"blas":"OpenBLAS [0-9.]*, kernel \(Haswell\|SkylakeX\), [0-9]* threads"' "$W/blas/metrics.jsonl" \
+        || fail "the start record does not name the corrected kernel: $(head -1 "$W/blas/metrics.jsonl")"
+fi
+
 # a resume refuses model keys that contradict the run (they were silently ignored), and takes
 # training keys
 expect_error "resume with a model key" "model key 'n_layer' = 3 contradicts the run's 2" \

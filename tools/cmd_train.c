@@ -235,6 +235,8 @@ static moe_trainer *start_trainer(const train_opts *o, const moe_config *c, moe_
         printf("moe: %lld parameters (%lld active per token), %d layers (%d MoE, E=%d K=%d S=%d), %d threads\n",
                (long long)moe_model_n_params(m), (long long)moe_model_active_params(m), tc->n_layer,
                moe_model_n_moe_layers(m), tc->n_experts, tc->top_k, tc->n_shared, threads);
+        printf("moe: BLAS %s%s%s\n", moe_blas_info(), getenv("MOE_BLAS_RETUNED") ? "; OpenBLAS had chosen " : "",
+               getenv("MOE_BLAS_RETUNED") ? getenv("MOE_BLAS_RETUNED") : "");
         if (o->resume) printf("moe: resumed %s at step %lld\n", o->out, (long long)moe_trainer_steps_done(t));
     }
     if (o->init_from) {

@@ -14,6 +14,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static const char *const status_msgs[] = {
 #define MOE__X(name, msg) msg,
@@ -32,6 +35,31 @@ const char *moe_build_info(void) {
            ", cuda"
 #endif
            ")";
+}
+
+/* OpenBLAS's own reports (moe links OpenBLAS: CMake's BLA_VENDOR). */
+extern char *openblas_get_corename(void);
+extern char *openblas_get_config(void);
+extern int openblas_get_num_threads(void);
+
+const char *moe_blas_info(void) {
+    static _Thread_local char buf[256];
+    const char *cfg = openblas_get_config(), *core = openblas_get_corename();
+    // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ...": its first two words, the name and version
+    const char *sp = strchr(cfg, ' '), *sp2 = sp ? strchr(sp + 1, ' ') : NULL;
+    int head = sp2 ? (int)(sp2 - cfg) : (int)strlen(cfg);
+#ifdef _OPENMP
+    int threads = omp_get_max_threads();
+#else
+    int threads = 1;
+#endif
+    snprintf(buf, sizeof buf, "%.*s, kernel %s, %d threads", head, cfg, core ? core : "?", threads);
+    return buf;
+}
+
+const char *moe_blas_core(void) {
+    const char *core = openblas_get_corename();
+    return core ? core : "?";
 }
 
 const char *moe_status_str(moe_status s) {

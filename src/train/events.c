@@ -48,6 +48,7 @@ moe_status moe__events_start(moe_trainer *t, int resume) {
     cJSON_AddNumberToObject(o, "step", (double)t->run.step);
     cJSON_AddStringToObject(o, "data", data);
     cJSON_AddStringToObject(o, "val_data", val);
+    cJSON_AddStringToObject(o, "blas", moe_blas_info()); // what the step times were measured on
     free(t->data_change);
     t->data_change = NULL;
     if (before && strcmp(before, data)) {
