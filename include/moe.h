@@ -21,9 +21,8 @@
  * thread). Each function's comment lists its statuses ("Statuses: ..."), except two that are
  * not repeated: NOMEM wherever memory is allocated, DEVICE wherever a CUDA model runs. The
  * library never exits, aborts or prints to stdout or stderr: it prints only to a FILE* the
- * caller passes (moe_config_help), so the caller decides what the user sees. The exceptions are
- * MOE_ASSERT, which stops the process on a bug in moe itself (never on input), and
- * moe_dist_abort, which ends an MPI job when asked to.
+ * caller passes (moe_config_help), so the caller decides what the user sees. The one exception
+ * is moe_dist_abort, which ends an MPI job when asked to.
  *
  * Structs by value. The small structs (moe_config, moe_device, moe_losses, moe_step_info,
  * moe_layer_stats, moe_tensor_info, moe_init_report) are passed and returned by value or through

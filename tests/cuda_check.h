@@ -11,14 +11,14 @@
 
 static moe__rng rng;
 
-static float *randn(int64_t n, float std) {
+static inline float *randn(int64_t n, float std) {
     float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
     for (int64_t i = 0; i < n; i++) p[i] = std * moe__rng_normal(&rng);
     return p;
 }
 
 /* A device copy of n bytes of x. */
-static void *dev(const void *x, size_t n) {
+static inline void *dev(const void *x, size_t n) {
     void *d;
     CHECK_OK(moe__cuda_malloc(&d, n));
     CHECK_OK(moe__cuda_to_device(d, x, n));
@@ -26,7 +26,7 @@ static void *dev(const void *x, size_t n) {
 }
 
 /* The device array d (n bytes) in a new host array, after the queued work. */
-static void *host_bytes(const void *d, size_t n) {
+static inline void *host_bytes(const void *d, size_t n) {
     void *p = malloc(n ? n : 1);
     CHECK_OK(moe__cuda_sync());
     CHECK_OK(moe__cuda_to_host(p, d, n));
@@ -35,7 +35,7 @@ static void *host_bytes(const void *d, size_t n) {
 
 /* 0 when device 0 is usable (its name and free memory printed under the test's name); else
  * prints why the test is skipped and returns 77, ctest's "skipped": a test's main returns it. */
-static int gpu_or_skip(const char *test) {
+static inline int gpu_or_skip(const char *test) {
     char name[256];
     size_t free_b, total_b;
     if (moe__cuda_device_check(0, name, sizeof name, &free_b, &total_b) != MOE_STATUS_OK) {
@@ -46,7 +46,22 @@ static int gpu_or_skip(const char *test) {
     return 0;
 }
 
-static double maxabs(const float *x, int64_t n) {
+/* The token's top-K choice is a near-tie: its K-th and (K+1)-th keys lie within 1e-5, or two of
+ * its top-K do (their order in sel). Such tokens may route differently on the GPU (reordered
+ * sums): the tests skip them, as the CPU tests do. */
+static inline int near_tie(const float *key, const int *sel, int E, int K) {
+    float kth = key[sel[K - 1]], next = -INFINITY;
+    for (int e = 0; e < E; e++) {
+        int taken = 0;
+        for (int j = 0; j < K; j++) taken |= sel[j] == e;
+        if (!taken && key[e] > next) next = key[e];
+    }
+    for (int j = 1; j < K; j++) // ties inside the top-K change the order of sel
+        if (fabsf(key[sel[j - 1]] - key[sel[j]]) < 1e-5f) return 1;
+    return K < E && kth - next < 1e-5f;
+}
+
+static inline double maxabs(const float *x, int64_t n) {
     double m = 0;
     for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
     return m;

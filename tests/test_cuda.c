@@ -209,19 +209,6 @@ static void test_attention(int B, int T, int C, int H, int bf16) {
     DFREE_ALL(dQ, dK, dV, dO, dA, dDA, dDout, dDq, dDk, dDv);
 }
 
-/* The token's top-K choice is a near-tie: its K-th and (K+1)-th keys lie within 1e-5. */
-static int near_tie(const float *key, const int *sel, int E, int K) {
-    float kth = key[sel[K - 1]], next = -INFINITY;
-    for (int e = 0; e < E; e++) {
-        int taken = 0;
-        for (int j = 0; j < K; j++) taken |= sel[j] == e;
-        if (!taken && key[e] > next) next = key[e];
-    }
-    for (int j = 1; j < K; j++) // ties inside the top-K change the order of sel
-        if (fabsf(key[sel[j - 1]] - key[sel[j]]) < 1e-5f) return 1;
-    return K < E && kth - next < 1e-5f;
-}
-
 static void test_router(int64_t N, int E, int K, moe_score score, int norm_topk, int with_bias) {
     int C = 16;
     moe__moe_dims d;

@@ -79,20 +79,6 @@ static void same_bits(const void *a_dev, const void *b_dev, size_t n, const char
     free(b);
 }
 
-/* The token's top-K choice is a near-tie: its K-th and (K+1)-th keys lie within 1e-5, or two of
- * its top-K do (their order in sel), as in test_cuda.c. */
-static int near_tie(const float *key, const int *sel, int E, int K) {
-    float kth = key[sel[K - 1]], next = -INFINITY;
-    for (int e = 0; e < E; e++) {
-        int taken = 0;
-        for (int j = 0; j < K; j++) taken |= sel[j] == e;
-        if (!taken && key[e] > next) next = key[e];
-    }
-    for (int j = 1; j < K; j++)
-        if (fabsf(key[sel[j - 1]] - key[sel[j]]) < 1e-5f) return 1;
-    return K < E && kth - next < 1e-5f;
-}
-
 /* The rows (w floats each) of a (N,w) of the tokens not skipped, packed into a new array. */
 static float *pack_rows(const float *a, const char *skip, int64_t N, int w, int64_t *n_out) {
     float *p = malloc((size_t)(N * w + 1) * sizeof(float));

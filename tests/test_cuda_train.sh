@@ -16,10 +16,7 @@
 set -uo pipefail
 MOE=$1
 DATA=$2
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0 checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+source "$(dirname "$0")/lib.sh"
 [ -f "$DATA" ] || { echo "test_cuda_train: skipped: no corpus at $DATA"; exit 77; }
 
 if ! "$MOE" train --data "$DATA" --out "$W/probe" --steps 1 --quiet --device cuda > "$W/probe.txt" 2>&1; then
@@ -43,7 +40,7 @@ final() { python3 -c '
 import json, sys
 last = [json.loads(l) for l in open(sys.argv[1]) if "val_loss" in l][-1]
 print(last["val_loss"])' "$1"; }
-within() { python3 -c 'import sys; a, b, t = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= t else 1)' "$1" "$2" "$3"; }
+close_to() { python3 -c 'import sys; a, b, t = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= t else 1)' "$1" "$2" "$3"; }
 
 # MOE_CUDA_TRAIN_STEPS (a multiple of 50, at least 100; default 300) shortens the run to check
 # this script itself, with a MOE wrapper that maps --device cuda to cpu
@@ -56,8 +53,8 @@ RUN=(train --data "$DATA" --steps "$STEPS" --quiet --set ckpt_every=50 --set kee
 cpu=$(final "$W/cpu/metrics.jsonl") gpu=$(final "$W/gpu/metrics.jsonl") gpu32=$(final "$W/gpu32/metrics.jsonl")
 echo "$STEPS steps: val loss cpu $cpu, gpu bf16 $gpu, gpu fp32 $gpu32"
 checks=$((checks + 2))
-within "$gpu" "$cpu" 0.03 || fail "GPU bf16 val loss $gpu is not within 0.03 of the CPU's $cpu"
-within "$gpu32" "$cpu" 0.03 || fail "GPU fp32 val loss $gpu32 is not within 0.03 of the CPU's $cpu"
+close_to "$gpu" "$cpu" 0.03 || fail "GPU bf16 val loss $gpu is not within 0.03 of the CPU's $cpu"
+close_to "$gpu32" "$cpu" 0.03 || fail "GPU fp32 val loss $gpu32 is not within 0.03 of the CPU's $cpu"
 
 # resume the step-(STEPS-50) checkpoint of run $1 on device $2 (extra flags after), into $W/$3
 resume() {
@@ -73,8 +70,8 @@ resume gpu cuda gpu_then_gpu
 a=$(final "$W/gpu_then_cpu/metrics.jsonl") b=$(final "$W/cpu_then_gpu/metrics.jsonl")
 echo "resumed at $((STEPS - 50)) for 50 steps: gpu->cpu $a (gpu straight $gpu), cpu->gpu $b (cpu straight $cpu)"
 checks=$((checks + 2))
-within "$a" "$gpu" 0.02 || fail "GPU->CPU resume ends at $a, not within 0.02 of the GPU run's $gpu"
-within "$b" "$cpu" 0.02 || fail "CPU->GPU resume ends at $b, not within 0.02 of the CPU run's $cpu"
+close_to "$a" "$gpu" 0.02 || fail "GPU->CPU resume ends at $a, not within 0.02 of the GPU run's $gpu"
+close_to "$b" "$cpu" 0.02 || fail "CPU->GPU resume ends at $b, not within 0.02 of the CPU run's $cpu"
 
 checks=$((checks + 2))
 records "$W/gpu/metrics.jsonl" $((STEPS - 50)) > "$W/straight.txt"
@@ -95,7 +92,7 @@ for opt in routing=noisy_topk routing=expert_choice routing=soft random_routing=
     "$MOE" "${OPT[@]}" --set "$opt" --out "$W/o_gpu_$name" --device cuda --dtype fp32 || { fail "$opt: the GPU run failed"; continue; }
     a=$(final "$W/o_cpu_$name/metrics.jsonl") b=$(final "$W/o_gpu_$name/metrics.jsonl")
     echo "$opt: val loss cpu $a, gpu $b"
-    within "$b" "$a" 0.03 || fail "$opt: GPU val loss $b is not within 0.03 of the CPU's $a"
+    close_to "$b" "$a" 0.03 || fail "$opt: GPU val loss $b is not within 0.03 of the CPU's $a"
 done
 
 # the NaN report as on the CPU: a NaN gradient skipped and named; a NaN parameter stops the run
@@ -114,5 +111,4 @@ MOE_TEST_FAULT=3:param_nan:$Q "$MOE" "${SHORT[@]}" --steps 5 --out "$W/poison" -
 grep -q "first non-finite value: parameter '$Q'" "$W/poison.txt" && cmp -s "$W/poison.model" "$W/poison/model.safetensors" \
     || fail "NaN stop: $(tail -2 "$W/poison.txt")"
 
-echo "test_cuda_train: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_cuda_train

@@ -5,10 +5,7 @@
 set -uo pipefail
 BUILD=$1
 SRC=$2
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-fails=0 checks=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+source "$SRC/tests/lib.sh"
 cat "$SRC"/README.md "$SRC"/docs/*.md > "$W/corpus.txt"
 
 checks=$((checks + 1))
@@ -44,5 +41,4 @@ if command -v pkg-config > /dev/null; then
         fail "pkg-config build: $(tail -5 "$W/pc.log")"
     fi
 fi
-echo "test_package: $checks checks, $fails failed -> $([ $fails -eq 0 ] && echo ok || echo FAIL)"
-[ $fails -eq 0 ]
+finish test_package

@@ -109,12 +109,6 @@ moe_status moe__pathf(char *buf, size_t n, const char *fmt, ...) {
     return st;
 }
 
-void moe__assert_fail(const char *expr, const char *file, int line) {
-    fprintf(stderr, "moe: internal error: assertion `%s' failed at %s:%d\n", expr, file, line);
-    fflush(stderr);
-    abort(); /* programmer error only: never reached on bad input */
-}
-
 void *moe__malloc(size_t n) {
     void *p = NULL;
     if (n == 0) n = 64;

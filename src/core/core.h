@@ -12,13 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Always on, for programmer errors only (never for input validation). */
-#define MOE_ASSERT(cond)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) moe__assert_fail(#cond, __FILE__, __LINE__);                          \
-    } while (0)
-_Noreturn void moe__assert_fail(const char *expr, const char *file, int line);
-
 /* Records a detailed message for moe_last_error() and returns s, so that callers can write
  * `return moe__err(MOE_STATUS_IO, "cannot open %s: %s", path, strerror(errno));`. */
 moe_status moe__err(moe_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

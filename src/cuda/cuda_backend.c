@@ -194,6 +194,12 @@ static moe_status cuda_optimizer_create(moe_model *m) {
 
 /* ---------------------------------------------------------------- host views */
 
+/* Keeps the first device error of an op that cannot return one: the next forward, backward or
+ * to_host returns it. */
+static void sticky(moe_model *m, moe_status st) {
+    if (st != MOE_STATUS_OK && moe__cuda_of(m)->err == MOE_STATUS_OK) moe__cuda_of(m)->err = st;
+}
+
 static void buffer(moe_model *m, moe__buf b, float **host, float **dev, size_t *bytes) {
     moe__cuda *s = moe__cuda_of(m);
     *bytes = (size_t)m->n_params * sizeof(float) * (b == MOE_BUF_OPT ? 2 : 1);
@@ -219,7 +225,7 @@ static moe_status cuda_from_host(moe_model *m, moe__buf b) {
     buffer(m, b, &h, &d, &bytes);
     if (!h || !d) return MOE_STATUS_OK;
     moe_status st = moe__cuda_to_device(d, h, bytes);
-    if (st != MOE_STATUS_OK && moe__cuda_of(m)->err == MOE_STATUS_OK) moe__cuda_of(m)->err = st;
+    sticky(m, st);
     return st;
 }
 
@@ -256,10 +262,6 @@ static moe_status cuda_routing(const moe_model *m, int i, int *out, int *slots) 
 }
 
 /* ---------------------------------------------------------------- optimizer */
-
-static void sticky(moe_model *m, moe_status st) {
-    if (st != MOE_STATUS_OK && moe__cuda_of(m)->err == MOE_STATUS_OK) moe__cuda_of(m)->err = st;
-}
 
 static void cuda_zero_grad(moe_model *m) {
     sticky(m, moe__cuda_memset(moe__cuda_of(m)->g, 0, (size_t)m->n_params * sizeof(float)));
