@@ -210,7 +210,7 @@ typedef enum { MOE_FAULT_POLICY_VALUES(MOE__X) } moe_fault_policy;
       "also keep the last N checkpoints as DIR/checkpoints/step-SSSSSSSS (hard links); 0 = only the latest")        \
     X(val_frac, FLOAT, 0.1, 0.0, 0.9, TRAINING, "held-out fraction when no validation file is given")               \
     X(seed, U64, 1337, 0, 0, TRAINING, "random seed (initialisation, data order)")                                  \
-    X(threads, INT, 0, 0, 4096, TRAINING, "OpenMP threads; 0 = the OpenMP default")                                 \
+    X(threads, INT, 0, 0, 4096, TRAINING, "OpenMP threads; 0 = automatic: fewer while the cores are shared")        \
     X(recompute, BOOL, 0, 0, 1, TRAINING,                                                                           \
       "activation recompute: keep each block's input only, redo its forward in backward (less memory, ~1/3 "        \
       "more compute)")                                                                                              \
@@ -496,6 +496,8 @@ typedef struct {
     float dropped_frac;  /* dropped assignments / routed assignments, mean over MoE layers */
     double tokens_per_s;
     double step_ms;
+    int threads;         /* OpenMP threads the step ran on */
+    char threads_change[160]; /* threads=0: "" or the count from the next step on, and why */
     /* multi-rank runs, this rank (rank 0 in metrics.jsonl): bytes sent to other ranks and
      * seconds inside the calls, for token dispatch/combine (all-to-all) and all-reduces */
     int64_t a2a_bytes, allreduce_bytes;
@@ -525,7 +527,9 @@ typedef enum {
  * Other statuses: EXISTS (MOE_RUN_NEW, above); IO when out_dir or its files cannot be made or read
  * (a resume without a checkpoint); FORMAT for a corrupt checkpoint or state (the error names the
  * kept checkpoints); DATA when train or val holds fewer than seq_len + 1 tokens or val cannot be
- * split off; moe_model_create's. threads > 0 sets OpenMP's thread count (omp_set_num_threads). */
+ * split off; moe_model_create's. threads > 0 sets OpenMP's thread count (omp_set_num_threads);
+ * threads = 0 on the CPU backend of a single process lets moe_trainer_step change it between
+ * steps (moe_trainer_threads_auto; the calling thread's OpenMP count, which the caller sees). */
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val,
                               const char *out_dir, moe_run_mode mode, moe_trainer **out);
 void moe_trainer_free(moe_trainer *t);
@@ -539,6 +543,9 @@ const char *moe_trainer_data_change(const moe_trainer *t);
  * or TensorBoard file cannot be written; moe_model_forward's. An error from the evaluation,
  * checkpoint or TensorBoard event due after the update comes with the step taken:
  * moe_trainer_steps_done counts it. */
+/* 1 when the trainer chooses its thread count step by step (threads=0 on the CPU backend of a
+ * single process): a step's result does not depend on it, only its speed. */
+int moe_trainer_threads_auto(const moe_trainer *t);
 moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info);
 int64_t moe_trainer_steps_done(const moe_trainer *t);
 /* The trainer's model and config: owned by t, live as long as t (never freed by the caller). */

@@ -232,9 +232,10 @@ static moe_trainer *start_trainer(const train_opts *o, const moe_config *c, moe_
 #ifdef _OPENMP
         threads = omp_get_max_threads();
 #endif
-        printf("moe: %lld parameters (%lld active per token), %d layers (%d MoE, E=%d K=%d S=%d), %d threads\n",
+        printf("moe: %lld parameters (%lld active per token), %d layers (%d MoE, E=%d K=%d S=%d), %d threads%s\n",
                (long long)moe_model_n_params(m), (long long)moe_model_active_params(m), tc->n_layer,
-               moe_model_n_moe_layers(m), tc->n_experts, tc->top_k, tc->n_shared, threads);
+               moe_model_n_moe_layers(m), tc->n_experts, tc->top_k, tc->n_shared, threads,
+               moe_trainer_threads_auto(t) ? " (automatic: fewer while the cores are shared)" : "");
         printf("moe: BLAS %s%s%s\n", moe_blas_info(), getenv("MOE_BLAS_RETUNED") ? "; OpenBLAS had chosen " : "",
                getenv("MOE_BLAS_RETUNED") ? getenv("MOE_BLAS_RETUNED") : "");
         if (o->resume) printf("moe: resumed %s at step %lld\n", o->out, (long long)moe_trainer_steps_done(t));
@@ -268,6 +269,10 @@ static int train_steps(const train_opts *o, moe_trainer *t, double *train_ms) {
         *train_ms += s.step_ms;
         if (!o->quiet && (s.step % tc->log_every == 0 || s.has_val || s.skipped || s.step == tc->steps))
             print_step(&prog, &s, tc, m);
+        if (!o->quiet && s.threads_change[0]) {
+            progress_clear(&prog);
+            printf("moe: step %lld: %s\n", (long long)s.step, s.threads_change);
+        }
         if (!o->quiet) progress_draw(&prog, &s);
         if ((stopped = moe_dist_max_int(stop_signal))) break; // every rank stops after the same step
     }

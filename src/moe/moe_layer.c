@@ -17,27 +17,18 @@
 #include <string.h>
 
 /* Experts 0..n-1 on expert-contiguous rows: expert i has rows off[i] .. off[i+1] of x (C wide)
- * and of h1, h3, act (F wide); an expert without rows does nothing. */
+ * and of h1, h3, act (F wide); an expert without rows does nothing. All experts share each
+ * product's parallel region (moe__ffn_forward_blocks). */
 static void experts_forward_rows(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
                                  const moe__moe_weights *w, int C, int F) {
-    for (int i = 0; i < n; i++) {
-        int64_t r0 = off[i], ne = off[i + 1] - r0, wo = (int64_t)i * F * C;
-        if (ne == 0) continue;
-        moe__ffn_forward(y + r0 * C, h1 + r0 * F, h3 + r0 * F, act + r0 * F, x + r0 * C, w->w1 + wo, w->w3 + wo,
-                         w->w2 + wo, ne, C, F, 0);
-    }
+    moe__ffn_forward_blocks(y, h1, h3, act, x, w->w1, w->w3, w->w2, off, n, C, F, 0);
 }
 
 static void experts_backward_rows(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
                                   const float *x, const float *h1, const float *h3, const float *act,
                                   const int64_t *off, int n, const moe__moe_weights *w, int C, int F) {
-    for (int i = 0; i < n; i++) {
-        int64_t r0 = off[i], ne = off[i + 1] - r0, wo = (int64_t)i * F * C;
-        if (ne == 0) continue;
-        moe__ffn_backward(dx + r0 * C, g->w1 + wo, g->w3 + wo, g->w2 + wo, s->dact, s->dh1, s->dh3, dy + r0 * C,
-                          x + r0 * C, h1 + r0 * F, h3 + r0 * F, act + r0 * F, w->w1 + wo, w->w3 + wo, w->w2 + wo, ne, C,
-                          F);
-    }
+    moe__ffn_backward_blocks(dx, g->w1, g->w3, g->w2, s->dact, s->dh1, s->dh3, dy, x, h1, h3, act, w->w1, w->w3,
+                             w->w2, off, n, C, F);
 }
 
 /* ---------------------------------------------------------------- expert parallelism

@@ -10,7 +10,6 @@
 #include "core/core.h"
 #include "nn/nn.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -131,27 +130,87 @@ void moe__swiglu_backward(float *dh1, float *dh3, const float *dact, const float
     }
 }
 
+/* The expert blocks of a layer go to moe__gemm_run CHUNK at a time: one parallel region per
+ * product for all of them, so few rows per expert still fill the cores. */
+enum { CHUNK = 128 };
+
+void moe__ffn_forward_blocks(float *y, float *h1, float *h3, float *act, const float *x, const float *w1,
+                             const float *w3, const float *w2, const int64_t *rows, int n, int C, int F,
+                             int accumulate) {
+    // block i: rows rows[i] .. rows[i+1]-1 of x, y (C wide) and h1, h3, act (F wide); weights
+    // w1 + i F C, w3 + i F C (F,C) and w2 + i F C (C,F)
+    moe__gemm g[2 * CHUNK];
+    for (int i0 = 0; i0 < n; i0 += CHUNK) {
+        int k = 0;
+        for (int i = i0; i < n && i < i0 + CHUNK; i++) {
+            int64_t r = rows[i], ne = rows[i + 1] - r, wo = (int64_t)i * F * C;
+            if (ne == 0) continue;
+            g[k++] = moe__linear_fwd(h1 + r * F, x + r * C, w1 + wo, ne, C, F, 0);
+            g[k++] = moe__linear_fwd(h3 + r * F, x + r * C, w3 + wo, ne, C, F, 0);
+        }
+        moe__gemm_run(g, k);
+    }
+    moe__swiglu_forward(act + rows[0] * F, h1 + rows[0] * F, h3 + rows[0] * F, (rows[n] - rows[0]) * F);
+    for (int i0 = 0; i0 < n; i0 += CHUNK) {
+        int k = 0;
+        for (int i = i0; i < n && i < i0 + CHUNK; i++) {
+            int64_t r = rows[i], ne = rows[i + 1] - r, wo = (int64_t)i * F * C;
+            if (ne > 0) g[k++] = moe__linear_fwd(y + r * C, act + r * F, w2 + wo, ne, F, C, accumulate);
+        }
+        moe__gemm_run(g, k);
+    }
+}
+
+void moe__ffn_backward_blocks(float *dx, float *dw1, float *dw3, float *dw2, float *dact, float *dh1, float *dh3,
+                              const float *dy, const float *x, const float *h1, const float *h3, const float *act,
+                              const float *w1, const float *w3, const float *w2, const int64_t *rows, int n, int C,
+                              int F) {
+    moe__gemm g[3 * CHUNK];
+    // y = act @ w2^T: dact = dy @ w2 (overwritten, no memset pass), dw2 += dy^T @ act
+    for (int i0 = 0; i0 < n; i0 += CHUNK) {
+        int k = 0;
+        for (int i = i0; i < n && i < i0 + CHUNK; i++) {
+            int64_t r = rows[i], ne = rows[i + 1] - r, wo = (int64_t)i * F * C;
+            if (ne == 0) continue;
+            g[k++] = moe__linear_dx(dact + r * F, dy + r * C, w2 + wo, ne, F, C, 0);
+            g[k++] = moe__linear_dw(dw2 + wo, dy + r * C, act + r * F, ne, F, C);
+        }
+        moe__gemm_run(g, k);
+    }
+    // act = silu(h1) * h3
+    int64_t r0 = rows[0];
+    moe__swiglu_backward(dh1 + r0 * F, dh3 + r0 * F, dact + r0 * F, h1 + r0 * F, h3 + r0 * F, (rows[n] - r0) * F);
+    // h1 = x @ w1^T, h3 = x @ w3^T: dx += dh1 @ w1, then dx += dh3 @ w3 (one output, two passes)
+    for (int pass = 0; pass < 2; pass++)
+        for (int i0 = 0; i0 < n; i0 += CHUNK) {
+            int k = 0;
+            for (int i = i0; i < n && i < i0 + CHUNK; i++) {
+                int64_t r = rows[i], ne = rows[i + 1] - r, wo = (int64_t)i * F * C;
+                if (ne == 0) continue;
+                if (pass == 0) {
+                    g[k++] = moe__linear_dx(dx + r * C, dh1 + r * F, w1 + wo, ne, C, F, 1);
+                    g[k++] = moe__linear_dw(dw1 + wo, dh1 + r * F, x + r * C, ne, C, F);
+                    g[k++] = moe__linear_dw(dw3 + wo, dh3 + r * F, x + r * C, ne, C, F);
+                } else {
+                    g[k++] = moe__linear_dx(dx + r * C, dh3 + r * F, w3 + wo, ne, C, F, 1);
+                }
+            }
+            moe__gemm_run(g, k);
+        }
+}
+
 void moe__ffn_forward(float *y, float *h1, float *h3, float *act, const float *x, const float *w1,
                       const float *w3, const float *w2, int64_t N, int C, int F, int accumulate) {
     // x is (N,C), w1 and w3 are (F,C), w2 is (C,F); h1, h3, act are (N,F); y is (N,C)
-    moe__matmul_forward(h1, x, w1, N, C, F, 0);
-    moe__matmul_forward(h3, x, w3, N, C, F, 0);
-    moe__swiglu_forward(act, h1, h3, N * F);
-    moe__matmul_forward(y, act, w2, N, F, C, accumulate);
+    int64_t rows[2] = {0, N};
+    moe__ffn_forward_blocks(y, h1, h3, act, x, w1, w3, w2, rows, 1, C, F, accumulate);
 }
 
 void moe__ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dact, float *dh1, float *dh3,
                        const float *dy, const float *x, const float *h1, const float *h3, const float *act,
                        const float *w1, const float *w3, const float *w2, int64_t N, int C, int F) {
-    if (N == 0) return;
-    // y = act @ w2^T: dact = dy @ w2 (overwritten, no memset pass), dw2 += dy^T @ act
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, F, C, 1.0f, dy, C, w2, F, 0.0f, dact, F);
-    moe__matmul_backward(NULL, dw2, dy, act, w2, N, F, C);
-    // act = silu(h1) * h3
-    moe__swiglu_backward(dh1, dh3, dact, h1, h3, N * F);
-    // h1 = x @ w1^T, h3 = x @ w3^T
-    moe__matmul_backward(dx, dw1, dh1, x, w1, N, C, F);
-    moe__matmul_backward(dx, dw3, dh3, x, w3, N, C, F);
+    int64_t rows[2] = {0, N};
+    moe__ffn_backward_blocks(dx, dw1, dw3, dw2, dact, dh1, dh3, dy, x, h1, h3, act, w1, w3, w2, rows, 1, C, F);
 }
 
 /* ---------------------------------------------------------------- cross-entropy */

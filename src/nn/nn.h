@@ -9,6 +9,23 @@
 
 #include <stdint.h>
 
+/* One row-major GEMM: C (M,N) = alpha op(A) op(B) + beta C, op(A) (M,K), op(B) (K,N). */
+typedef struct moe__gemm {
+    const float *A, *B;
+    float *C;
+    int M, N, K, lda, ldb, ldc;
+    int ta, tb; // op is the transpose when set
+    float alpha, beta;
+} moe__gemm;
+
+/* Runs n GEMMs with different outputs (matmul.c): fixed tiles, single-threaded BLAS per tile, one
+ * parallel region for all, so the result does not depend on the thread count. */
+void moe__gemm_run(const moe__gemm *g, int n);
+/* The GEMMs of a linear layer (w (O,I)): out = x w^T; dx (+)= dout w; dw += dout^T x. */
+moe__gemm moe__linear_fwd(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
+moe__gemm moe__linear_dx(float *dx, const float *dout, const float *w, int64_t N, int I, int O, int accumulate);
+moe__gemm moe__linear_dw(float *dw, const float *dout, const float *x, int64_t N, int I, int O);
+
 /* out (N,O) = x (N,I) @ w^T, w (O,I) [out x in], with accumulate selecting out += . */
 void moe__matmul_forward(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
 void moe__matmul_forward_ref(float *out, const float *x, const float *w, int64_t N, int I, int O, int accumulate);
@@ -48,6 +65,16 @@ void moe__swiglu_backward(float *dh1, float *dh3, const float *dact, const float
 
 /* SwiGLU FFN on rows: y (+)= (silu(x w1^T) * (x w3^T)) w2^T, w1,w3 (F,C), w2 (C,F).
  * h1, h3, act (N,F) are saved for the backward pass. */
+/* SwiGLU FFNs on n row blocks (the experts of a layer): block i is rows rows[i] .. rows[i+1]-1 of
+ * x, y, dx (C wide) and of h1, h3, act and the scratch dact, dh1, dh3 (F wide), with the weights
+ * w1, w3 (F,C) and w2 (C,F) at offset i F C; an empty block does nothing. */
+void moe__ffn_forward_blocks(float *y, float *h1, float *h3, float *act, const float *x, const float *w1,
+                             const float *w3, const float *w2, const int64_t *rows, int n, int C, int F,
+                             int accumulate);
+void moe__ffn_backward_blocks(float *dx, float *dw1, float *dw3, float *dw2, float *dact, float *dh1, float *dh3,
+                              const float *dy, const float *x, const float *h1, const float *h3, const float *act,
+                              const float *w1, const float *w3, const float *w2, const int64_t *rows, int n, int C,
+                              int F);
 void moe__ffn_forward(float *y, float *h1, float *h3, float *act, const float *x, const float *w1,
                       const float *w3, const float *w2, int64_t N, int C, int F, int accumulate);
 /* Scratch dh1, dh3 (N,F) are overwritten; dact is scratch (N,F) too. dx accumulates. */

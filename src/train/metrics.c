@@ -37,10 +37,10 @@ moe_status moe__metrics_record(moe_trainer *t, const moe_step_info *info) {
     int nm = moe_model_n_moe_layers(t->m);
     fprintf(f, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"aux_loss\":%.9g,\"z_loss\":%.9g,"
                "\"seq_aux_loss\":%.9g,\"importance_loss\":%.9g,\"load_loss\":%.9g,"
-               "\"total_loss\":%.9g,\"tokens_per_s\":%.1f,\"step_ms\":%.3f",
+               "\"total_loss\":%.9g,\"tokens_per_s\":%.1f,\"step_ms\":%.3f,\"threads\":%d",
             (long long)info->step, info->loss.ce, info->lr, info->grad_norm, info->loss.aux, info->loss.z,
             info->loss.seq_aux, info->loss.importance, info->loss.load, info->loss.total, info->tokens_per_s,
-            info->step_ms);
+            info->step_ms, info->threads);
     if (info->has_val) fprintf(f, ",\"val_loss\":%.9g", info->val_loss);
     if (info->skipped) {
         fprintf(f, ",\"skipped\":\"");

@@ -52,6 +52,27 @@ typedef struct {
     int fault_rank;              /* with TENSOR@RANK, the rank injected; -1 = every rank */
 } moe__test_hooks;
 
+/* The automatic thread count (threads.c). */
+typedef struct {
+    int on;                      /* threads=0 on the CPU backend, one rank, more than one core */
+    int max, cur;                /* OpenMP's count at the start; the count of the run now */
+    int probe;                   /* the count the next step tries (0: none) */
+    int toggle;                  /* between the two counts a middle one tries */
+    double ring[5];              /* seconds of the last steps at cur */
+    int n;
+    double settled;              /* the median at cur when it settled */
+    int64_t next, interval;      /* the step of the next probe; steps between probes */
+    int forced;                  /* MOE_TEST_THREADS gives the counts instead */
+    char force[128];
+    char changed[160];           /* after moe__tuner_after: "" or the change and why */
+} moe__tuner;
+
+/* on: the count may change; max: OpenMP's count; step: the steps done. */
+void moe__tuner_init(moe__tuner *u, int on, int max, int64_t step);
+/* After a step (steps done: step) that took seconds: the thread count for the next one. A
+ * change of the run's count is described in u->changed. */
+int moe__tuner_after(moe__tuner *u, int64_t step, double seconds);
+
 /* Routing statistics of one optimizer step, summed over its micro-batches (and ranks). */
 typedef struct {
     int64_t *load;               /* (total_e) per expert, MoE layer after MoE layer */
@@ -76,6 +97,7 @@ struct moe_trainer {
     int lock_fd;                 /* rank 0: the run directory's lock (flock on DIR/.lock), or -1 */
     char *data_change;           /* NULL, or how this resume's data differs from the run's */
     moe__tb *tb;                 /* rank 0 only, with tensorboard on */
+    moe__tuner tuner;            /* threads=0: the thread count of each step */
 };
 
 /* optim.c */
@@ -91,6 +113,8 @@ moe_status moe__optimizer_step(moe_model *m, int64_t step, float lr, const moe_c
 
 /* events.c: the start or resume record of metrics.jsonl (rank 0), noting a change of data. */
 moe_status moe__events_start(moe_trainer *t, int resume);
+/* events.c: the record of a change of the automatic thread count (rank 0). */
+moe_status moe__events_threads(moe_trainer *t, const char *change);
 
 /* rundir.c */
 /* Resume: state.bin (or this rank's shard) of the checkpoint at model_step into t->run and the

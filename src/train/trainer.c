@@ -123,6 +123,17 @@ static moe_status open_outputs(moe_trainer *t, int resume) {
     return t->cfg.tensorboard ? moe__tb_open(t->dir, t->run.step, &t->tb) : MOE_STATUS_OK;
 }
 
+/* threads=N fixes the count; threads=0 starts at OpenMP's and lets the tuner move it (threads.c)
+ * on the CPU backend of a single process (a rank's step time would include its peers'). */
+static void start_threads(moe_trainer *t) {
+    int max = 1;
+#ifdef _OPENMP
+    max = omp_get_max_threads();
+#endif
+    int on = t->cfg.threads == 0 && !strcmp(t->m->be->name, "cpu") && moe__dist_get()->size == 1;
+    moe__tuner_init(&t->tuner, on, max, t->run.step);
+}
+
 moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_dataset *val, const char *out_dir,
                               moe_run_mode mode, moe_trainer **out) {
     *out = NULL;
@@ -155,6 +166,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     if (st == MOE_STATUS_OK) st = alloc_step(t);
     moe__hooks_read(&t->hooks);
     if (st == MOE_STATUS_OK && resume) st = moe__rundir_load_state(t, model_step, &ckpt_failed);
+    if (st == MOE_STATUS_OK) start_threads(t);
     if (st == MOE_STATUS_OK) st = open_outputs(t, resume);
     if (st == MOE_STATUS_OK) st = moe__events_start(t, resume);
     if (st == MOE_STATUS_OK) {
@@ -195,6 +207,8 @@ void moe_trainer_free(moe_trainer *t) {
 }
 
 int64_t moe_trainer_steps_done(const moe_trainer *t) { return t->run.step; }
+
+int moe_trainer_threads_auto(const moe_trainer *t) { return t->tuner.on; }
 moe_model *moe_trainer_model(moe_trainer *t) { return t->m; }
 const moe_config *moe_trainer_config(const moe_trainer *t) { return &t->cfg; }
 
@@ -351,6 +365,18 @@ static moe_status finish_step(moe_trainer *t, moe_step_info *info, double t0, in
     info->step = t->run.step;
     info->step_ms = dt * 1e3;
     info->tokens_per_s = (double)n_micro * c->batch_size * c->seq_len / dt;
+#ifdef _OPENMP
+    info->threads = omp_get_max_threads();
+    int next = moe__tuner_after(&t->tuner, t->run.step, dt);
+    if (next != info->threads) omp_set_num_threads(next);
+#else
+    info->threads = 1;
+#endif
+    if (t->tuner.changed[0]) {
+        snprintf(info->threads_change, sizeof info->threads_change, "%s", t->tuner.changed);
+        moe_status st = moe__events_threads(t, info->threads_change);
+        if (st != MOE_STATUS_OK) return st;
+    }
     info->a2a_bytes = g->a2a_bytes, info->allreduce_bytes = g->ar_bytes;
     info->a2a_s = g->a2a_s, info->allreduce_s = g->ar_s;
     int last = t->run.step >= c->steps;
