@@ -60,7 +60,7 @@ static void gemm_case(int M, int N, int K, int ta, int tb, float beta) {
 
 static void test_gemm(void) {
     int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 256, 128}, {513, 257, 129}, {2048, 256, 128}, {256, 128, 2048},
-                       {8, 128, 2048}, {3000, 40, 64}, {17, 3001, 33}};
+                       {8, 128, 2048}, {3000, 40, 64}, {17, 3001, 33}, {1500, 700, 96}, {300, 1100, 400}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++) gemm_case(shapes[i][0], shapes[i][1], shapes[i][2], ta, tb, i % 2 ? 1.0f : 0.0f);

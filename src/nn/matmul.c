@@ -85,7 +85,8 @@ void moe__matmul_backward_ref(float *dx, float *dw, const float *dout, const flo
 enum {
     TILE_ALIGN = 16,              // tile sides are multiples of this (the kernels' register blocks)
     TILE_MAX = 64,                // tiles per GEMM at most
-    TILE_MIN_FLOP = 1 << 23,      // a tile is not cut below this work (about 8 MFLOP)
+    TILE_MIN_FLOP = 1 << 25,      // a tile is not cut below this many multiply-adds (its packing
+                                  // would cost too much against its products)
 };
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
