@@ -564,6 +564,51 @@ moe_status moe_trainer_save(moe_trainer *t);
 moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches,
                         float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop);
 
+/* ---------------------------------------------------------------- tokenizers
+ *
+ * Hugging Face tokenizer.json, read in C (src/tok/): byte-level BPE (GPT-2, Llama-3, Qwen2,
+ * OLMoE, DeepSeek) and SentencePiece-style BPE with byte fallback (Llama-2, Mistral, Mixtral),
+ * with their normalizers, pre-tokenizers (split regexes through PCRE2), added and special
+ * tokens, post-processor (TemplateProcessing: BOS) and decoders. A component it does not
+ * implement is refused by name (MOE_STATUS_FORMAT), never approximated. Ids equal those of
+ * Hugging Face's `tokenizers` (tests/test_tokenizer.sh). A tokenizer is read-only once loaded:
+ * any number of threads may encode and decode with it at once. */
+
+typedef struct moe_tokenizer moe_tokenizer;
+
+/* Loads path: a tokenizer.json, or a directory holding one. tokenizer_config.json beside it, when
+ * present, names the BOS and EOS tokens (bos_token, eos_token, add_bos_token). Statuses: IO
+ * (cannot read), FORMAT (not JSON, a missing or bad field, an unsupported component: the
+ * message names the file, the field and the value). */
+moe_status moe_tokenizer_load(const char *path, moe_tokenizer **out);
+void moe_tokenizer_free(moe_tokenizer *t);
+/* Highest id + 1 over the model's vocabulary and the added tokens. */
+int moe_tokenizer_vocab_size(const moe_tokenizer *t);
+/* BOS / EOS ids (tokenizer_config.json, else the post-processor's first special token for BOS
+ * and a conventional name -- "</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>" -- for EOS);
+ * -1 if none. moe_tokenizer_eot: the token that separates documents in training shards (EOS,
+ * else BOS, else -1). */
+int moe_tokenizer_bos(const moe_tokenizer *t);
+int moe_tokenizer_eos(const moe_tokenizer *t);
+int moe_tokenizer_eot(const moe_tokenizer *t);
+/* FNV-1a 64 of the tokenizer.json bytes as 16 hex digits (shard sidecars name it). */
+const char *moe_tokenizer_hash(const moe_tokenizer *t);
+/* The token of an id ("" for an id out of range), and the id of a token string (-1 if none). */
+const char *moe_tokenizer_token(const moe_tokenizer *t, int id);
+int moe_tokenizer_id(const moe_tokenizer *t, const char *token);
+/* Encodes len bytes of text, appending ids to *ids (n used, cap allocated; realloc'ed as needed:
+ * start with NULL, 0, 0 and free(*ids) when done). add_special: the post-processor's special
+ * tokens too (BOS for Llama), as tokenizers' encode(text, add_special_tokens=True). Invalid
+ * UTF-8: a byte-level model encodes the bytes as they are; otherwise each invalid byte is read
+ * as U+FFFD (tokenizers takes only valid strings). Statuses: NOMEM. */
+moe_status moe_tokenizer_encode(const moe_tokenizer *t, const char *text, size_t len, int add_special, int **ids,
+                                size_t *n, size_t *cap);
+/* Decodes n ids through the decoder into a new NUL-terminated string (*text, the caller's to
+ * free; *len its length), as tokenizers' decode(ids, skip_special_tokens). Ids out of range are
+ * MOE_STATUS_ARG. */
+moe_status moe_tokenizer_decode(const moe_tokenizer *t, const int *ids, size_t n, int skip_special, char **text,
+                                size_t *len);
+
 /* ---------------------------------------------------------------- Hugging Face */
 
 /* Writes dir/config.json and dir/model.safetensors (F32, or BF16 when bf16) for a transformers
