@@ -10,7 +10,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 _Noreturn void die(int code, const char *fmt, ...) {
     va_list ap;
@@ -173,7 +175,8 @@ int moe_arg_tokens(const char *text, const char *origin, int vocab, int max, int
         errno = 0;
         long long v = strtoll(p, &end, 10);
         if (end == p || errno || (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
-            snprintf(err, n, "'%s' holds '%.20s', which is not a token id", origin, p);
+            int shown = (int)strcspn(p, " \t\r\n");
+            snprintf(err, n, "'%s' holds '%.*s', which is not a token id", origin, shown < 20 ? shown : 20, p);
             return -1;
         }
         if (v < 0 || v >= vocab) {
@@ -240,6 +243,96 @@ char *read_text(const char *path, const char *what) {
     if (!buf) die(1, "out of memory");
     if (n > 0 && strlen(buf) != (size_t)n) die(1, "%s '%s' holds a NUL byte: it is not text", what, path);
     return buf;
+}
+
+char *read_bytes(const char *path, const char *what, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t got = 1; buf && got > 0;) {
+        if (n + 1 == cap && !(buf = realloc(buf, cap *= 2))) break;
+        n += got = fread(buf + n, 1, cap - n - 1, f);
+    }
+    if (!buf) die(1, "out of memory reading %s '%s'", what, path);
+    if (ferror(f)) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int exists(const char *path) { return access(path, F_OK) == 0; }
+
+/* ---------------------------------------------------------------- files written atomically */
+
+/* The temporary files not yet renamed into place: removed at exit. */
+enum { MAX_PENDING = 4096 };
+static char *pending[MAX_PENDING];
+static int n_pending;
+
+static void remove_pending(void) {
+    for (int i = 0; i < n_pending; i++)
+        if (pending[i]) unlink(pending[i]);
+}
+
+static void forget_pending(const char *tmp) {
+    for (int i = 0; i < n_pending; i++)
+        if (pending[i] == tmp) pending[i] = NULL;
+    while (n_pending > 0 && !pending[n_pending - 1]) n_pending--;
+}
+
+atomic_file atomic_open(const char *path) {
+    static int registered;
+    if (!registered) atexit(remove_pending);
+    registered = 1;
+    atomic_file a = {NULL, strdup(path), malloc(strlen(path) + 5)};
+    if (!a.path || !a.tmp) die(1, "out of memory");
+    snprintf(a.tmp, strlen(path) + 5, "%s.tmp", path);
+    if (n_pending == MAX_PENDING) die(1, "more than %d files pending at once", MAX_PENDING);
+    pending[n_pending++] = a.tmp;
+    if (make_parent(path) != 0 || !(a.f = fopen(a.tmp, "wb"))) die(1, "cannot create '%s': %s", a.tmp, strerror(errno));
+    return a;
+}
+
+void atomic_close(atomic_file *a) {
+    if (fflush(a->f) != 0 || ferror(a->f) || fsync(fileno(a->f)) != 0) die(1, "cannot write '%s': %s", a->tmp, strerror(errno));
+    if (fclose(a->f) != 0) die(1, "cannot write '%s': %s", a->tmp, strerror(errno));
+    a->f = NULL;
+}
+
+void atomic_rename(atomic_file *a) {
+    if (rename(a->tmp, a->path) != 0) die(1, "cannot rename '%s' to '%s': %s", a->tmp, a->path, strerror(errno));
+    forget_pending(a->tmp);
+    char *slash = strrchr(a->path, '/');
+    if (slash) *slash = 0;
+    int fd = open(slash ? (a->path[0] ? a->path : "/") : ".", O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) { // the rename itself made durable; a directory that cannot be opened still renamed
+        fsync(fd);
+        close(fd);
+    }
+    free(a->path);
+    free(a->tmp);
+    a->path = a->tmp = NULL;
+}
+
+void atomic_commit(atomic_file *a) {
+    atomic_close(a);
+    atomic_rename(a);
+}
+
+void copy_file(const char *src, const char *dst) {
+    size_t len;
+    char *buf = read_bytes(src, "file", &len);
+    atomic_file a = atomic_open(dst);
+    if (fwrite(buf, 1, len, a.f) != len) die(1, "cannot write '%s': %s", a.tmp, strerror(errno));
+    atomic_commit(&a);
+    free(buf);
 }
 
 void use_device(const char *device, const char *dtype, const moe_config *c) {

@@ -103,6 +103,32 @@ int make_parent(const char *path);
 /* The whole text file (or pipe) at path, to free; exits 1 naming it as `what` when it cannot
  * be read or holds a NUL byte. */
 char *read_text(const char *path, const char *what);
+/* The whole file at path as bytes (NUL-terminated, *len without the NUL), to free; exits 1 naming
+ * it as `what` when it cannot be read. */
+char *read_bytes(const char *path, const char *what, size_t *len);
+/* 1 when path is a directory. */
+int is_dir(const char *path);
+/* 1 when something (a file, a directory) exists at path. */
+int exists(const char *path);
+
+/* A file written atomically: to PATH.tmp, then flushed, fsync'ed and renamed over PATH, and the
+ * directory fsync'ed, so that a crash leaves the old file or the new one, never a torn one. Until
+ * it is committed, a PATH.tmp is removed when the process exits (die included). */
+typedef struct {
+    FILE *f;
+    char *path, *tmp;
+} atomic_file;
+
+/* Creates path.tmp (and the directories above it); exits 1 when it cannot. */
+atomic_file atomic_open(const char *path);
+/* Closes a.f and syncs path.tmp, which stays pending; exits 1 on a write error. */
+void atomic_close(atomic_file *a);
+/* Renames a closed path.tmp over path and syncs the directory; exits 1 when it cannot. */
+void atomic_rename(atomic_file *a);
+/* atomic_close, then atomic_rename. */
+void atomic_commit(atomic_file *a);
+/* Copies the file src to dst atomically; exits 1 naming the one at fault. */
+void copy_file(const char *src, const char *dst);
 
 /* --device and --dtype: every command that runs a model takes them (not config keys). */
 #define CLI_DEVICE_FLAGS(opts)                                                                          \
@@ -133,11 +159,43 @@ moe_model *source_load(const model_source *s, int seq_len);
 /* "moe: initialised from SRC: ..." on stdout. */
 void print_init_report(const char *src, const moe_init_report *r);
 
+/* ---------------------------------------------------------------- tokenizers (cmd_tok.c) */
+
+/* The tokenizer.json of --tokenizer PATH (the file itself, or PATH/tokenizer.json), and the
+ * tokenizer_config.json beside it (NULL when there is none); both to free. */
+char *tokenizer_json(const char *path);
+char *tokenizer_config_beside(const char *json);
+/* The directory of a checkpoint (a run directory, or the one holding a .safetensors file); to
+ * free. */
+char *ckpt_dir(const char *ckpt);
+/* The tokenizer of a checkpoint (ckpt_dir's tokenizer.json); NULL when it has none; exits 1
+ * when it has one the library cannot load. */
+moe_tokenizer *ckpt_tokenizer(const char *ckpt);
+
+/* The sidecar that `moe tokenize` writes beside its shards: PREFIX.json for PREFIX_NNNNNN.bin. */
+typedef struct {
+    char *path;             /* PREFIX.json */
+    char *tokenizer;        /* PREFIX.tokenizer.json; NULL when missing */
+    char *tokenizer_config; /* PREFIX.tokenizer_config.json; NULL when missing */
+    char hash[17];          /* tokenizer_hash */
+    int vocab_size;
+    int wide;               /* dtype uint32 */
+} shard_sidecar;
+
+/* Reads the sidecar of the data file path into *s when path is NAME_NNNNNN.bin and NAME.json
+ * exists (returns 1), else returns 0; exits 1 naming the sidecar when it is malformed. */
+int sidecar_read(const char *path, shard_sidecar *s);
+void sidecar_free(shard_sidecar *s);
+/* Copies what of a model's companion files (tokenizer.json, tokenizer_config.json,
+ * generation_config.json) the directory from holds into the directory to, atomically; returns a
+ * comma-separated list of what was copied ("" for none), static. */
+const char *copy_companions(const char *from, const char *to);
+
 /* ---------------------------------------------------------------- the commands */
 
 /* Every command, in the order `moe --help` lists them: each is a cli_command moe_cmd_NAME in
  * tools/cmd_*.c. main.c's table and fuzz/fuzz_cli.c both expand this one list. */
-#define MOE_COMMANDS(X)       X(train) X(sample) X(eval) X(export) X(import) X(logits) X(route) X(plot)
+#define MOE_COMMANDS(X)       X(train) X(sample) X(eval) X(export) X(import) X(tokenize) X(logits) X(route) X(plot)
 #define MOE_CMD_DECLARE(name) extern const cli_command moe_cmd_##name;
 MOE_COMMANDS(MOE_CMD_DECLARE)
 #undef MOE_CMD_DECLARE
