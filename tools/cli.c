@@ -1,12 +1,16 @@
 /*
  * cli.c — the machinery of the `moe` commands (cli.h): exiting errors, the flag-table parser and
  * --help, the values the command line takes (numbers within a flag's range, --set KEY=VALUE,
- * token ids), and the few helpers the commands share.
+ * token ids), and the few helpers the commands share: files written atomically, and what the
+ * commands need of tokenizers (a checkpoint's tokenizer, the sidecar of `moe tokenize`'s shards,
+ * the companion files of a model: tokenizer.json, tokenizer_config.json, generation_config.json).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +86,7 @@ void cli_parse(const cli_command *cmd, int argc, char **argv, void *opts) {
         if (!f) die(2, "%s: unknown option '%s' (see moe %s --help)", cmd->name, a, cmd->name);
         if (f->kind != CLI_NONE && i + 1 >= argc) die(2, "%s needs a value", a);
         store(f, f->kind == CLI_NONE ? NULL : argv[++i], opts, argc);
+        while (f->many && i + 1 < argc && argv[i + 1][0] != '-') store(f, argv[++i], opts, argc);
     }
     for (int i = 0; i < cmd->n_flags; i++) {
         const cli_flag *f = &cmd->flags[i];
@@ -211,6 +216,21 @@ int split_list(char *s, char **out, int max) {
     int n = 0;
     for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ",")) out[n++] = tok;
     return n;
+}
+
+char *str_dup(const char *s) {
+    char *d = strdup(s);
+    if (!d) die(1, "out of memory");
+    return d;
+}
+
+char *concat(const char *prefix, const char *suffix) {
+    size_t a = strlen(prefix), b = strlen(suffix);
+    char *s = malloc(a + b + 1);
+    if (!s) die(1, "out of memory");
+    memcpy(s, prefix, a);
+    memcpy(s + a, suffix, b + 1);
+    return s;
 }
 
 char *path_in(const char *dir, const char *fmt, ...) {
@@ -395,3 +415,107 @@ void json_string(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* ---------------------------------------------------------------- tokenizers */
+
+/* The directory part of path ("." when it has none); to free. */
+static char *dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return str_dup(".");
+    if (slash == path) return str_dup("/");
+    char *d = str_dup(path);
+    d[slash - path] = 0;
+    return d;
+}
+
+char *tokenizer_json(const char *path) { return is_dir(path) ? path_in(path, "tokenizer.json") : str_dup(path); }
+
+char *tokenizer_config_beside(const char *json) {
+    char *dir = dir_of(json), *cfg = path_in(dir, "tokenizer_config.json");
+    free(dir);
+    if (exists(cfg)) return cfg;
+    free(cfg);
+    return NULL;
+}
+
+char *ckpt_dir(const char *ckpt) { return is_dir(ckpt) ? str_dup(ckpt) : dir_of(ckpt); }
+
+moe_tokenizer *ckpt_tokenizer(const char *ckpt) {
+    char *dir = ckpt_dir(ckpt), *json = path_in(dir, "tokenizer.json");
+    moe_tokenizer *t = NULL;
+    if (exists(json)) check(moe_tokenizer_load(dir, &t));
+    free(json);
+    free(dir);
+    return t;
+}
+
+int sidecar_read(const char *path, shard_sidecar *s) {
+    memset(s, 0, sizeof *s);
+    // NAME_NNNNNN.bin: digits between the last '_' and ".bin"
+    size_t n = strlen(path);
+    if (n < 6 || strcmp(path + n - 4, ".bin")) return 0;
+    const char *us = strrchr(path, '_'), *slash = strrchr(path, '/');
+    if (!us || (slash && us < slash) || us + 1 == path + n - 4) return 0;
+    for (const char *p = us + 1; p < path + n - 4; p++)
+        if (*p < '0' || *p > '9') return 0;
+    char *name = str_dup(path);
+    name[us - path] = 0;
+    char *json = concat(name, ".json");
+    if (!exists(json)) {
+        free(json);
+        free(name);
+        return 0;
+    }
+    s->path = json;
+    char *text = read_text(json, "shard sidecar");
+    cJSON *o = cJSON_Parse(text);
+    const cJSON *hash = cJSON_GetObjectItemCaseSensitive(o, "tokenizer_hash"),
+                *vocab = cJSON_GetObjectItemCaseSensitive(o, "vocab_size"),
+                *dtype = cJSON_GetObjectItemCaseSensitive(o, "dtype");
+    if (!cJSON_IsObject(o) || !cJSON_IsString(hash) || strlen(hash->valuestring) != 16 || !cJSON_IsNumber(vocab) ||
+        vocab->valuedouble < 1 || vocab->valuedouble > INT_MAX || !cJSON_IsString(dtype) ||
+        (strcmp(dtype->valuestring, "uint16") && strcmp(dtype->valuestring, "uint32")))
+        die(1, "shard sidecar '%s' is not one that moe tokenize writes: it needs tokenizer_hash (16 hex digits), "
+               "vocab_size and dtype (uint16 or uint32)", json);
+    memcpy(s->hash, hash->valuestring, 17);
+    s->vocab_size = (int)vocab->valuedouble;
+    s->wide = !strcmp(dtype->valuestring, "uint32");
+    cJSON_Delete(o);
+    free(text);
+    s->tokenizer = concat(name, ".tokenizer.json");
+    s->tokenizer_config = concat(name, ".tokenizer_config.json");
+    if (!exists(s->tokenizer)) {
+        free(s->tokenizer);
+        s->tokenizer = NULL;
+    }
+    if (!exists(s->tokenizer_config)) {
+        free(s->tokenizer_config);
+        s->tokenizer_config = NULL;
+    }
+    free(name);
+    return 1;
+}
+
+void sidecar_free(shard_sidecar *s) {
+    free(s->path);
+    free(s->tokenizer);
+    free(s->tokenizer_config);
+    memset(s, 0, sizeof *s);
+}
+
+const char *copy_companions(const char *from, const char *to) {
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    static char copied[128];
+    copied[0] = 0;
+    char *dir = ckpt_dir(from);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char *src = path_in(dir, "%s", names[i]), *dst = path_in(to, "%s", names[i]);
+        if (exists(src)) {
+            copy_file(src, dst);
+            strcat(strcat(copied, copied[0] ? ", " : ""), names[i]);
+        }
+        free(src);
+        free(dst);
+    }
+    free(dir);
+    return copied;
+}

@@ -45,6 +45,8 @@ typedef struct {
     double lo, hi;       /* CLI_INT, CLI_REAL: the accepted range, inclusive */
     int required;        /* CLI_STRING only: the command refuses to run while it is NULL */
     const char *set_key; /* CLI_INT only: short for --set KEY=VALUE; dest is the --set cli_list */
+    int many;            /* CLI_LIST only: the words after the value are values too, up to the
+                            next that starts with '-' (--data a.txt b.txt) */
 } cli_flag;
 
 /* A command: its flag table, --help text, options struct and what it runs. */
@@ -91,6 +93,9 @@ int moe_arg_tokens(const char *text, const char *origin, int vocab, int max, int
 void apply_keys(moe_config *c, const char *config, const cli_list *sets);
 /* Splits a comma-separated list in place into at most max pieces; returns how many. */
 int split_list(char *s, char **out, int max);
+/* strdup(s), and prefix followed by suffix: to free; exit 1 when out of memory. */
+char *str_dup(const char *s);
+char *concat(const char *prefix, const char *suffix);
 /* "dir/" followed by fmt formatted like printf; to free. */
 char *path_in(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The dataset's notices (binary data given as text, ...) as warnings on stderr. */
@@ -159,7 +164,7 @@ moe_model *source_load(const model_source *s, int seq_len);
 /* "moe: initialised from SRC: ..." on stdout. */
 void print_init_report(const char *src, const moe_init_report *r);
 
-/* ---------------------------------------------------------------- tokenizers (cmd_tok.c) */
+/* ---------------------------------------------------------------- tokenizers */
 
 /* The tokenizer.json of --tokenizer PATH (the file itself, or PATH/tokenizer.json), and the
  * tokenizer_config.json beside it (NULL when there is none); both to free. */

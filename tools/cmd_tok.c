@@ -1,10 +1,8 @@
 /*
  * cmd_tok.c — `moe tokenize`: a Hugging Face tokenizer.json (the library's src/tok/) from the
  * command line: the ids of a text (--ids), the text of ids (--decode), and llm.c token shards of
- * documents for training (--data), with a JSON sidecar that names the tokenizer; and what the
- * other commands need of tokenizers: a checkpoint's tokenizer, a shard's sidecar, and the
- * companion files (tokenizer.json, tokenizer_config.json, generation_config.json) that travel
- * with a model.
+ * documents for training (--data), with a JSON sidecar that names the tokenizer (read back by
+ * sidecar_read in cli.c, for moe train).
  *
  * Shards are those of llm.c (dev/data/fineweb.py): PREFIX_000000.bin, PREFIX_000001.bin, ...,
  * each a header of 256 little-endian int32 ([0] magic, [1] version, [2] token count) and then the
@@ -39,127 +37,6 @@
 #define SHARD32_VERSION 7
 #define SHARD_HEADER_INTS 256
 
-/* ---------------------------------------------------------------- shared with other commands */
-
-static char *str_dup(const char *s) {
-    char *d = strdup(s);
-    if (!d) die(1, "out of memory");
-    return d;
-}
-
-/* prefix followed by suffix; to free. */
-static char *concat(const char *prefix, const char *suffix) {
-    size_t a = strlen(prefix), b = strlen(suffix);
-    char *s = malloc(a + b + 1);
-    if (!s) die(1, "out of memory");
-    memcpy(s, prefix, a);
-    memcpy(s + a, suffix, b + 1);
-    return s;
-}
-
-/* The directory part of path ("." when it has none); to free. */
-static char *dir_of(const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) return str_dup(".");
-    if (slash == path) return str_dup("/");
-    char *d = str_dup(path);
-    d[slash - path] = 0;
-    return d;
-}
-
-char *tokenizer_json(const char *path) { return is_dir(path) ? path_in(path, "tokenizer.json") : str_dup(path); }
-
-char *tokenizer_config_beside(const char *json) {
-    char *dir = dir_of(json), *cfg = path_in(dir, "tokenizer_config.json");
-    free(dir);
-    if (exists(cfg)) return cfg;
-    free(cfg);
-    return NULL;
-}
-
-char *ckpt_dir(const char *ckpt) { return is_dir(ckpt) ? str_dup(ckpt) : dir_of(ckpt); }
-
-moe_tokenizer *ckpt_tokenizer(const char *ckpt) {
-    char *dir = ckpt_dir(ckpt), *json = path_in(dir, "tokenizer.json");
-    moe_tokenizer *t = NULL;
-    if (exists(json)) check(moe_tokenizer_load(dir, &t));
-    free(json);
-    free(dir);
-    return t;
-}
-
-int sidecar_read(const char *path, shard_sidecar *s) {
-    memset(s, 0, sizeof *s);
-    // NAME_NNNNNN.bin: digits between the last '_' and ".bin"
-    size_t n = strlen(path);
-    if (n < 6 || strcmp(path + n - 4, ".bin")) return 0;
-    const char *us = strrchr(path, '_'), *slash = strrchr(path, '/');
-    if (!us || (slash && us < slash) || us + 1 == path + n - 4) return 0;
-    for (const char *p = us + 1; p < path + n - 4; p++)
-        if (*p < '0' || *p > '9') return 0;
-    char *name = str_dup(path);
-    name[us - path] = 0;
-    char *json = concat(name, ".json");
-    if (!exists(json)) {
-        free(json);
-        free(name);
-        return 0;
-    }
-    s->path = json;
-    char *text = read_text(json, "shard sidecar");
-    cJSON *o = cJSON_Parse(text);
-    const cJSON *hash = cJSON_GetObjectItemCaseSensitive(o, "tokenizer_hash"),
-                *vocab = cJSON_GetObjectItemCaseSensitive(o, "vocab_size"),
-                *dtype = cJSON_GetObjectItemCaseSensitive(o, "dtype");
-    if (!cJSON_IsObject(o) || !cJSON_IsString(hash) || strlen(hash->valuestring) != 16 || !cJSON_IsNumber(vocab) ||
-        vocab->valuedouble < 1 || vocab->valuedouble > INT_MAX || !cJSON_IsString(dtype) ||
-        (strcmp(dtype->valuestring, "uint16") && strcmp(dtype->valuestring, "uint32")))
-        die(1, "shard sidecar '%s' is not one that moe tokenize writes: it needs tokenizer_hash (16 hex digits), "
-               "vocab_size and dtype (uint16 or uint32)", json);
-    memcpy(s->hash, hash->valuestring, 17);
-    s->vocab_size = (int)vocab->valuedouble;
-    s->wide = !strcmp(dtype->valuestring, "uint32");
-    cJSON_Delete(o);
-    free(text);
-    s->tokenizer = concat(name, ".tokenizer.json");
-    s->tokenizer_config = concat(name, ".tokenizer_config.json");
-    if (!exists(s->tokenizer)) {
-        free(s->tokenizer);
-        s->tokenizer = NULL;
-    }
-    if (!exists(s->tokenizer_config)) {
-        free(s->tokenizer_config);
-        s->tokenizer_config = NULL;
-    }
-    free(name);
-    return 1;
-}
-
-void sidecar_free(shard_sidecar *s) {
-    free(s->path);
-    free(s->tokenizer);
-    free(s->tokenizer_config);
-    memset(s, 0, sizeof *s);
-}
-
-const char *copy_companions(const char *from, const char *to) {
-    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
-    static char copied[128];
-    copied[0] = 0;
-    char *dir = ckpt_dir(from);
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char *src = path_in(dir, "%s", names[i]), *dst = path_in(to, "%s", names[i]);
-        if (exists(src)) {
-            copy_file(src, dst);
-            strcat(strcat(copied, copied[0] ? ", " : ""), names[i]);
-        }
-        free(src);
-        free(dst);
-    }
-    free(dir);
-    return copied;
-}
-
 /* ---------------------------------------------------------------- tokenize */
 
 typedef struct {
@@ -182,8 +59,10 @@ static const cli_flag tok_flags[] = {
      .help = "write the text of FILE's ids (whitespace-separated) to stdout, as it is"},
     {"--skip-special", CLI_NONE, NULL, OPT(skip_special), .help = "--decode without the special tokens"},
     {"--data", CLI_LIST, "FILES", OPT(data),
-     .help = "write token shards of these files, comma-separated, repeatable: text\n"
-             "files (a document each) and .jsonl files (a document per line)"},
+     .help = "write token shards of these files (one or more words, or comma-\n"
+             "separated): text files (a document each) and .jsonl files (a\n"
+             "document per line)",
+     .many = 1},
     {"--out", CLI_STRING, "PREFIX", OPT(out),
      .help = "--data writes PREFIX_000000.bin, ..., the sidecar PREFIX.json and\n"
              "PREFIX.tokenizer.json (and PREFIX.tokenizer_config.json)"},
@@ -308,19 +187,36 @@ typedef struct {
     size_t n, cap;
 } doc;
 
-/* Documents read but not yet encoded, and the counts of the whole run. */
+/* Documents encoded together; each keeps the room of its ids for the next batch in its place. */
+typedef struct {
+    doc *docs;
+    int n, cap;
+    size_t bytes; /* of text */
+    int bad;      /* the first document that failed (n: none) and why */
+    char msg[1024];
+} batch;
+
+/* The inputs as they are read: the file being read (a .jsonl, line by line) and the next. */
+typedef struct {
+    char **paths;
+    int n_paths, next;
+    FILE *f;
+    const char *path;
+    long long lineno;
+    char *line;
+    size_t cap;
+} reader;
+
+/* What --data does: how, and the counts so far. */
 typedef struct {
     const moe_tokenizer *tok;
-    int eot, threads;
-    doc *docs;
-    int n, cap;           /* documents in the batch; room */
-    size_t batch_bytes;   /* their text */
-    size_t max_bytes;     /* a batch is encoded once it holds this much text */
+    int eot, threads, max_docs;
+    size_t max_bytes;     /* a batch is full at this much text or max_docs documents */
     int64_t documents, text_bytes, input_bytes, input_total;
     double t0, last_draw;
-    int tty, drawn;
+    int tty;
     shard_writer *w;
-} batcher;
+} tokenizing;
 
 static double now_s(void) {
     struct timespec ts;
@@ -329,71 +225,30 @@ static double now_s(void) {
 }
 
 /* On a terminal: one line on stderr, redrawn at most 10 times a second; last: at the end. */
-static void progress(batcher *b, int last) {
+static void progress(tokenizing *g, int last) {
     double t = now_s();
-    if (!b->tty || (!last && t - b->last_draw < 0.1)) return;
-    b->last_draw = t;
-    double mb = (double)b->input_bytes / 1e6;
+    if (!g->tty || (!last && t - g->last_draw < 0.1)) return;
+    g->last_draw = t;
+    double mb = (double)g->input_bytes / 1e6;
     fprintf(stderr, "\r\033[Ktokenize: %.1f of %.1f MB, %.2f MB/s, %lld documents, %lld tokens%s", mb,
-            (double)b->input_total / 1e6, mb / (t - b->t0 > 1e-9 ? t - b->t0 : 1e-9), (long long)b->documents,
-            (long long)b->w->total, last ? "\n" : "");
-    b->drawn = !last;
+            (double)g->input_total / 1e6, mb / (t - g->t0 > 1e-9 ? t - g->t0 : 1e-9), (long long)g->documents,
+            (long long)g->w->total, last ? "\n" : "");
 }
 
-/* Encodes the batch's documents in parallel, then appends their ids in order. */
-static void encode_batch(batcher *b) {
-    int64_t bad = b->n; // the first document that failed, and its message
-    char msg[1024] = "";
-#pragma omp parallel for schedule(dynamic, 1) num_threads(b->threads)
-    for (int i = 0; i < b->n; i++) {
-        doc *d = &b->docs[i];
-        d->n = 0;
-        moe_status st = MOE_STATUS_OK;
-        if (b->eot >= 0) {
-            if (d->cap == 0 && !(d->ids = malloc((d->cap = 1024) * sizeof(int)))) st = MOE_STATUS_NOMEM;
-            else d->ids[d->n++] = b->eot;
-        }
-        if (st == MOE_STATUS_OK) st = moe_tokenizer_encode(b->tok, d->text, d->len, 0, &d->ids, &d->n, &d->cap);
-        if (st != MOE_STATUS_OK) {
-#pragma omp critical(tokenize_error)
-            if (i < bad) {
-                bad = i;
-                snprintf(msg, sizeof msg, "%s: %s", moe_status_str(st), st == MOE_STATUS_NOMEM && !d->ids ? "out of memory" : moe_last_error());
-            }
-        }
-    }
-    if (bad < b->n) die(1, "tokenize: %s", msg);
-    int vocab = moe_tokenizer_vocab_size(b->tok);
-    for (int i = 0; i < b->n; i++) {
-        doc *d = &b->docs[i];
-        for (size_t j = 0; j < d->n; j++)
-            if (d->ids[j] < 0 || d->ids[j] >= vocab)
-                die(1, "tokenize: the tokenizer gave id %d, outside its vocabulary of %d", d->ids[j], vocab);
-        shard_write(b->w, d->ids, d->n);
-        free(d->text);
-        d->text = NULL;
-        b->documents++;
-        b->text_bytes += (int64_t)d->len;
-    }
-    b->n = 0;
-    b->batch_bytes = 0;
-}
-
-/* Takes a document (text owned from now on) into the batch, encoding the batch when full. */
-static void add_doc(batcher *b, char *text, size_t len) {
-    if (b->n == b->cap) {
-        int cap = b->cap ? 2 * b->cap : 256;
-        doc *docs = realloc(b->docs, (size_t)cap * sizeof *docs);
+/* Takes a document (text owned from now on) into the batch. */
+static void add_doc(batch *bt, char *text, size_t len) {
+    if (bt->n == bt->cap) {
+        int cap = bt->cap ? 2 * bt->cap : 256;
+        doc *docs = realloc(bt->docs, (size_t)cap * sizeof *docs);
         if (!docs) die(1, "out of memory");
-        memset(docs + b->cap, 0, (size_t)(cap - b->cap) * sizeof *docs);
-        b->docs = docs;
-        b->cap = cap;
+        memset(docs + bt->cap, 0, (size_t)(cap - bt->cap) * sizeof *docs);
+        bt->docs = docs;
+        bt->cap = cap;
     }
-    doc *d = &b->docs[b->n++]; // keeps the room of its ids from an earlier batch
+    doc *d = &bt->docs[bt->n++];
     d->text = text;
     d->len = len;
-    b->batch_bytes += len;
-    if (b->batch_bytes >= b->max_bytes || b->n >= 256 * b->threads) encode_batch(b);
+    bt->bytes += len;
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -401,46 +256,133 @@ static int ends_with(const char *s, const char *suffix) {
     return a >= n && !strcmp(s + a - n, suffix);
 }
 
-/* A .jsonl file: a document per line, its string field "text". Lines of only white space are
- * skipped. The lines are parsed here, on one thread: cJSON_Parse writes a global on every call. */
-static void read_jsonl(batcher *b, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die(1, "cannot read '%s': %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    long long lineno = 0;
-    for (ssize_t n; (n = getline(&line, &cap, f)) >= 0;) {
-        lineno++;
-        b->input_bytes += n;
-        if (line[strspn(line, " \t\r\n")] == 0 && (size_t)n == strlen(line)) continue;
-        cJSON *o = cJSON_ParseWithOpts(line, NULL, 1); // the whole line: nothing after the object
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
-        if (!cJSON_IsObject(o)) {
-            int shown = (int)strcspn(line, "\r\n");
-            die(1, "tokenize: '%s' line %lld is not a JSON object (alone on its line): '%.*s%s'", path, lineno,
-                shown < 40 ? shown : 40, line, shown > 40 ? "..." : "");
-        }
-        if (!cJSON_IsString(text)) die(1, "tokenize: '%s' line %lld has no string field \"text\"", path, lineno);
-        char *s = str_dup(text->valuestring);
-        cJSON_Delete(o);
-        add_doc(b, s, strlen(s));
-        progress(b, 0);
+/* One line of the open .jsonl into the batch: its string field "text" (a line of only white
+ * space is skipped). Parsed on the reading thread alone: cJSON_Parse writes a global. */
+static void add_line(const reader *r, batch *bt, size_t n) {
+    const char *line = r->line;
+    if (line[strspn(line, " \t\r\n")] == 0 && n == strlen(line)) return;
+    cJSON *o = cJSON_ParseWithOpts(line, NULL, 1); // the whole line: nothing after the object
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
+    if (!cJSON_IsObject(o)) {
+        int shown = (int)strcspn(line, "\r\n");
+        die(1, "tokenize: '%s' line %lld is not a JSON object (alone on its line): '%.*s%s'", r->path, r->lineno,
+            shown < 40 ? shown : 40, line, shown > 40 ? "..." : "");
     }
-    if (ferror(f)) die(1, "cannot read '%s': %s", path, strerror(errno));
-    fclose(f);
-    free(line);
+    if (!cJSON_IsString(text)) die(1, "tokenize: '%s' line %lld has no string field \"text\"", r->path, r->lineno);
+    char *s = str_dup(text->valuestring);
+    cJSON_Delete(o);
+    add_doc(bt, s, strlen(s));
 }
 
-static void read_input(batcher *b, const char *path) {
-    if (ends_with(path, ".jsonl")) {
-        read_jsonl(b, path);
-        return;
+/* Reads documents into bt (emptied first) until it is full or the input ends. */
+static void read_batch(tokenizing *g, reader *r, batch *bt) {
+    bt->n = 0;
+    bt->bytes = 0;
+    while (bt->bytes < g->max_bytes && bt->n < g->max_docs) {
+        if (!r->f) {
+            if (r->next == r->n_paths) return;
+            r->path = r->paths[r->next++];
+            if (!ends_with(r->path, ".jsonl")) { // a text file: one document
+                size_t len;
+                char *text = read_bytes(r->path, "text file", &len);
+                g->input_bytes += (int64_t)len;
+                add_doc(bt, text, len);
+                continue;
+            }
+            if (!(r->f = fopen(r->path, "rb"))) die(1, "cannot read '%s': %s", r->path, strerror(errno));
+            r->lineno = 0;
+        }
+        ssize_t n = getline(&r->line, &r->cap, r->f);
+        if (n < 0) {
+            if (ferror(r->f)) die(1, "cannot read '%s': %s", r->path, strerror(errno));
+            fclose(r->f);
+            r->f = NULL;
+            continue;
+        }
+        r->lineno++;
+        g->input_bytes += n;
+        add_line(r, bt, (size_t)n);
+        progress(g, 0);
     }
-    size_t len;
-    char *text = read_bytes(path, "text file", &len);
-    b->input_bytes += (int64_t)len;
-    add_doc(b, text, len);
-    progress(b, 0);
+}
+
+/* Encodes documents [i0, i1) of bt: [EOT] + the ids of the text. */
+static void encode_docs(const tokenizing *g, batch *bt, int i0, int i1) {
+    for (int i = i0; i < i1; i++) {
+        doc *d = &bt->docs[i];
+        // the encoder updates n and cap as it goes: locals, not the array that other threads write
+        int *ids = d->ids;
+        size_t n = 0, cap = d->cap;
+        moe_status st = MOE_STATUS_OK;
+        if (g->eot >= 0) {
+            if (cap == 0 && !(ids = malloc((cap = 1024) * sizeof(int)))) st = MOE_STATUS_NOMEM;
+            else ids[n++] = g->eot;
+        }
+        if (st == MOE_STATUS_OK) st = moe_tokenizer_encode(g->tok, d->text, d->len, 0, &ids, &n, &cap);
+        d->ids = ids;
+        d->n = n;
+        d->cap = ids ? cap : 0;
+        if (st != MOE_STATUS_OK) {
+#pragma omp critical(tokenize_error)
+            if (i < bt->bad) {
+                bt->bad = i;
+                snprintf(bt->msg, sizeof bt->msg, "%s: %s", moe_status_str(st), ids ? moe_last_error() : "out of memory");
+            }
+        }
+    }
+}
+
+/* Starts the encoding of bt as OpenMP tasks of about 64 KB of text each. */
+static void encode_tasks(const tokenizing *g, batch *bt) {
+    bt->bad = bt->n;
+    for (int i0 = 0, i1; i0 < bt->n; i0 = i1) {
+        size_t bytes = 0;
+        for (i1 = i0; i1 < bt->n && bytes < (1 << 16); i1++) bytes += bt->docs[i1].len + 16;
+#pragma omp task firstprivate(i0, i1)
+        encode_docs(g, bt, i0, i1);
+    }
+}
+
+/* Appends the ids of the encoded batch to the shards, in order. */
+static void write_batch(tokenizing *g, batch *bt) {
+    if (bt->bad < bt->n) die(1, "tokenize: %s", bt->msg);
+    int vocab = moe_tokenizer_vocab_size(g->tok);
+    for (int i = 0; i < bt->n; i++) {
+        doc *d = &bt->docs[i];
+        for (size_t j = 0; j < d->n; j++)
+            if (d->ids[j] < 0 || d->ids[j] >= vocab)
+                die(1, "tokenize: the tokenizer gave id %d, outside its vocabulary of %d", d->ids[j], vocab);
+        shard_write(g->w, d->ids, d->n);
+        free(d->text);
+        d->text = NULL;
+        g->documents++;
+        g->text_bytes += (int64_t)d->len;
+    }
+}
+
+/* Reads, encodes and writes every document: one thread reads the next batch while the others
+ * encode this one (as tasks), then this one is written, in input order. */
+static void tokenize_all(tokenizing *g, reader *r) {
+    batch a = {0}, b = {0}, *cur = &a, *next = &b;
+#pragma omp parallel num_threads(g->threads)
+#pragma omp single
+    {
+        read_batch(g, r, next);
+        while (next->n > 0) {
+            batch *t = cur;
+            cur = next;
+            next = t;
+            encode_tasks(g, cur);
+            read_batch(g, r, next);
+#pragma omp taskwait
+            write_batch(g, cur);
+            progress(g, 0);
+        }
+    }
+    for (int i = 0; i < a.cap; i++) free(a.docs[i].ids);
+    for (int i = 0; i < b.cap; i++) free(b.docs[i].ids);
+    free(a.docs);
+    free(b.docs);
 }
 
 /* PREFIX.json: what the shards hold and which tokenizer made them. */
@@ -484,21 +426,21 @@ static void write_shards(const tok_opts *o, const moe_tokenizer *t) {
 #endif
     int vocab = moe_tokenizer_vocab_size(t);
     shard_writer w = {.prefix = o->out, .wide = vocab > 65536, .per_shard = o->shard_tokens};
-    batcher b = {.tok = t, .eot = moe_tokenizer_eot(t), .threads = threads, .w = &w, .tty = isatty(STDERR_FILENO)};
-    b.max_bytes = (size_t)threads << 22; // 4 MB of text per thread
+    tokenizing g = {.tok = t, .eot = moe_tokenizer_eot(t), .threads = threads, .max_docs = 256 * threads,
+                    .max_bytes = (size_t)threads << 22, .tty = isatty(STDERR_FILENO), .w = &w}; // 4 MB a thread
+    reader r = {.paths = paths, .n_paths = n_paths};
     if (!(w.buf = malloc((size_t)(1 << 16) * 4))) die(1, "out of memory");
     for (int i = 0; i < n_paths; i++) { // every input exists before anything is written
         struct stat st;
         if (stat(paths[i], &st) != 0) die(1, "cannot read '%s': %s", paths[i], strerror(errno));
         if (S_ISDIR(st.st_mode)) die(1, "tokenize: '%s' is a directory; name its files", paths[i]);
-        b.input_total += st.st_size;
+        g.input_total += st.st_size;
     }
-    b.t0 = b.last_draw = now_s();
-    for (int i = 0; i < n_paths; i++) read_input(&b, paths[i]);
-    encode_batch(&b);
+    g.t0 = g.last_draw = now_s();
+    tokenize_all(&g, &r);
     if (w.total == 0) die(1, "tokenize: the data holds no tokens (no documents, or only empty ones and no EOT token)");
     shards_finish(&w);
-    write_sidecar(o, t, &w, b.documents);
+    write_sidecar(o, t, &w, g.documents);
     char *json = tokenizer_json(o->tokenizer), *cfg = tokenizer_config_beside(json), *dst = concat(o->out, ".tokenizer.json");
     copy_file(json, dst);
     free(dst);
@@ -507,15 +449,14 @@ static void write_shards(const tok_opts *o, const moe_tokenizer *t) {
         copy_file(cfg, dst);
         free(dst);
     }
-    progress(&b, 1);
-    double s = now_s() - b.t0;
+    progress(&g, 1);
+    double s = now_s() - g.t0;
     printf("moe: tokenized %lld documents (%lld bytes of text) into %lld tokens (%s) in %d shard%s, %s_%06d.bin",
-           (long long)b.documents, (long long)b.text_bytes, (long long)w.total, w.wide ? "uint32" : "uint16", w.n_shards,
+           (long long)g.documents, (long long)g.text_bytes, (long long)w.total, w.wide ? "uint32" : "uint16", w.n_shards,
            w.n_shards > 1 ? "s" : "", o->out, 0);
     if (w.n_shards > 1) printf(" to %s_%06d.bin", o->out, w.n_shards - 1);
-    printf(", at %.2f MB/s; sidecar %s.json\n", (double)b.input_bytes / 1e6 / (s > 1e-9 ? s : 1e-9), o->out);
-    for (int i = 0; i < b.cap; i++) free(b.docs[i].ids);
-    free(b.docs);
+    printf(", at %.2f MB/s; sidecar %s.json\n", (double)g.input_bytes / 1e6 / (s > 1e-9 ? s : 1e-9), o->out);
+    free(r.line);
     free(w.done);
     free(w.buf);
     free(json);
@@ -553,14 +494,14 @@ static void tok_help_tail(FILE *f) {
                "\n"
                "Examples:\n"
                "  moe tokenize --tokenizer hf/TinyLlama --ids prompt.txt\n"
-               "  moe tokenize --tokenizer hf/TinyLlama --data a.jsonl,b.txt --out data/tiny\n"
+               "  moe tokenize --tokenizer hf/TinyLlama --data docs/*.jsonl b.txt --out data/tiny\n"
                "  moe train --data data/tiny_000000.bin --out runs/tiny --set vocab_size=32000\n");
 }
 
 const cli_command moe_cmd_tokenize = {
     "tokenize",
     "token ids of text, text of ids, token shards for training",
-    "tokenize --tokenizer PATH (--ids FILE | --decode FILE | --data FILES --out PREFIX) [options]",
+    "tokenize --tokenizer PATH (--ids FILE | --decode FILE | --data FILE [FILE...] --out PREFIX) [options]",
     "Runs a Hugging Face tokenizer (tokenizer.json: byte-level BPE as GPT-2, Llama-3, Qwen2;\n"
     "SentencePiece-style BPE as Llama-2, Mistral) without Python, with the ids of Hugging Face's\n"
     "tokenizers. --ids prints the ids of a file's text (with BOS where the tokenizer adds one),\n"
