@@ -122,6 +122,7 @@ expect_error "a vocabulary larger than vocab_size" \
     "'$W/t1/p_000000.bin' holds tokens of a vocabulary of 264 ids (sidecar '$W/t1/p.json'), more than the model's vocab_size 256" \
     -- "$MOE" train --data "$W/t1/p_000000.bin" --out "$W/run" "${SMALL[@]}" --steps 1
 "$MOE" train --data "$W/t1/p_000000.bin,$W/t1/p_000001.bin" --out "$W/run" "${SMALL[@]}" --set vocab_size=264 --steps 2 \
+    --set keep_checkpoints=1 \
     2> "$W/err" || fail "train on shards: $(cat "$W/err")"
 checks=$((checks + 2))
 cmp -s "$W/tok/tokenizer.json" "$W/run/tokenizer.json" || fail "the run's tokenizer.json is not the data's"
@@ -160,6 +161,10 @@ printf 'hello' > "$W/prompt"
 checks=$((checks + 2))
 head -c 5 "$W/out" | cmp -s - "$W/prompt" || fail "sample did not decode the prompt: $(cat "$W/out")"
 grep -q "<|endoftext|>" "$W/out" && fail "sample printed a special token: $(cat "$W/out")"
+"$MOE" sample --ckpt "$W/run/checkpoints/step-00000003" --prompt "hello" --tokens 5 --temperature 0 > "$W/out2" 2> "$W/err" \
+    || fail "sample of a kept checkpoint: $(cat "$W/err")"
+checks=$((checks + 1))
+cmp -s "$W/out" "$W/out2" || fail "sample of a kept checkpoint did not use the run's tokenizer: $(cat "$W/out2")"
 "$MOE" eval --ckpt "$W/run" --data "$W/t1/p_000002.bin" --max-batches 2 > "$W/out" 2> "$W/err" || fail "eval: $(cat "$W/err")"
 checks=$((checks + 1))
 grep -q "bits/byte [0-9.]* | 128 tokens, [0-9]* bytes" "$W/out" || fail "eval: no bits per byte: $(cat "$W/out")"

@@ -292,9 +292,8 @@ int exists(const char *path) { return access(path, F_OK) == 0; }
 /* ---------------------------------------------------------------- files written atomically */
 
 /* The temporary files not yet renamed into place: removed at exit. */
-enum { MAX_PENDING = 4096 };
-static char *pending[MAX_PENDING];
-static int n_pending;
+static char **pending;
+static int n_pending, cap_pending;
 
 static void remove_pending(void) {
     for (int i = 0; i < n_pending; i++)
@@ -314,7 +313,11 @@ atomic_file atomic_open(const char *path) {
     atomic_file a = {NULL, strdup(path), malloc(strlen(path) + 5)};
     if (!a.path || !a.tmp) die(1, "out of memory");
     snprintf(a.tmp, strlen(path) + 5, "%s.tmp", path);
-    if (n_pending == MAX_PENDING) die(1, "more than %d files pending at once", MAX_PENDING);
+    if (n_pending == cap_pending) {
+        char **p = realloc(pending, (size_t)(cap_pending = 2 * cap_pending + 16) * sizeof *p);
+        if (!p) die(1, "out of memory");
+        pending = p;
+    }
     pending[n_pending++] = a.tmp;
     if (make_parent(path) != 0 || !(a.f = fopen(a.tmp, "wb"))) die(1, "cannot create '%s': %s", a.tmp, strerror(errno));
     return a;
@@ -441,6 +444,19 @@ char *ckpt_dir(const char *ckpt) { return is_dir(ckpt) ? str_dup(ckpt) : dir_of(
 
 moe_tokenizer *ckpt_tokenizer(const char *ckpt) {
     char *dir = ckpt_dir(ckpt), *json = path_in(dir, "tokenizer.json");
+    const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+    if (!exists(json) && !strncmp(name, "step-", 5)) { // a kept checkpoint, RUN/checkpoints/step-N: RUN's
+        char *run = path_in(dir, "../.."), *snaps = path_in(run, "checkpoints");
+        if (is_dir(snaps)) {
+            free(dir);
+            free(json);
+            dir = run;
+            json = path_in(run, "tokenizer.json");
+            run = NULL;
+        }
+        free(run);
+        free(snaps);
+    }
     moe_tokenizer *t = NULL;
     if (exists(json)) check(moe_tokenizer_load(dir, &t));
     free(json);

@@ -173,8 +173,9 @@ char *tokenizer_config_beside(const char *json);
 /* The directory of a checkpoint (a run directory, or the one holding a .safetensors file); to
  * free. */
 char *ckpt_dir(const char *ckpt);
-/* The tokenizer of a checkpoint (ckpt_dir's tokenizer.json); NULL when it has none; exits 1
- * when it has one the library cannot load. */
+/* The tokenizer of a checkpoint (ckpt_dir's tokenizer.json; for a kept checkpoint
+ * RUN/checkpoints/step-N, RUN's); NULL when it has none; exits 1 when it has one the library
+ * cannot load. */
 moe_tokenizer *ckpt_tokenizer(const char *ckpt);
 
 /* The sidecar that `moe tokenize` writes beside its shards: PREFIX.json for PREFIX_NNNNNN.bin. */

@@ -9,8 +9,9 @@
  * tokens: uint16 (magic 20240520, version 1) when the vocabulary has at most 65536 ids, else
  * uint32 (magic 20240801, version 7). Each document is preceded by the tokenizer's EOT token and
  * encoded without the post-processor's special tokens (llm.c's encode_ordinary); a document may
- * run on into the next shard. Documents are encoded in parallel, a batch at a time, and appended
- * in input order: the shards do not depend on the thread count. The shards are written to
+ * run on into the next shard. Documents are encoded in parallel a batch at a time (OpenMP tasks,
+ * while one thread reads the next batch) and appended in input order: the shards do not depend
+ * on the thread count. The shards are written to
  * PREFIX_NNNNNN.bin.tmp and renamed into place only when all are done, then the sidecar; a run
  * that fails leaves no shard behind.
  */
