@@ -159,6 +159,7 @@ static int sb_reserve(sbuf *b, size_t more) {
 }
 
 static int sb_add(sbuf *b, const char *s, size_t n) {
+    if (n == 0) return 0;
     if (sb_reserve(b, n)) return -1;
     memcpy(b->p + b->n, s, n);
     b->n += n;
