@@ -159,6 +159,7 @@ static int sb_reserve(sbuf *b, size_t more) {
 }
 
 static int sb_add(sbuf *b, const char *s, size_t n) {
+    if (n == 0) return 0;
     if (sb_reserve(b, n)) return -1;
     memcpy(b->p + b->n, s, n);
     b->n += n;
@@ -649,12 +650,11 @@ static int next_added(const moe_tokenizer *t, const char *s, size_t n, size_t fr
                       size_t *a, size_t *b) {
     for (size_t i = from; i < n; i++) {
         int best = -1;
-        for (int k = 0; k < t->n_added; k++) {
-            const tk_added *x = &t->added[k];
-            if (x->normalized != normalized || (unsigned char)x->content[0] != (unsigned char)s[i] || (size_t)x->len > n - i ||
-                (best >= 0 && x->len <= t->added[best].len) || memcmp(s + i, x->content, (size_t)x->len))
-                continue;
-            best = k;
+        unsigned char c0 = (unsigned char)s[i];
+        for (int q = t->added_at[c0]; q < t->added_at[c0 + 1] && best < 0; q++) { // longest first
+            const tk_added *x = &t->added[t->added_by_byte[q]];
+            if (x->normalized == normalized && (size_t)x->len <= n - i && !memcmp(s + i, x->content, (size_t)x->len))
+                best = t->added_by_byte[q];
         }
         if (best < 0) continue;
         const tk_added *x = &t->added[best];
@@ -700,6 +700,16 @@ static int next_added(const moe_tokenizer *t, const char *s, size_t n, size_t fr
 
 /* pieces of one segment (between added tokens) */
 static int encode_plain(const moe_tokenizer *t, const char *s, size_t n, int first, out_ids *o) {
+    if (t->meta_split) { // cut before each U+2581 that follows another character (tok.h)
+        size_t a = 0;
+        for (size_t i = 1; i + 3 <= n; i++)
+            if (!memcmp(s + i, "\xe2\x96\x81", 3) && (i < 3 || memcmp(s + i - 3, "\xe2\x96\x81", 3))) {
+                bpe_cached(t, s + a, i - a, o);
+                a = i;
+            }
+        bpe_cached(t, s + a, n - a, o);
+        return 0;
+    }
     if (pretokenize(t, s, n, first)) return -1;
     for (int i = 0; i < th.a.n && !o->oom; i++) bpe_cached(t, th.a.text.p + th.a.off[i], th.a.len[i], o);
     return 0;

@@ -425,6 +425,20 @@ static int load_model(ctx *c, moe_tokenizer *t, const cJSON *model, const cJSON 
         if (a->len == 0) return bad(c, "added_tokens: id %d has empty content", a->id);
         t->any_normalized_added |= a->normalized;
     }
+    // the index by first byte, longest first (leftmost-longest matching looks at one byte's list)
+    if (!(t->added_by_byte = malloc(((size_t)t->n_added + 1) * sizeof(int)))) return bad(c, "out of memory");
+    int at = 0;
+    for (int byte = 0; byte < 256; byte++) {
+        t->added_at[byte] = at;
+        for (int i = 0; i < t->n_added; i++)
+            if ((unsigned char)t->added[i].content[0] == byte) {
+                int j = at++;
+                while (j > t->added_at[byte] && t->added[t->added_by_byte[j - 1]].len < t->added[i].len)
+                    t->added_by_byte[j] = t->added_by_byte[j - 1], j--;
+                t->added_by_byte[j] = i;
+            }
+    }
+    t->added_at[256] = at;
     return 0;
 }
 
@@ -548,6 +562,18 @@ moe_status moe_tokenizer_load(const char *path, moe_tokenizer **out) {
     }
     find_bos_eos(t, dir);
     compute_token_bytes(t);
+    t->meta_split = t->n_pre == 0;
+    for (int id = 0; id < t->n_ids && t->meta_split; id++) {
+        const char *s = t->tok[id];
+        int n = t->tok_len[id], prev = -1; // prev: 1 = the character before was U+2581, 0 = another
+        for (int i = 0; s && i < n && t->meta_split;) {
+            int l = moe__tk_utf8_len((const unsigned char *)s + i, (size_t)(n - i));
+            int meta = l == 3 && !memcmp(s + i, "\xe2\x96\x81", 3);
+            if (meta && prev == 0) t->meta_split = 0;
+            prev = meta;
+            i += l ? l : 1;
+        }
+    }
     free(file), free(dir);
     *out = t;
     return MOE_STATUS_OK;
@@ -562,7 +588,7 @@ void moe_tokenizer_free(moe_tokenizer *t) {
     for (int i = 0; i < t->n_pre; i++) free(t->pre[i].lit), pcre2_code_free(t->pre[i].re);
     for (int i = 0; i < t->n_dec; i++) free(t->dec[i].a), free(t->dec[i].b);
     free(t->norm), free(t->pre), free(t->dec), free(t->added);
-    free(t->post_pre), free(t->post_post), free(t->token_bytes);
+    free(t->post_pre), free(t->post_post), free(t->token_bytes), free(t->added_by_byte);
     free(t);
 }
 

@@ -79,10 +79,16 @@ struct moe_tokenizer {
     int n_dec, has_decoder;
     tk_added *added;
     int n_added, any_normalized_added;
+    int *added_by_byte;       /* indices into added, by first byte, longest first ... */
+    int added_at[257];        /* ... byte b's from added_at[b] to added_at[b + 1] */
     int *post_pre, n_post_pre;     /* the template's ids before and after $A */
     int *post_post, n_post_post;
     int bos, eos;
     int byte_level;           /* a ByteLevel pre-tokenizer: bytes pass as they are */
+    int meta_split;           /* no pre-tokenizer, and no token holds a character followed by
+                               * U+2581: a text cut before each U+2581 that follows another
+                               * character encodes to the same ids piece by piece (SentencePiece
+                               * vocabularies: Llama, Mistral), which the piece cache then serves */
     int *token_bytes;         /* (n_ids) text bytes a token stands for */
     char hash[17];
 };
