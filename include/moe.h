@@ -606,8 +606,9 @@ int moe_tokenizer_token_bytes(const moe_tokenizer *t, int id);
 /* Encodes len bytes of text, appending ids to *ids (n used, cap allocated; realloc'ed as needed:
  * start with NULL, 0, 0 and free(*ids) when done). add_special: the post-processor's special
  * tokens too (BOS for Llama), as tokenizers' encode(text, add_special_tokens=True). Invalid
- * UTF-8: a byte-level model encodes the bytes as they are; otherwise each invalid byte is read
- * as U+FFFD (tokenizers takes only valid strings). Statuses: NOMEM. */
+ * UTF-8: a byte-level model encodes the bytes as they are; otherwise each maximal invalid
+ * subsequence is read as one U+FFFD, as Python's decode('utf-8', 'replace') (tokenizers takes
+ * only valid strings). Statuses: NOMEM. */
 moe_status moe_tokenizer_encode(const moe_tokenizer *t, const char *text, size_t len, int add_special, int **ids,
                                 size_t *n, size_t *cap);
 /* Decodes n ids through the decoder into a new NUL-terminated string (*text, the caller's to

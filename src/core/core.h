@@ -33,7 +33,10 @@ uint64_t moe__rng_u64(moe__rng *r);
 float moe__rng_uniform(moe__rng *r);     /* [0, 1) */
 float moe__rng_normal(moe__rng *r);      /* N(0, 1), Box-Muller */
 
-#define MOE_FNV_INIT 1469598103934665603ULL
+#define MOE_FNV_INIT 14695981039346656037ULL /* FNV-1a 64's offset basis */
+/* The basis files written before 0.1.0's fix used (a digit short: not standard FNV-1a 64); their
+ * checksums are still accepted when read. */
+#define MOE_FNV_INIT_V0 1469598103934665603ULL
 uint64_t moe__fnv1a(uint64_t h, const void *data, size_t n);
 /* "[a, b, c]" into buf. */
 void moe__shape_str(const int64_t *shape, int ndim, char *buf, size_t n);

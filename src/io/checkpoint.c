@@ -89,6 +89,10 @@ static moe_status verify_data(const moe__st_file *f, const char *path) {
     char got[32];
     snprintf(got, sizeof got, "%016llx", (unsigned long long)moe__fnv1a(MOE_FNV_INIT, f->data, (size_t)f->data_len));
     int ok = !strcmp(want, got);
+    if (!ok) { // written with the old basis (core.h)?
+        snprintf(got, sizeof got, "%016llx", (unsigned long long)moe__fnv1a(MOE_FNV_INIT_V0, f->data, (size_t)f->data_len));
+        ok = !strcmp(want, got);
+    }
     free(want);
     return ok ? MOE_STATUS_OK
               : moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch in the tensor data (the file is corrupt)", path);

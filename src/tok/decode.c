@@ -151,8 +151,6 @@ static int decode_step(const tk_dec *d, const slist *in, slist *out) {
         for (int i = 0; i < in->len && !err; i++) {
             const char *s = in->s[i];
             size_t n = in->n[i], a = 0, z = n;
-            int nchars = 0;
-            for (size_t k = 0; k < n; k += (size_t)utf8_char(s, n, k)) nchars++;
             int cut_a = 0, cut_z = 0;
             while (cut_a < d->start && a + cl <= n && !memcmp(s + a, d->strip, cl)) a += cl, cut_a++;
             while (cut_z < d->stop && z >= a + cl && !memcmp(s + z - cl, d->strip, cl)) z -= cl, cut_z++;
@@ -160,8 +158,6 @@ static int decode_step(const tk_dec *d, const slist *in, slist *out) {
             long keep = (long)n - cut_a - cut_z;
             size_t e = a;
             for (long c = 0; c < keep && e < n; c++) e += (size_t)utf8_char(s, n, e);
-            (void)z;
-            (void)nchars;
             err = sl_add(out, s + a, e - a);
         }
         break;

@@ -444,14 +444,18 @@ static int load_model(ctx *c, moe_tokenizer *t, const cJSON *model, const cJSON 
 
 /* ---------------------------------------------------------------- BOS and EOS */
 
-/* tokenizer_config.json's bos_token / eos_token: a string or {"content": ...}. */
-static int config_token(const moe_tokenizer *t, const cJSON *cfg, const char *key) {
+/* tokenizer_config.json's bos_token / eos_token: a string or {"content": ...}; -1 when absent
+ * or null, -2 (an error set, naming path) when it names no token of the vocabulary. */
+static int config_token(const moe_tokenizer *t, const cJSON *cfg, const char *key, const char *path) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
     const char *s = cJSON_IsString(v) ? v->valuestring : str_of(v, "content");
-    return s ? moe__tk_get(t, &t->all, s, (int)strlen(s)) : -1;
+    if (!s) return -1;
+    int id = moe__tk_get(t, &t->all, s, (int)strlen(s));
+    if (id < 0) moe__err(MOE_STATUS_FORMAT, "%s: %s '%s' is not a token of the tokenizer", path, key, s);
+    return id < 0 ? -2 : id;
 }
 
-static void find_bos_eos(moe_tokenizer *t, const char *dir) {
+static moe_status find_bos_eos(moe_tokenizer *t, const char *dir) {
     t->bos = t->n_post_pre ? t->post_pre[0] : -1;
     t->eos = -1;
     static const char *eos_names[] = {"</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>",
@@ -462,14 +466,18 @@ static void find_bos_eos(moe_tokenizer *t, const char *dir) {
     size_t len;
     char *text = path ? moe__read_file(path, &len) : NULL;
     cJSON *cfg = text ? cJSON_Parse(text) : NULL;
+    moe_status st = MOE_STATUS_OK;
+    if (text && !cfg) st = moe__err(MOE_STATUS_FORMAT, "%s: not JSON", path);
     if (cfg) {
-        int b = config_token(t, cfg, "bos_token"), e = config_token(t, cfg, "eos_token");
+        int b = config_token(t, cfg, "bos_token", path), e = b == -2 ? -2 : config_token(t, cfg, "eos_token", path);
+        if (b == -2 || e == -2) st = MOE_STATUS_FORMAT;
         if (b >= 0) t->bos = b;
         if (e >= 0) t->eos = e;
     }
     cJSON_Delete(cfg);
     free(text);
     free(path);
+    return st;
 }
 
 /* ---------------------------------------------------------------- the API */
@@ -560,9 +568,19 @@ moe_status moe_tokenizer_load(const char *path, moe_tokenizer **out) {
         free(file), free(dir);
         return st;
     }
-    find_bos_eos(t, dir);
+    moe_status st = find_bos_eos(t, dir);
+    if (st != MOE_STATUS_OK) {
+        moe_tokenizer_free(t);
+        free(file), free(dir);
+        return st;
+    }
     compute_token_bytes(t);
-    t->meta_split = t->n_pre == 0;
+    // the cut must not split what one piece would do as a whole: a run of unknown characters
+    // fused into one <unk> (when U+2581 itself is unknown) or a whole-text vocabulary lookup
+    // (ignore_merges)
+    int meta_known = moe__tk_get(t, &t->vocab, "\xe2\x96\x81", 3) >= 0 ||
+                     (t->byte_fallback && t->byte_id[0xe2] >= 0 && t->byte_id[0x96] >= 0 && t->byte_id[0x81] >= 0);
+    t->meta_split = t->n_pre == 0 && !t->ignore_merges && (meta_known || !t->fuse_unk || t->unk_id < 0);
     for (int id = 0; id < t->n_ids && t->meta_split; id++) {
         const char *s = t->tok[id];
         int n = t->tok_len[id], prev = -1; // prev: 1 = the character before was U+2581, 0 = another

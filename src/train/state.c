@@ -38,7 +38,7 @@ moe_status moe__state_parse(const char *buf, size_t len, const char *path, int64
     size_t opt_bytes = (size_t)n_params * 8;
     uint64_t sum;
     memcpy(&sum, buf + head + opt_bytes, 8);
-    if (sum != moe__fnv1a(MOE_FNV_INIT, buf, head + opt_bytes))
+    if (sum != moe__fnv1a(MOE_FNV_INIT, buf, head + opt_bytes) && sum != moe__fnv1a(MOE_FNV_INIT_V0, buf, head + opt_bytes))
         return moe__err(MOE_STATUS_FORMAT, "'%s': checksum mismatch (the file is corrupt)", path);
     if (out->step < 0)
         return moe__err(MOE_STATUS_FORMAT, "'%s': step %lld is negative", path, (long long)out->step);
