@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 SECS=${1:-60}
 shift || true
-TARGETS=${*:-config safetensors tokens hf_config state cli}
+TARGETS=${*:-config safetensors tokens hf_config state cli tokenizer}
 command -v clang > /dev/null || { echo "fuzz: clang is not installed (apt-get install clang)"; exit 2; }
 CC=clang cmake -S . -B build-fuzz -DMOE_FUZZ=ON -DMOE_MPI=OFF -DMOE_BUILD_TESTS=OFF > /dev/null || exit 1
 cmake --build build-fuzz -j"$(nproc)" > /dev/null || exit 1
@@ -16,7 +16,7 @@ cmake --build build-fuzz -j"$(nproc)" > /dev/null || exit 1
 S=$(mktemp -d)
 trap 'rm -rf "$S"' EXIT
 # seeds
-mkdir -p "$S"/{config,safetensors,tokens,hf_config,state,cli}
+mkdir -p "$S"/{config,safetensors,tokens,hf_config,state,cli,tokenizer}
 cat src/model/*.c > "$S/text"
 ./build/moe train --data "$S/text" --out "$S/run" --steps 1 --quiet --set seq_len=8 --set n_embd=8 --set n_layer=1 \
     --set n_head=2 --set n_experts=2 --set top_k=1 --set expert_hidden=8 --set batch_size=1 \
@@ -42,6 +42,9 @@ words = flags + ["--set", "--logits-tokens"]
 open(sys.argv[3], "w").write("".join('"%s "\n' % w for w in words) + "".join('"%s="\n' % k for k in keys)
                              + "".join('"%s"\n' % v for v in ["true", "false", "all", "-1", "1e309", "nan", "2147483648", ","]))
 PY
+# tokenizer: text for each built-in tokenizer (mode byte 1..4), and a tokenizer.json to load (0)
+for m in 1 2 3 4; do { printf "\\$(printf %03o $m)"; head -c 3000 "$S/text"; printf ' caf\xc3\xa9 \xf0\x9f\x98\x80 <|endoftext|> <s>  x'; } > "$S/tokenizer/seed$m"; done
+for f in tests/tok/*/tokenizer.json; do [ -f "$f" ] && { printf '\000'; cat "$f"; } > "$S/tokenizer/seed0-$(basename "$(dirname "$f")")"; done
 status=0
 for t in $TARGETS; do
     bin=build-fuzz/fuzz_$t

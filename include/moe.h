@@ -596,6 +596,8 @@ const char *moe_tokenizer_hash(const moe_tokenizer *t);
 /* The token of an id ("" for an id out of range), and the id of a token string (-1 if none). */
 const char *moe_tokenizer_token(const moe_tokenizer *t, int id);
 int moe_tokenizer_id(const moe_tokenizer *t, const char *token);
+/* Bytes of text a token stands for (bits per byte): 0 for special tokens, 1 for a byte token. */
+int moe_tokenizer_token_bytes(const moe_tokenizer *t, int id);
 /* Encodes len bytes of text, appending ids to *ids (n used, cap allocated; realloc'ed as needed:
  * start with NULL, 0, 0 and free(*ids) when done). add_special: the post-processor's special
  * tokens too (BOS for Llama), as tokenizers' encode(text, add_special_tokens=True). Invalid

@@ -2,7 +2,7 @@
 # deps.sh — installs the Debian packages moe needs to build and test (skips apt when all are
 # present). Used by quickstart.sh, test.sh and CI.
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libcjson-dev python3 openmpi-bin libopenmpi-dev gnuplot-nox valgrind)
+PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev python3 openmpi-bin libopenmpi-dev gnuplot-nox valgrind)
 # --hf: also what the Python-side tests need: Debian's PyTorch, and from PyPI transformers (the
 # Hugging Face interop test) and tensorboard (its reader checks our event files)
 HF=0
