@@ -466,8 +466,8 @@ typedef struct moe_dataset moe_dataset;
 
 /* Loads files (text as bytes, or llm.c token shards recognised by their magic 20240520) and
  * concatenates them. Every token must be < vocab_size. Statuses: ARG for no paths; IO when a file
- * cannot be read; DATA for an empty file, a malformed shard (or a .bin file that is none) and a
- * token >= vocab_size, each naming the file. */
+ * cannot be read; DATA for an empty file, a malformed shard (or a .bin file that is none), a
+ * uint32 shard (magic 20240801, not read yet) and a token >= vocab_size, each naming the file. */
 moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_size, moe_dataset **out);
 void moe_dataset_free(moe_dataset *d);
 int64_t moe_dataset_len(const moe_dataset *d);
@@ -563,6 +563,11 @@ moe_status moe_trainer_save(moe_trainer *t);
  * the model's max_batch). */
 moe_status moe_evaluate(moe_model *m, const moe_dataset *d, int batch, int max_batches,
                         float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop);
+/* Where moe_evaluate's window i (0 <= i < windows) starts in a dataset of n tokens: windows of
+ * seq_len tokens, spread evenly over the (n - 1) / seq_len that fit. Its targets are the tokens
+ * start + 1 ... start + seq_len; moe_evaluate evaluated windows = *n_tokens / seq_len of them
+ * (what bits per byte counts the bytes of). */
+int64_t moe_evaluate_window(int64_t n, int seq_len, int64_t windows, int64_t i);
 
 /* ---------------------------------------------------------------- tokenizers
  *

@@ -1,16 +1,22 @@
 /*
  * cli.c — the machinery of the `moe` commands (cli.h): exiting errors, the flag-table parser and
  * --help, the values the command line takes (numbers within a flag's range, --set KEY=VALUE,
- * token ids), and the few helpers the commands share.
+ * token ids), and the few helpers the commands share: files written atomically, and what the
+ * commands need of tokenizers (a checkpoint's tokenizer, the sidecar of `moe tokenize`'s shards,
+ * the companion files of a model: tokenizer.json, tokenizer_config.json, generation_config.json).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 _Noreturn void die(int code, const char *fmt, ...) {
     va_list ap;
@@ -80,6 +86,7 @@ void cli_parse(const cli_command *cmd, int argc, char **argv, void *opts) {
         if (!f) die(2, "%s: unknown option '%s' (see moe %s --help)", cmd->name, a, cmd->name);
         if (f->kind != CLI_NONE && i + 1 >= argc) die(2, "%s needs a value", a);
         store(f, f->kind == CLI_NONE ? NULL : argv[++i], opts, argc);
+        while (f->many && i + 1 < argc && argv[i + 1][0] != '-') store(f, argv[++i], opts, argc);
     }
     for (int i = 0; i < cmd->n_flags; i++) {
         const cli_flag *f = &cmd->flags[i];
@@ -173,7 +180,8 @@ int moe_arg_tokens(const char *text, const char *origin, int vocab, int max, int
         errno = 0;
         long long v = strtoll(p, &end, 10);
         if (end == p || errno || (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
-            snprintf(err, n, "'%s' holds '%.20s', which is not a token id", origin, p);
+            int shown = (int)strcspn(p, " \t\r\n");
+            snprintf(err, n, "'%s' holds '%.*s', which is not a token id", origin, shown < 20 ? shown : 20, p);
             return -1;
         }
         if (v < 0 || v >= vocab) {
@@ -210,6 +218,21 @@ int split_list(char *s, char **out, int max) {
     return n;
 }
 
+char *str_dup(const char *s) {
+    char *d = strdup(s);
+    if (!d) die(1, "out of memory");
+    return d;
+}
+
+char *concat(const char *prefix, const char *suffix) {
+    size_t a = strlen(prefix), b = strlen(suffix);
+    char *s = malloc(a + b + 1);
+    if (!s) die(1, "out of memory");
+    memcpy(s, prefix, a);
+    memcpy(s + a, suffix, b + 1);
+    return s;
+}
+
 char *path_in(const char *dir, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -240,6 +263,99 @@ char *read_text(const char *path, const char *what) {
     if (!buf) die(1, "out of memory");
     if (n > 0 && strlen(buf) != (size_t)n) die(1, "%s '%s' holds a NUL byte: it is not text", what, path);
     return buf;
+}
+
+char *read_bytes(const char *path, const char *what, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t got = 1; buf && got > 0;) {
+        if (n + 1 == cap && !(buf = realloc(buf, cap *= 2))) break;
+        n += got = fread(buf + n, 1, cap - n - 1, f);
+    }
+    if (!buf) die(1, "out of memory reading %s '%s'", what, path);
+    if (ferror(f)) die(1, "cannot read %s '%s': %s", what, path, strerror(errno));
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int exists(const char *path) { return access(path, F_OK) == 0; }
+
+/* ---------------------------------------------------------------- files written atomically */
+
+/* The temporary files not yet renamed into place: removed at exit. */
+static char **pending;
+static int n_pending, cap_pending;
+
+static void remove_pending(void) {
+    for (int i = 0; i < n_pending; i++)
+        if (pending[i]) unlink(pending[i]);
+}
+
+static void forget_pending(const char *tmp) {
+    for (int i = 0; i < n_pending; i++)
+        if (pending[i] == tmp) pending[i] = NULL;
+    while (n_pending > 0 && !pending[n_pending - 1]) n_pending--;
+}
+
+atomic_file atomic_open(const char *path) {
+    static int registered;
+    if (!registered) atexit(remove_pending);
+    registered = 1;
+    atomic_file a = {NULL, strdup(path), malloc(strlen(path) + 5)};
+    if (!a.path || !a.tmp) die(1, "out of memory");
+    snprintf(a.tmp, strlen(path) + 5, "%s.tmp", path);
+    if (n_pending == cap_pending) {
+        char **p = realloc(pending, (size_t)(cap_pending = 2 * cap_pending + 16) * sizeof *p);
+        if (!p) die(1, "out of memory");
+        pending = p;
+    }
+    pending[n_pending++] = a.tmp;
+    if (make_parent(path) != 0 || !(a.f = fopen(a.tmp, "wb"))) die(1, "cannot create '%s': %s", a.tmp, strerror(errno));
+    return a;
+}
+
+void atomic_close(atomic_file *a) {
+    if (fflush(a->f) != 0 || ferror(a->f) || fsync(fileno(a->f)) != 0) die(1, "cannot write '%s': %s", a->tmp, strerror(errno));
+    if (fclose(a->f) != 0) die(1, "cannot write '%s': %s", a->tmp, strerror(errno));
+    a->f = NULL;
+}
+
+void atomic_rename(atomic_file *a) {
+    if (rename(a->tmp, a->path) != 0) die(1, "cannot rename '%s' to '%s': %s", a->tmp, a->path, strerror(errno));
+    forget_pending(a->tmp);
+    char *slash = strrchr(a->path, '/');
+    if (slash) *slash = 0;
+    int fd = open(slash ? (a->path[0] ? a->path : "/") : ".", O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) { // the rename itself made durable; a directory that cannot be opened still renamed
+        fsync(fd);
+        close(fd);
+    }
+    free(a->path);
+    free(a->tmp);
+    a->path = a->tmp = NULL;
+}
+
+void atomic_commit(atomic_file *a) {
+    atomic_close(a);
+    atomic_rename(a);
+}
+
+void copy_file(const char *src, const char *dst) {
+    size_t len;
+    char *buf = read_bytes(src, "file", &len);
+    atomic_file a = atomic_open(dst);
+    if (fwrite(buf, 1, len, a.f) != len) die(1, "cannot write '%s': %s", a.tmp, strerror(errno));
+    atomic_commit(&a);
+    free(buf);
 }
 
 void use_device(const char *device, const char *dtype, const moe_config *c) {
@@ -302,3 +418,120 @@ void json_string(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* ---------------------------------------------------------------- tokenizers */
+
+/* The directory part of path ("." when it has none); to free. */
+static char *dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return str_dup(".");
+    if (slash == path) return str_dup("/");
+    char *d = str_dup(path);
+    d[slash - path] = 0;
+    return d;
+}
+
+char *tokenizer_json(const char *path) { return is_dir(path) ? path_in(path, "tokenizer.json") : str_dup(path); }
+
+char *tokenizer_config_beside(const char *json) {
+    char *dir = dir_of(json), *cfg = path_in(dir, "tokenizer_config.json");
+    free(dir);
+    if (exists(cfg)) return cfg;
+    free(cfg);
+    return NULL;
+}
+
+char *ckpt_dir(const char *ckpt) { return is_dir(ckpt) ? str_dup(ckpt) : dir_of(ckpt); }
+
+moe_tokenizer *ckpt_tokenizer(const char *ckpt) {
+    char *dir = ckpt_dir(ckpt), *json = path_in(dir, "tokenizer.json");
+    const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+    if (!exists(json) && !strncmp(name, "step-", 5)) { // a kept checkpoint, RUN/checkpoints/step-N: RUN's
+        char *run = path_in(dir, "../.."), *snaps = path_in(run, "checkpoints");
+        if (is_dir(snaps)) {
+            free(dir);
+            free(json);
+            dir = run;
+            json = path_in(run, "tokenizer.json");
+            run = NULL;
+        }
+        free(run);
+        free(snaps);
+    }
+    moe_tokenizer *t = NULL;
+    if (exists(json)) check(moe_tokenizer_load(dir, &t));
+    free(json);
+    free(dir);
+    return t;
+}
+
+int sidecar_read(const char *path, shard_sidecar *s) {
+    memset(s, 0, sizeof *s);
+    // NAME_NNNNNN.bin: digits between the last '_' and ".bin"
+    size_t n = strlen(path);
+    if (n < 6 || strcmp(path + n - 4, ".bin")) return 0;
+    const char *us = strrchr(path, '_'), *slash = strrchr(path, '/');
+    if (!us || (slash && us < slash) || us + 1 == path + n - 4) return 0;
+    for (const char *p = us + 1; p < path + n - 4; p++)
+        if (*p < '0' || *p > '9') return 0;
+    char *name = str_dup(path);
+    name[us - path] = 0;
+    char *json = concat(name, ".json");
+    if (!exists(json)) {
+        free(json);
+        free(name);
+        return 0;
+    }
+    s->path = json;
+    char *text = read_text(json, "shard sidecar");
+    cJSON *o = cJSON_Parse(text);
+    const cJSON *hash = cJSON_GetObjectItemCaseSensitive(o, "tokenizer_hash"),
+                *vocab = cJSON_GetObjectItemCaseSensitive(o, "vocab_size"),
+                *dtype = cJSON_GetObjectItemCaseSensitive(o, "dtype");
+    if (!cJSON_IsObject(o) || !cJSON_IsString(hash) || strlen(hash->valuestring) != 16 || !cJSON_IsNumber(vocab) ||
+        vocab->valuedouble < 1 || vocab->valuedouble > INT_MAX || !cJSON_IsString(dtype) ||
+        (strcmp(dtype->valuestring, "uint16") && strcmp(dtype->valuestring, "uint32")))
+        die(1, "shard sidecar '%s' is not one that moe tokenize writes: it needs tokenizer_hash (16 hex digits), "
+               "vocab_size and dtype (uint16 or uint32)", json);
+    memcpy(s->hash, hash->valuestring, 17);
+    s->vocab_size = (int)vocab->valuedouble;
+    s->wide = !strcmp(dtype->valuestring, "uint32");
+    cJSON_Delete(o);
+    free(text);
+    s->tokenizer = concat(name, ".tokenizer.json");
+    s->tokenizer_config = concat(name, ".tokenizer_config.json");
+    if (!exists(s->tokenizer)) {
+        free(s->tokenizer);
+        s->tokenizer = NULL;
+    }
+    if (!exists(s->tokenizer_config)) {
+        free(s->tokenizer_config);
+        s->tokenizer_config = NULL;
+    }
+    free(name);
+    return 1;
+}
+
+void sidecar_free(shard_sidecar *s) {
+    free(s->path);
+    free(s->tokenizer);
+    free(s->tokenizer_config);
+    memset(s, 0, sizeof *s);
+}
+
+const char *copy_companions(const char *from, const char *to) {
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    static char copied[128];
+    copied[0] = 0;
+    char *dir = ckpt_dir(from);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char *src = path_in(dir, "%s", names[i]), *dst = path_in(to, "%s", names[i]);
+        if (exists(src)) {
+            copy_file(src, dst);
+            strcat(strcat(copied, copied[0] ? ", " : ""), names[i]);
+        }
+        free(src);
+        free(dst);
+    }
+    free(dir);
+    return copied;
+}

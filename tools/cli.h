@@ -45,6 +45,8 @@ typedef struct {
     double lo, hi;       /* CLI_INT, CLI_REAL: the accepted range, inclusive */
     int required;        /* CLI_STRING only: the command refuses to run while it is NULL */
     const char *set_key; /* CLI_INT only: short for --set KEY=VALUE; dest is the --set cli_list */
+    int many;            /* CLI_LIST only: the words after the value are values too, up to the
+                            next that starts with '-' (--data a.txt b.txt) */
 } cli_flag;
 
 /* A command: its flag table, --help text, options struct and what it runs. */
@@ -91,6 +93,9 @@ int moe_arg_tokens(const char *text, const char *origin, int vocab, int max, int
 void apply_keys(moe_config *c, const char *config, const cli_list *sets);
 /* Splits a comma-separated list in place into at most max pieces; returns how many. */
 int split_list(char *s, char **out, int max);
+/* strdup(s), and prefix followed by suffix: to free; exit 1 when out of memory. */
+char *str_dup(const char *s);
+char *concat(const char *prefix, const char *suffix);
 /* "dir/" followed by fmt formatted like printf; to free. */
 char *path_in(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The dataset's notices (binary data given as text, ...) as warnings on stderr. */
@@ -103,6 +108,32 @@ int make_parent(const char *path);
 /* The whole text file (or pipe) at path, to free; exits 1 naming it as `what` when it cannot
  * be read or holds a NUL byte. */
 char *read_text(const char *path, const char *what);
+/* The whole file at path as bytes (NUL-terminated, *len without the NUL), to free; exits 1 naming
+ * it as `what` when it cannot be read. */
+char *read_bytes(const char *path, const char *what, size_t *len);
+/* 1 when path is a directory. */
+int is_dir(const char *path);
+/* 1 when something (a file, a directory) exists at path. */
+int exists(const char *path);
+
+/* A file written atomically: to PATH.tmp, then flushed, fsync'ed and renamed over PATH, and the
+ * directory fsync'ed, so that a crash leaves the old file or the new one, never a torn one. Until
+ * it is committed, a PATH.tmp is removed when the process exits (die included). */
+typedef struct {
+    FILE *f;
+    char *path, *tmp;
+} atomic_file;
+
+/* Creates path.tmp (and the directories above it); exits 1 when it cannot. */
+atomic_file atomic_open(const char *path);
+/* Closes a.f and syncs path.tmp, which stays pending; exits 1 on a write error. */
+void atomic_close(atomic_file *a);
+/* Renames a closed path.tmp over path and syncs the directory; exits 1 when it cannot. */
+void atomic_rename(atomic_file *a);
+/* atomic_close, then atomic_rename. */
+void atomic_commit(atomic_file *a);
+/* Copies the file src to dst atomically; exits 1 naming the one at fault. */
+void copy_file(const char *src, const char *dst);
 
 /* --device and --dtype: every command that runs a model takes them (not config keys). */
 #define CLI_DEVICE_FLAGS(opts)                                                                          \
@@ -133,11 +164,44 @@ moe_model *source_load(const model_source *s, int seq_len);
 /* "moe: initialised from SRC: ..." on stdout. */
 void print_init_report(const char *src, const moe_init_report *r);
 
+/* ---------------------------------------------------------------- tokenizers */
+
+/* The tokenizer.json of --tokenizer PATH (the file itself, or PATH/tokenizer.json), and the
+ * tokenizer_config.json beside it (NULL when there is none); both to free. */
+char *tokenizer_json(const char *path);
+char *tokenizer_config_beside(const char *json);
+/* The directory of a checkpoint (a run directory, or the one holding a .safetensors file); to
+ * free. */
+char *ckpt_dir(const char *ckpt);
+/* The tokenizer of a checkpoint (ckpt_dir's tokenizer.json; for a kept checkpoint
+ * RUN/checkpoints/step-N, RUN's); NULL when it has none; exits 1 when it has one the library
+ * cannot load. */
+moe_tokenizer *ckpt_tokenizer(const char *ckpt);
+
+/* The sidecar that `moe tokenize` writes beside its shards: PREFIX.json for PREFIX_NNNNNN.bin. */
+typedef struct {
+    char *path;             /* PREFIX.json */
+    char *tokenizer;        /* PREFIX.tokenizer.json; NULL when missing */
+    char *tokenizer_config; /* PREFIX.tokenizer_config.json; NULL when missing */
+    char hash[17];          /* tokenizer_hash */
+    int vocab_size;
+    int wide;               /* dtype uint32 */
+} shard_sidecar;
+
+/* Reads the sidecar of the data file path into *s when path is NAME_NNNNNN.bin and NAME.json
+ * exists (returns 1), else returns 0; exits 1 naming the sidecar when it is malformed. */
+int sidecar_read(const char *path, shard_sidecar *s);
+void sidecar_free(shard_sidecar *s);
+/* Copies what of a model's companion files (tokenizer.json, tokenizer_config.json,
+ * generation_config.json) the directory from holds into the directory to, atomically; returns a
+ * comma-separated list of what was copied ("" for none), static. */
+const char *copy_companions(const char *from, const char *to);
+
 /* ---------------------------------------------------------------- the commands */
 
 /* Every command, in the order `moe --help` lists them: each is a cli_command moe_cmd_NAME in
  * tools/cmd_*.c. main.c's table and fuzz/fuzz_cli.c both expand this one list. */
-#define MOE_COMMANDS(X)       X(train) X(sample) X(eval) X(export) X(import) X(logits) X(route) X(plot)
+#define MOE_COMMANDS(X)       X(train) X(sample) X(eval) X(export) X(import) X(tokenize) X(logits) X(route) X(plot)
 #define MOE_CMD_DECLARE(name) extern const cli_command moe_cmd_##name;
 MOE_COMMANDS(MOE_CMD_DECLARE)
 #undef MOE_CMD_DECLARE

@@ -71,7 +71,9 @@ static int run_export(void *opts) {
     moe_model *m;
     check(moe_model_load(o->ckpt, 1, &m));
     check(moe_export_hf(m, o->out, o->family, !strcmp(o->dtype, "bf16"), &written));
-    printf("moe: wrote %s/config.json and %s/model.safetensors (%s, %s)\n", o->out, o->out, written, o->dtype);
+    const char *copied = copy_companions(o->ckpt, o->out);
+    printf("moe: wrote %s/config.json and %s/model.safetensors (%s, %s)%s%s\n", o->out, o->out, written, o->dtype,
+           copied[0] ? ", with " : "", copied);
     moe_model_free(m);
     return 0;
 }
@@ -81,7 +83,8 @@ const cli_command moe_cmd_export = {
     "a Hugging Face checkpoint (Mixtral, Qwen2-MoE) of a model",
     "export --ckpt DIR --out HFDIR [--dtype f32|bf16] [--family auto|mixtral|qwen2_moe]",
     "Writes a Hugging Face checkpoint (config.json + model.safetensors) that transformers loads, when\n"
-    "the model maps onto a family exactly (the same logits), otherwise says why not:\n"
+    "the model maps onto a family exactly (the same logits), otherwise says why not; DIR's\n"
+    "tokenizer.json, tokenizer_config.json and generation_config.json go with it:\n"
     "  mixtral    MixtralForCausalLM: every layer MoE, softmax top-K renormalised, no shared experts\n"
     "  qwen2_moe  Qwen2MoeForCausalLM: dense layers, shared experts, top-K renormalised or not\n"
     "  auto       Mixtral when it maps, else Qwen2-MoE (the default)\n"
@@ -130,9 +133,10 @@ static int run_import(void *opts) {
     if (make_dirs(o->out) != 0) die(1, "import: cannot create '%s': %s", o->out, strerror(errno));
     char *path = path_in(o->out, "model.safetensors");
     check(moe_model_save(m, path, 0));
+    const char *copied = copy_companions(o->from, o->out);
     print_init_report(o->from, &r);
-    printf("moe: wrote %s (%lld parameters, %d of %d layers MoE)\n", path, (long long)moe_model_n_params(m),
-           moe_model_n_moe_layers(m), c.n_layer);
+    printf("moe: wrote %s (%lld parameters, %d of %d layers MoE)%s%s\n", path, (long long)moe_model_n_params(m),
+           moe_model_n_moe_layers(m), c.n_layer, copied[0] ? ", with " : "", copied);
     free(path);
     moe_model_free(m);
     return 0;
@@ -157,6 +161,8 @@ const cli_command moe_cmd_import = {
     "Grouped-query attention (num_key_value_heads < num_attention_heads) is expanded to one K/V head\n"
     "per query head: the same function, but K/V projections untied from then on if trained.\n"
     "seq_len defaults to max_position_embeddings capped at 4096 (and at sliding_window).\n"
+    "SRC's tokenizer.json, tokenizer_config.json and generation_config.json are copied to DIR\n"
+    "(moe sample and moe eval use the tokenizer).\n"
     "moe train --init-from SRC does the same as the start of a training run.\n",
     CLI_FLAGS(import_flags),
     NULL,

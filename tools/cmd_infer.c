@@ -1,6 +1,7 @@
 /*
  * cmd_infer.c — the commands that run a trained model forward: `moe sample` (text from a
- * prompt), `moe eval` (loss and per-expert loads on data), `moe route` (which experts take which
+ * prompt: bytes, or through the checkpoint's tokenizer.json), `moe eval` (loss, bits per byte
+ * and per-expert loads on data), `moe route` (which experts take which
  * tokens: by byte class and by source file, with the mutual information between expert and
  * group) and `moe logits` (raw logits of one token sequence, for comparisons).
  */
@@ -27,7 +28,10 @@ typedef struct {
 #define OPT(field) offsetof(sample_opts, field)
 static const cli_flag sample_flags[] = {
     {"--ckpt", CLI_STRING, "DIR", OPT(ckpt), .help = "run directory or .safetensors file", .required = 1},
-    {"--prompt", CLI_STRING, "TEXT", OPT(prompt), .help = "prompt (bytes, for vocab 256 models)", .required = 1},
+    {"--prompt", CLI_STRING, "TEXT", OPT(prompt),
+     .help = "prompt: encoded by DIR's tokenizer.json when it has one (with BOS\n"
+             "where the tokenizer adds one), else bytes (vocab 256 models)",
+     .required = 1},
     {"--tokens", CLI_INT, "N", OPT(tokens), .help = "tokens to generate (default 200)", .lo = 0, .hi = 1000000},
     {"--temperature", CLI_REAL, "T", OPT(temperature), .help = "0 = greedy (default 0.8)", .lo = 0, .hi = 100},
     {"--top-k", CLI_INT, "K", OPT(top_k), .help = "keep the K most likely tokens; 0 = off (default 0)", .lo = 0,
@@ -39,17 +43,37 @@ static const cli_flag sample_flags[] = {
 };
 #undef OPT
 
-static int run_sample(void *opts) {
-    const sample_opts *o = opts;
-#ifdef _OPENMP
-    if (o->threads) omp_set_num_threads((int)o->threads);
-#endif
-    size_t np = strlen(o->prompt);
-    if (np == 0) die(2, "sample: --prompt is empty; give at least one character");
-    moe_model *m;
-    use_device_for(o->device, o->dtype, o->ckpt);
-    check(moe_model_load(o->ckpt, 1, &m));
+/* Generates from the prompt's ids and prints the decoded text of the prompt and what follows,
+ * up to the tokenizer's EOS (its text, without the special tokens). */
+static void sample_text(moe_model *m, const moe_tokenizer *tok, const sample_opts *o) {
     const moe_config *c = moe_model_config(m);
+    int v = moe_tokenizer_vocab_size(tok), *ids = NULL;
+    if (v > c->vocab_size)
+        die(1, "sample: the checkpoint's tokenizer has %d ids, more than the model's vocab_size %d", v, c->vocab_size);
+    size_t n = 0, cap = 0;
+    check(moe_tokenizer_encode(tok, o->prompt, strlen(o->prompt), 1, &ids, &n, &cap));
+    if (n == 0) die(1, "sample: the prompt encodes to no tokens");
+    if (n > INT_MAX - (size_t)o->tokens) die(2, "sample: the prompt is too long");
+    int *all = realloc(ids, (n + (size_t)o->tokens) * sizeof(int)); // the prompt, then the new tokens
+    if (!all) die(1, "out of memory");
+    check(moe_model_sample(m, all, (int)n, all + n, (int)o->tokens, (float)o->temperature, (int)o->top_k,
+                           (float)o->top_p, (uint64_t)o->seed));
+    size_t used = n, len;
+    int eos = moe_tokenizer_eos(tok);
+    while (used < n + (size_t)o->tokens && all[used] != eos) used++;
+    char *text;
+    check(moe_tokenizer_decode(tok, all, used, 1, &text, &len));
+    fwrite(text, 1, len, stdout);
+    putchar('\n');
+    free(text);
+    free(all);
+}
+
+/* Generates from the prompt's bytes; prints the prompt, then each new token as a byte (vocab 256)
+ * or an id. */
+static void sample_bytes(moe_model *m, const sample_opts *o) {
+    const moe_config *c = moe_model_config(m);
+    size_t np = strlen(o->prompt);
     if (c->vocab_size < 256)
         die(1, "sample: the model's vocab_size %d cannot encode a text prompt as bytes", c->vocab_size);
     int *toks = malloc(np * sizeof(int)), *out = malloc(((size_t)o->tokens + 1) * sizeof(int));
@@ -65,6 +89,21 @@ static int run_sample(void *opts) {
     putchar('\n');
     free(toks);
     free(out);
+}
+
+static int run_sample(void *opts) {
+    const sample_opts *o = opts;
+#ifdef _OPENMP
+    if (o->threads) omp_set_num_threads((int)o->threads);
+#endif
+    if (strlen(o->prompt) == 0) die(2, "sample: --prompt is empty; give at least one character");
+    moe_model *m;
+    use_device_for(o->device, o->dtype, o->ckpt);
+    check(moe_model_load(o->ckpt, 1, &m));
+    moe_tokenizer *tok = ckpt_tokenizer(o->ckpt);
+    if (tok) sample_text(m, tok, o);
+    else sample_bytes(m, o);
+    moe_tokenizer_free(tok);
     moe_model_free(m);
     return 0;
 }
@@ -73,7 +112,11 @@ const cli_command moe_cmd_sample = {
     "sample",
     "generate text from a checkpoint",
     "sample --ckpt DIR --prompt TEXT [options]",
-    "Generates text from a checkpoint (DIR/model.safetensors, or the file itself).\n"
+    "Generates text from a checkpoint (DIR/model.safetensors, or the file itself). When DIR\n"
+    "(or the file's directory) holds tokenizer.json (moe train copies the run's tokenizer\n"
+    "there), the prompt is encoded with it and the output is the decoded text of the prompt\n"
+    "and the generated tokens, up to the tokenizer's EOS, without special tokens; otherwise\n"
+    "the prompt is bytes and each generated token a byte (vocab 256) or an id.\n"
     "Routing uses the eval capacity factor (dropless by default).\n",
     CLI_FLAGS(sample_flags),
     NULL,
@@ -128,14 +171,24 @@ static moe_model *load_for_data(const data_opts *o, char **list, char **paths, i
 typedef struct {
     float loss;
     int64_t tokens, would_drop, assigned; /* assigned: routed expert assignments */
+    int has_bytes;                        /* the text bytes of the targets are known */
+    int64_t bytes;                        /* their count */
     const int64_t *loads;                 /* moe_model_total_experts(m), layer after layer */
     const char *source, *part;            /* the data and which part of it was evaluated */
 } eval_result;
+
+/* Bits per byte: the nats of every evaluated target (loss * tokens) in bits, over the bytes of
+ * text those targets stand for. */
+static double bits_per_byte(const eval_result *r) {
+    return (double)r->loss * (double)r->tokens / log(2.0) / (double)r->bytes;
+}
 
 static void print_eval_json(const moe_model *m, const eval_result *r) {
     printf("{\"loss\":%.9g,\"perplexity\":%.9g,\"bits_per_token\":%.9g,\"tokens\":%lld,\"would_drop_frac\":%.6g,",
            r->loss, exp(r->loss), r->loss / log(2.0), (long long)r->tokens,
            r->assigned ? (double)r->would_drop / (double)r->assigned : 0.0);
+    if (r->has_bytes) printf("\"bits_per_byte\":%.9g,\"bytes\":%lld,", bits_per_byte(r), (long long)r->bytes);
+    else printf("\"bits_per_byte\":null,\"bytes\":null,");
     printf("\"data\":");
     json_string(stdout, r->source);
     printf(",\"data_part\":");
@@ -154,8 +207,10 @@ static void print_eval_json(const moe_model *m, const eval_result *r) {
 
 static void print_eval_text(const moe_model *m, const eval_result *r) {
     printf("data: %s: %s\n", r->source, r->part);
-    printf("loss %.4f | perplexity %.3f | bits/token %.4f | %lld tokens\n", r->loss, exp(r->loss), r->loss / log(2.0),
-           (long long)r->tokens);
+    printf("loss %.4f | perplexity %.3f | bits/token %.4f", r->loss, exp(r->loss), r->loss / log(2.0));
+    if (r->has_bytes) printf(" | bits/byte %.4f | %lld tokens, %lld bytes\n", bits_per_byte(r), (long long)r->tokens,
+                             (long long)r->bytes);
+    else printf(" | %lld tokens\n", (long long)r->tokens);
     const int64_t *loads = r->loads;
     for (int i = 0; i < moe_model_n_moe_layers(m); i++) {
         const moe_layer_stats *ls = moe_model_layer_stats(m, i);
@@ -170,6 +225,58 @@ static void print_eval_text(const moe_model *m, const eval_result *r) {
         printf("the training capacity factor %.2f would drop %.2f%% of assignments\n",
                moe_model_config(m)->capacity_factor,
                r->assigned ? 100.0 * (double)r->would_drop / (double)r->assigned : 0.0);
+}
+
+/* 1 when path begins with the magic of a uint16 token shard. */
+static int is_shard(const char *path) {
+    unsigned char b[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        if (fread(b, 1, 4, f) != 4) b[0] = 0;
+        fclose(f);
+    }
+    return ((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) == 20240520u;
+}
+
+/* The text bytes that each token id stands for (0 for special tokens): from the checkpoint's
+ * tokenizer, or 1 for byte-level text (vocab_size 256, no tokenizer); vocab_size of them, to
+ * free. NULL when unknown: ids without a tokenizer, or data that the tokenizer did not make
+ * (text read as bytes, a shard whose sidecar names another tokenizer; with a warning). */
+static int *token_bytes(const char *ckpt, const moe_config *c, char **paths, int n_paths) {
+    moe_tokenizer *tok = ckpt_tokenizer(ckpt);
+    if (!tok && c->vocab_size != 256) return NULL;
+    for (int i = 0; tok && i < n_paths; i++) {
+        shard_sidecar s;
+        const char *why = NULL;
+        if (!is_shard(paths[i])) why = "is text, read as bytes, not the ids of the checkpoint's tokenizer";
+        else if (sidecar_read(paths[i], &s)) {
+            if (strcmp(s.hash, moe_tokenizer_hash(tok))) why = "was tokenized with another tokenizer than the checkpoint's";
+            sidecar_free(&s);
+        }
+        if (why) {
+            fprintf(stderr, "moe: warning: '%s' %s: no bits per byte\n", paths[i], why);
+            moe_tokenizer_free(tok);
+            return NULL;
+        }
+    }
+    int *bytes = malloc((size_t)c->vocab_size * sizeof(int)), tv = tok ? moe_tokenizer_vocab_size(tok) : 0;
+    if (!bytes) die(1, "out of memory");
+    for (int id = 0; id < c->vocab_size; id++) bytes[id] = !tok ? 1 : id < tv ? moe_tokenizer_token_bytes(tok, id) : 0;
+    moe_tokenizer_free(tok);
+    return bytes;
+}
+
+/* The text bytes of the targets of the windows moe_evaluate evaluated (r->tokens / seq_len of
+ * them, where moe_evaluate_window puts them). */
+static void count_bytes(const moe_dataset *d, int T, const int *bytes, eval_result *r) {
+    const uint16_t *tok = moe_dataset_tokens(d);
+    int64_t n = moe_dataset_len(d), windows = r->tokens / T;
+    r->bytes = 0;
+    for (int64_t w = 0; w < windows; w++) {
+        int64_t start = moe_evaluate_window(n, T, windows, w);
+        for (int i = 1; i <= T; i++) r->bytes += bytes[tok[start + i]];
+    }
+    r->has_bytes = r->bytes > 0;
 }
 
 static int run_eval(void *opts) {
@@ -187,6 +294,9 @@ static int run_eval(void *opts) {
     eval_result r = {.loads = loads};
     check(moe_evaluate(m, d, (int)o->batch, (int)o->max_batches, &r.loss, &r.tokens, loads, &r.would_drop));
     r.assigned = r.tokens * c->top_k * moe_model_n_moe_layers(m);
+    int *bytes = token_bytes(o->ckpt, c, paths, n_paths);
+    if (bytes) count_bytes(d, c->seq_len, bytes, &r);
+    free(bytes);
     // which part of the data: the first windows, in file order
     char part[256];
     snprintf(part, sizeof part, "the first %lld of its %lld tokens (%lld windows of %d)", (long long)r.tokens,
@@ -208,7 +318,10 @@ const cli_command moe_cmd_eval = {
     "eval --ckpt DIR --data FILE[,FILE...] [options]",
     "Mean cross-entropy of a checkpoint over non-overlapping seq_len windows of the data,\n"
     "with per-layer expert loads. Routing uses eval_capacity_factor (dropless by default) and\n"
-    "reports what the training capacity would have dropped.\n",
+    "reports what the training capacity would have dropped. Bits per byte (comparable across\n"
+    "tokenizers) is the targets' cross-entropy in bits over the bytes of text they stand for:\n"
+    "each token's bytes from the checkpoint's tokenizer.json (0 for special tokens), or one\n"
+    "byte per token for byte-level text (vocab_size 256).\n",
     CLI_FLAGS(eval_flags),
     NULL,
     sizeof(data_opts),

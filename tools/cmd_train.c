@@ -1,12 +1,15 @@
 /*
  * cmd_train.c — `moe train`: a training run from its flags and config keys to its checkpoint,
- * in phases: the config (a new run, --resume or --init-from, then --config and --set), the data,
- * the trainer (with the weights of --init-from), the steps (log lines and a progress bar; SIGINT
- * and SIGTERM stop after the step in progress, with a checkpoint), and the --profile report.
+ * in phases: the config (a new run, --resume or --init-from, then --config and --set), the
+ * tokenizer (--tokenizer, or the one named by the sidecar of token shards, or --init-from's), the
+ * data, the trainer (with the weights of --init-from), the tokenizer copied into the run, the
+ * steps (log lines and a progress bar; SIGINT and SIGTERM stop after the step in progress, with a
+ * checkpoint), and the --profile report.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -19,7 +22,7 @@
 #endif
 
 typedef struct {
-    const char *data, *val, *out, *config, *init_from, *device, *dtype;
+    const char *data, *val, *out, *config, *init_from, *tokenizer, *device, *dtype;
     cli_list sets;       /* --set, --steps and --log-every, in command-line order */
     long stop_after, ep; /* stop_after 0: run to the last step */
     int resume, overwrite, quiet, profile;
@@ -49,6 +52,11 @@ static const cli_flag train_flags[] = {
              "Llama/Mistral dense) or a moe checkpoint. Model keys come from SRC, then\n"
              "--config/--set; a layer made MoE where SRC is dense is upcycled (its FFN\n"
              "copied into every expert, router fresh; see moe import --help)"},
+    {"--tokenizer", CLI_STRING, "PATH", OPT(tokenizer),
+     .help = "the run's tokenizer (a tokenizer.json or a directory holding one),\n"
+             "copied into DIR; by default the one that token shards' sidecar\n"
+             "(moe tokenize) names, else --init-from SRC's. Its vocabulary must fit\n"
+             "vocab_size; moe sample and moe eval use it"},
     {"--stop-after", CLI_INT, "N", OPT(stop_after),
      .help = "stop (and checkpoint) after N steps of this invocation, keeping the\n"
              "schedule of --steps; continue later with --resume",
@@ -212,6 +220,121 @@ static moe_dataset *load_data(const char *list, int vocab_size, int is_train_dat
     return d;
 }
 
+/* ---------------------------------------------------------------- the tokenizer */
+
+/* The run's tokenizer: the file to copy into it, where it comes from (for messages), and the
+ * hash that names it (data sidecars, --tokenizer; "" for --init-from's, not loaded). */
+typedef struct {
+    char *json, *config; /* NULL: the run has no tokenizer */
+    char *sidecar;       /* the first data file's sidecar; NULL when none has one */
+    const char *origin;  /* sidecar, --tokenizer or --init-from */
+    char hash[17];
+} run_tokenizer;
+
+/* Checks each data file that has a shard sidecar (moe tokenize) against the model: uint16 tokens
+ * of a vocabulary within vocab_size, one tokenizer for all; the first sidecar and its tokenizer
+ * go to *rt. */
+static void check_sidecars(const char *list, const moe_config *c, run_tokenizer *rt) {
+    if (!list) return;
+    char *copy = strdup(list), *paths[256];
+    if (!copy) die(1, "out of memory");
+    int n = split_list(copy, paths, 256);
+    for (int i = 0; i < n; i++) {
+        shard_sidecar s;
+        if (!sidecar_read(paths[i], &s)) continue;
+        if (s.wide)
+            die(1, "train: '%s' holds uint32 tokens (a vocabulary of %d ids, sidecar '%s'): moe train reads only uint16 "
+                   "shards (vocabularies of at most 65536 ids) yet", paths[i], s.vocab_size, s.path);
+        if (c->vocab_size < s.vocab_size)
+            die(1, "train: '%s' holds tokens of a vocabulary of %d ids (sidecar '%s'), more than the model's vocab_size %d: "
+                   "--set vocab_size=%d", paths[i], s.vocab_size, s.path, c->vocab_size, s.vocab_size);
+        if (!rt->sidecar) {
+            rt->sidecar = s.path;
+            memcpy(rt->hash, s.hash, sizeof rt->hash);
+            rt->json = s.tokenizer;
+            rt->config = s.tokenizer_config;
+            rt->origin = rt->sidecar;
+            s.path = s.tokenizer = s.tokenizer_config = NULL;
+        } else if (strcmp(rt->hash, s.hash)) {
+            die(1, "train: '%s' was tokenized with another tokenizer (%s, sidecar '%s') than the data of sidecar '%s' (%s)",
+                paths[i], s.hash, s.path, rt->sidecar, rt->hash);
+        }
+        sidecar_free(&s);
+    }
+    free(copy);
+}
+
+/* The run's tokenizer: --tokenizer (its vocabulary within vocab_size, the same as the data's),
+ * else the data's (shard sidecars), else --init-from SRC's tokenizer.json. */
+static run_tokenizer plan_tokenizer(const train_opts *o, const moe_config *c) {
+    run_tokenizer rt = {NULL, NULL, NULL, NULL, ""};
+    check_sidecars(o->data, c, &rt);
+    check_sidecars(o->val, c, &rt);
+    if (o->tokenizer) {
+        moe_tokenizer *t;
+        check(moe_tokenizer_load(o->tokenizer, &t));
+        int v = moe_tokenizer_vocab_size(t);
+        if (v > c->vocab_size)
+            die(1, "train: tokenizer '%s' has %d ids, more than the model's vocab_size %d: --set vocab_size=%d",
+                o->tokenizer, v, c->vocab_size, v);
+        if (rt.sidecar && strcmp(rt.hash, moe_tokenizer_hash(t)))
+            die(1, "train: tokenizer '%s' (%s) is not the one that tokenized the data (%s, sidecar '%s')", o->tokenizer,
+                moe_tokenizer_hash(t), rt.hash, rt.sidecar);
+        memcpy(rt.hash, moe_tokenizer_hash(t), sizeof rt.hash);
+        moe_tokenizer_free(t);
+        free(rt.json);
+        free(rt.config);
+        rt.json = tokenizer_json(o->tokenizer);
+        rt.config = tokenizer_config_beside(rt.json);
+        rt.origin = o->tokenizer;
+    } else if (rt.sidecar && !rt.json && moe_dist_rank() == 0) {
+        fprintf(stderr, "moe: warning: sidecar '%s' names tokenizer %s, but its .tokenizer.json beside it is missing: "
+                        "the run gets no tokenizer (give --tokenizer)\n", rt.sidecar, rt.hash);
+    } else if (!rt.sidecar && o->init_from && is_dir(o->init_from)) {
+        char *json = path_in(o->init_from, "tokenizer.json");
+        if (exists(json)) {
+            rt.json = json;
+            rt.config = tokenizer_config_beside(json);
+            rt.origin = o->init_from;
+        } else {
+            free(json);
+        }
+    }
+    return rt;
+}
+
+/* Copies the run's tokenizer into DIR as tokenizer.json (and tokenizer_config.json), atomically;
+ * a resumed run keeps the one it has. On rank 0, after the trainer holds DIR. */
+static void install_tokenizer(const train_opts *o, const run_tokenizer *rt) {
+    if (!rt->json || moe_dist_rank() != 0) return;
+    char *dst = path_in(o->out, "tokenizer.json");
+    if (o->resume && exists(dst)) {
+        moe_tokenizer *t;
+        check(moe_tokenizer_load(o->out, &t));
+        if (rt->hash[0] && strcmp(rt->hash, moe_tokenizer_hash(t)))
+            fprintf(stderr, "moe: warning: the run keeps its tokenizer %s (%s); the tokenizer of %s is another (%s)\n",
+                    dst, moe_tokenizer_hash(t), rt->origin, rt->hash);
+        moe_tokenizer_free(t);
+        free(dst);
+        return;
+    }
+    copy_file(rt->json, dst);
+    free(dst);
+    dst = path_in(o->out, "tokenizer_config.json");
+    if (rt->config) copy_file(rt->config, dst);
+    else if (exists(dst) && unlink(dst) != 0) die(1, "train: cannot remove '%s': %s", dst, strerror(errno));
+    free(dst);
+    if (!o->quiet) printf("moe: tokenizer of %s copied to %s/tokenizer.json\n", rt->origin, o->out);
+}
+
+static void free_tokenizer(run_tokenizer *rt) {
+    free(rt->json);
+    free(rt->config);
+    free(rt->sidecar);
+}
+
+/* ---------------------------------------------------------------- the run */
+
 /* The trainer with its banner, and the weights of --init-from. */
 static moe_trainer *start_trainer(const train_opts *o, const moe_config *c, moe_dataset *train, moe_dataset *val,
                                   const model_source *from) {
@@ -300,8 +423,11 @@ static int run_train(void *opts) {
     use_device(o.device, o.dtype, &c);
     o.quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
     o.profile &= moe_dist_rank() == 0;
+    run_tokenizer tok = plan_tokenizer(&o, &c);
     moe_dataset *train = load_data(o.data, c.vocab_size, 1), *val = load_data(o.val, c.vocab_size, 0);
     moe_trainer *t = start_trainer(&o, &c, train, val, &from);
+    install_tokenizer(&o, &tok);
+    free_tokenizer(&tok);
     moe_model *m = moe_trainer_model(t);
     int64_t first = moe_trainer_steps_done(t), steps = moe_trainer_config(t)->steps;
     double train_ms;
@@ -331,8 +457,9 @@ const cli_command moe_cmd_train = {
     "train a model on text or token shards",
     "train --data FILE[,FILE...] --out DIR [options]",
     "Trains an MoE transformer on text files (bytes, vocab 256) or llm.c token shards\n"
-    "(magic 20240520, uint16 tokens), writing to DIR: model.safetensors (weights + config),\n"
-    "state.bin (optimizer, step, data position), metrics.jsonl (one record per step).\n",
+    "(magic 20240520, uint16 tokens; moe tokenize writes them), writing to DIR:\n"
+    "model.safetensors (weights + config), state.bin (optimizer, step, data position),\n"
+    "metrics.jsonl (one record per step), and tokenizer.json when the run has a tokenizer.\n",
     CLI_FLAGS(train_flags),
     train_help_tail,
     sizeof(train_opts),

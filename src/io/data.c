@@ -1,7 +1,8 @@
 /*
  * data.c — training data: text files read as bytes (token = byte, V = 256) and llm.c token
  * shards (header of 256 int32: magic 20240520, version 1, token count; then count uint16
- * tokens), concatenated in the order given. A dataset remembers where it came from (its source,
+ * tokens; llm.c's uint32 shards, magic 20240801, are refused by name), concatenated in the
+ * order given. A dataset remembers where it came from (its source,
  * the paths joined by commas; a split names its part) and what looked wrong without being an
  * error (its notices: binary data given as text).
  */
@@ -13,6 +14,7 @@
 #define SHARD_MAGIC 20240520
 #define SHARD_VERSION 1
 #define SHARD_HEADER_BYTES (256 * 4)
+#define SHARD32_MAGIC 20240801 /* llm.c's uint32 shards (version 7), for vocabularies above 65536 */
 
 struct moe_dataset {
     uint16_t *tokens;
@@ -73,6 +75,13 @@ static moe_status load_one(moe_dataset *d, int64_t *cap, const char *path, int v
         }
         src = buf + SHARD_HEADER_BYTES;
     } else {
+        if (len >= 8 && le32(buf) == SHARD32_MAGIC) {
+            st = moe__err(MOE_STATUS_DATA,
+                          "'%s' is a uint32 token shard (magic %d, version %d): only uint16 shards (magic %d, "
+                          "vocabularies of at most 65536) can be read yet",
+                          path, SHARD32_MAGIC, le32(buf + 4), SHARD_MAGIC);
+            goto done;
+        }
         if (ends_with(path, ".bin")) {
             st = moe__err(MOE_STATUS_DATA, "'%s': not an llm.c token shard (magic %d, expected %d)", path,
                           len >= 4 ? le32(buf) : -1, SHARD_MAGIC);

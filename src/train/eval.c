@@ -1,11 +1,16 @@
 /*
  * eval.c — evaluation: the mean cross-entropy over non-overlapping windows of a dataset, spread
  * evenly over it when not all are evaluated, at the evaluation capacity factor (dropless by
- * default), with the routing statistics summed over the batches.
+ * default), with the routing statistics summed over the batches; and where each window starts
+ * (moe_evaluate_window), which `moe eval` needs too, to count the bytes of the targets.
  */
 #include "train/train.h"
 
 #include <string.h>
+
+int64_t moe_evaluate_window(int64_t n, int seq_len, int64_t windows, int64_t i) {
+    return i * ((n - 1) / seq_len) / windows * seq_len;
+}
 
 moe_status moe__evaluate_into(moe_model *m, const moe_dataset *d, int batch, int max_batches, int *tok, int *tgt,
                               float *loss, int64_t *n_tokens, int64_t *loads, int64_t *would_drop) {
@@ -27,7 +32,7 @@ moe_status moe__evaluate_into(moe_model *m, const moe_dataset *d, int batch, int
     for (int64_t w0 = 0; w0 < windows; w0 += batch) {
         int B = windows - w0 < batch ? (int)(windows - w0) : batch;
         for (int b = 0; b < B; b++) {
-            int64_t start = (w0 + b) * avail / windows * T;
+            int64_t start = moe_evaluate_window(n, T, windows, w0 + b);
             for (int i = 0; i < T; i++) {
                 tok[b * T + i] = src[start + i];
                 tgt[b * T + i] = src[start + i + 1];

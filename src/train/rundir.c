@@ -381,9 +381,11 @@ moe_status moe__rundir_check_new(const char *dir) {
     return st;
 }
 
-/* A file a run writes (in the run directory or a kept checkpoint). */
+/* A file a run writes (in the run directory or a kept checkpoint); moe train copies the run's
+ * tokenizer in too. */
 static int run_file(const char *name) {
-    static const char *const exact[] = {"model.safetensors", "state.bin", "state.next.bin", "metrics.jsonl"};
+    static const char *const exact[] = {"model.safetensors", "state.bin", "state.next.bin", "metrics.jsonl",
+                                        "tokenizer.json", "tokenizer_config.json"};
     static const char *const prefix[] = {"events.out.tfevents.", "experts-", "state-"};
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
         if (!strcmp(name, exact[i])) return 1;
