@@ -8,7 +8,7 @@
 #   tokenizers' encode(text).ids, and `moe tokenize --decode` of those ids equals decode(ids)
 #   (skip_special_tokens False and True), on tinyshakespeare, Debian's license texts, Python and C
 #   sources, a multilingual text (tests/tok/multilingual.txt) and edge cases (empty, whitespace,
-#   special tokens alone);
+#   special tokens alone, long runs), and decoding of random ids;
 # - invalid UTF-8: byte-level models encode the bytes as they are; SentencePiece-style ones read
 #   each maximal invalid subsequence as U+FFFD (Python's bytes.decode("utf-8", "replace"));
 # - unsupported components, dropout and a file that is not JSON are refused by name;
@@ -39,11 +39,17 @@ done
 for f in textwrap heapq string shlex fnmatch bisect; do
     for p in /usr/lib/python3*/"$f".py; do [ -f "$p" ] && cat "$p" >> "$C/python.txt" && break; done
 done
-cat "$SRC"/src/*/*.c > "$C/c.txt"
+for f in "$SRC"/src/*/*.c; do # about 120 KB of whole files
+    [ -f "$C/c.txt" ] && [ "$(wc -c < "$C/c.txt")" -gt 120000 ] && break
+    cat "$f" >> "$C/c.txt"
+done
 cp "$T/multilingual.txt" "$C/multilingual.txt"
 : > "$C/empty.txt"
 printf '   \n\n\t  \r\n ' > "$C/whitespace.txt"
 printf '<|endoftext|><s></s><|begin_of_text|><|end_of_text|><unk>' > "$C/specials.txt"
+# long runs: pieces far longer than any cache or regex stack would like
+"$PY" -c 'import sys; sys.stdout.write(" " * 10000 + "x" + "\n" * 3000 + " \t" * 3000 + "a" * 10000 + " " + "1234567890" * 1000
+    + " " + "你好世界我喜欢学习语言" * 500 + "👩‍💻👍🏽🇫🇷" * 500 + "!?.," * 2000 + "▁" * 2000 + " end")' > "$C/runs.txt"
 CORPORA=("$C"/*.txt)
 
 # same_ids NAME WANT TOKDIR -- command...: the command succeeds and prints WANT's ids (a difference
@@ -71,10 +77,11 @@ same_text() {
 }
 
 # ---- ids and decoding equal tokenizers', every fixture on every corpus
-# check_tokenizer TOKDIR REFDIR NAME: moe on TOKDIR against the reference outputs in REFDIR
+# check_tokenizer TOKDIR REFDIR NAME CORPUS...: moe on TOKDIR against the reference outputs in REFDIR
 check_tokenizer() {
     local tokdir=$1 ref=$2 name=$3 c base
-    for c in "${CORPORA[@]}"; do
+    shift 3
+    for c in "$@"; do
         base=$(basename "$c" .txt)
         same_ids "$name/$base ids" "$ref/$base.ids" "$tokdir" -- "$MOE" tokenize --tokenizer "$tokdir" --ids "$c"
         same_ids "$name/$base ids --no-special" "$ref/$base.ids_nospecial" "$tokdir" -- \
@@ -83,14 +90,30 @@ check_tokenizer() {
         same_text "$name/$base decode --skip-special" "$ref/$base.dec_skip" -- \
             "$MOE" tokenize --tokenizer "$tokdir" --decode "$ref/$base.ids" --skip-special
     done
+    for c in "$ref"/random*.ids; do
+        base=$(basename "$c" .ids)
+        same_text "$name/$base decode" "$ref/$base.dec" -- "$MOE" tokenize --tokenizer "$tokdir" --decode "$c"
+        same_text "$name/$base decode --skip-special" "$ref/$base.dec_skip" -- \
+            "$MOE" tokenize --tokenizer "$tokdir" --decode "$c" --skip-special
+    done
 }
 for tk in "${BYTE_LEVEL[@]}" "${SPM[@]}"; do
     "${REF[@]}" ref "$T/$tk" "$W/ref/$tk" "${CORPORA[@]}" || { fail "$tk: tokenizers could not make the reference"; continue; }
-    check_tokenizer "$T/$tk" "$W/ref/$tk" "$tk"
+    check_tokenizer "$T/$tk" "$W/ref/$tk" "$tk" "${CORPORA[@]}"
 done
 # merges as ["a", "b"] pairs give what "a b" strings do (tokenizers 0.19 reads only strings);
 # loaded by the file's path, not its directory
-check_tokenizer "$T/pairs/tokenizer.json" "$W/ref/gpt2" pairs
+check_tokenizer "$T/pairs/tokenizer.json" "$W/ref/gpt2" pairs "${CORPORA[@]}"
+# the fixtures with one component changed (tests/tok/variants.py), on the shorter corpora
+if "$PY" "$T/variants.py" "$T" "$W/var" > "$W/variants.txt" 2> "$W/err"; then
+    mkdir -p "$W/vcorpus"
+    head -n 300 "$C/python.txt" > "$W/vcorpus/code.txt"
+    VCORPORA=("$C/multilingual.txt" "$W/vcorpus/code.txt" "$C/whitespace.txt" "$C/specials.txt" "$C/empty.txt")
+    while read -r v; do
+        "${REF[@]}" ref "$W/var/$v" "$W/ref/$v" "${VCORPORA[@]}" || { fail "$v: tokenizers could not make the reference"; continue; }
+        check_tokenizer "$W/var/$v" "$W/ref/$v" "$v" "${VCORPORA[@]}"
+    done < "$W/variants.txt"
+else fail "variants.py: $(tail -3 "$W/err")"; fi
 
 # ---- invalid UTF-8: bytes 0xFF 0xFE, truncated sequences (at the end too), overlong forms, a
 # surrogate, a code point past U+10FFFF, lone continuation bytes, between valid multi-byte text
@@ -184,7 +207,7 @@ if "$MOE" train --data "$W/sh1/ts_000000.bin" --out "$W/run" --steps 4 "${SMALL[
     checks=$((checks + 3))
     cmp -s "$W/run/tokenizer.json" "$B/tokenizer.json" || fail "the run directory has no copy of the tokenizer"
     if "$MOE" eval --ckpt "$W/run" --data "$W/sh1/ts_000000.bin" --max-batches 2 > "$W/eval.out" 2>&1; then
-        grep -qi "bits per byte" "$W/eval.out" || fail "eval does not print bits per byte: $(cat "$W/eval.out")"
+        grep -qiE "bits per byte|bits/byte" "$W/eval.out" || fail "eval does not print bits per byte: $(cat "$W/eval.out")"
     else fail "eval: exit $?: $(cat "$W/eval.out")"; fi
     if "$MOE" sample --ckpt "$W/run" --prompt "ROMEO:" --tokens 20 > "$W/sample.out" 2> "$W/err"; then
         [ "$(head -c 6 "$W/sample.out")" = "ROMEO:" ] || fail "sample does not start with the prompt: $(head -c 200 "$W/sample.out")"

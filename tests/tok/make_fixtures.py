@@ -73,6 +73,13 @@ Many spaces:                                         then text\t\t\t\t\tand\r\n\
 Mixed case contractions: YOU'LL We'Ve HE'D it'S DON'T they'lL
 Adjacent specials: <s><s></s><unk><|endoftext|><|endoftext|>text<|begin_of_text|><|sep|><|sep|>x
 Unterminated specials: <s <|endoftext| |endoftext|> <|begin_of_text <0x41> <0xFF>
+Unicode classes: nel\x85 ogham\u1680space mvs\u180e ⅫⅢ ½¾ x²³ ０１２３ ⑴⑵ ᛮ 𝟘𝟙 it'ſ it'K ǅemal İstanbul ıi ß ẞ ﬁ ﬀ
+Compatibility: ＦＵＬＬ ｗｉｄｔｈ ｶﾀｶﾅ ㈱ ㎏ ℃ Å Ω ⁵ ₂ ︵ ﹏ …
+Marks: Z͑̉͗ä̖́lͮ͒g̈o̐ 한 한 ‏RTL‮ reversed‬ 󠁁tag
+Noncharacters: ﷐ ￿ 􏿿 private replacement�
+Carriage: a\rb\r\r\nc \r
+Literal metaspace: ▁hello▁▁world ▁ ▁▁ a▁b ▁
+xyzzy: a xyzzy b
 """
 
 

@@ -4,7 +4,8 @@
   ref TOKDIR OUT FILE...        for each FILE (UTF-8 text), writes OUT/NAME.ids and OUT/NAME.ids_nospecial
                                 (encode(text, add_special_tokens=True/False).ids, spaces, newline) and
                                 OUT/NAME.dec, OUT/NAME.dec_skip (decode(ids with specials,
-                                skip_special_tokens=False/True)), NAME the file's name without .txt
+                                skip_special_tokens=False/True)), NAME the file's name without .txt; and
+                                OUT/randomK.ids, .dec, .dec_skip: random ids (K = 0, 1, 2) and their decoding
   diff TOKDIR WANT GOT          says where two id files first differ, with the tokens around; exit 1 if they do
   invalid TOKDIR DATA IDS DEC   DATA: bytes that are not all UTF-8; IDS: moe's ids of them (no specials); DEC:
                                 moe's decoding of IDS. Byte-level models: IDS' tokens are DATA's bytes as they
@@ -18,12 +19,13 @@
                                 uint32 past 65536 ids) hold, for each document of the DOCs in order (a file,
                                 or each line's "text" of a .jsonl), the EOT then encode(doc, False).ids; the
                                 sidecar PREFIX.json and PREFIX.tokenizer.json agree
-  bench TOKDIR FILE THREADS     prints MB/s of encode_batch over FILE's lines (best of 3), RAYON_NUM_THREADS
-                                set by the caller
+  bench TOKDIR DOCS             prints MB/s of encode_batch over the documents of DOCS (a .jsonl; best of 3,
+                                RAYON_NUM_THREADS set by the caller) and their tokens with an EOT each
 """
 import glob
 import json
 import os
+import random
 import struct
 import sys
 import time
@@ -60,6 +62,17 @@ def cmd_ref(tokdir, out, *files):
                    "dec_skip": tok.decode(ids, skip_special_tokens=True)}
         for ext, s in outputs.items():
             with open(os.path.join(out, f"{name}.{ext}"), "wb") as f:
+                f.write(s.encode("utf-8"))
+    # random ids, drawn from the whole vocabulary, the first 300 (bytes, byte tokens) and the last 12
+    # (added tokens): decoders on sequences no text encodes to (lone bytes, specials anywhere)
+    vocab = tok.get_vocab_size()
+    for k, n in enumerate((1, 30, 500)):
+        r = random.Random(k)
+        ids = [r.choice((r.randrange(vocab), r.randrange(min(300, vocab)), r.randrange(max(0, vocab - 12), vocab)))
+               for _ in range(n)]
+        for ext, s in (("ids", ids_line(ids)), ("dec", tok.decode(ids, skip_special_tokens=False)),
+                       ("dec_skip", tok.decode(ids, skip_special_tokens=True))):
+            with open(os.path.join(out, f"random{k}.{ext}"), "wb") as f:
                 f.write(s.encode("utf-8"))
 
 
@@ -182,8 +195,10 @@ def documents(path):
         return [f.read().decode("utf-8")]
 
 
-def fnv1a64(b):
-    h = 0xcbf29ce484222325
+FNV64_OFFSET = 0xcbf29ce484222325  # 14695981039346656037, FNV-1a 64's offset basis
+
+
+def fnv1a64(b, h=FNV64_OFFSET):
     for x in b:
         h = ((h ^ x) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
     return f"{h:016x}"
@@ -226,11 +241,18 @@ def cmd_shards(tokdir, prefix, *docs):
         with open(prefix + ".json") as f:
             side = json.load(f)
         expect = {"tokenizer_hash": fnv1a64(tj), "vocab_size": vocab, "eot": eot, "tokens": len(want),
-                  "shards": len(paths), "dtype": "uint16" if width == 2 else "uint32"}
+                  "dtype": "uint16" if width == 2 else "uint32"}
         for k, v in expect.items():
             g = side.get(k)
             if (g.lower() if k == "tokenizer_hash" and isinstance(g, str) else g) != v:
                 bad.append(f"{prefix}.json: {k} is {g!r}, expected {v!r}")
+                if k == "tokenizer_hash" and g == fnv1a64(tj, 1469598103934665603):
+                    bad.append("  (that is FNV-1a over the bytes from the offset basis 1469598103934665603, "
+                               "src/core/core.h's MOE_FNV_INIT, where FNV-1a 64's is 14695981039346656037)")
+        # the shards: their count, or their file names in order
+        names = [os.path.basename(p) for p in paths]
+        if side.get("shards") not in (len(paths), names):
+            bad.append(f"{prefix}.json: shards is {side.get('shards')!r}, expected {len(paths)} or {names}")
     except (OSError, ValueError) as e:
         bad.append(f"sidecar {prefix}.json: {e}")
     try:
@@ -239,23 +261,29 @@ def cmd_shards(tokdir, prefix, *docs):
                 bad.append(f"{prefix}.tokenizer.json is not a copy of the tokenizer")
     except OSError as e:
         bad.append(str(e))
+    config = os.path.join(tokdir, "tokenizer_config.json")
+    if os.path.exists(config) and os.path.exists(prefix + ".tokenizer_config.json"):
+        with open(config, "rb") as f, open(prefix + ".tokenizer_config.json", "rb") as g:
+            if f.read() != g.read():
+                bad.append(f"{prefix}.tokenizer_config.json is not a copy of {config}")
     for b in bad:
         print(b)
     return 1 if bad else 0
 
 
-def cmd_bench(tokdir, path, label):
+def cmd_bench(tokdir, docs_path):
+    """MB/s of encode_batch over the documents of a .jsonl (best of 3; RAYON_NUM_THREADS set by the
+    caller), and the tokens with one EOT per document, as moe tokenize --data counts them."""
     tok = load(tokdir)
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.decode("utf-8").splitlines(keepends=True)
+    docs = documents(docs_path)
+    nbytes = sum(len(d.encode("utf-8")) for d in docs)
     best = None
     for _ in range(3):
         t = time.perf_counter()
-        tok.encode_batch(lines, add_special_tokens=False)
+        enc = tok.encode_batch(docs, add_special_tokens=False)
         dt = time.perf_counter() - t
         best = dt if best is None else min(best, dt)
-    print(f"{len(data) / best / 1e6:.2f}")
+    print(f"{nbytes / best / 1e6:.2f} {sum(len(e.ids) for e in enc) + len(docs)}")
     return 0
 
 
