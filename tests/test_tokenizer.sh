@@ -118,15 +118,17 @@ else fail "variants.py: $(tail -3 "$W/err")"; fi
 # ---- invalid UTF-8: bytes 0xFF 0xFE, truncated sequences (at the end too), overlong forms, a
 # surrogate, a code point past U+10FFFF, lone continuation bytes, between valid multi-byte text
 printf 'ok \xff\xfe bad, trunc \xe2\x82 and \xf0\x9f\x98 emoji, overlong \xc0\xaf \xe0\x80\xaf \xc1\xbf,
-surrogate \xed\xa0\x80 big \xf4\x90\x80\x80 cont \x80\xbf\x80 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 <s> end\xe2\x82' \
-    > "$W/invalid.bin"
-for tk in "${BYTE_LEVEL[@]}" "${SPM[@]}"; do
+surrogate \xed\xa0\x80 big \xf4\x90\x80\x80 cont \x80\xbf\x80 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 <s> end\xe2\x82
+decomposed cafe\xcc\x81\xff e\xcc\x81\xcc\xa3 \xef\xbc\xa6\xef\xbc\xb5\xef\xac\x81 \xe2\x84\xab\xc3' > "$W/invalid.bin"
+# and with Unicode normalizers (on the valid runs, for byte-level models)
+for tk in "${BYTE_LEVEL[@]/#/$T/}" "${SPM[@]/#/$T/}" "$W"/var/{gpt2_nfc,gpt2_nfd,gpt2_nfkc,gpt2_nfkd,spm_nfkc}; do
     checks=$((checks + 1))
-    "$MOE" tokenize --tokenizer "$T/$tk" --ids "$W/invalid.bin" --no-special > "$W/inv.ids" 2> "$W/err" \
-        || { fail "$tk: invalid UTF-8: exit $?: $(cat "$W/err")"; continue; }
-    "$MOE" tokenize --tokenizer "$T/$tk" --decode "$W/inv.ids" > "$W/inv.dec" 2> "$W/err" \
-        || { fail "$tk: decoding the ids of invalid UTF-8: exit $?: $(cat "$W/err")"; continue; }
-    out=$("${REF[@]}" invalid "$T/$tk" "$W/invalid.bin" "$W/inv.ids" "$W/inv.dec") || fail "$tk: invalid UTF-8: $out"
+    name=$(basename "$tk")
+    "$MOE" tokenize --tokenizer "$tk" --ids "$W/invalid.bin" --no-special > "$W/inv.ids" 2> "$W/err" \
+        || { fail "$name: invalid UTF-8: exit $?: $(cat "$W/err")"; continue; }
+    "$MOE" tokenize --tokenizer "$tk" --decode "$W/inv.ids" > "$W/inv.dec" 2> "$W/err" \
+        || { fail "$name: decoding the ids of invalid UTF-8: exit $?: $(cat "$W/err")"; continue; }
+    out=$("${REF[@]}" invalid "$tk" "$W/invalid.bin" "$W/inv.ids" "$W/inv.dec") || fail "$name: invalid UTF-8: $out"
 done
 
 # ---- refusals: "moe: " on stderr, exit 1, naming what is at fault

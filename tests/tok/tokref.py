@@ -9,7 +9,7 @@
   diff TOKDIR WANT GOT          says where two id files first differ, with the tokens around; exit 1 if they do
   invalid TOKDIR DATA IDS DEC   DATA: bytes that are not all UTF-8; IDS: moe's ids of them (no specials); DEC:
                                 moe's decoding of IDS. Byte-level models: IDS' tokens are DATA's bytes as they
-                                are; otherwise IDS are tokenizers' ids of DATA with each maximal invalid
+                                are (a Unicode normalizer applied to the valid runs only); otherwise IDS are tokenizers' ids of DATA with each maximal invalid
                                 subsequence read as U+FFFD (bytes.decode("utf-8", "replace")). Both: DEC is
                                 tokenizers' decode(IDS).
   edit SRC DST CODE             writes DST: the JSON of SRC as `j`, changed by the Python statements CODE
@@ -29,6 +29,7 @@ import random
 import struct
 import sys
 import time
+import unicodedata
 
 from tokenizers import Tokenizer
 
@@ -106,9 +107,30 @@ def byte_decoder():
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
+def tokenizer_json(tokdir):
+    with open(tokdir if tokdir.endswith(".json") else os.path.join(tokdir, "tokenizer.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def is_byte_level(tokdir):
-    with open(tokdir if tokdir.endswith(".json") else os.path.join(tokdir, "tokenizer.json")) as f:
-        return '"ByteLevel"' in json.dumps(json.load(f).get("decoder"))
+    return '"ByteLevel"' in json.dumps(tokenizer_json(tokdir).get("decoder"))
+
+
+def normalize_valid_runs(data, form):
+    """data with each maximal valid UTF-8 run put in Unicode normal form `form`, invalid bytes kept."""
+    out, run, i = [], [], 0
+    while i < len(data):
+        for n in (1, 2, 3, 4):
+            try:
+                run.append(data[i:i + n].decode("utf-8"))
+                i += n
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            out += [unicodedata.normalize(form, "".join(run)).encode("utf-8"), data[i:i + 1]]
+            run, i = [], i + 1
+    return b"".join(out) + unicodedata.normalize(form, "".join(run)).encode("utf-8")
 
 
 def cmd_invalid(tokdir, data_path, ids_path, dec_path):
@@ -126,8 +148,11 @@ def cmd_invalid(tokdir, data_path, ids_path, dec_path):
             bad.append(f"ids out of the vocabulary: {got}")
         else:
             back = bytes(bd[c] for c in "".join(toks))
-            if back != data:
-                bad.append(f"the tokens' bytes are not the input:\n  input  {data!r}\n  tokens {back!r}\n  ids {got}")
+            norm = tokenizer_json(tokdir).get("normalizer") or {}
+            want = normalize_valid_runs(data, norm["type"]) if norm.get("type") in ("NFC", "NFD", "NFKC", "NFKD") else data
+            if back != want:
+                bad.append(f"the tokens' bytes are not the input's{' (' + norm['type'] + ' on its valid runs)' if want != data else ''}:"
+                           f"\n  input  {want!r}\n  tokens {back!r}\n  ids {got}")
     else:
         want = tok.encode(data.decode("utf-8", "replace"), add_special_tokens=False).ids
         if got != want:
