@@ -21,6 +21,7 @@
  * The top-K launchers of issue 15 (moe__cuda_router_topk, _losses, _backward) are thin wrappers.
  */
 #include "cuda/common.cuh"
+#include "moe/select.h"
 
 /* The dimensions every launcher here checks: slots as moe__moe_slots gives them for the
  * effective routing, and noisy top-K with K < E (moe_config_validate's rule). */
@@ -102,21 +103,6 @@ extern "C" moe_status moe__cuda_jitter_backward(float *dx, const float *dxr, con
  * no difference of its own. The z-loss is summed in double by a fixed tree (the CPU: left to
  * right; equal to rounding). */
 
-/* Top-K of key (+ bias when not NULL), by repeated selection; the first maximum wins ties. */
-static __device__ void select_topk(int *sel, const float *key, const float *bias, int E, int K) {
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        float bv = 0.0f;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int j = 0; j < k; j++) taken |= sel[j] == e;
-            float v = key[e] + (bias ? bias[e] : 0.0f);
-            if (!taken && (best < 0 || v > bv)) best = e, bv = v;
-        }
-        sel[k] = best;
-    }
-}
-
 /* Noisy top-K, token n: the draws, H, the top-K of H, the gates; scores = probs = gates scattered. */
 static __device__ void noisy_token_forward(const moe__cuda_route_dims &d, const moe__cuda_route &r, int64_t n) {
     int E = d.E, K = d.K;
@@ -128,7 +114,7 @@ static __device__ void noisy_token_forward(const moe__cuda_route_dims &d, const 
         eps[e] = d.training ? hash_normal(d.noise_seed ^ SEED_NOISE, (uint64_t)(n * E + e)) : 0.0f;
         H[e] = __fadd_rn(l[e], __fmul_rn(eps[e], router_softplus(raw[e])));
     }
-    select_topk(sel, H, NULL, E, K);
+    moe__select_topk(sel, H, NULL, E, K);
     float hmax = H[sel[0]], gs = 0.0f;
     for (int k = 0; k < K; k++) gs += (gate[k] = expf(H[sel[k]] - hmax));
     for (int e = 0; e < E; e++) sc[e] = 0.0f;
@@ -154,7 +140,7 @@ static __device__ void clean_token_forward(const moe__cuda_route_dims &d, const 
         for (int e = 0; e < E; e++) pr[e] = sc[e] = expf(l[e] - lse);
     }
     if (d.routing == MOE_ROUTING_TOPK) {
-        select_topk(sel, sc, bias, E, K);
+        moe__select_topk(sel, sc, bias, E, K);
         float gs = 0.0f;
         for (int k = 0; k < K; k++) gs += (gate[k] = sc[sel[k]]);
         for (int k = 0; k < K; k++) gate[k] = d.route_scale * (d.norm_topk ? gate[k] / gs : gate[k]);

@@ -23,6 +23,7 @@
  * or the gates for noisy top-K.
  */
 #include "moe/moe_layer.h"
+#include "moe/select.h"
 #include "nn/nn.h"
 
 #include <math.h>
@@ -60,21 +61,6 @@ int moe__moe_slots(const moe__moe_dims *d) {
 }
 
 static int jitter_on(const moe__moe_dims *d) { return d->training && d->jitter_eps > 0.0f; }
-
-/* Top-K of key (+ bias when not NULL), by repeated selection; the first maximum wins ties. */
-static void select_topk(int *sel, const float *key, const float *bias, int E, int K) {
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        float bv = 0.0f;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int j = 0; j < k; j++) taken |= sel[j] == e;
-            float v = key[e] + (bias ? bias[e] : 0.0f);
-            if (!taken && (best < 0 || v > bv)) best = e, bv = v;
-        }
-        sel[k] = best;
-    }
-}
 
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 static float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -145,7 +131,7 @@ void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weigh
                 eps[e] = d->training ? moe__hash_normal(d->noise_seed ^ SEED_NOISE, (uint64_t)(n * E + e)) : 0.0f;
                 H[e] = l[e] + eps[e] * softplus(raw[e]);
             }
-            select_topk(sel, H, NULL, E, K);
+            moe__select_topk(sel, H, NULL, E, K);
             float hmax = H[sel[0]], gs = 0.0f;
             for (int k = 0; k < K; k++) gs += (gate[k] = expf(H[sel[k]] - hmax));
             for (int e = 0; e < E; e++) sc[e] = 0.0f;
@@ -163,7 +149,7 @@ void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weigh
             for (int e = 0; e < E; e++) pr[e] = sc[e] = expf(l[e] - lse);
         }
         if (routing == MOE_ROUTING_TOPK) {
-            select_topk(sel, sc, w->bias, E, K);
+            moe__select_topk(sel, sc, w->bias, E, K);
             float gs = 0.0f;
             for (int k = 0; k < K; k++) gs += (gate[k] = sc[sel[k]]);
             for (int k = 0; k < K; k++) gate[k] = d->route_scale * (d->norm_topk ? gate[k] / gs : gate[k]);
