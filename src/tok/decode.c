@@ -199,10 +199,7 @@ moe_status moe_tokenizer_decode(const moe_tokenizer *t, const int *ids, size_t n
             sl_free(&a);
             return moe__err(MOE_STATUS_ARG, "decode: id %d (position %zu) is not in the vocabulary of %d", id, i, t->n_ids);
         }
-        int special = 0;
-        if (skip_special)
-            for (int k = 0; k < t->n_added && !special; k++) special = t->added[k].id == id && t->added[k].special;
-        if (!special) err = sl_add(&a, t->tok[id], (size_t)t->tok_len[id]);
+        if (!(skip_special && t->special[id])) err = sl_add(&a, t->tok[id], (size_t)t->tok_len[id]);
     }
     str out = {0};
     if (!t->has_decoder) {

@@ -141,6 +141,15 @@ static int char_at(const char *s, size_t n, size_t i, uint32_t *cp) {
     return l;
 }
 
+/* The start of the character before s[i] (i > 0), and its code point. */
+static size_t prev_char(const char *s, size_t n, size_t i, uint32_t *cp) {
+    size_t j = i - 1;
+    while (j > 0 && i - j < 4 && ((unsigned char)s[j] & 0xc0) == 0x80) j--;
+    if (moe__tk_utf8_len((const unsigned char *)s + j, n - j) != (int)(i - j)) j = i - 1; // invalid: one byte
+    char_at(s, n, j, cp);
+    return j;
+}
+
 /* ---------------------------------------------------------------- buffers */
 
 typedef struct {
@@ -470,51 +479,24 @@ static int find_parts(const char *s, size_t n, pcre2_code *re, const char *lit, 
     return 0;
 }
 
-/* tokenizers' split(pattern, behavior) of the parts into pieces of out */
+/* tokenizers' split(pattern, behavior) of the parts into pieces of out. MergedWithNext, which
+ * tokenizers computes from the end, is the same read forwards: a match joins the part after it
+ * unless that part is a match too. */
 static int apply_behavior(plist *out, const char *s, int behavior, int invert, int first) {
     if (invert)
         for (int i = 0; i < pt.n; i++) pt.m[i] ^= 1;
-    int k = 0; // the parts are rewritten in place into the pieces
-    int prevm = 0;
+    int k = 0, prevm = 0; // the parts are rewritten in place into the pieces
     for (int i = 0; i < pt.n; i++) {
         int m = pt.m[i];
-        switch (behavior) {
-        case SPLIT_REMOVED:
-            if (!m) pt.a[k] = pt.a[i], pt.b[k] = pt.b[i], k++;
-            break;
-        case SPLIT_ISOLATED: pt.a[k] = pt.a[i], pt.b[k] = pt.b[i], k++; break;
-        case SPLIT_MERGED_PREV:
-            if (m && !prevm && k > 0) pt.b[k - 1] = pt.b[i];
-            else pt.a[k] = pt.a[i], pt.b[k] = pt.b[i], k++;
-            break;
-        case SPLIT_CONTIGUOUS:
-            if (m == prevm && k > 0) pt.b[k - 1] = pt.b[i];
-            else pt.a[k] = pt.a[i], pt.b[k] = pt.b[i], k++;
-            break;
-        case SPLIT_MERGED_NEXT: pt.a[k] = pt.a[i], pt.b[k] = pt.b[i], k++; break;
+        if (behavior == SPLIT_REMOVED && m) {
+        } else if ((behavior == SPLIT_MERGED_PREV && m && !prevm && k > 0) || (behavior == SPLIT_CONTIGUOUS && m == prevm && k > 0)) {
+            pt.b[k - 1] = pt.b[i];
+        } else if (behavior == SPLIT_MERGED_NEXT && m && i + 1 < pt.n && !pt.m[i + 1]) {
+            pt.a[i + 1] = pt.a[i];
+        } else {
+            pt.a[k] = pt.a[i], pt.b[k] = pt.b[i], k++;
         }
         prevm = m;
-    }
-    if (behavior == SPLIT_MERGED_NEXT) { // from the end: a match joins the part after it
-        k = 0;
-        int nextm = 0;
-        size_t *na = malloc((size_t)(pt.n + 1) * sizeof *na), *nb = malloc((size_t)(pt.n + 1) * sizeof *nb);
-        if (!na || !nb) {
-            free(na), free(nb);
-            return -1;
-        }
-        for (int i = pt.n - 1; i >= 0; i--) {
-            if (pt.m[i] && !nextm && k > 0) na[k - 1] = pt.a[i];
-            else na[k] = pt.a[i], nb[k] = pt.b[i], k++;
-            nextm = pt.m[i];
-        }
-        for (int i = k - 1; i >= 0; i--)
-            if (pl_add(out, s + na[i], nb[i] - na[i], NULL, 0, first && na[i] == 0)) {
-                free(na), free(nb);
-                return -1;
-            }
-        free(na), free(nb);
-        return 0;
     }
     for (int i = 0; i < k; i++)
         if (pl_add(out, s + pt.a[i], pt.b[i] - pt.a[i], NULL, 0, first && pt.a[i] == 0)) return -1;
@@ -591,11 +573,9 @@ static int pre_one(const tk_pre *p, plist *out, const char *s, size_t n, int fir
             return -1;
         for (size_t i = 0; i < n; i++)
             if (s[i] == ' ' ? sb_add(&th.tmp, p->repl, rl) : sb_add(&th.tmp, s + i, 1)) return -1;
-        // th.tmp is reused by find_parts? no: find_parts uses pt only
-        char *x = th.tmp.p;
+        char *x = th.tmp.p; // find_parts and apply_behavior leave th.tmp alone
         size_t xn = th.tmp.n;
         if (!p->split) return pl_add(out, x, xn, NULL, 0, first);
-        // the pieces are copied out of th.tmp before it is touched again
         return find_parts(x, xn, NULL, p->repl, 0) || apply_behavior(out, x, SPLIT_MERGED_NEXT, 0, first);
     }
     case PRE_BYTELEVEL: {
@@ -659,35 +639,21 @@ static int next_added(const moe_tokenizer *t, const char *s, size_t n, size_t fr
         if (best < 0) continue;
         const tk_added *x = &t->added[best];
         size_t start = i, stop = i + (size_t)x->len;
-        if (x->single_word) {
-            uint32_t cp = 0;
-            size_t j = start;
-            while (j > 0 && ((unsigned char)s[j - 1] & 0xc0) == 0x80) j--;
-            int before = start > 0 && (j > 0 ? (char_at(s, n, j - 1, &cp), 1) : 0);
-            if (start > 0) {
-                size_t k = start - 1;
-                while (k > 0 && ((unsigned char)s[k] & 0xc0) == 0x80) k--;
-                char_at(s, n, k, &cp);
-                before = is_alnum(cp);
-            }
-            int after = stop < n && (char_at(s, n, stop, &cp), is_alnum(cp));
-            if (before || after) continue;
+        uint32_t cp;
+        if (x->single_word && ((start > 0 && (prev_char(s, n, start, &cp), is_alnum(cp))) ||
+                               (stop < n && (char_at(s, n, stop, &cp), is_alnum(cp))))) {
+            // not a word of its own: matching goes on after it, as tokenizers' find_iter
+            i = stop - 1;
+            continue;
         }
-        if (x->lstrip) {
-            size_t k = start;
-            while (k > floor) {
-                size_t j = k - 1;
-                while (j > floor && ((unsigned char)s[j] & 0xc0) == 0x80) j--;
-                uint32_t cp;
-                char_at(s, n, j, &cp);
-                if (!is_ws(cp)) break;
-                k = j;
+        if (x->lstrip) // take the white space before it, back to the previous match
+            while (start > floor) {
+                size_t j = prev_char(s, n, start, &cp);
+                if (j < floor || !is_ws(cp)) break;
+                start = j;
             }
-            start = k;
-        }
         if (x->rstrip)
             while (stop < n) {
-                uint32_t cp;
                 int l = char_at(s, n, stop, &cp);
                 if (!is_ws(cp)) break;
                 stop += (size_t)l;
@@ -715,29 +681,19 @@ static int encode_plain(const moe_tokenizer *t, const char *s, size_t n, int fir
     return 0;
 }
 
+/* One segment between raw added tokens: normalized (into th.norm, which the pieces' buffers
+ * never share), then split at the normalized added tokens. */
 static int encode_segment(const moe_tokenizer *t, const char *s, size_t n, int first, out_ids *o) {
     if (normalize(t, s, n)) return -1;
-    if (!t->any_normalized_added) {
-        char *copy = malloc(th.norm.n + 1); // th.norm is reused below
-        if (!copy) return -1;
-        memcpy(copy, th.norm.p, th.norm.n);
-        int r = encode_plain(t, copy, th.norm.n, first, o);
-        free(copy);
-        return r;
-    }
-    size_t nn = th.norm.n;
-    char *x = malloc(nn + 1);
-    if (!x) return -1;
-    memcpy(x, th.norm.p, nn);
-    size_t at = 0, a, b;
+    const char *x = th.norm.p;
+    size_t nn = th.norm.n, at = 0, a, b;
     int k, r = 0;
-    while (!r && (k = next_added(t, x, nn, at, at, 1, &a, &b)) >= 0) {
+    while (!r && t->any_normalized_added && (k = next_added(t, x, nn, at, at, 1, &a, &b)) >= 0) {
         if (a > at) r = encode_plain(t, x + at, a - at, first && at == 0, o);
         emit(o, t->added[k].id);
         at = b;
     }
     if (!r && at < nn) r = encode_plain(t, x + at, nn - at, first && at == 0, o);
-    free(x);
     return r;
 }
 

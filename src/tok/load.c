@@ -489,9 +489,7 @@ static void compute_token_bytes(moe_tokenizer *t) {
         const char *s = t->tok[id];
         int n = 0;
         if (!s) continue;
-        int special = 0;
-        for (int k = 0; k < t->n_added; k++) special |= t->added[k].id == id && t->added[k].special;
-        if (special) {
+        if (t->special[id]) {
             t->token_bytes[id] = 0;
             continue;
         }
@@ -561,7 +559,9 @@ moe_status moe_tokenizer_load(const char *path, moe_tokenizer **out) {
     }
     cJSON_Delete(j);
     free(text);
-    if (c.st == MOE_STATUS_OK && !(t->token_bytes = calloc((size_t)t->n_ids, sizeof(int)))) bad(&c, "out of memory");
+    if (c.st == MOE_STATUS_OK && (!(t->token_bytes = calloc((size_t)t->n_ids, sizeof(int))) || !(t->special = calloc((size_t)t->n_ids, 1))))
+        bad(&c, "out of memory");
+    for (int k = 0; c.st == MOE_STATUS_OK && k < t->n_added; k++) t->special[t->added[k].id] |= (unsigned char)t->added[k].special;
     if (c.st != MOE_STATUS_OK) {
         moe_status st = c.st;
         moe_tokenizer_free(t);
@@ -606,7 +606,7 @@ void moe_tokenizer_free(moe_tokenizer *t) {
     for (int i = 0; i < t->n_pre; i++) free(t->pre[i].lit), pcre2_code_free(t->pre[i].re);
     for (int i = 0; i < t->n_dec; i++) free(t->dec[i].a), free(t->dec[i].b);
     free(t->norm), free(t->pre), free(t->dec), free(t->added);
-    free(t->post_pre), free(t->post_post), free(t->token_bytes), free(t->added_by_byte);
+    free(t->post_pre), free(t->post_post), free(t->token_bytes), free(t->added_by_byte), free(t->special);
     free(t);
 }
 

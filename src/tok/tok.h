@@ -90,6 +90,7 @@ struct moe_tokenizer {
                                * character encodes to the same ids piece by piece (SentencePiece
                                * vocabularies: Llama, Mistral), which the piece cache then serves */
     int *token_bytes;         /* (n_ids) text bytes a token stands for */
+    unsigned char *special;   /* (n_ids) an added token marked special */
     char hash[17];
 };
 

@@ -16,7 +16,7 @@
 #include <string.h>
 
 enum {
-    WINDOW = 5,          // recent steps whose median is the reference
+    WINDOW = MOE_TUNER_WINDOW,
     MIN_REF = 3,         // steps at a count before it is compared (the first probe comes after them)
     FIRST = 8,           // steps between probes after a change
     LONGEST = 128,       // steps between probes at most (each lost probe doubles the wait)

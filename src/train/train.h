@@ -53,12 +53,13 @@ typedef struct {
 } moe__test_hooks;
 
 /* The automatic thread count (threads.c). */
+#define MOE_TUNER_WINDOW 5       /* recent steps whose median is the reference */
 typedef struct {
     int on;                      /* threads=0 on the CPU backend, one rank, more than one core */
     int max, cur;                /* OpenMP's count at the start; the count of the run now */
     int probe;                   /* the count the next step tries (0: none) */
     int toggle;                  /* between the two counts a middle one tries */
-    double ring[5];              /* seconds of the last steps at cur */
+    double ring[MOE_TUNER_WINDOW]; /* seconds of the last steps at cur */
     int n;
     double settled;              /* the median at cur when it settled */
     int64_t next, interval;      /* the step of the next probe; steps between probes */
