@@ -72,22 +72,16 @@ static int decode_step(const tk_dec *d, const slist *in, slist *out) {
     case DEC_BYTELEVEL: { // characters back to bytes (a token with any other character as it is), then lossy UTF-8
         for (int i = 0; i < in->len && !err; i++) {
             const char *s = in->s[i];
-            size_t n = in->n[i], k;
-            int mappable = 1;
-            for (k = 0; k < n && mappable;) {
+            size_t n = in->n[i], at = b.n;
+            for (size_t k = 0; k < n && !err;) {
                 int l = moe__tk_utf8_len((const unsigned char *)s + k, n - k);
-                uint32_t cp = l == 1 ? (unsigned char)s[k] : l == 2 ? (((uint32_t)(s[k] & 0x1f) << 6) | (s[k + 1] & 0x3f)) : 0xffffffff;
-                mappable = l > 0 && moe__tk_char_byte(cp) >= 0;
-                k += l ? (size_t)l : 1;
-            }
-            if (!mappable) {
-                err = st_add(&b, s, n);
-                continue;
-            }
-            for (k = 0; k < n && !err;) {
-                int l = moe__tk_utf8_len((const unsigned char *)s + k, n - k);
-                uint32_t cp = l == 1 ? (unsigned char)s[k] : (((uint32_t)(s[k] & 0x1f) << 6) | (s[k + 1] & 0x3f));
-                char c = (char)moe__tk_char_byte(cp);
+                int byte = l ? moe__tk_char_byte(moe__tk_cp(s + k, l)) : -1;
+                if (byte < 0) { // not a byte character: the token's own text instead
+                    b.n = at;
+                    err = st_add(&b, s, n);
+                    break;
+                }
+                char c = (char)byte;
                 err = st_add(&b, &c, 1);
                 k += (size_t)l;
             }

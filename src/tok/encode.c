@@ -69,7 +69,7 @@ size_t moe__tk_lossy(const char *s, size_t n, char *out) {
     return o;
 }
 
-static uint32_t decode_cp(const char *s, int l) {
+uint32_t moe__tk_cp(const char *s, int l) {
     const unsigned char *u = (const unsigned char *)s;
     if (l == 1) return u[0];
     if (l == 2) return ((uint32_t)(u[0] & 0x1f) << 6) | (u[1] & 0x3f);
@@ -137,7 +137,7 @@ static int char_at(const char *s, size_t n, size_t i, uint32_t *cp) {
         *cp = 0xfffd;
         return 1;
     }
-    *cp = decode_cp(s + i, l);
+    *cp = moe__tk_cp(s + i, l);
     return l;
 }
 

@@ -97,6 +97,8 @@ struct moe_tokenizer {
 /* utf-8 helpers (encode.c) */
 /* Length of the valid UTF-8 character at s (n bytes left), or 0 when it is invalid. */
 int moe__tk_utf8_len(const unsigned char *s, size_t n);
+/* The code point of the valid character of l bytes at s. */
+uint32_t moe__tk_cp(const char *s, int l);
 /* Appends s with each maximal invalid UTF-8 subsequence replaced by U+FFFD (as Rust's
  * from_utf8_lossy and Python's decode('utf-8', 'replace')). Returns the new length. */
 size_t moe__tk_lossy(const char *s, size_t n, char *out);
