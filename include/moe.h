@@ -464,22 +464,50 @@ const moe_device *moe_device_selected(void);
 
 typedef struct moe_dataset moe_dataset;
 
-/* Loads files (text as bytes, or llm.c token shards recognised by their magic 20240520) and
- * concatenates them. Every token must be < vocab_size. Statuses: ARG for no paths; IO when a file
- * cannot be read; DATA for an empty file, a malformed shard (or a .bin file that is none), a
- * uint32 shard (magic 20240801, not read yet) and a token >= vocab_size, each naming the file. */
+/* Opens a dataset: the files of paths concatenated in order. Each entry is a file, a directory
+ * (its token shards *.bin sorted by name, or when it has none its files not starting with '.')
+ * or a glob pattern (its matches, sorted: "data/fineweb_train_*.bin"). A file is text, read as
+ * bytes (vocab 256), or an llm.c token shard recognised by its magic: 20240520 (version 1,
+ * uint16 tokens) or 20240801 (version 7, uint32 tokens). Only the headers are read here: the
+ * tokens stay in the files and are read by window (moe_dataset_read), so a dataset holds its
+ * file table, not its tokens, however large the corpus. Tokens are checked against vocab_size
+ * when read (moe_dataset_check reads them all). Statuses: ARG for no paths or vocab_size < 1; IO
+ * when a file or directory cannot be read; DATA for an empty file, a directory without files, a
+ * pattern without matches, a malformed shard (or a .bin file that is none), each naming the
+ * file.
+ * 0.2: tokens are no longer read here, nor checked here; uint32 shards, directories and globs. */
 moe_status moe_dataset_load(const char *const *paths, int n_paths, int vocab_size, moe_dataset **out);
+/* A dataset of n tokens given in memory (copied), each checked against vocab_size. Statuses:
+ * ARG for n < 1; DATA for a token outside [0, vocab_size), naming its index. */
+moe_status moe_dataset_from_tokens(const int *tokens, int64_t n, int vocab_size, moe_dataset **out);
 void moe_dataset_free(moe_dataset *d);
 int64_t moe_dataset_len(const moe_dataset *d);
-/* Where the tokens came from: the paths joined by commas, or for a split part, which part ("the
- * last 10% (N tokens) of ..."). Valid until d is split (which renames its part) or freed. */
+/* Where the tokens came from: the paths joined by commas as given (with " (N files)" when
+ * directories or patterns stand for other files), or for a split part, which part ("the last
+ * 10% (N tokens) of ..."). Valid until d is split (which renames its part) or freed. */
 const char *moe_dataset_source(const moe_dataset *d);
 /* Warnings of the load that are not errors, one a line ("" if none): a file that looks like
  * compressed or binary data given as text. Lives as long as d. */
 const char *moe_dataset_notice(const moe_dataset *d);
-/* The moe_dataset_len(d) tokens; lives as long as d (a split keeps them, shortened). */
-const uint16_t *moe_dataset_tokens(const moe_dataset *d);
-/* Splits off the last frac of d into a new dataset *val, the caller's to free; d keeps the rest.
+/* The files that hold d's tokens, in order (for a split part, those its range touches). */
+typedef struct {
+    const char *path;    /* "" for tokens given in memory; lives as long as d */
+    int64_t tokens;      /* in the whole file */
+    int token_bytes;     /* 1: text read as bytes; 2: uint16 shard; 4: uint32 shard (or memory) */
+} moe_data_file;
+int moe_dataset_n_files(const moe_dataset *d);
+moe_data_file moe_dataset_file(const moe_dataset *d, int i);
+/* Tokens [start, start + n) of d into out (n ints), read from the files now. Statuses: ARG for a
+ * range outside [0, moe_dataset_len(d)); IO when a file cannot be read or ended early (changed
+ * since the load); DATA for a token >= vocab_size, naming the file, its byte offset and its index
+ * in the file.
+ * 0.2: replaces moe_dataset_tokens, which returned the tokens as uint16 held in memory. */
+moe_status moe_dataset_read(const moe_dataset *d, int64_t start, int64_t n, int *out);
+/* Reads every token of d (4 MB at a time), checking each against the vocabulary; the first bad
+ * one is the error, as moe_dataset_read's. */
+moe_status moe_dataset_check(const moe_dataset *d);
+/* Splits off the last frac of d into a new dataset *val, the caller's to free; d keeps the rest
+ * (both read the same files).
  * Statuses: ARG when frac is outside (0, 1) or either part would be empty. */
 moe_status moe_dataset_split(moe_dataset *d, float frac, moe_dataset **val);
 

@@ -219,7 +219,8 @@ shard(w + "/good.bin", toks)
 shard(w + "/badmagic.bin", toks, magic=12345)
 shard(w + "/badversion.bin", toks, version=7)
 shard(w + "/badcount.bin", toks, count=5000)
-shard(w + "/bigtok.bin", toks + [60000])
+shard(w + "/bigtok.bin", toks[:1500] + [60000] + toks[1500:])    # token 1500: byte 1024 + 2 * 1500
+shard(w + "/allbig.bin", [60000 + i % 7 for i in range(3000)])    # any window is outside the vocabulary
 open(w + "/short.bin", "wb").write(struct.pack("<3i", 20240520, 1, 10))
 EOF
 checks=$((checks + 1))
@@ -325,7 +326,9 @@ rc=$?
 cmp -s "$W/eval.json" "$W/eval_cpu.json" || fail "eval --device cpu --dtype fp32 differs from eval"
 expect_error "missing data" "cannot open '$W/nope.txt'" -- "$MOE" "${T[@]}" --data "$W/nope.txt"
 expect_error "empty data" "empty file" -- "$MOE" "${T[@]}" --data "$W/empty.txt"
-expect_error "directory as data" "not a regular file" -- "$MOE" "${T[@]}" --data "$W"
+mkdir -p "$W/emptydir"
+expect_error "a directory without files" "directory '$W/emptydir' holds no data files" -- "$MOE" "${T[@]}" --data "$W/emptydir"
+expect_error "a pattern without matches" "no file matches '$W/nothing*.bin'" -- "$MOE" "${T[@]}" --data "$W/nothing*.bin"
 expect_error "data shorter than a sequence" "fewer than" -- "$MOE" "${T[@]}" --data "$W/tiny.txt" --set val_frac=0.5
 expect_error "val data shorter than a sequence" "validation data has" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --val-data "$W/tiny.txt"
 expect_error "malformed config" "malformed JSON" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --config "$W/malformed.json"
@@ -366,7 +369,13 @@ expect_error "shard bad magic" "not an llm.c token shard" -- "$MOE" "${T[@]}" --
 expect_error "shard bad version" "version 7 is not supported" -- "$MOE" "${T[@]}" --data "$W/badversion.bin"
 expect_error "shard count mismatch" "header says 5000 tokens" -- "$MOE" "${T[@]}" --data "$W/badcount.bin"
 expect_error "shard truncated header" "truncated" -- "$MOE" "${T[@]}" --data "$W/short.bin"
-expect_error "vocab mismatch" "outside the model's vocabulary" -- "$MOE" "${T[@]}" --data "$W/bigtok.bin"
+# a token outside the vocabulary: when its batch is read (no step taken), or up front with --check-data
+expect_error "vocab mismatch" "step 1: training data: '$W/allbig.bin': token 6000" -- "$MOE" "${T[@]}" --data "$W/allbig.bin" --overwrite
+expect_error "vocab mismatch, its place" "is outside the model's vocabulary (vocab_size 256)" -- "$MOE" "${T[@]}" --data "$W/allbig.bin" --overwrite
+[ ! -e "$W/bad/model.safetensors" ] || fail "a run whose first batch is bad wrote a checkpoint"
+rm -rf "$W/bad"
+expect_error "--check-data" "'$W/bigtok.bin': token 60000 at byte offset 4024 (token 1500 of the file) is outside" \
+    -- "$MOE" "${T[@]}" --data "$W/bigtok.bin" --check-data
 expect_error "resume without checkpoint" "cannot open" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --resume
 expect_error "corrupt state" "checksum mismatch" -- "$MOE" train --data "$W/corpus.txt" --out "$W/corrupt" --steps 9 --resume --quiet
 expect_error "truncated checkpoint" "truncated" -- "$MOE" sample --ckpt "$W/trunc.safetensors" --prompt hi
@@ -375,7 +384,7 @@ expect_error "random checkpoint" "safetensors" -- "$MOE" eval --ckpt "$W/random.
 expect_error "missing checkpoint" "cannot open" -- "$MOE" sample --ckpt "$W/nothing" --prompt hi
 expect_error "empty prompt" "prompt is empty" -- "$MOE" sample --ckpt "$W/straight" --prompt ""
 expect_error "bad top-p" "--top-p needs a number" -- "$MOE" sample --ckpt "$W/straight" --prompt hi --top-p 2
-expect_error "eval vocab mismatch" "outside the model's vocabulary" -- "$MOE" eval --ckpt "$W/straight" --data "$W/bigtok.bin"
+expect_error "eval vocab mismatch" "'$W/allbig.bin': token 6000" -- "$MOE" eval --ckpt "$W/straight" --data "$W/allbig.bin"
 expect_error "resume with a broken key" "must be one of 'probability', 'position'" -- "$MOE" train --data "$W/corpus.txt" --out "$W/straight" --steps 9 --resume --set drop_policy=x
 expect_error "unknown command" "unknown command 'fly'" -- "$MOE" fly
 expect_error "bad routing" "must be one of 'topk', 'noisy_topk', 'expert_choice', 'soft'" -- "$MOE" "${T[@]}" --data "$W/corpus.txt" --set routing=hash

@@ -7,7 +7,7 @@
 #     input, --shard-tokens, the sidecar and the tokenizer copies; the same shards on 1 and 2
 #     threads; a bad .jsonl line named by file and line, with nothing left behind;
 #   - train: the sidecar's vocabulary against vocab_size, the tokenizer copied into the run
-#     (kept on --resume, removed by --overwrite), --tokenizer, uint32 shards refused by name;
+#     (kept on --resume, removed by --overwrite), --tokenizer, a uint32 shard and its sidecar;
 #   - sample decodes through the run's tokenizer; eval prints bits per byte; import and export
 #     carry tokenizer.json, tokenizer_config.json and generation_config.json.
 # usage: test_tokenize_cli.sh path/to/moe
@@ -146,14 +146,16 @@ cmp -s "$W/tok/tokenizer.json" "$W/run2/tokenizer.json" || fail "train --tokeniz
 checks=$((checks + 1))
 [ ! -e "$W/run2/tokenizer.json" ] && [ ! -e "$W/run2/tokenizer_config.json" ] \
     || fail "--overwrite with no tokenizer kept the old run's"
-# llm.c's uint32 shards are refused by name, with or without a sidecar
+# llm.c's uint32 shards train; their sidecar's vocabulary is checked against vocab_size
 le32() { local v=$1; printf "\\x$(printf %02x $((v & 255)))\\x$(printf %02x $((v >> 8 & 255)))\\x$(printf %02x $((v >> 16 & 255)))\\x$(printf %02x $((v >> 24 & 255)))"; }
-{ le32 20240801; le32 7; le32 20; head -c $((253 * 4 + 20 * 4)) /dev/zero; } > "$W/wide_000000.bin"
-expect_error "a uint32 shard" "'$W/wide_000000.bin' is a uint32 token shard (magic 20240801, version 7)" \
-    -- "$MOE" train --data "$W/wide_000000.bin" --out "$W/run3" "${SMALL[@]}" --steps 1
+{ le32 20240801; le32 7; le32 200; head -c $((253 * 4)) /dev/zero; for i in $(seq 200); do le32 $((i % 50 + 69000)); done; } \
+    > "$W/wide_000000.bin"
 sed -E 's/"uint16"/"uint32"/; s/("vocab_size":[[:space:]]*)264/\170000/' "$W/t1/p.json" > "$W/wide.json"
-expect_error "a uint32 shard's sidecar" "holds uint32 tokens (a vocabulary of 70000 ids, sidecar '$W/wide.json')" \
+expect_error "a uint32 shard's sidecar" "holds tokens of a vocabulary of 70000 ids (sidecar '$W/wide.json'), more than the model's vocab_size 256: --set vocab_size=70000" \
     -- "$MOE" train --data "$W/wide_000000.bin" --out "$W/run3" "${SMALL[@]}" --steps 1
+checks=$((checks + 1))
+"$MOE" train --data "$W/wide_000000.bin" --out "$W/run3" "${SMALL[@]}" --steps 2 --set vocab_size=70000 2> "$W/err" \
+    || fail "a uint32 shard did not train: $(cat "$W/err")"
 
 # ---- sample, eval, import, export
 printf 'hello' > "$W/prompt"

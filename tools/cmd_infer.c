@@ -227,34 +227,23 @@ static void print_eval_text(const moe_model *m, const eval_result *r) {
                r->assigned ? 100.0 * (double)r->would_drop / (double)r->assigned : 0.0);
 }
 
-/* 1 when path begins with the magic of a uint16 token shard. */
-static int is_shard(const char *path) {
-    unsigned char b[4] = {0};
-    FILE *f = fopen(path, "rb");
-    if (f) {
-        if (fread(b, 1, 4, f) != 4) b[0] = 0;
-        fclose(f);
-    }
-    return ((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) == 20240520u;
-}
-
 /* The text bytes that each token id stands for (0 for special tokens): from the checkpoint's
  * tokenizer, or 1 for byte-level text (vocab_size 256, no tokenizer); vocab_size of them, to
  * free. NULL when unknown: ids without a tokenizer, or data that the tokenizer did not make
  * (text read as bytes, a shard whose sidecar names another tokenizer; with a warning). */
-static int *token_bytes(const char *ckpt, const moe_config *c, char **paths, int n_paths) {
+static int *token_bytes(const char *ckpt, const moe_config *c, const moe_dataset *d) {
     moe_tokenizer *tok = ckpt_tokenizer(ckpt);
     if (!tok && c->vocab_size != 256) return NULL;
-    for (int i = 0; tok && i < n_paths; i++) {
+    for (int i = 0; tok && i < moe_dataset_n_files(d); i++) {
         shard_sidecar s;
-        const char *why = NULL;
-        if (!is_shard(paths[i])) why = "is text, read as bytes, not the ids of the checkpoint's tokenizer";
-        else if (sidecar_read(paths[i], &s)) {
+        const char *why = NULL, *path = moe_dataset_file(d, i).path;
+        if (moe_dataset_file(d, i).token_bytes == 1) why = "is text, read as bytes, not the ids of the checkpoint's tokenizer";
+        else if (sidecar_read(path, &s)) {
             if (strcmp(s.hash, moe_tokenizer_hash(tok))) why = "was tokenized with another tokenizer than the checkpoint's";
             sidecar_free(&s);
         }
         if (why) {
-            fprintf(stderr, "moe: warning: '%s' %s: no bits per byte\n", paths[i], why);
+            fprintf(stderr, "moe: warning: '%s' %s: no bits per byte\n", path, why);
             moe_tokenizer_free(tok);
             return NULL;
         }
@@ -269,13 +258,15 @@ static int *token_bytes(const char *ckpt, const moe_config *c, char **paths, int
 /* The text bytes of the targets of the windows moe_evaluate evaluated (r->tokens / seq_len of
  * them, where moe_evaluate_window puts them). */
 static void count_bytes(const moe_dataset *d, int T, const int *bytes, eval_result *r) {
-    const uint16_t *tok = moe_dataset_tokens(d);
     int64_t n = moe_dataset_len(d), windows = r->tokens / T;
+    int *tok = malloc((size_t)T * sizeof(int));
+    if (!tok) die(1, "out of memory");
     r->bytes = 0;
     for (int64_t w = 0; w < windows; w++) {
-        int64_t start = moe_evaluate_window(n, T, windows, w);
-        for (int i = 1; i <= T; i++) r->bytes += bytes[tok[start + i]];
+        check(moe_dataset_read(d, moe_evaluate_window(n, T, windows, w) + 1, T, tok));
+        for (int i = 0; i < T; i++) r->bytes += bytes[tok[i]];
     }
+    free(tok);
     r->has_bytes = r->bytes > 0;
 }
 
@@ -294,7 +285,7 @@ static int run_eval(void *opts) {
     eval_result r = {.loads = loads};
     check(moe_evaluate(m, d, (int)o->batch, (int)o->max_batches, &r.loss, &r.tokens, loads, &r.would_drop));
     r.assigned = r.tokens * c->top_k * moe_model_n_moe_layers(m);
-    int *bytes = token_bytes(o->ckpt, c, paths, n_paths);
+    int *bytes = token_bytes(o->ckpt, c, d);
     if (bytes) count_bytes(d, c->seq_len, bytes, &r);
     free(bytes);
     // which part of the data: the first windows, in file order
@@ -401,13 +392,12 @@ static void route_source(moe_model *m, const data_opts *o, long max_batches, con
     int T = c->seq_len;
     moe_dataset *d;
     check(moe_dataset_load(&path, 1, c->vocab_size, &d));
-    const uint16_t *toks = moe_dataset_tokens(d);
     int64_t windows = moe_dataset_len(d) / T;
     if (windows > o->batch * max_batches) windows = o->batch * max_batches;
     if (windows < 1) die(1, "route: '%s' is shorter than one sequence of %d tokens", path, T);
     for (int64_t w0 = 0; w0 < windows; w0 += o->batch) {
         int B = windows - w0 < o->batch ? (int)(windows - w0) : (int)o->batch;
-        for (int64_t i = 0; i < (int64_t)B * T; i++) tok[i] = toks[w0 * T + i];
+        check(moe_dataset_read(d, w0 * T, (int64_t)B * T, tok));
         check(moe_model_forward(m, tok, NULL, B, T, 0, NULL));
         for (int l = 0, off = 0; l < moe_model_n_moe_layers(m); off += moe_model_layer_stats(m, l)->n_experts, l++) {
             int E = moe_model_layer_stats(m, l)->n_experts, slots;

@@ -1,15 +1,17 @@
 /*
  * cmd_train.c — `moe train`: a training run from its flags and config keys to its checkpoint,
- * in phases: the config (a new run, --resume or --init-from, then --config and --set), the
- * tokenizer (--tokenizer, or the one named by the sidecar of token shards, or --init-from's), the
- * data, the trainer (with the weights of --init-from), the tokenizer copied into the run, the
- * steps (log lines and a progress bar; SIGINT and SIGTERM stop after the step in progress, with a
- * checkpoint), and the --profile report.
+ * in phases: the config (a new run, --resume or --init-from, then --config and --set), the data
+ * (files, directories, patterns; llm.c's train/val split; --check-data), the tokenizer
+ * (--tokenizer, or the one named by the sidecar of token shards, or --init-from's), the trainer
+ * (with the weights of --init-from), the tokenizer copied into the run, the steps (log lines and
+ * a progress bar; SIGINT and SIGTERM stop after the step in progress, with a checkpoint), and
+ * the --profile report.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -25,14 +27,22 @@ typedef struct {
     const char *data, *val, *out, *config, *init_from, *tokenizer, *device, *dtype;
     cli_list sets;       /* --set, --steps and --log-every, in command-line order */
     long stop_after, ep; /* stop_after 0: run to the last step */
-    int resume, overwrite, quiet, profile;
+    int resume, overwrite, quiet, profile, check_data;
 } train_opts;
 
 #define OPT(field) offsetof(train_opts, field)
 static const cli_flag train_flags[] = {
-    {"--data", CLI_STRING, "FILES", OPT(data), .help = "training data, comma-separated (concatenated in order)",
+    {"--data", CLI_STRING, "FILES", OPT(data),
+     .help = "training data, comma-separated (concatenated in order): files, directories\n"
+             "(their *.bin shards, else their files) or quoted glob patterns. A directory\n"
+             "of llm.c shards named *_train*.bin and *_val*.bin, without --val-data,\n"
+             "trains on the first and validates on the second",
      .required = 1},
-    {"--val-data", CLI_STRING, "FILES", OPT(val), .help = "validation data; default: the last val_frac of --data"},
+    {"--val-data", CLI_STRING, "FILES", OPT(val),
+     .help = "validation data, as --data; default: the last val_frac of --data"},
+    {"--check-data", CLI_NONE, NULL, OPT(check_data),
+     .help = "read every token before training, checking it against vocab_size\n"
+             "(by default each batch's tokens are checked when they are read)"},
     {"--config", CLI_STRING, "FILE", OPT(config), .help = "JSON object of config keys (below)"},
     {"--set", CLI_LIST, "KEY=VALUE", OPT(sets), .help = "set one config key; repeatable, applied after --config"},
     {"--out", CLI_STRING, "DIR", OPT(out), .help = "run directory (created if missing)", .required = 1},
@@ -205,8 +215,8 @@ static moe_config train_config(const train_opts *o, model_source *from) {
     return c;
 }
 
-/* The dataset of the comma-separated files in list; NULL for a NULL list. A --data that names
- * no file is a usage error; for the others the library says so. */
+/* The dataset of the comma-separated entries in list; NULL for a NULL list. A --data that names
+ * nothing is a usage error; for the others the library says so. */
 static moe_dataset *load_data(const char *list, int vocab_size, int is_train_data) {
     if (!list) return NULL;
     char *copy = strdup(list), *paths[256];
@@ -220,6 +230,37 @@ static moe_dataset *load_data(const char *list, int vocab_size, int is_train_dat
     return d;
 }
 
+/* llm.c's split: --data DIR of shards named *_train*.bin and *_val*.bin, without --val-data,
+ * trains on the first and validates on the second (the patterns, in o, are static). */
+static void llmc_split(train_opts *o) {
+    static char train[PATH_MAX + 16], val[PATH_MAX + 16];
+    if (o->val || strchr(o->data, ',') || !is_dir(o->data) || strlen(o->data) > PATH_MAX) return;
+    const char *sep = o->data[strlen(o->data) - 1] == '/' ? "" : "/";
+    snprintf(train, sizeof train, "%s%s*_train*.bin", o->data, sep);
+    snprintf(val, sizeof val, "%s%s*_val*.bin", o->data, sep);
+    glob_t gt, gv;
+    int ht = glob(train, 0, NULL, &gt) == 0, hv = glob(val, 0, NULL, &gv) == 0;
+    if (ht && hv) {
+        if (!o->quiet)
+            printf("moe: %s: training on its %zu *_train*.bin shards, validating on its %zu *_val*.bin shards\n", o->data,
+                   gt.gl_pathc, gv.gl_pathc);
+        o->data = train;
+        o->val = val;
+    }
+    if (ht) globfree(&gt);
+    if (hv) globfree(&gv);
+}
+
+/* --check-data: every token of d read and checked now (on rank 0, which speaks for the job). */
+static void check_all(const moe_dataset *d, const char *what, int quiet) {
+    if (!d || moe_dist_rank() != 0) return;
+    double t0 = now_s();
+    check(moe_dataset_check(d));
+    if (!quiet)
+        printf("moe: %s data checked: %lld tokens in %d file(s), all within the vocabulary (%.1f s)\n", what,
+               (long long)moe_dataset_len(d), moe_dataset_n_files(d), now_s() - t0);
+}
+
 /* ---------------------------------------------------------------- the tokenizer */
 
 /* The run's tokenizer: the file to copy into it, where it comes from (for messages), and the
@@ -231,23 +272,16 @@ typedef struct {
     char hash[17];
 } run_tokenizer;
 
-/* Checks each data file that has a shard sidecar (moe tokenize) against the model: uint16 tokens
- * of a vocabulary within vocab_size, one tokenizer for all; the first sidecar and its tokenizer
- * go to *rt. */
-static void check_sidecars(const char *list, const moe_config *c, run_tokenizer *rt) {
-    if (!list) return;
-    char *copy = strdup(list), *paths[256];
-    if (!copy) die(1, "out of memory");
-    int n = split_list(copy, paths, 256);
-    for (int i = 0; i < n; i++) {
+/* Checks each data file that has a shard sidecar (moe tokenize) against the model: a vocabulary
+ * within vocab_size, one tokenizer for all; the first sidecar and its tokenizer go to *rt. */
+static void check_sidecars(const moe_dataset *d, const moe_config *c, run_tokenizer *rt) {
+    for (int i = 0; d && i < moe_dataset_n_files(d); i++) {
+        const char *path = moe_dataset_file(d, i).path;
         shard_sidecar s;
-        if (!sidecar_read(paths[i], &s)) continue;
-        if (s.wide)
-            die(1, "train: '%s' holds uint32 tokens (a vocabulary of %d ids, sidecar '%s'): moe train reads only uint16 "
-                   "shards (vocabularies of at most 65536 ids) yet", paths[i], s.vocab_size, s.path);
+        if (!sidecar_read(path, &s)) continue;
         if (c->vocab_size < s.vocab_size)
             die(1, "train: '%s' holds tokens of a vocabulary of %d ids (sidecar '%s'), more than the model's vocab_size %d: "
-                   "--set vocab_size=%d", paths[i], s.vocab_size, s.path, c->vocab_size, s.vocab_size);
+                   "--set vocab_size=%d", path, s.vocab_size, s.path, c->vocab_size, s.vocab_size);
         if (!rt->sidecar) {
             rt->sidecar = s.path;
             memcpy(rt->hash, s.hash, sizeof rt->hash);
@@ -257,19 +291,19 @@ static void check_sidecars(const char *list, const moe_config *c, run_tokenizer 
             s.path = s.tokenizer = s.tokenizer_config = NULL;
         } else if (strcmp(rt->hash, s.hash)) {
             die(1, "train: '%s' was tokenized with another tokenizer (%s, sidecar '%s') than the data of sidecar '%s' (%s)",
-                paths[i], s.hash, s.path, rt->sidecar, rt->hash);
+                path, s.hash, s.path, rt->sidecar, rt->hash);
         }
         sidecar_free(&s);
     }
-    free(copy);
 }
 
 /* The run's tokenizer: --tokenizer (its vocabulary within vocab_size, the same as the data's),
  * else the data's (shard sidecars), else --init-from SRC's tokenizer.json. */
-static run_tokenizer plan_tokenizer(const train_opts *o, const moe_config *c) {
+static run_tokenizer plan_tokenizer(const train_opts *o, const moe_config *c, const moe_dataset *train,
+                                    const moe_dataset *val) {
     run_tokenizer rt = {NULL, NULL, NULL, NULL, ""};
-    check_sidecars(o->data, c, &rt);
-    check_sidecars(o->val, c, &rt);
+    check_sidecars(train, c, &rt);
+    check_sidecars(val, c, &rt);
     if (o->tokenizer) {
         moe_tokenizer *t;
         check(moe_tokenizer_load(o->tokenizer, &t));
@@ -423,8 +457,13 @@ static int run_train(void *opts) {
     use_device(o.device, o.dtype, &c);
     o.quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
     o.profile &= moe_dist_rank() == 0;
-    run_tokenizer tok = plan_tokenizer(&o, &c);
+    llmc_split(&o);
     moe_dataset *train = load_data(o.data, c.vocab_size, 1), *val = load_data(o.val, c.vocab_size, 0);
+    run_tokenizer tok = plan_tokenizer(&o, &c, train, val);
+    if (o.check_data) {
+        check_all(train, "training", o.quiet);
+        check_all(val, "validation", o.quiet);
+    }
     moe_trainer *t = start_trainer(&o, &c, train, val, &from);
     install_tokenizer(&o, &tok);
     free_tokenizer(&tok);
@@ -457,7 +496,8 @@ const cli_command moe_cmd_train = {
     "train a model on text or token shards",
     "train --data FILE[,FILE...] --out DIR [options]",
     "Trains an MoE transformer on text files (bytes, vocab 256) or llm.c token shards\n"
-    "(magic 20240520, uint16 tokens; moe tokenize writes them), writing to DIR:\n"
+    "(uint16 or uint32 tokens; moe tokenize writes them), read from the files a batch at\n"
+    "a time (the corpus is never loaded whole), writing to DIR:\n"
     "model.safetensors (weights + config), state.bin (optimizer, step, data position),\n"
     "metrics.jsonl (one record per step), and tokenizer.json when the run has a tokenizer.\n",
     CLI_FLAGS(train_flags),

@@ -81,4 +81,7 @@ void moe__tb_step(moe__tb *tb, int64_t step);
 moe_status moe__tb_flush(moe__tb *tb);
 void moe__tb_close(moe__tb *tb);
 
+/* One training window of d (data.c): tok = tokens [start, start + T), tgt = [start + 1, start + T]. */
+moe_status moe__dataset_window(const moe_dataset *d, int64_t start, int T, int *tok, int *tgt);
+
 #endif

@@ -24,7 +24,6 @@ moe_status moe__evaluate_into(moe_model *m, const moe_dataset *d, int batch, int
     // at window floor(i * avail / windows)), so a mixed validation set is sampled throughout
     if (loads) memset(loads, 0, (size_t)moe_model_total_experts(m) * sizeof(int64_t));
     if (would_drop) *would_drop = 0;
-    const uint16_t *src = moe_dataset_tokens(d);
     double total = 0.0;
     moe_status st = MOE_STATUS_OK;
     double prof[MOE_PHASE_COUNT]; // evaluation is not training time: keep it out of the profile
@@ -33,11 +32,10 @@ moe_status moe__evaluate_into(moe_model *m, const moe_dataset *d, int batch, int
         int B = windows - w0 < batch ? (int)(windows - w0) : batch;
         for (int b = 0; b < B; b++) {
             int64_t start = moe_evaluate_window(n, T, windows, w0 + b);
-            for (int i = 0; i < T; i++) {
-                tok[b * T + i] = src[start + i];
-                tgt[b * T + i] = src[start + i + 1];
-            }
+            st = moe__dataset_window(d, start, T, tok + b * T, tgt + b * T);
+            if (st != MOE_STATUS_OK) break;
         }
+        if (st != MOE_STATUS_OK) break;
         moe_losses l;
         st = moe_model_forward(m, tok, tgt, B, T, 0, &l);
         if (st != MOE_STATUS_OK) break;

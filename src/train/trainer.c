@@ -237,17 +237,17 @@ static void draw_windows(moe_trainer *t) {
         }
 }
 
-static void fill_batch(moe_trainer *t, int micro) {
+/* Micro-batch micro's windows, read from the training files (DATA naming the file and offset of
+ * a token outside the vocabulary). */
+static moe_status fill_batch(moe_trainer *t, int micro) {
     const moe_config *c = &t->cfg;
     int T = c->seq_len;
-    const uint16_t *src = moe_dataset_tokens(t->train);
     for (int b = 0; b < c->batch_size; b++) {
         int64_t off = t->win[(int64_t)micro * c->batch_size + b];
-        for (int i = 0; i < T; i++) {
-            t->tokens[b * T + i] = src[off + i];
-            t->targets[b * T + i] = src[off + i + 1];
-        }
+        moe_status st = moe__dataset_window(t->train, off, T, t->tokens + b * T, t->targets + b * T);
+        if (st != MOE_STATUS_OK) return moe__err(st, "step %lld: training data: %s", (long long)t->run.step + 1, moe_last_error());
     }
+    return MOE_STATUS_OK;
 }
 
 /* Forward and backward of every micro-batch of this rank: gradients, losses (averaged over the
@@ -259,13 +259,14 @@ static moe_status run_micro_batches(moe_trainer *t, moe_step_info *info, int64_t
     int nm = moe_model_n_moe_layers(m), rank = moe__dist_get()->rank;
     float inv = 1.0f / (float)n_micro;
     for (int micro = 0; micro < c->grad_accum; micro++) {
-        fill_batch(t, micro);
+        moe_status st = fill_batch(t, micro);
+        if (st != MOE_STATUS_OK) return st;
         // noise, jitter and random-routing draws are a function of (seed, global micro-batch
         // index), so a resumed run, or one on another number of ranks, draws the same
         int64_t q = t->run.step * n_micro + (int64_t)rank * c->grad_accum + micro;
         moe__model_set_noise_seed(m, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)q + 1);
         moe_losses l;
-        moe_status st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
+        st = moe_model_forward(m, t->tokens, t->targets, c->batch_size, c->seq_len, 1, &l);
         // a non-finite loss is not an error yet: backward runs (every rank joins the same
         // collectives) and the step's fault check decides, knowing where it came from
         if (st != MOE_STATUS_OK && st != MOE_STATUS_NUMERIC) return st;
@@ -415,7 +416,10 @@ moe_status moe_trainer_step(moe_trainer *t, moe_step_info *info) {
     moe__rng rng_before = t->run.rng; // a step that stops the run is not taken: its draw neither
     draw_windows(t);
     st = run_micro_batches(t, info, n_micro);
-    if (st != MOE_STATUS_OK) return st;
+    if (st != MOE_STATUS_OK) {
+        t->run.rng = rng_before; // the step was not taken
+        return st;
+    }
     // injected before the reductions, so that one rank's fault (TENSOR@RANK) reaches all as a real one would
     moe__hooks_inject(&t->hooks, "grad_nan", t->run.step, m, info);
     moe__hooks_inject(&t->hooks, "loss_spike", t->run.step, m, info);
