@@ -25,6 +25,7 @@ cp "$S/run/model.safetensors" "$S/safetensors/seed" 2>/dev/null
 python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.loads(b[8:8+struct.unpack('<Q',b[:8])[0]])['__metadata__']['config'])" \
     "$S/safetensors/seed" > "$S/config/seed" 2>/dev/null || echo '{"n_layer": 2}' > "$S/config/seed"
 python3 -c "import struct,sys; h=[20240520,1,6]+[0]*253; open(sys.argv[1],'wb').write(struct.pack('<256i',*h)+struct.pack('<6H',1,2,3,50303,4,5))" "$S/tokens/seed"
+python3 -c "import struct,sys; h=[20240801,7,5]+[0]*253; open(sys.argv[1],'wb').write(struct.pack('<256i',*h)+struct.pack('<5I',1,70000,3,50303,4))" "$S/tokens/seed32"
 ./build/moe export --ckpt "$S/run" --out "$S/hf" > /dev/null 2>&1 && cp "$S/hf/config.json" "$S/hf_config/seed"
 { printf '\003'; cat "$S/run/state.bin"; } > "$S/state/seed" 2>/dev/null # bit 0: fix the checksum, bit 1: P from the file
 # cli: every numeric flag and every config key (with the seed's values), and a token list; the

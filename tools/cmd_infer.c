@@ -149,11 +149,11 @@ typedef struct {
     }
 
 static const cli_flag eval_flags[] =
-    DATA_FLAGS("evaluation data, comma-separated", "stop after N batches; 0 = all (default 0)",
+    DATA_FLAGS("evaluation data: files, directories or glob patterns, comma-separated", "stop after N batches; 0 = all (default 0)",
                "one JSON object on stdout instead of text");
 
 static const cli_flag route_flags[] =
-    DATA_FLAGS("comma-separated; each file is a source group", "batches per file; 0 = all (default 16)",
+    DATA_FLAGS("comma-separated; each entry (a file, directory or pattern) is a source group", "batches per file; 0 = all (default 16)",
                "one JSON object instead of tables");
 
 /* The model at o->ckpt, sized for o->batch sequences, and the files of o->data (comma-separated)
