@@ -420,10 +420,59 @@ moe_status moe_checkpoint_config(const char *path, moe_config *out, int64_t *ste
  * Statuses: those of moe_checkpoint_config. */
 moe_status moe_run_config(const char *dir, moe_config *out);
 
-/* Samples n_new tokens after prompt (n_prompt tokens), writing them to out (n_new ints).
- * temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. Uses the eval capacity
- * factor. Statuses: ARG for an empty prompt, temperature < 0, top_k < 0 or top_p outside
- * (0, 1]; DATA for a prompt token outside the vocabulary; DEVICE when the logits cannot be read. */
+/* ---------------------------------------------------------------- generation
+ *
+ * A generator keeps the keys and values of every layer for up to `batch` sequences of up to
+ * seq_len positions (a KV cache), so that each new token costs one token's forward pass. Its
+ * routing is the inference path's (expert choice routes by token choice), always dropless: a
+ * token's experts never depend on the other tokens. The logits of a token fed at position p
+ * equal those of a forward over the sequence's tokens 0 .. p (to float rounding: tests/
+ * test_generate.c). The CPU backend decodes; the CUDA backend does not yet (MOE_STATUS_ARG). */
+
+typedef struct moe_generator moe_generator;
+
+/* Statuses: ARG for batch < 1, a backend that cannot decode, or an expert-parallel model. */
+moe_status moe_generator_create(moe_model *m, int batch, moe_generator **out);
+void moe_generator_free(moe_generator *g);
+/* The bytes of the cache (2 n_layer batch seq_len n_embd floats) and its workspace. */
+size_t moe_generator_bytes(const moe_generator *g);
+/* Positions cached for sequence seq (-1 for no such sequence); reset empties it. */
+int moe_generator_len(const moe_generator *g, int seq);
+void moe_generator_reset(moe_generator *g, int seq);
+/* Appends n tokens to sequence seq (a prompt, or one token), at its next positions: logits
+ * (n,V) of each when all, else (V) of the last. Statuses: ARG for no such sequence or n outside
+ * [1, seq_len - moe_generator_len]; DATA for a token outside the vocabulary. */
+moe_status moe_generator_feed(moe_generator *g, int seq, const int *tokens, int n, float *logits, int all);
+/* One token for every sequence at once (tokens (batch)): logits (batch,V). Statuses: ARG when
+ * a sequence is full; DATA as moe_generator_feed. */
+moe_status moe_generator_step(moe_generator *g, const int *tokens, float *logits);
+
+/* How moe_model_generate picks tokens. */
+typedef struct {
+    float temperature;   /* 0: greedy */
+    int top_k;           /* keep the K most likely; 0: off */
+    float top_p;         /* nucleus; 1: off */
+    uint64_t seed;       /* sequence b draws from seed + b * 0x9e3779b97f4a7c15 */
+    int eos;             /* a sequence ends after this token (kept in out); -1: never */
+    /* called with each new token of each sequence in order (NULL: none); nonzero stops */
+    int (*on_token)(void *user, int seq, int token);
+    void *user;
+} moe_sampling;
+/* temperature 0.8, top_k 0, top_p 0.95, seed 42, eos -1, no callback. */
+moe_sampling moe_sampling_default(void);
+/* Generates up to n_new tokens after each of batch prompts at once, through a generator:
+ * sequence b's into out + b * n_new, their count into n_out[b] (fewer at eos or when on_token
+ * stopped). The window: the next token's logits come from the last W tokens of the sequence,
+ * at positions 0 .. W-1; W starts as the prompt (its last seq_len tokens) and grows by one a
+ * token; when it is seq_len and another token is needed, it restarts from the last
+ * max(1, seq_len / 2) tokens, re-encoded. Statuses: ARG for batch < 1, an empty prompt,
+ * temperature < 0, top_k < 0, top_p outside (0, 1]; moe_generator_create's; DATA for a prompt
+ * token outside the vocabulary. */
+moe_status moe_model_generate(moe_model *m, int batch, const int *const *prompts, const int *n_prompt, int n_new,
+                              const moe_sampling *s, int *out, int *n_out);
+/* moe_model_generate of one prompt, without eos.
+ * 0.2: through the KV cache; past seq_len the window restarts from its last half (it slid by
+ * one token, with a full forward for every token). */
 moe_status moe_model_sample(moe_model *m, const int *prompt, int n_prompt, int *out, int n_new,
                             float temperature, int top_k, float top_p, uint64_t seed);
 

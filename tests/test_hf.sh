@@ -92,6 +92,12 @@ for spec in "mixtral:--kv-heads 4:" "mixtral:--kv-heads 2 --dtype bfloat16 --sha
     diff=$(maxdiff "$d.theirs" "$d.ours")
     echo "import $fam $opts ${sets:+($sets) }: max |logit difference| against transformers = $diff"
     within "$diff" 1e-4 || fail "import $fam $opts $sets: $diff"
+    # the KV cache, one token at a time, against the full forward
+    checks=$((checks + 1))
+    "$MOE" logits --ckpt "$d.moe" --tokens "$W/tok.txt" --out "$d.cached" --kv-cache || { fail "logits --kv-cache $fam"; continue; }
+    diff=$(maxdiff "$d.ours" "$d.cached")
+    echo "  through the KV cache: max |logit difference| against the full forward = $diff"
+    within "$diff" 2e-5 || fail "import $fam $opts $sets: the KV cache differs from the forward by $diff"
     [ -f "$d/model.safetensors.index.json" ] && echo "  (read from $(ls "$d"/model-*.safetensors | wc -l) shards via model.safetensors.index.json)"
 done
 # continue training an imported model: train --init-from a transformers directory

@@ -10,6 +10,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,8 +22,9 @@
 
 typedef struct {
     const char *ckpt, *prompt, *device, *dtype;
-    long tokens, top_k, seed, threads; /* threads 0: OpenMP's default */
+    long tokens, top_k, seed, threads, batch; /* threads 0: OpenMP's default */
     double temperature, top_p;
+    int ignore_eos, no_stream;
 } sample_opts;
 
 #define OPT(field) offsetof(sample_opts, field)
@@ -38,57 +40,87 @@ static const cli_flag sample_flags[] = {
      .hi = 1 << 20},
     {"--top-p", CLI_REAL, "P", OPT(top_p), .help = "nucleus filter; 1 = off (default 0.95)", .lo = 1e-6, .hi = 1},
     {"--seed", CLI_INT, "S", OPT(seed), .help = "sampling seed (default 42)", .lo = 0, .hi = INT_MAX},
+    {"--batch", CLI_INT, "N", OPT(batch),
+     .help = "N samples of the prompt at once (sample i draws from seed + i x\n"
+             "0x9e3779b97f4a7c15; sample 0 is the one of --batch 1), each printed\n"
+             "whole after a line '--- sample I of N'",
+     .lo = 1, .hi = 4096},
+    {"--ignore-eos", CLI_NONE, NULL, OPT(ignore_eos), .help = "go on past the tokenizer's EOS token"},
+    {"--no-stream", CLI_NONE, NULL, OPT(no_stream), .help = "print the text when it is complete, not token by token"},
     {"--threads", CLI_INT, "N", OPT(threads), .help = "OpenMP threads (default: OpenMP's)", .lo = 1, .hi = 4096},
     CLI_DEVICE_FLAGS(sample_opts),
 };
 #undef OPT
 
-/* Generates from the prompt's ids and prints the decoded text of the prompt and what follows,
- * up to the tokenizer's EOS (its text, without the special tokens). */
-static void sample_text(moe_model *m, const moe_tokenizer *tok, const sample_opts *o) {
-    const moe_config *c = moe_model_config(m);
-    int v = moe_tokenizer_vocab_size(tok), *ids = NULL;
-    if (v > c->vocab_size)
-        die(1, "sample: the checkpoint's tokenizer has %d ids, more than the model's vocab_size %d", v, c->vocab_size);
-    size_t n = 0, cap = 0;
-    check(moe_tokenizer_encode(tok, o->prompt, strlen(o->prompt), 1, &ids, &n, &cap));
-    if (n == 0) die(1, "sample: the prompt encodes to no tokens");
-    if (n > INT_MAX - (size_t)o->tokens) die(2, "sample: the prompt is too long");
-    int *all = realloc(ids, (n + (size_t)o->tokens) * sizeof(int)); // the prompt, then the new tokens
-    if (!all) die(1, "out of memory");
-    check(moe_model_sample(m, all, (int)n, all + n, (int)o->tokens, (float)o->temperature, (int)o->top_k,
-                           (float)o->top_p, (uint64_t)o->seed));
-    size_t used = n, len;
-    int eos = moe_tokenizer_eos(tok);
-    while (used < n + (size_t)o->tokens && all[used] != eos) used++;
-    char *text;
-    check(moe_tokenizer_decode(tok, all, used, 1, &text, &len));
-    fwrite(text, 1, len, stdout);
-    putchar('\n');
-    free(text);
-    free(all);
+/* What a sample prints: the decoded text of the prompt and the new tokens (through the
+ * checkpoint's tokenizer), else the prompt's bytes and each new token as a byte (vocab 256) or
+ * " id". Streamed, it is written as the tokens come, never half a UTF-8 sequence: what the next
+ * token may still change (an incomplete sequence, a trailing U+FFFD) is held back. */
+typedef struct {
+    const moe_tokenizer *tok;
+    int vocab, stream;
+    int *ids;                 /* the prompt's ids, then the new ones */
+    size_t n, printed;        /* ids; bytes of the text already written */
+    char *text;               /* the text so far (tokenizer or bytes) */
+    size_t len, cap;
+} sample_out;
+
+static volatile sig_atomic_t sample_stop;
+static void on_sample_signal(int sig) {
+    (void)sig;
+    sample_stop = 1;
 }
 
-/* Generates from the prompt's bytes; prints the prompt, then each new token as a byte (vocab 256)
- * or an id. */
-static void sample_bytes(moe_model *m, const sample_opts *o) {
-    const moe_config *c = moe_model_config(m);
-    size_t np = strlen(o->prompt);
-    if (c->vocab_size < 256)
-        die(1, "sample: the model's vocab_size %d cannot encode a text prompt as bytes", c->vocab_size);
-    int *toks = malloc(np * sizeof(int)), *out = malloc(((size_t)o->tokens + 1) * sizeof(int));
-    if (!toks || !out) die(1, "out of memory");
-    for (size_t i = 0; i < np; i++) toks[i] = (unsigned char)o->prompt[i];
-    check(moe_model_sample(m, toks, (int)np, out, (int)o->tokens, (float)o->temperature, (int)o->top_k, (float)o->top_p,
-                           (uint64_t)o->seed));
-    fwrite(o->prompt, 1, np, stdout);
-    for (long i = 0; i < o->tokens; i++) {
-        if (c->vocab_size == 256) putchar(out[i]);
-        else printf(" %d", out[i]);
+/* Bytes of text[0..len) that no later token can change: up to the last complete UTF-8 sequence,
+ * before a trailing U+FFFD (which the next byte-fallback token may complete). */
+static size_t stable_prefix(const char *text, size_t len) {
+    const unsigned char *u = (const unsigned char *)text;
+    while (len >= 3 && u[len - 3] == 0xEF && u[len - 2] == 0xBF && u[len - 1] == 0xBD) len -= 3;
+    // an incomplete sequence at the end: a lead byte of width w with fewer than w - 1 bytes after it
+    for (size_t back = 1; back <= 3 && back <= len; back++) {
+        unsigned char b = u[len - back];
+        if ((b & 0xC0) == 0x80) continue;
+        int w = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+        if ((size_t)w > back) len -= back;
+        break;
     }
-    putchar('\n');
-    free(toks);
-    free(out);
+    return len;
+}
+
+static void out_text_refresh(sample_out *so) {
+    if (so->tok) {
+        free(so->text);
+        check(moe_tokenizer_decode(so->tok, so->ids, so->n, 1, &so->text, &so->len));
+    }
+}
+
+static void out_flush(sample_out *so, int final) {
+    out_text_refresh(so);
+    size_t end = final ? so->len : stable_prefix(so->text, so->len);
+    if (end > so->printed) {
+        fwrite(so->text + so->printed, 1, end - so->printed, stdout);
+        so->printed = end;
+    }
+    fflush(stdout);
+}
+
+static void out_push(sample_out *so, int token) {
+    so->ids[so->n++] = token;
+    if (so->tok) return;
+    if (so->len + 16 > so->cap) {
+        so->cap = 2 * so->cap + 64;
+        if (!(so->text = realloc(so->text, so->cap))) die(1, "out of memory");
+    }
+    so->len += (size_t)(so->vocab == 256 ? snprintf(so->text + so->len, 16, "%c", token)
+                                         : snprintf(so->text + so->len, 16, " %d", token));
+}
+
+static int on_sample_token(void *user, int seq, int token) {
+    sample_out *so = user;
+    (void)seq;
+    out_push(so, token);
+    if (so->stream) out_flush(so, 0);
+    return sample_stop;
 }
 
 static int run_sample(void *opts) {
@@ -100,11 +132,79 @@ static int run_sample(void *opts) {
     moe_model *m;
     use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, 1, &m));
+    const moe_config *c = moe_model_config(m);
     moe_tokenizer *tok = ckpt_tokenizer(o->ckpt);
-    if (tok) sample_text(m, tok, o);
-    else sample_bytes(m, o);
+    int B = (int)o->batch, *prompt = NULL;
+    size_t np = 0, cap = 0;
+    if (tok) {
+        if (moe_tokenizer_vocab_size(tok) > c->vocab_size)
+            die(1, "sample: the checkpoint's tokenizer has %d ids, more than the model's vocab_size %d",
+                moe_tokenizer_vocab_size(tok), c->vocab_size);
+        check(moe_tokenizer_encode(tok, o->prompt, strlen(o->prompt), 1, &prompt, &np, &cap));
+        if (np == 0) die(1, "sample: the prompt encodes to no tokens");
+    } else {
+        if (c->vocab_size < 256)
+            die(1, "sample: the model's vocab_size %d cannot encode a text prompt as bytes", c->vocab_size);
+        np = strlen(o->prompt);
+        if (!(prompt = malloc(np * sizeof(int)))) die(1, "out of memory");
+        for (size_t i = 0; i < np; i++) prompt[i] = (unsigned char)o->prompt[i];
+    }
+    if (np > (size_t)(INT_MAX / 2) - (size_t)o->tokens) die(2, "sample: the prompt is too long");
+    int n = (int)np, *out = malloc((size_t)B * o->tokens * sizeof(int) + 1), *n_out = malloc((size_t)B * sizeof(int));
+    const int **prompts = malloc((size_t)B * sizeof(int *));
+    int *lens = malloc((size_t)B * sizeof(int));
+    sample_out so = {.tok = tok, .vocab = c->vocab_size, .stream = !o->no_stream && B == 1,
+                     .ids = malloc((np + (size_t)o->tokens) * sizeof(int) + 1)};
+    if (!out || !n_out || !prompts || !lens || !so.ids) die(1, "out of memory");
+    for (int b = 0; b < B; b++) prompts[b] = prompt, lens[b] = n;
+    moe_sampling s = moe_sampling_default();
+    s.temperature = (float)o->temperature;
+    s.top_k = (int)o->top_k;
+    s.top_p = (float)o->top_p;
+    s.seed = (uint64_t)o->seed;
+    s.eos = tok && !o->ignore_eos ? moe_tokenizer_eos(tok) : -1;
+    if (B == 1) {
+        s.on_token = on_sample_token;
+        s.user = &so;
+    }
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sample_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old);
+    // the prompt first (without a tokenizer, its bytes), streamed at once
+    memcpy(so.ids, prompt, np * sizeof(int));
+    so.n = np;
+    if (!tok && !(so.text = malloc((so.cap = np + 64)))) die(1, "out of memory");
+    if (!tok) memcpy(so.text, o->prompt, (so.len = np));
+    if (so.stream) out_flush(&so, 0);
+    check(moe_model_generate(m, B, prompts, lens, (int)o->tokens, &s, out, n_out));
+    sigaction(SIGINT, &old, NULL);
+    for (int b = 0; b < B; b++) {
+        if (B > 1) {
+            printf("--- sample %d of %d\n", b + 1, B);
+            so.n = np;
+            so.printed = 0;
+            if (!tok) so.len = np;
+            for (int i = 0; i < n_out[b]; i++) out_push(&so, out[(int64_t)b * o->tokens + i]);
+        }
+        out_flush(&so, 1);
+        putchar('\n');
+    }
+    fflush(stdout);
+    free(so.ids);
+    free(so.text);
+    free(out);
+    free(n_out);
+    free(prompts);
+    free(lens);
+    free(prompt);
     moe_tokenizer_free(tok);
     moe_model_free(m);
+    if (sample_stop) {
+        fprintf(stderr, "moe: stopped by SIGINT\n");
+        return 130;
+    }
     return 0;
 }
 
@@ -117,11 +217,15 @@ const cli_command moe_cmd_sample = {
     "there), the prompt is encoded with it and the output is the decoded text of the prompt\n"
     "and the generated tokens, up to the tokenizer's EOS, without special tokens; otherwise\n"
     "the prompt is bytes and each generated token a byte (vocab 256) or an id.\n"
-    "Routing uses the eval capacity factor (dropless by default).\n",
+    "Tokens are printed as they are made (never half a UTF-8 sequence; Ctrl-C keeps what was\n"
+    "printed), up to the tokenizer's EOS unless --ignore-eos. Each layer keeps a KV cache, so\n"
+    "a token costs one token's forward pass; routing is dropless, token by token. Past seq_len\n"
+    "the window restarts from its last seq_len/2 tokens (docs/moe.md#generation). The CPU\n"
+    "backend decodes; --device cuda is refused until the GPU backend does.\n",
     CLI_FLAGS(sample_flags),
     NULL,
     sizeof(sample_opts),
-    &(sample_opts){.tokens = 200, .temperature = 0.8, .top_p = 0.95, .seed = 42},
+    &(sample_opts){.tokens = 200, .temperature = 0.8, .top_p = 0.95, .seed = 42, .batch = 1},
     run_sample,
 };
 
@@ -483,6 +587,7 @@ const cli_command moe_cmd_route = {
 
 typedef struct {
     const char *ckpt, *tokens, *out, *device, *dtype;
+    int kv_cache;
 } logits_opts;
 
 #define OPT(field) offsetof(logits_opts, field)
@@ -491,6 +596,8 @@ static const cli_flag logits_flags[] = {
     {"--tokens", CLI_STRING, "FILE", OPT(tokens), .help = "token ids, whitespace-separated (at most seq_len)",
      .required = 1},
     {"--out", CLI_STRING, "FILE", OPT(out), .help = "where to write the logits", .required = 1},
+    {"--kv-cache", CLI_NONE, NULL, OPT(kv_cache),
+     .help = "through the KV cache, one token at a time (as moe sample decodes)"},
     CLI_DEVICE_FLAGS(logits_opts),
 };
 #undef OPT
@@ -508,13 +615,25 @@ static int run_logits(void *opts) {
     if (moe_arg_tokens(text, o->tokens, c->vocab_size, c->seq_len, tok, &T, err, sizeof err) != 0)
         die(2, "logits: %s", err);
     free(text);
-    check(moe_model_forward(m, tok, NULL, 1, T, 0, NULL));
     size_t n = (size_t)T * c->vocab_size;
-    const float *logits = moe_model_logits(m);
+    const float *logits;
+    float *cached = NULL;
+    if (o->kv_cache) {
+        moe_generator *g;
+        check(moe_generator_create(m, 1, &g));
+        if (!(cached = malloc(n * sizeof(float)))) die(1, "out of memory");
+        for (int i = 0; i < T; i++) check(moe_generator_feed(g, 0, tok + i, 1, cached + (size_t)i * c->vocab_size, 0));
+        moe_generator_free(g);
+        logits = cached;
+    } else {
+        check(moe_model_forward(m, tok, NULL, 1, T, 0, NULL));
+        logits = moe_model_logits(m);
+    }
     if (!logits) die(1, "logits: %s", moe_last_error());
     FILE *f = make_parent(o->out) == 0 ? fopen(o->out, "wb") : NULL;
     if (!f || fwrite(logits, sizeof(float), n, f) != n || fclose(f) != 0)
         die(1, "logits: cannot write '%s'", o->out);
+    free(cached);
     free(tok);
     moe_model_free(m);
     return 0;

@@ -7,6 +7,7 @@
  *   cpu_backend.c  the ops table, the memory plan, create and free
  *   cpu_model.c    the model's forward and backward passes, block by block
  *   cpu_optim.c    gradient norm, AdamW, the aux-loss-free bias, the non-finite locator
+ *   cpu_decode.c   generation with a KV cache
  */
 #ifndef MOE_CPU_H
 #define MOE_CPU_H
@@ -53,6 +54,13 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
 moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
                             moe_losses *out);
 moe_status moe__cpu_backward(moe_model *m, float grad_scale);
+
+/* The backend's KV-cache ops (model/backend.h). */
+moe_status moe__cpu_kv_create(moe_model *m, int batch, void **kv);
+void moe__cpu_kv_free(void *kv);
+size_t moe__cpu_kv_bytes(const void *kv);
+moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int n, const int *seq, const int *pos,
+                           float *logits, int all);
 
 void moe__cpu_zero_grad(moe_model *m);
 float moe__cpu_grad_norm(moe_model *m);

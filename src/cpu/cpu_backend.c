@@ -197,6 +197,10 @@ const moe__backend moe__backend_cpu = {
     .adamw = moe__cpu_adamw,
     .bias_update = moe__cpu_bias_update,
     .locate_nonfinite = moe__cpu_locate_nonfinite,
+    .kv_create = moe__cpu_kv_create,
+    .kv_free = moe__cpu_kv_free,
+    .kv_bytes = moe__cpu_kv_bytes,
+    .decode = moe__cpu_decode,
     .to_host = cpu_sync,
     .from_host = cpu_sync,
 };

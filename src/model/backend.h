@@ -67,6 +67,20 @@ struct moe__backend {
      * gradient): its description in where, its kind as the return value (0: none). Local. */
     int (*locate_nonfinite)(const moe_model *m, char *where, size_t n);
 
+    /* Generation with a KV cache; NULL when the backend cannot decode. kv_create: a cache of
+     * `batch` sequences of up to seq_len positions, with a workspace for max(batch, seq_len) new
+     * tokens (kv_bytes of them in all). decode: the n new tokens of each of B sequences (tokens
+     * (B,n); B * n at most the workspace's rows), sequence b being cache slot seq[b] whose first
+     * pos[b] positions are cached (pos[b] + n <= seq_len): their keys and values are stored at
+     * positions pos[b] .. pos[b]+n-1, and the logits of every new token (B,n,V) when all, else
+     * of each sequence's last (B,V), are written to logits (host memory). Routing is the
+     * inference path's, dropless. Local (no expert parallelism). */
+    moe_status (*kv_create)(moe_model *m, int batch, void **kv);
+    void (*kv_free)(void *kv);
+    size_t (*kv_bytes)(const void *kv);
+    moe_status (*decode)(moe_model *m, void *kv, const int *tokens, int B, int n, const int *seq, const int *pos,
+                         float *logits, int all);
+
     /* Makes the host view of b current (before reading it: checkpoints, exports). */
     moe_status (*to_host)(moe_model *m, moe__buf b);
     /* Reads the host view of b back (after writing it: initialisation, loading). */

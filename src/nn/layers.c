@@ -81,22 +81,32 @@ void moe__rope_tables(float *cos_t, float *sin_t, int T, int D, float theta) {
     }
 }
 
-static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H, float sign) {
-    // x is (B,T,C) with H heads of size D; rotate pairs (i, i+D/2) by angle sign * t * inv_freq_i
+/* Rotates the H heads of one row (C = H * D) at the position whose table rows are ct, st: pairs
+ * (i, i+D/2) by angle sign * pos * inv_freq_i. */
+static void rope_row(float *x, const float *ct, const float *st, int C, int H, float sign) {
     int D = C / H, half = D / 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t bt = 0; bt < (int64_t)B * T; bt++) {
-        int t = (int)(bt % T);
-        const float *ct = cos_t + (int64_t)t * half, *st = sin_t + (int64_t)t * half;
-        for (int h = 0; h < H; h++) {
-            float *v = x + bt * C + (int64_t)h * D;
-            for (int i = 0; i < half; i++) {
-                float a = v[i], b = v[i + half], c = ct[i], s = sign * st[i];
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
-            }
+    for (int h = 0; h < H; h++) {
+        float *v = x + (int64_t)h * D;
+        for (int i = 0; i < half; i++) {
+            float a = v[i], b = v[i + half], c = ct[i], s = sign * st[i];
+            v[i] = a * c - b * s;
+            v[i + half] = b * c + a * s;
         }
     }
+}
+
+static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H, float sign) {
+    // x is (B,T,C): row bt is at position bt % T
+    int64_t half = C / H / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t bt = 0; bt < (int64_t)B * T; bt++)
+        rope_row(x + bt * C, cos_t + bt % T * half, sin_t + bt % T * half, C, H, sign);
+}
+
+void moe__rope_rows(float *x, const float *cos_t, const float *sin_t, int64_t N, int C, int H, const int *pos) {
+    int64_t half = C / H / 2;
+#pragma omp parallel for schedule(static) if (N > 1)
+    for (int64_t n = 0; n < N; n++) rope_row(x + n * C, cos_t + pos[n] * half, sin_t + pos[n] * half, C, H, 1.0f);
 }
 
 void moe__rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H) {

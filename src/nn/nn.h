@@ -47,6 +47,8 @@ void moe__rmsnorm_backward(float *dx, float *dw, const float *dout, const float 
 void moe__rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
 void moe__rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
 void moe__rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int C, int H);
+/* RoPE of N rows (N,C) at explicit positions: row n at pos[n] (< the tables' T). */
+void moe__rope_rows(float *x, const float *cos_t, const float *sin_t, int64_t N, int C, int H, const int *pos);
 
 /* Causal attention (attention.c): out (B,T,C), att (B,H,T,T) saved; backward accumulates into
  * dq, dk, dv; datt (B,H,T,T) is scratch. The _ref versions are plain loops. */
