@@ -8,7 +8,7 @@
 #     threads; a bad .jsonl line named by file and line, with nothing left behind;
 #   - train: the sidecar's vocabulary against vocab_size, the tokenizer copied into the run
 #     (kept on --resume, removed by --overwrite), --tokenizer, a uint32 shard and its sidecar;
-#   - sample decodes through the run's tokenizer; eval prints bits per byte; import and export
+#   - sample decodes through the run's tokenizer (streamed as --no-stream prints it); eval prints bits per byte; import and export
 #     carry tokenizer.json, tokenizer_config.json and generation_config.json.
 # usage: test_tokenize_cli.sh path/to/moe
 set -u
@@ -163,6 +163,12 @@ printf 'hello' > "$W/prompt"
 checks=$((checks + 2))
 head -c 5 "$W/out" | cmp -s - "$W/prompt" || fail "sample did not decode the prompt: $(cat "$W/out")"
 grep -q "<|endoftext|>" "$W/out" && fail "sample printed a special token: $(cat "$W/out")"
+"$MOE" sample --ckpt "$W/run" --prompt "hello" --tokens 40 --temperature 1 --ignore-eos | cat > "$W/streamed" 2> "$W/err" \
+    || fail "sample streamed: $(cat "$W/err")"
+"$MOE" sample --ckpt "$W/run" --prompt "hello" --tokens 40 --temperature 1 --ignore-eos --no-stream > "$W/whole" 2> "$W/err" \
+    || fail "sample --no-stream: $(cat "$W/err")"
+checks=$((checks + 1))
+cmp -s "$W/streamed" "$W/whole" || fail "a streamed sample through the tokenizer differs from --no-stream"
 "$MOE" sample --ckpt "$W/run/checkpoints/step-00000003" --prompt "hello" --tokens 5 --temperature 0 > "$W/out2" 2> "$W/err" \
     || fail "sample of a kept checkpoint: $(cat "$W/err")"
 checks=$((checks + 1))

@@ -113,6 +113,8 @@ char *read_text(const char *path, const char *what);
 char *read_bytes(const char *path, const char *what, size_t *len);
 /* 1 when path is a directory. */
 int is_dir(const char *path);
+/* Monotonic seconds. */
+double now_seconds(void);
 /* 1 when something (a file, a directory) exists at path. */
 int exists(const char *path);
 

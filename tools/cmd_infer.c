@@ -24,7 +24,7 @@ typedef struct {
     const char *ckpt, *prompt, *device, *dtype;
     long tokens, top_k, seed, threads, batch; /* threads 0: OpenMP's default */
     double temperature, top_p;
-    int ignore_eos, no_stream;
+    int ignore_eos, no_stream, stats;
 } sample_opts;
 
 #define OPT(field) offsetof(sample_opts, field)
@@ -47,6 +47,8 @@ static const cli_flag sample_flags[] = {
      .lo = 1, .hi = 4096},
     {"--ignore-eos", CLI_NONE, NULL, OPT(ignore_eos), .help = "go on past the tokenizer's EOS token"},
     {"--no-stream", CLI_NONE, NULL, OPT(no_stream), .help = "print the text when it is complete, not token by token"},
+    {"--stats", CLI_NONE, NULL, OPT(stats),
+     .help = "print to stderr the prefill and decode speeds and the KV cache's size"},
     {"--threads", CLI_INT, "N", OPT(threads), .help = "OpenMP threads (default: OpenMP's)", .lo = 1, .hi = 4096},
     CLI_DEVICE_FLAGS(sample_opts),
 };
@@ -63,6 +65,8 @@ typedef struct {
     size_t n, printed;        /* ids; bytes of the text already written */
     char *text;               /* the text so far (tokenizer or bytes) */
     size_t len, cap;
+    double t_first, t_last;   /* when the first and the last new token came (seconds) */
+    int64_t made;             /* new tokens, all sequences */
 } sample_out;
 
 static volatile sig_atomic_t sample_stop;
@@ -118,9 +122,25 @@ static void out_push(sample_out *so, int token) {
 static int on_sample_token(void *user, int seq, int token) {
     sample_out *so = user;
     (void)seq;
+    so->t_last = now_seconds();
+    if (so->made++ == 0) so->t_first = so->t_last;
+    if (!so->stream) return sample_stop;
     out_push(so, token);
-    if (so->stream) out_flush(so, 0);
+    out_flush(so, 0);
     return sample_stop;
+}
+
+/* --stats: the prefill (prompts to the first tokens) and the decode (the rest), and the cache. */
+static void print_sample_stats(const sample_out *so, const moe_config *c, int B, int n_prompt, double t0) {
+    double pre = so->t_first - t0, dec = so->t_last - so->t_first;
+    int64_t decoded = so->made - B;
+    double kv = 2.0 * c->n_layer * B * c->seq_len * c->n_embd * sizeof(float);
+    fprintf(stderr, "moe: prefill %d x %d tokens in %.1f ms (%.0f tokens/s, with the first token's sampling)\n", B,
+            n_prompt, 1e3 * pre, pre > 0 ? (double)B * n_prompt / pre : 0.0);
+    fprintf(stderr, "moe: decode %lld tokens in %.1f ms (%.1f tokens/s, %.2f ms per step of %d)\n", (long long)decoded,
+            1e3 * dec, dec > 0 ? (double)decoded / dec : 0.0, decoded > 0 ? 1e3 * dec * B / (double)decoded : 0.0, B);
+    fprintf(stderr, "moe: KV cache %.2f MiB (2 x %d layers x %d sequences x %d positions x %d floats)\n", kv / 1048576.0,
+            c->n_layer, B, c->seq_len, c->n_embd);
 }
 
 static int run_sample(void *opts) {
@@ -163,10 +183,8 @@ static int run_sample(void *opts) {
     s.top_p = (float)o->top_p;
     s.seed = (uint64_t)o->seed;
     s.eos = tok && !o->ignore_eos ? moe_tokenizer_eos(tok) : -1;
-    if (B == 1) {
-        s.on_token = on_sample_token;
-        s.user = &so;
-    }
+    s.on_token = on_sample_token;
+    s.user = &so;
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sample_signal;
@@ -178,11 +196,13 @@ static int run_sample(void *opts) {
     if (!tok && !(so.text = malloc((so.cap = np + 64)))) die(1, "out of memory");
     if (!tok) memcpy(so.text, o->prompt, (so.len = np));
     if (so.stream) out_flush(&so, 0);
+    double t0 = now_seconds();
     check(moe_model_generate(m, B, prompts, lens, (int)o->tokens, &s, out, n_out));
     sigaction(SIGINT, &old, NULL);
+    if (o->stats && so.made > 0) print_sample_stats(&so, c, B, n, t0);
     for (int b = 0; b < B; b++) {
-        if (B > 1) {
-            printf("--- sample %d of %d\n", b + 1, B);
+        if (!so.stream) {
+            if (B > 1) printf("--- sample %d of %d\n", b + 1, B);
             so.n = np;
             so.printed = 0;
             if (!tok) so.len = np;

@@ -99,12 +99,6 @@ typedef struct {
     double t0, last_draw;
 } progress;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void fmt_dur(char *b, size_t n, double s) {
     long t = (long)(s + 0.5);
     if (t >= 3600) snprintf(b, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
@@ -115,7 +109,7 @@ static void fmt_dur(char *b, size_t n, double s) {
 /* Seconds left, from this invocation's mean step time; -1 before the first step. */
 static double eta(const progress *p, int64_t step) {
     if (step <= p->first) return -1;
-    return (now_s() - p->t0) / (double)(step - p->first) * (double)(p->target - step);
+    return (now_seconds() - p->t0) / (double)(step - p->first) * (double)(p->target - step);
 }
 
 /* The bar redraws one line with escape codes: only on a terminal, and never under an MPI
@@ -134,7 +128,7 @@ static void progress_clear(progress *p) {
 }
 
 static void progress_draw(progress *p, const moe_step_info *s) {
-    double t = now_s();
+    double t = now_seconds();
     if (!p->tty || (t - p->last_draw < 0.1 && s->step < p->target)) return;
     p->last_draw = t;
     const int width = 30;
@@ -254,11 +248,11 @@ static void llmc_split(train_opts *o) {
 /* --check-data: every token of d read and checked now (on rank 0, which speaks for the job). */
 static void check_all(const moe_dataset *d, const char *what, int quiet) {
     if (!d || moe_dist_rank() != 0) return;
-    double t0 = now_s();
+    double t0 = now_seconds();
     check(moe_dataset_check(d));
     if (!quiet)
         printf("moe: %s data checked: %lld tokens in %d file(s), all within the vocabulary (%.1f s)\n", what,
-               (long long)moe_dataset_len(d), moe_dataset_n_files(d), now_s() - t0);
+               (long long)moe_dataset_len(d), moe_dataset_n_files(d), now_seconds() - t0);
 }
 
 /* ---------------------------------------------------------------- the tokenizer */
@@ -413,7 +407,7 @@ static int train_steps(const train_opts *o, moe_trainer *t, double *train_ms) {
     const moe_config *tc = moe_trainer_config(t);
     moe_model *m = moe_trainer_model(t);
     int64_t first = moe_trainer_steps_done(t);
-    progress prog = {bar_wanted() && !o->quiet, 0, first, tc->steps, now_s(), 0.0};
+    progress prog = {bar_wanted() && !o->quiet, 0, first, tc->steps, now_seconds(), 0.0};
     if (o->stop_after > 0 && first + o->stop_after < prog.target) prog.target = first + o->stop_after;
     int stopped = 0;
     *train_ms = 0.0;

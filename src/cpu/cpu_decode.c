@@ -111,6 +111,7 @@ static void attend(cpu_kv *s, const moe_model *m, int l, int B, int n, const int
             for (int j = 0; j <= t; j++) {
                 const float *kj = K + (int64_t)j * C;
                 float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
                 for (int i = 0; i < D; i++) dot += qr[i] * kj[i];
                 sc[j] = dot * scale;
                 maxv = sc[j] > maxv ? sc[j] : maxv;
@@ -122,6 +123,7 @@ static void attend(cpu_kv *s, const moe_model *m, int l, int B, int n, const int
             for (int j = 0; j <= t; j++) {
                 const float *vj = V + (int64_t)j * C;
                 float w = sc[j] * inv;
+#pragma omp simd
                 for (int i = 0; i < D; i++) o[i] += w * vj[i];
             }
         }

@@ -87,6 +87,8 @@ enum {
     TILE_MAX = 64,                // tiles per GEMM at most
     TILE_MIN_FLOP = 1 << 25,      // a tile is not cut below this many multiply-adds (its packing
                                   // would cost too much against its products)
+    TILE_MIN_GEMV = 1 << 16,      // a product of one row is a GEMV, bound by reading the weights
+                                  // (no packing): its tiles may be much smaller
 };
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -95,7 +97,9 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static void tile_shape(const moe__gemm *g, int *tm, int *tn) {
     int64_t m = g->M, n = g->N;
     for (;;) {
-        if (ceil_div(g->M, m) * ceil_div(g->N, n) * 2 > TILE_MAX || m * n * g->K < TILE_MIN_FLOP) break;
+        if (ceil_div(g->M, m) * ceil_div(g->N, n) * 2 > TILE_MAX ||
+            m * n * g->K < (g->M == 1 ? TILE_MIN_GEMV : TILE_MIN_FLOP))
+            break;
         if (m >= n && m > TILE_ALIGN) m = ceil_div(ceil_div(m, 2), TILE_ALIGN) * TILE_ALIGN;
         else if (n > TILE_ALIGN) n = ceil_div(ceil_div(n, 2), TILE_ALIGN) * TILE_ALIGN;
         else break;
@@ -110,6 +114,11 @@ static void gemm_tile(const moe__gemm *g, int tm, int tn, int64_t t) {
     // op(A) rows m0.. are A's rows (or its columns when transposed); op(B) columns likewise
     const float *A = g->ta ? g->A + m0 : g->A + (int64_t)m0 * g->lda;
     const float *B = g->tb ? g->B + (int64_t)n0 * g->ldb : g->B + n0;
+    if (g->M == 1) { // one row: a GEMV (sgemm would pack all of B first); c = op(B)^T a
+        cblas_sgemv(CblasRowMajor, g->tb ? CblasNoTrans : CblasTrans, g->tb ? n : g->K, g->tb ? g->K : n, g->alpha, B,
+                    g->ldb, A, g->ta ? g->lda : 1, g->beta, g->C + n0, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, m, n, g->K,
                 g->alpha, A, g->lda, B, g->ldb, g->beta, g->C + (int64_t)m0 * g->ldc + n0, g->ldc);
 }
