@@ -406,10 +406,16 @@ const char *moe_phase_name(moe_phase p);
  * (its trainer saves it, in shards). */
 moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
 /* Reads a safetensors checkpoint written by moe_model_save (path is the file, or a run directory
- * holding model.safetensors): config from its metadata, a model sized for max_batch (recompute
- * off, for inference), weights checked by name and shape. Statuses: IO when it cannot be read;
+ * holding model.safetensors): config from its metadata, a model for inference sized for
+ * max_batch, weights checked by name and shape. On the CPU the model has no training state: no
+ * gradients (moe_model_grads is NULL, moe_model_backward MOE_STATUS_ARG), activations for the
+ * forward only (one set reused by the layers, attention through one tile of scores per
+ * thread), and its weights are the file's own pages, mapped, when the file holds exactly the
+ * model's tensors in order (moe_model_save's files; MOE_NO_MMAP=1 reads them instead). To train
+ * from it: moe_model_create, then moe_model_init_from. Statuses: IO when it cannot be read;
  * FORMAT when it is not a moe checkpoint, fails its checksum, or a tensor is missing, extra or
- * of another shape; CONFIG for a stored config that does not validate; moe_model_create's. */
+ * of another shape; CONFIG for a stored config that does not validate; moe_model_create's.
+ * 0.2: for inference only (it had gradients and every layer's activations). */
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out);
 /* Reads only the config stored in a checkpoint (the file, or a run directory holding it), and
  * its step when step is not NULL. Statuses: IO, FORMAT, CONFIG as for moe_model_load; *out is

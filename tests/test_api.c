@@ -3,12 +3,16 @@
  * error it got in its own context, three deep, keeps every part once; a message too long for
  * the buffer keeps its start and its cause at the end), statuses and their names, statuses
  * instead of sentinels (moe_model_routing), the size guard counting the routing's slots per
- * token, and paths too long refused with a status that says so, never a crash or another file.
+ * token, paths too long refused with a status that says so, never a crash or another file, and a
+ * checkpoint loaded for inference (mapped or read) giving its training model's bits.
  */
+#define _POSIX_C_SOURCE 200809L
 #include "check.h"
 #include "core/core.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void test_error_chain(void) {
     // each level passes moe_last_error() back into moe__err: the buffer is source and target
@@ -137,6 +141,60 @@ static void test_long_paths(void) {
     moe_model_free(m);
 }
 
+/* A checkpoint loaded for inference (no gradients, one set of activations for all layers, tiled
+ * attention, weights mapped or read) gives the bits of the training model it was saved from:
+ * logits and every MoE layer's routing, for every routing method; backward is refused. */
+static void test_inference_load(void) {
+    const char *routing[] = {"topk", "noisy_topk", "expert_choice", "soft"};
+    char path[] = "/tmp/moe_test_api_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    for (size_t r = 0; r < sizeof routing / sizeof routing[0]; r++) {
+        moe_config c = moe_config_default();
+        const char *sets[][2] = {{"vocab_size", "40"}, {"seq_len", "70"}, {"n_embd", "16"}, {"n_layer", "3"},
+                                 {"n_head", "2"},      {"ffn_hidden", "16"}, {"n_experts", "4"}, {"top_k", "2"},
+                                 {"expert_hidden", "8"}, {"n_shared", "1"}, {"moe_layers", "0,2"},
+                                 {"routing", routing[r]}};
+        for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) CHECK_OK(moe_config_set(&c, sets[i][0], sets[i][1]));
+        moe_model *m;
+        CHECK_OK(moe_model_create(&c, 3, &m));
+        moe_model_init(m, 5 + r);
+        CHECK_OK(moe_model_save(m, path, 0));
+        enum { B = 3, T = 70 };
+        int tok[B * T], slots_a, slots_b;
+        for (int i = 0; i < B * T; i++) tok[i] = (i * 13 + i / 7) % 40;
+        CHECK_OK(moe_model_forward(m, tok, NULL, B, T, 0, NULL));
+        int64_t n = (int64_t)B * T * 40;
+        float *want = malloc((size_t)n * sizeof(float));
+        int *ra = malloc(B * T * 4 * sizeof(int) * 2), *rb = malloc(B * T * 4 * sizeof(int) * 2);
+        memcpy(want, moe_model_logits(m), (size_t)n * sizeof(float));
+        for (int mapped = 0; mapped < 2; mapped++) {
+            setenv("MOE_NO_MMAP", mapped ? "0" : "1", 1);
+            moe_model *l;
+            CHECK_OK(moe_model_load(path, B, &l));
+            CHECK_OK(moe_model_forward(l, tok, NULL, B, T, 0, NULL));
+            CHECK(!memcmp(moe_model_logits(l), want, (size_t)n * sizeof(float)), "%s, %s: the loaded model's logits",
+                  routing[r], mapped ? "mapped" : "read");
+            for (int i = 0; i < moe_model_n_moe_layers(m); i++) {
+                CHECK_OK(moe_model_routing(m, i, ra, &slots_a));
+                CHECK_OK(moe_model_routing(l, i, rb, &slots_b));
+                CHECK(slots_a == slots_b && !memcmp(ra, rb, (size_t)B * T * slots_a * sizeof(int)),
+                      "%s: MoE layer %d's routing", routing[r], i);
+            }
+            moe_status st = moe_model_backward(l, 1.0f);
+            CHECK(st == MOE_STATUS_ARG && moe_model_grads(l) == NULL, "backward of a loaded model: %s",
+                  moe_status_str(st));
+            moe_model_free(l);
+        }
+        unsetenv("MOE_NO_MMAP");
+        free(want);
+        free(ra);
+        free(rb);
+        moe_model_free(m);
+    }
+    unlink(path);
+}
+
 static void test_status_names(void) {
     for (int s = 0; s < MOE_STATUS_COUNT; s++)
         CHECK(moe_status_str((moe_status)s)[0] && strcmp(moe_status_str((moe_status)s), "unknown status"),
@@ -151,5 +209,6 @@ int main(void) {
     test_routing_status();
     test_rows_guard();
     test_long_paths();
+    test_inference_load();
     CHECK_SUMMARY("test_api");
 }

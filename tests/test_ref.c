@@ -189,8 +189,11 @@ static void compare_case(const char *dir, const ref_case *rc) {
     snprintf(path, sizeof path, "%s/%s_ref.safetensors", dir, rc->name);
     CHECK_OK(moe__st_read(path, &ref));
     snprintf(path, sizeof path, "%s/%s_init.safetensors", dir, rc->name);
-    moe_model *m;
-    CHECK_OK(moe_model_load(path, 8, &m));
+    moe_model *m, *init;
+    CHECK_OK(moe_model_load(path, 8, &init)); // for inference: trained, a model of its config takes its weights
+    CHECK_OK(moe_model_create(moe_model_config(init), 8, &m));
+    CHECK_OK(moe_model_init_from(m, init, NULL));
+    moe_model_free(init);
     moe_config c = case_config(rc); // training keys are not stored in the model file
     const moe_config *mc = moe_model_config(m);
     int B = c.batch_size, T = c.seq_len, V = mc->vocab_size, nm = moe_model_n_moe_layers(m);

@@ -31,7 +31,10 @@ typedef struct {
 typedef struct {
     char *arena;                        /* activations and scratch: one allocation */
     float **resid;                      /* L+1 arrays (N,C): input of each layer, then the output */
-    moe__cpu_layer_act *la;             /* L; with recompute, one slot per kind of block, shared */
+    moe__cpu_layer_act *la;             /* L; with recompute (or lean), one slot per kind of block, shared */
+    int **routes;                       /* L: a lean model's routing of each MoE layer (NULL for dense) */
+    float *att_scratch;                 /* lean: att_threads tiles of attention scores */
+    int att_threads;
     float *lnf, *rstdf, *logits, *dlogits, *row_loss, *rope_cos, *rope_sin, *tmp;
     float *dresid, *dln, *datty, *dq, *dk, *dv, *datt, *dact, *dh1, *dh3;
     moe__moe_scratch ms;
@@ -77,6 +80,8 @@ int64_t moe__first_nonfinite(const float *x, int64_t n);
 int moe__nonfinite_params(const moe_model *m, char *where, size_t n);
 int moe__nonfinite_grads(const moe_model *m, char *where, size_t n);
 
+/* The expert of each of P slots of a forward's MoE cache (-1: dropped or unrouted) into out. */
+void moe__cpu_routes(const moe__moe_cache *c, int64_t P, int *out);
 /* For tests: the MoE cache of layer l of the last forward (NULL for a dense layer). */
 const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l);
 

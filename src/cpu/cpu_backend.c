@@ -8,18 +8,25 @@
 #include "nn/nn.h"
 
 #include <string.h>
+#include <sys/mman.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Saved activations of one block: a dense FFN (E = 0) or an MoE layer of dims d with P
- * assignments. */
-static void plan_block(moe__planner *p, moe__cpu_layer_act *a, const moe_config *c, int64_t B,
+ * assignments. A lean (inference) block keeps no attention probabilities: attention goes through
+ * the plan's per-thread tile of scores. */
+static void plan_block(moe__planner *p, moe__cpu_layer_act *a, const moe_model *m, int64_t B,
                        const moe__moe_dims *d, int64_t P) {
+    const moe_config *c = &m->cfg;
     int64_t T = c->seq_len, N = B * T, C = c->n_embd, H = c->n_head, Fd = c->ffn_hidden;
     a->ln1 = MOE_TAKE_F(p, N * C);
     a->rstd1 = MOE_TAKE_F(p, N);
     a->q = MOE_TAKE_F(p, N * C);
     a->k = MOE_TAKE_F(p, N * C);
     a->v = MOE_TAKE_F(p, N * C);
-    a->att = MOE_TAKE_F(p, B * H * T * T);
+    a->att = m->lean ? NULL : MOE_TAKE_F(p, B * H * T * T);
     a->atty = MOE_TAKE_F(p, N * C);
     a->resid_mid = MOE_TAKE_F(p, N * C);
     a->ln2 = MOE_TAKE_F(p, N * C);
@@ -42,9 +49,11 @@ static moe__moe_dims plan_dims(const moe_model *m, int E) {
     return d;
 }
 
-/* The blocks' saved activations: one slot per block, or with recompute one per kind of block,
- * shared by all blocks of that kind (backward redoes a block's forward from resid[l] just
- * before its own backward). Returns the most assignments of any layer. */
+/* The blocks' saved activations: one slot per block, or with recompute (and for a lean model,
+ * which has no backward) one per kind of block, shared by all blocks of that kind (backward
+ * redoes a block's forward from resid[l] just before its own backward). A lean model keeps each
+ * MoE layer's routing apart (s->routes), for moe_model_routing. Returns the most assignments of
+ * any layer. */
 static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B) {
     const moe_config *c = &m->cfg;
     int64_t N = B * c->seq_len, PM = 0;
@@ -52,26 +61,27 @@ static int64_t plan_blocks(moe__planner *p, moe_model *m, moe__cpu *s, int64_t B
         if (m->moe_slot[l] >= 0) {
             int64_t P = moe__model_max_slots(c, m->n_exp[l]) * N;
             PM = P > PM ? P : PM;
+            if (m->lean) s->routes[l] = MOE_TAKE_I(p, P);
         }
-    if (c->recompute) {
+    if (c->recompute || m->lean) {
         moe__cpu_layer_act dense, moe;
         memset(&dense, 0, sizeof dense);
         memset(&moe, 0, sizeof moe);
-        if (m->n_moe < c->n_layer) plan_block(p, &dense, c, B, NULL, 0);
+        if (m->n_moe < c->n_layer) plan_block(p, &dense, m, B, NULL, 0);
         if (m->n_moe > 0) {
             moe__moe_dims d = plan_dims(m, m->max_e);
-            plan_block(p, &moe, c, B, &d, PM);
+            plan_block(p, &moe, m, B, &d, PM);
         }
         for (int l = 0; l < c->n_layer; l++) s->la[l] = m->moe_slot[l] >= 0 ? moe : dense;
         return PM;
     }
     for (int l = 0; l < c->n_layer; l++) {
         if (m->moe_slot[l] < 0) {
-            plan_block(p, &s->la[l], c, B, NULL, 0);
+            plan_block(p, &s->la[l], m, B, NULL, 0);
             continue;
         }
         moe__moe_dims d = plan_dims(m, m->n_exp[l]);
-        plan_block(p, &s->la[l], c, B, &d, moe__model_max_slots(c, m->n_exp[l]) * N);
+        plan_block(p, &s->la[l], m, B, &d, moe__model_max_slots(c, m->n_exp[l]) * N);
     }
     return PM;
 }
@@ -86,11 +96,21 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     s->lnf = MOE_TAKE_F(&p, N * C);
     s->rstdf = MOE_TAKE_F(&p, N);
     s->logits = MOE_TAKE_F(&p, N * V);
-    s->dlogits = MOE_TAKE_F(&p, N * V);
     s->row_loss = MOE_TAKE_F(&p, N);
     s->rope_cos = MOE_TAKE_F(&p, T * (C / H / 2));
     s->rope_sin = MOE_TAKE_F(&p, T * (C / H / 2));
     s->tmp = MOE_TAKE_F(&p, N * C);
+    s->tokens = MOE_TAKE_I(&p, N);
+    s->targets = MOE_TAKE_I(&p, N);
+    if (m->ep > 1) {
+        s->a2a_buf = MOE_TAKE_F(&p, m->ep * PM * C);
+        s->a2a_cnt = MOE_TAKE_I64(&p, 2 * (int64_t)m->ep * m->max_e);
+    }
+    if (m->lean) { // no backward: the scores of one attention tile per thread instead
+        s->att_scratch = MOE_TAKE_F(&p, (int64_t)s->att_threads * moe__attention_tile() * T);
+        return p.off;
+    }
+    s->dlogits = MOE_TAKE_F(&p, N * V);
     s->dresid = MOE_TAKE_F(&p, N * C);
     s->dln = MOE_TAKE_F(&p, N * C);
     s->datty = MOE_TAKE_F(&p, N * C);
@@ -100,10 +120,6 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     s->datt = MOE_TAKE_F(&p, B * H * T * T);
     if (m->n_moe > 0) {
         moe__moe_dims d = plan_dims(m, m->max_e); // the scratch of the widest MoE layer
-        if (m->ep > 1) {
-            s->a2a_buf = MOE_TAKE_F(&p, m->ep * PM * C);
-            s->a2a_cnt = MOE_TAKE_I64(&p, 2 * (int64_t)m->ep * m->max_e);
-        }
         moe__moe_plan_scratch(&p, &s->ms, &d, N, PM);
         int64_t h = moe__moe_hidden_scratch(&d, N, PM);
         hid = h > hid ? h : hid;
@@ -114,20 +130,21 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     s->ms.dact = s->dact;
     s->ms.dh1 = s->dh1;
     s->ms.dh3 = s->dh3;
-    s->tokens = MOE_TAKE_I(&p, N);
-    s->targets = MOE_TAKE_I(&p, N);
     return p.off;
 }
 
 static void cpu_free(moe_model *m) {
     moe__cpu *s = moe__cpu_of(m);
-    free(m->params);
+    if (m->map) munmap(m->map, m->map_len); // the parameters lie in the checkpoint's mapping
+    else free(m->params);
     free(m->grads);
     free(m->opt);
     m->params = m->grads = m->opt = NULL;
+    m->map = NULL;
     if (!s) return;
     free(s->resid);
     free(s->la);
+    free(s->routes);
     free(s->arena);
     free(s);
     m->be_state = NULL;
@@ -137,13 +154,18 @@ static moe_status cpu_create(moe_model *m) {
     const moe_config *c = &m->cfg;
     moe__cpu *s = calloc(1, sizeof *s);
     m->be_state = s;
-    m->params = moe__calloc((size_t)m->n_params * sizeof(float));
-    m->grads = moe__calloc((size_t)m->n_params * sizeof(float));
-    if (!s || !m->params || !m->grads)
+    if (!m->defer_params) m->params = moe__calloc((size_t)m->n_params * sizeof(float));
+    if (!m->lean) m->grads = moe__calloc((size_t)m->n_params * sizeof(float));
+    if (!s || (!m->defer_params && !m->params) || (!m->lean && !m->grads))
         return moe__err(MOE_STATUS_NOMEM, "cannot allocate %lld parameters", (long long)m->n_params);
     s->resid = calloc((size_t)c->n_layer + 1, sizeof(float *));
     s->la = calloc((size_t)c->n_layer, sizeof(moe__cpu_layer_act));
-    if (!s->resid || !s->la) return moe__err(MOE_STATUS_NOMEM, "out of memory (activation plan)");
+    s->routes = calloc((size_t)c->n_layer, sizeof(int *));
+    if (!s->resid || !s->la || !s->routes) return moe__err(MOE_STATUS_NOMEM, "out of memory (activation plan)");
+    s->att_threads = 1;
+#ifdef _OPENMP
+    s->att_threads = omp_get_max_threads();
+#endif
     size_t bytes = moe__cpu_plan(m, s, NULL);
     s->arena = moe__calloc(bytes);
     if (!s->arena)
@@ -166,10 +188,14 @@ static moe_status cpu_routing(const moe_model *m, int i, int *out, int *slots) {
     int l = m->stats[i].layer;
     moe__moe_dims d = moe__cpu_layer_dims(m, l, m->T, m->training);
     *slots = moe__moe_slots(&d);
-    const moe__moe_cache *c = &moe__cpu_of(m)->la[l].mc;
     int64_t P = (int64_t)*slots * m->B * m->T;
-    for (int64_t a = 0; out && a < P; a++) out[a] = c->row_of[a] >= 0 ? c->sel[a] : -1;
+    if (out && m->lean) memcpy(out, moe__cpu_of(m)->routes[l], (size_t)P * sizeof(int));
+    if (out && !m->lean) moe__cpu_routes(&moe__cpu_of(m)->la[l].mc, P, out);
     return MOE_STATUS_OK;
+}
+
+void moe__cpu_routes(const moe__moe_cache *c, int64_t P, int *out) {
+    for (int64_t a = 0; a < P; a++) out[a] = c->row_of[a] >= 0 ? c->sel[a] : -1;
 }
 
 const moe__moe_cache *moe__cpu_moe_cache(const moe_model *m, int l) {

@@ -70,7 +70,8 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
     moe__matmul_forward(a->v, a->ln1, w.wv, N, C, C, 0);
     moe__rope_forward(a->q, s->rope_cos, s->rope_sin, B, T, C, H);
     moe__rope_forward(a->k, s->rope_cos, s->rope_sin, B, T, C, H);
-    moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H);
+    if (a->att) moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H);
+    else moe__attention_forward_tiled(a->atty, s->att_scratch, s->att_threads, a->q, a->k, a->v, B, T, C, H);
     memcpy(a->resid_mid, x, (size_t)N * C * sizeof(float));
     moe__matmul_forward(a->resid_mid, a->atty, w.wo, N, C, C, 1);
     moe__rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps);
@@ -85,6 +86,7 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
     moe__moe_dims dims = moe__cpu_layer_dims(m, l, T, training);
     moe_status st = moe__moe_forward(s->tmp, &a->mc, a->ln2, &w.moe, &dims, N);
     if (st != MOE_STATUS_OK) return moe__err(st, "layer %d: %s", l, moe_last_error());
+    if (m->lean) moe__cpu_routes(&a->mc, moe__moe_slots(&dims) * N, s->routes[l]); // the shared slot is reused
     t = moe__prof_begin(prof);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * C; i++) xo[i] += s->tmp[i];

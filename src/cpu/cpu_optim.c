@@ -121,6 +121,7 @@ int moe__nonfinite_params(const moe_model *m, char *where, size_t n) {
 }
 
 int moe__nonfinite_grads(const moe_model *m, char *where, size_t n) {
+    if (!m->grads) return 0; // an inference model
     for (int i = m->n_tensors - 1; i >= 0; i--) { // gradients, in the order backward makes them
         const moe_tensor_info *t = &m->tensors[i].info;
         if (t->group == MOE_GROUP_BUFFER) continue;
@@ -141,7 +142,7 @@ int moe__cpu_locate_nonfinite(const moe_model *m, char *where, size_t n) {
     if (kind) return kind;
     int64_t NC = (int64_t)m->B * m->T * c->n_embd;
     for (int l = 0; l < c->n_layer && m->B > 0; l++) { // the forward, block by block
-        if (!c->recompute && moe__first_nonfinite(s->la[l].resid_mid, NC) >= 0) {
+        if (!c->recompute && !m->lean && moe__first_nonfinite(s->la[l].resid_mid, NC) >= 0) {
             snprintf(where, n, "activations: the attention output of layer %d", l);
             return MOE_NONFINITE_ACT;
         }

@@ -270,6 +270,25 @@ done:
     return st;
 }
 
+static int has_meta(const moe__st_file *f, const char *key) {
+    char *v = moe__st_meta(f, key);
+    free(v);
+    return v != NULL;
+}
+
+/* 1 when f holds exactly m's tensors, F32, in m's order and shapes, packed from the start of its
+ * data: the data region is then the parameter buffer itself. */
+static int same_layout(const moe_model *m, const moe__st_file *f) {
+    if (f->n != m->n_tensors || (uintptr_t)f->data % sizeof(float) || f->data_len != (uint64_t)m->n_params * 4) return 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const moe_tensor_info *t = moe_model_tensor(m, i);
+        const moe__st_tensor *s = moe__st_find(f, t->name);
+        if (!s || s->data != f->data + t->offset * 4 || s->nbytes != t->numel * 4 || check_shape("", s, t, t->shape[0]))
+            return 0;
+    }
+    return 1;
+}
+
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     *out = NULL;
     char *file = checkpoint_file(path);
@@ -284,8 +303,21 @@ moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     moe_model *m = NULL;
     st = moe__checkpoint_config_of(&f, file, &c, NULL);
     c.recompute = 0; // inference: no backward to save memory for
-    if (st == MOE_STATUS_OK) st = moe_model_create(&c, max_batch, &m);
-    if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, file);
+    if (st == MOE_STATUS_OK) st = moe__model_create(&c, max_batch, MOE__MODEL_LEAN | MOE__MODEL_DEFER_PARAMS, &m);
+    if (st == MOE_STATUS_OK && m->defer_params && f.map_len && same_layout(m, &f) && m->ep == 1 &&
+        !has_meta(&f, "expert_shards")) {
+        // the parameters are the mapped file's data: nothing is copied
+        if ((st = verify_data(&f, file)) == MOE_STATUS_OK) {
+            m->params = (float *)f.data;
+            m->map = f.buf;
+            m->map_len = f.map_len;
+            f.buf = NULL;
+            f.map_len = 0;
+        }
+    } else if (st == MOE_STATUS_OK) {
+        if (m->defer_params) st = moe__model_alloc_params(m);
+        if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, file);
+    }
     moe__st_free(&f);
     free(file);
     if (st != MOE_STATUS_OK) {

@@ -23,8 +23,9 @@ typedef struct {
 } moe__st_tensor;
 
 typedef struct {
-    char *buf;                   /* whole file (NULL for a set built in memory) */
+    char *buf;                   /* whole file (NULL for a set built in memory): mapped, or read */
     size_t len;
+    size_t map_len;              /* buf is a private mapping of this length (0: read into memory) */
     int n;
     moe__st_tensor *t;
     void *metadata;              /* the "__metadata__" object (a cJSON, parsed once), or NULL */
@@ -32,6 +33,7 @@ typedef struct {
     uint64_t data_len;
 } moe__st_file;
 
+/* Opens a file whole: mapped (private, copy on write) where it can be, else read. */
 moe_status moe__st_read(const char *path, moe__st_file *out);
 /* Only the header: names, dtypes, shapes, offsets (checked against the file size) and metadata;
  * the tensors' data pointers are NULL. For reading a config without the weights. */

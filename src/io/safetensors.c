@@ -10,6 +10,10 @@
 
 #include <cjson/cJSON.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int dtype_size(const char *dt) {
     if (!strcmp(dt, "F32") || !strcmp(dt, "I32") || !strcmp(dt, "U32")) return 4;
@@ -26,7 +30,8 @@ void moe__st_free(moe__st_file *f) {
         free(f->t[i].own);
     }
     free(f->t);
-    free(f->buf);
+    if (f->map_len) munmap(f->buf, f->map_len);
+    else free(f->buf);
     cJSON_Delete(f->metadata);
     memset(f, 0, sizeof *f);
 }
@@ -90,15 +95,36 @@ static moe_status parse_entry(moe__st_tensor *t, const cJSON *it, const char *pa
     return MOE_STATUS_OK;
 }
 
+/* The whole file, mapped (private, copy on write: the file is never written through it), or read
+ * when it cannot be mapped (MOE_NO_MMAP=1 in the environment reads it too). *mapped: its length
+ * when mapped, else 0. NULL with the error set. */
+static char *map_file(const char *path, size_t *len, size_t *mapped) {
+    *mapped = 0;
+    const char *no = getenv("MOE_NO_MMAP");
+    if (no && no[0] == '1') return moe__read_file(path, len);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size == 0) {
+        if (fd >= 0) close(fd);
+        return moe__read_file(path, len); // its errors name the file
+    }
+    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return moe__read_file(path, len);
+    *len = *mapped = (size_t)sb.st_size;
+    return p;
+}
+
 /* Reads and checks a file; with header_only, only its header (tensors then have no data). */
 static moe_status st_read(const char *path, moe__st_file *out, int header_only) {
     memset(out, 0, sizeof *out);
-    size_t len, size;
-    char *buf = header_only ? read_header_bytes(path, &len, &size) : moe__read_file(path, &len);
+    size_t len, size, mapped = 0;
+    char *buf = header_only ? read_header_bytes(path, &len, &size) : map_file(path, &len, &mapped);
     if (!buf) return MOE_STATUS_IO;
     if (!header_only) size = len;
     out->buf = buf;
     out->len = len;
+    out->map_len = mapped;
     moe_status st = MOE_STATUS_OK;
     cJSON *root = NULL;
     if (size < 8) {

@@ -149,6 +149,18 @@ static moe_status create_stats(moe_model *m) {
 }
 
 moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out) {
+    return moe__model_create(c, max_batch, 0, out);
+}
+
+moe_status moe__model_alloc_params(moe_model *m) {
+    if (m->params) return MOE_STATUS_OK;
+    m->params = moe__malloc((size_t)m->n_params * sizeof(float));
+    return m->params ? MOE_STATUS_OK
+                     : moe__err(MOE_STATUS_NOMEM, "cannot allocate %lld parameters (%.1f MiB)", (long long)m->n_params,
+                                (double)m->n_params * 4.0 / 1048576.0);
+}
+
+moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_model **out) {
     *out = NULL;
     moe_status st = moe_config_validate(c);
     if (st != MOE_STATUS_OK) return st;
@@ -171,6 +183,9 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
 #else
     m->be = &moe__backend_cpu;
 #endif
+    // the CUDA backend keeps its training layout (and its own parameter buffers) for inference
+    m->lean = (flags & MOE__MODEL_LEAN) && m->be == &moe__backend_cpu;
+    m->defer_params = (flags & MOE__MODEL_DEFER_PARAMS) && m->be == &moe__backend_cpu;
     st = build_table(m);
     if (st == MOE_STATUS_OK) st = m->be->create(m);
     if (st == MOE_STATUS_OK) st = create_stats(m);
@@ -303,11 +318,16 @@ moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets
 }
 
 moe_status moe_model_backward(moe_model *m, float grad_scale) {
+    if (m->lean)
+        return moe__err(MOE_STATUS_ARG, "backward: this model was loaded for inference (moe_model_load): it has no "
+                                        "gradients; create one with moe_model_create to train");
     if (!m->has_targets) return moe__err(MOE_STATUS_ARG, "backward: the last forward had no targets");
     return m->be->backward(m, grad_scale);
 }
 
-void moe_model_zero_grad(moe_model *m) { m->be->zero_grad(m); }
+void moe_model_zero_grad(moe_model *m) {
+    if (m->grads || !m->lean) m->be->zero_grad(m);
+}
 const float *moe_model_logits(const moe_model *m) { return m->be->logits((moe_model *)m); }
 
 moe_status moe_model_routing(const moe_model *m, int i, int *out, int *slots) {

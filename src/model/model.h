@@ -56,11 +56,24 @@ struct moe_model {
     moe_layer_stats *stats;             /* n_moe, filled by the backend's forward */
     int64_t *stats_load;
     double prof[MOE_PHASE_COUNT];
+    /* an inference model (moe__model_create's MOE__MODEL_LEAN): no gradients, no backward
+     * activations; its parameters may live in a mapping of its checkpoint (map, map_len) */
+    int lean, defer_params;
+    void *map;
+    size_t map_len;
     /* the backend running this model, and its own state (memory plan, activations) */
     const moe__backend *be;
     void *be_state;
 };
 
+/* moe_model_create with flags: MOE__MODEL_LEAN for inference (no gradients, no backward
+ * activations, attention through one tile of scores per thread; backward is refused);
+ * MOE__MODEL_DEFER_PARAMS leaves the CPU backend's parameters unallocated (m->params NULL) for
+ * the caller, who points them at a mapping (m->map) or calls moe__model_alloc_params. */
+enum { MOE__MODEL_LEAN = 1, MOE__MODEL_DEFER_PARAMS = 2 };
+moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_model **out);
+/* The parameters of a model created with MOE__MODEL_DEFER_PARAMS, allocated (not zeroed). */
+moe_status moe__model_alloc_params(moe_model *m);
 /* A forward's losses from its routing statistics (m->stats: each MoE layer's losses, averaged
  * over the layers) and its cross-entropy ce (with targets): moe_model_forward's out, for every
  * backend. MOE_STATUS_NUMERIC when a loss is not finite. */

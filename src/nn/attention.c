@@ -5,7 +5,8 @@
  * The fast path runs each (batch, head) on one thread with single-threaded BLAS products on
  * row tiles of TILE queries, each against the keys up to its last row only (the causal
  * triangle, so about half the products of the full square); the _ref path is plain loops.
- * att (B,H,T,T) keeps the probabilities for the backward pass (zero above the diagonal).
+ * att (B,H,T,T) keeps the probabilities for the backward pass (zero above the diagonal); without
+ * a backward (inference), _tiled keeps one tile of TILE x T scores per thread instead.
  * Backward: dq, dk, dv accumulate; datt (B,H,T,T) is scratch.
  */
 #include "core/core.h"
@@ -15,7 +16,41 @@
 #include <math.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define TILE 64
+
+int moe__attention_tile(void) { return TILE; }
+
+/* One (batch, head): its queries by row tiles against the keys up to each tile's last row. The
+ * probabilities of rows t0.. go to A + t0 * T when full (the (T,T) matrix kept for backward),
+ * else to A itself (one tile of scores, reused). */
+static void attend_head(float *O, float *A, int full, const float *Q, const float *K, const float *V, int T, int C,
+                        int D, float scale) {
+    for (int t0 = 0; t0 < T; t0 += TILE) {
+        int rows = T - t0 < TILE ? T - t0 : TILE, cols = t0 + rows; // keys 0 .. cols-1
+        float *At = full ? A + (int64_t)t0 * T : A;
+        // scores = scale * Q[t0:t0+rows] K[0:cols]^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, D, scale, Q + (int64_t)t0 * C, C, K, C, 0.0f,
+                    At, T);
+        for (int r = 0; r < rows; r++) {
+            int t = t0 + r;
+            float *at = At + (int64_t)r * T;
+            float maxv = at[0];
+            for (int s = 1; s <= t; s++) maxv = at[s] > maxv ? at[s] : maxv;
+            float sum = 0.0f;
+            for (int s = 0; s <= t; s++) sum += (at[s] = expf(at[s] - maxv));
+            float inv = 1.0f / sum;
+            for (int s = 0; s <= t; s++) at[s] *= inv;
+            for (int s = t + 1; s < (full ? T : cols); s++) at[s] = 0.0f; // masked (the tile: within its keys)
+        }
+        // out = att V
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, cols, 1.0f, At, T, V, C, 0.0f,
+                    O + (int64_t)t0 * C, C);
+    }
+}
 
 void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                             int B, int T, int C, int H) {
@@ -24,29 +59,24 @@ void moe__attention_forward(float *out, float *att, const float *q, const float 
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            const float *Q = q + (int64_t)b * T * C + h * D, *K = k + (int64_t)b * T * C + h * D;
-            const float *V = v + (int64_t)b * T * C + h * D;
-            float *A = att + ((int64_t)b * H + h) * T * T, *O = out + (int64_t)b * T * C + h * D;
-            for (int t0 = 0; t0 < T; t0 += TILE) {
-                int rows = T - t0 < TILE ? T - t0 : TILE, cols = t0 + rows; // keys 0 .. cols-1
-                // scores = scale * Q[t0:t0+rows] K[0:cols]^T
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, D, scale, Q + (int64_t)t0 * C, C, K,
-                            C, 0.0f, A + (int64_t)t0 * T, T);
-                for (int r = 0; r < rows; r++) {
-                    int t = t0 + r;
-                    float *at = A + (int64_t)t * T;
-                    float maxv = at[0];
-                    for (int s = 1; s <= t; s++) maxv = at[s] > maxv ? at[s] : maxv;
-                    float sum = 0.0f;
-                    for (int s = 0; s <= t; s++) sum += (at[s] = expf(at[s] - maxv));
-                    float inv = 1.0f / sum;
-                    for (int s = 0; s <= t; s++) at[s] *= inv;
-                    for (int s = t + 1; s < T; s++) at[s] = 0.0f;
-                }
-                // out = att V
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, cols, 1.0f, A + (int64_t)t0 * T, T, V,
-                            C, 0.0f, O + (int64_t)t0 * C, C);
-            }
+            int64_t ho = (int64_t)b * T * C + h * D;
+            attend_head(out + ho, att + ((int64_t)b * H + h) * T * T, 1, q + ho, k + ho, v + ho, T, C, D, scale);
+        }
+}
+
+void moe__attention_forward_tiled(float *out, float *scratch, int threads, const float *q, const float *k,
+                                  const float *v, int B, int T, int C, int H) {
+    int D = C / H;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            int64_t ho = (int64_t)b * T * C + h * D;
+            attend_head(out + ho, scratch + (int64_t)tid * TILE * T, 0, q + ho, k + ho, v + ho, T, C, D, scale);
         }
 }
 

@@ -54,6 +54,12 @@ void moe__rope_rows(float *x, const float *cos_t, const float *sin_t, int64_t N,
  * dq, dk, dv; datt (B,H,T,T) is scratch. The _ref versions are plain loops. */
 void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                             int B, int T, int C, int H);
+/* The forward without probabilities kept (inference): scratch holds `threads` tiles of
+ * moe__attention_tile() x T floats, and the region runs on at most `threads` threads. The same
+ * bits as moe__attention_forward. */
+void moe__attention_forward_tiled(float *out, float *scratch, int threads, const float *q, const float *k,
+                                  const float *v, int B, int T, int C, int H);
+int moe__attention_tile(void);
 void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                              const float *k, const float *v, const float *att, int B, int T, int C, int H);
 void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,
