@@ -702,14 +702,22 @@ moe_status moe_tokenizer_decode(const moe_tokenizer *t, const int *ids, size_t n
 
 /* ---------------------------------------------------------------- Hugging Face */
 
-/* Writes dir/config.json and dir/model.safetensors (F32, or BF16 when bf16) for a transformers
- * family the model maps onto exactly: family "mixtral" (MixtralForCausalLM: all layers MoE,
- * softmax top-K renormalised, no shared experts), "qwen2_moe" (Qwen2MoeForCausalLM: also dense
- * layers, shared experts, top-K not renormalised), or NULL/"auto" (Mixtral when it maps, else
- * Qwen2-MoE). Otherwise an error naming why. *written (may be NULL) gets the architecture, a
- * static string. Statuses: CONFIG when the model maps onto no family, or not the one asked for;
- * ARG for an unknown family, an expert-parallel model or a dir too long; IO. */
-moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, const char **written);
+/* transformers' default max_shard_size ("5GB"). */
+#define MOE_EXPORT_SHARD_BYTES 5000000000LL
+/* Writes dir/config.json and the weights (F32, or BF16 when bf16) for a transformers family the
+ * model maps onto exactly: family "mixtral" (MixtralForCausalLM: all layers MoE, softmax top-K
+ * renormalised, no shared experts), "qwen2_moe" (Qwen2MoeForCausalLM: also dense layers, shared
+ * experts, top-K not renormalised), or NULL/"auto" (Mixtral when it maps, else Qwen2-MoE).
+ * Otherwise an error naming why. The weights are dir/model.safetensors, or when they pass
+ * max_shard_bytes (<= 0: MOE_EXPORT_SHARD_BYTES) shards model-0000k-of-0000n.safetensors of at
+ * most that (a larger tensor alone) with model.safetensors.index.json, as save_pretrained
+ * writes them. Tensors are made one at a time: the memory used is about the largest tensor (a
+ * loaded model's mapped pages are released as they are read). *written (may be NULL) gets the
+ * architecture, a static string. Statuses: CONFIG when the model maps onto no family, or not the
+ * one asked for; ARG for an unknown family, an expert-parallel model or a dir too long; IO.
+ * 0.2: max_shard_bytes; shards. */
+moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, int64_t max_shard_bytes,
+                         const char **written);
 
 /* The config of the Hugging Face checkpoint in dir (its config.json): MixtralForCausalLM maps
  * onto an all-MoE model (dropless, like Mixtral), LlamaForCausalLM and MistralForCausalLM onto

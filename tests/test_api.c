@@ -135,7 +135,7 @@ static void test_long_paths(void) {
     memset(near + at, 'e', sizeof near - 1 - at);
     for (size_t i = at + 200; i < sizeof near - 1; i += 200) near[i] = '/';
     near[sizeof near - 1] = '\0';
-    st = moe_export_hf(m, near, "auto", 0, NULL);
+    st = moe_export_hf(m, near, "auto", 0, 0, NULL);
     CHECK(st == MOE_STATUS_ARG && !strncmp(moe_last_error(), "path too long: '/tmp/moe_test_api/eee", 37),
           "export to a directory of %zu bytes: %s (%.60s)", strlen(near), moe_status_str(st), moe_last_error());
     moe_model_free(m);

@@ -5,6 +5,7 @@
 # layers or top-K not renormalised export as Qwen2MoeForCausalLM (same bound); a model that maps
 # onto no family gets its reason. Needs /usr/bin/python3 with torch and transformers (scripts/deps.sh --hf);
 # exits 77 (ctest: skipped) without them.
+# A sharded export (--max-shard-size) loads alike and imports back bit for bit.
 # Import: tiny random Mixtral and Llama checkpoints written by transformers (GQA, sharded, bf16,
 # f16, tied) are imported with `moe import` (Llama also upcycled) and give transformers' logits.
 # usage: test_hf.sh path/to/moe
@@ -41,6 +42,22 @@ for dtype in f32 bf16; do
     elif [ $rc -ne 0 ]; then fail "$dtype: logits differ by more than $tol"; fi
     [ $dtype = bf16 ] && bf16_diff=$hf_diff
 done
+# sharded export (save_pretrained's layout): transformers loads it alike, and it imports back to
+# the same weights, bit for bit
+checks=$((checks + 3))
+"$MOE" export --ckpt "$W/run" --out "$W/hf_sh" --max-shard-size 40KB > /dev/null || fail "sharded export"
+[ -f "$W/hf_sh/model.safetensors.index.json" ] && [ ! -f "$W/hf_sh/model.safetensors" ] \
+    && [ "$(ls "$W"/hf_sh/model-*-of-*.safetensors | wc -l)" -gt 3 ] || fail "sharded export: $(ls "$W/hf_sh")"
+check_hf "$W/hf_sh" "$W/logits.bin" 1e-4 > /dev/null || fail "a sharded export: transformers' logits differ (or it did not load)"
+"$MOE" import --from "$W/hf_sh" --out "$W/back" > /dev/null || fail "import of a sharded export"
+"$PY" - "$W/run/model.safetensors" "$W/back/model.safetensors" <<'EOF2' || fail "a sharded export imported back differs"
+import json, struct, sys
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+sys.exit(a.keys() != b.keys() or any(a[k] != b[k] for k in a))
+EOF2
 # a bf16 export checked with the script's own bound passes, saying why the bound is what it is
 checks=$((checks + 1))
 out=$(check_hf "$W/hf_bf16" "$W/logits.bin") && grep -q "tolerance .* (bf16 export: its weights are moe's rounded" <<< "$out" \

@@ -296,6 +296,21 @@ int is_dir(const char *path) {
 
 int exists(const char *path) { return access(path, F_OK) == 0; }
 
+int64_t parse_size(const char *s) {
+    static const struct {
+        const char *unit;
+        double mult;
+    } units[] = {{"", 1},       {"B", 1},          {"KB", 1e3},        {"MB", 1e6},         {"GB", 1e9},
+                 {"TB", 1e12}, {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v > 0)) return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (!strcmp(end, units[i].unit)) return v * units[i].mult < 9e18 ? (int64_t)(v * units[i].mult) : -1;
+    return -1;
+}
+
 /* ---------------------------------------------------------------- files written atomically */
 
 /* The temporary files not yet renamed into place: removed at exit. */

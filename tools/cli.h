@@ -117,6 +117,9 @@ int is_dir(const char *path);
 double now_seconds(void);
 /* 1 when something (a file, a directory) exists at path. */
 int exists(const char *path);
+/* A size: bytes, or a number with KB, MB, GB, TB (powers of 1000, as transformers counts) or
+ * KiB, MiB, GiB, TiB; -1 when it is none. */
+int64_t parse_size(const char *s);
 
 /* A file written atomically: to PATH.tmp, then flushed, fsync'ed and renamed over PATH, and the
  * directory fsync'ed, so that a crash leaves the old file or the new one, never a torn one. Until

@@ -49,7 +49,7 @@ void print_init_report(const char *src, const moe_init_report *r) {
 /* ---------------------------------------------------------------- export */
 
 typedef struct {
-    const char *ckpt, *out, *dtype, *family;
+    const char *ckpt, *out, *dtype, *family, *shard;
 } export_opts;
 
 #define OPT(field) offsetof(export_opts, field)
@@ -58,6 +58,10 @@ static const cli_flag export_flags[] = {
     {"--out", CLI_STRING, "HFDIR", OPT(out), .help = "the Hugging Face directory to write", .required = 1},
     {"--dtype", CLI_STRING, "TYPE", OPT(dtype), .help = "f32 or bf16 (default f32)"},
     {"--family", CLI_STRING, "NAME", OPT(family), .help = "auto, mixtral or qwen2_moe (default auto)"},
+    {"--max-shard-size", CLI_STRING, "SIZE", OPT(shard),
+     .help = "shard the weights above SIZE (bytes, or with KB, MB, GB: powers of\n"
+             "1000 as transformers counts them; default 5GB), with\n"
+             "model.safetensors.index.json"},
 };
 #undef OPT
 
@@ -68,12 +72,18 @@ static int run_export(void *opts) {
         die(2, "export: --dtype must be f32 or bf16, got '%s'", o->dtype);
     if (strcmp(o->family, "auto") && strcmp(o->family, "mixtral") && strcmp(o->family, "qwen2_moe"))
         die(2, "export: --family must be auto, mixtral or qwen2_moe, got '%s'", o->family);
+    int64_t shard = 0;
+    if (o->shard && (shard = parse_size(o->shard)) <= 0)
+        die(2, "export: --max-shard-size must be a size such as 2000000000, 500MB or 5GB, got '%s'", o->shard);
     moe_model *m;
     check(moe_model_load(o->ckpt, 1, &m));
-    check(moe_export_hf(m, o->out, o->family, !strcmp(o->dtype, "bf16"), &written));
+    check(moe_export_hf(m, o->out, o->family, !strcmp(o->dtype, "bf16"), shard, &written));
     const char *copied = copy_companions(o->ckpt, o->out);
-    printf("moe: wrote %s/config.json and %s/model.safetensors (%s, %s)%s%s\n", o->out, o->out, written, o->dtype,
+    char *index = path_in(o->out, "model.safetensors.index.json");
+    printf("moe: wrote %s/config.json and %s/%s (%s, %s)%s%s\n", o->out, o->out,
+           exists(index) ? "model.safetensors.index.json with its shards" : "model.safetensors", written, o->dtype,
            copied[0] ? ", with " : "", copied);
+    free(index);
     moe_model_free(m);
     return 0;
 }
@@ -81,7 +91,7 @@ static int run_export(void *opts) {
 const cli_command moe_cmd_export = {
     "export",
     "a Hugging Face checkpoint (Mixtral, Qwen2-MoE) of a model",
-    "export --ckpt DIR --out HFDIR [--dtype f32|bf16] [--family auto|mixtral|qwen2_moe]",
+    "export --ckpt DIR --out HFDIR [--dtype f32|bf16] [--family auto|mixtral|qwen2_moe] [--max-shard-size SIZE]",
     "Writes a Hugging Face checkpoint (config.json + model.safetensors) that transformers loads, when\n"
     "the model maps onto a family exactly (the same logits), otherwise says why not; DIR's\n"
     "tokenizer.json, tokenizer_config.json and generation_config.json go with it:\n"

@@ -287,57 +287,79 @@ char *moe__read_text(const char *path, const char *what, moe_status *st) {
 
 char *moe__read_file(const char *path, size_t *len) { return moe__read_file_prefix(path, SIZE_MAX, len, NULL); }
 
-moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts) {
+moe_status moe__afile_open(moe__afile *a, const char *path) {
+    memset(a, 0, sizeof *a);
+    a->fd = -1;
     size_t plen = strlen(path);
-    char *tmp = malloc(plen + 8);
-    char *dir = malloc(plen + 1);
-    if (!tmp || !dir) {
-        free(tmp);
-        free(dir);
+    a->path = strdup(path);
+    a->tmp = malloc(plen + 8);
+    if (!a->path || !a->tmp) {
+        moe__afile_abort(a);
         return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
     }
-    snprintf(tmp, plen + 8, "%s.tmp", path);
-    memcpy(dir, path, plen + 1);
-    moe_status st = MOE_STATUS_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        st = moe__err(MOE_STATUS_IO, "cannot create '%s': %s", tmp, strerror(errno));
-        goto done;
+    snprintf(a->tmp, plen + 8, "%s.tmp", path);
+    if ((a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+        moe_status st = moe__err(MOE_STATUS_IO, "cannot create '%s': %s", a->tmp, strerror(errno));
+        moe__afile_abort(a);
+        return st;
     }
-    for (int i = 0; i < n_parts && st == MOE_STATUS_OK; i++) {
-        const char *p = parts[i];
-        size_t left = lens[i];
-        while (left > 0) {
-            ssize_t w = write(fd, p, left);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                st = moe__err(MOE_STATUS_IO, "cannot write '%s': %s", tmp, strerror(errno));
-                break;
-            }
-            p += w;
-            left -= (size_t)w;
+    return MOE_STATUS_OK;
+}
+
+moe_status moe__afile_pwrite(moe__afile *a, const void *data, size_t n, int64_t at) {
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = at < 0 ? write(a->fd, p, n) : pwrite(a->fd, p, n, (off_t)at);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return moe__err(MOE_STATUS_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+        p += w;
+        n -= (size_t)w;
+        if (at >= 0) at += w;
+    }
+    return MOE_STATUS_OK;
+}
+
+moe_status moe__afile_write(moe__afile *a, const void *data, size_t n) { return moe__afile_pwrite(a, data, n, -1); }
+
+void moe__afile_abort(moe__afile *a) {
+    if (a->fd >= 0) {
+        close(a->fd);
+        unlink(a->tmp); // the previous file at path is untouched
+    }
+    free(a->path);
+    free(a->tmp);
+    memset(a, 0, sizeof *a);
+    a->fd = -1;
+}
+
+moe_status moe__afile_commit(moe__afile *a) {
+    moe_status st = MOE_STATUS_OK;
+    if (fsync(a->fd) != 0) st = moe__err(MOE_STATUS_IO, "cannot sync '%s': %s", a->tmp, strerror(errno));
+    if (close(a->fd) != 0 && st == MOE_STATUS_OK) st = moe__err(MOE_STATUS_IO, "cannot close '%s': %s", a->tmp, strerror(errno));
+    a->fd = -1;
+    if (st == MOE_STATUS_OK && rename(a->tmp, a->path) != 0)
+        st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", a->tmp, a->path, strerror(errno));
+    if (st != MOE_STATUS_OK) unlink(a->tmp);
+    else {
+        int dfd = open(dirname(a->path), O_RDONLY); // the rename itself, durable
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
         }
     }
-    if (st == MOE_STATUS_OK && fsync(fd) != 0)
-        st = moe__err(MOE_STATUS_IO, "cannot sync '%s': %s", tmp, strerror(errno));
-    if (close(fd) != 0 && st == MOE_STATUS_OK)
-        st = moe__err(MOE_STATUS_IO, "cannot close '%s': %s", tmp, strerror(errno));
-    if (st != MOE_STATUS_OK) {
-        unlink(tmp); /* the previous file at path is untouched */
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    int dfd = open(dirname(dir), O_RDONLY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-done:
-    free(tmp);
-    free(dir);
+    free(a->path);
+    free(a->tmp);
+    a->path = a->tmp = NULL;
     return st;
+}
+
+moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts) {
+    moe__afile a;
+    moe_status st = moe__afile_open(&a, path);
+    for (int i = 0; i < n_parts && st == MOE_STATUS_OK; i++) st = moe__afile_write(&a, parts[i], lens[i]);
+    if (st != MOE_STATUS_OK) {
+        if (a.tmp) moe__afile_abort(&a);
+        return st;
+    }
+    return moe__afile_commit(&a);
 }

@@ -68,6 +68,18 @@ char *moe__read_file_prefix(const char *path, size_t max, size_t *len, size_t *s
 /* Reads a whole text file or pipe as a NUL-terminated string (caller frees), named as `what`
  * ("config") in errors; NULL with *st set when it cannot be read or holds a NUL byte. */
 char *moe__read_text(const char *path, const char *what, moe_status *st);
+/* A file written atomically: data goes to path.tmp; commit syncs it and renames it over path (and
+ * syncs the directory); abort, or a failed commit, removes path.tmp and leaves path as it was. */
+typedef struct {
+    int fd;
+    char *path, *tmp;
+} moe__afile;
+moe_status moe__afile_open(moe__afile *a, const char *path);
+moe_status moe__afile_write(moe__afile *a, const void *data, size_t n);
+/* At byte `at` of the file (a patch of what was written), or appended when at < 0. */
+moe_status moe__afile_pwrite(moe__afile *a, const void *data, size_t n, int64_t at);
+moe_status moe__afile_commit(moe__afile *a);
+void moe__afile_abort(moe__afile *a);
 /* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory. */
 moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts);
 

@@ -22,6 +22,7 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Why c does not map onto both families (the routing they share), or NULL. */
 static const char *not_topk_softmax(const moe_model *m, const moe_config *c, char *why, size_t n) {
@@ -67,14 +68,14 @@ static uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* One tensor of the export: HF name, shape, and the floats (the model's, or made here). */
+/* One tensor of the export: HF name, shape, and where its floats come from: the model's (src,
+ * times scale), or zeros (src NULL). Made one at a time as it is written. */
 typedef struct {
     char *name;
     int ndim;
     int64_t shape[2];
     const float *src;
-    float *own;    /* made for the export (zeros, doubled down_proj), or NULL */
-    uint16_t *half;
+    float scale;
 } out_tensor;
 
 typedef struct {
@@ -82,7 +83,7 @@ typedef struct {
     int n, cap;
 } out_list;
 
-static out_tensor *add(out_list *o, const char *name, int ndim, int64_t d0, int64_t d1, const float *src, int zeros) {
+static out_tensor *add(out_list *o, const char *name, int ndim, int64_t d0, int64_t d1, const float *src, float scale) {
     if (o->n == o->cap) {
         int cap = o->cap ? 2 * o->cap : 64;
         out_tensor *t = realloc(o->t, (size_t)cap * sizeof *t);
@@ -96,13 +97,9 @@ static out_tensor *add(out_list *o, const char *name, int ndim, int64_t d0, int6
     t->shape[0] = d0;
     t->shape[1] = d1;
     t->name = strdup(name);
-    if (zeros) t->own = calloc((size_t)(d0 * (ndim > 1 ? d1 : 1)), sizeof(float));
-    if (!t->name || (zeros && !t->own)) {
-        free(t->name);
-        free(t->own);
-        return NULL;
-    }
-    t->src = zeros ? t->own : src;
+    if (!t->name) return NULL;
+    t->src = src;
+    t->scale = scale;
     o->n++;
     return t;
 }
@@ -140,7 +137,7 @@ static moe_status collect(const moe_model *m, int qwen, out_list *o) {
                 else
                     snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%lld.w%c.weight", t->layer,
                              (long long)x, w[0]);
-                if (!add(o, name, 2, t->shape[1], t->shape[2], src + x * per, 0)) return MOE_STATUS_NOMEM;
+                if (!add(o, name, 2, t->shape[1], t->shape[2], src + x * per, 1.0f)) return MOE_STATUS_NOMEM;
             }
             continue;
         }
@@ -151,24 +148,23 @@ static moe_status collect(const moe_model *m, int qwen, out_list *o) {
             hf = rename_part(tmp, sizeof tmp, hf, "block_sparse_moe.shared_experts.", "mlp.shared_expert.");
             dbl = strstr(hf, "mlp.shared_expert.down_proj") != NULL; // times 2: the gate gives sigmoid(0) = 1/2
         }
-        out_tensor *e = add(o, hf, t->ndim, t->shape[0], t->ndim > 1 ? t->shape[1] : 1, src, dbl);
-        if (!e) return MOE_STATUS_NOMEM;
-        for (int64_t k = 0; dbl && k < numel(e); k++) e->own[k] = 2.0f * src[k];
+        if (!add(o, hf, t->ndim, t->shape[0], t->ndim > 1 ? t->shape[1] : 1, src, dbl ? 2.0f : 1.0f))
+            return MOE_STATUS_NOMEM;
     }
     if (!qwen) return MOE_STATUS_OK;
     for (int l = 0; l < c->n_layer; l++) {
         const char *qkv[] = {"q_proj", "k_proj", "v_proj"};
         for (int k = 0; k < 3; k++) { // Qwen2 attention has biases: zero
             snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.bias", l, qkv[k]);
-            if (!add(o, name, 1, C, 1, NULL, 1)) return MOE_STATUS_NOMEM;
+            if (!add(o, name, 1, C, 1, NULL, 0.0f)) return MOE_STATUS_NOMEM;
         }
         if (!moe_config_layer_is_moe(c, l)) continue;
         snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
-        if (!add(o, name, 2, 1, C, NULL, 1)) return MOE_STATUS_NOMEM;
+        if (!add(o, name, 2, 1, C, NULL, 0.0f)) return MOE_STATUS_NOMEM;
         if (c->n_shared > 0) continue;
         for (int k = 0; k < 3; k++) { // no shared experts: one of width 1, all zeros, adds 0
             snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert.%s.weight", l, qwen_proj[k]);
-            if (!add(o, name, 2, k == 1 ? C : 1, k == 1 ? 1 : C, NULL, 1)) return MOE_STATUS_NOMEM;
+            if (!add(o, name, 2, k == 1 ? C : 1, k == 1 ? 1 : C, NULL, 0.0f)) return MOE_STATUS_NOMEM;
         }
     }
     return MOE_STATUS_OK;
@@ -217,7 +213,69 @@ static char *config_json(const moe_model *m, int qwen, int bf16) {
     return txt;
 }
 
-moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, const char **written) {
+/* Shard k of n's file name: model.safetensors alone, else HF's model-0000k-of-0000n.safetensors. */
+static void shard_name(char *buf, size_t size, int k, int n) {
+    if (n == 1) snprintf(buf, size, "model.safetensors");
+    else snprintf(buf, size, "model-%05d-of-%05d.safetensors", k + 1, n);
+}
+
+/* Writes tensors [a, b) of o as one safetensors file, each made in buf (the largest tensor's
+ * floats, or bf16) as it is written; the model's pages it read leave resident memory after. */
+static moe_status write_shard(const moe_model *m, const out_list *o, int a, int b, int bf16, const char *path,
+                              void *buf) {
+    moe__st_entry *e = calloc((size_t)(b - a), sizeof *e);
+    if (!e) return moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
+    for (int i = a; i < b; i++) {
+        e[i - a] = (moe__st_entry){o->t[i].name, bf16 ? "BF16" : "F32", o->t[i].ndim, {o->t[i].shape[0], o->t[i].shape[1]}, NULL};
+    }
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    moe__st_out w;
+    moe_status st = moe__st_out_open(&w, path, e, b - a, mk, mv, 1, NULL);
+    for (int i = a; i < b && st == MOE_STATUS_OK; i++) {
+        const out_tensor *t = &o->t[i];
+        int64_t n = numel(t);
+        float *f = buf;
+        uint16_t *h = buf;
+        for (int64_t k = 0; k < n; k++) {
+            float v = t->src ? t->scale * t->src[k] : 0.0f;
+            if (bf16) h[k] = to_bf16(v);
+            else f[k] = v;
+        }
+        st = moe__st_out_write(&w, buf, (size_t)n * (bf16 ? 2 : 4));
+        if (t->src) moe__map_release(m->map, m->map_len, t->src, (size_t)n * sizeof(float));
+    }
+    if (st == MOE_STATUS_OK) st = moe__st_out_close(&w);
+    else moe__st_out_abort(&w);
+    free(e);
+    return st;
+}
+
+/* model.safetensors.index.json of n shards: the total size, and each tensor's shard. */
+static moe_status write_index(const out_list *o, const int *first, int n, int bf16, const char *dir) {
+    cJSON *j = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(j, "metadata"), *map = cJSON_AddObjectToObject(j, "weight_map");
+    double total = 0;
+    char name[64];
+    for (int k = 0; k < n; k++) {
+        shard_name(name, sizeof name, k, n);
+        for (int i = first[k]; i < first[k + 1]; i++) {
+            cJSON_AddStringToObject(map, o->t[i].name, name);
+            total += (double)numel(&o->t[i]) * (bf16 ? 2 : 4);
+        }
+    }
+    cJSON_AddNumberToObject(meta, "total_size", total);
+    char *txt = cJSON_Print(j), path[4200];
+    cJSON_Delete(j);
+    if (!txt) return moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
+    moe_status st = moe__pathf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    const void *parts[] = {txt};
+    size_t lens[] = {strlen(txt)};
+    if (st == MOE_STATUS_OK) st = moe__write_atomic(path, parts, lens, 1);
+    free(txt);
+    return st;
+}
+
+moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, int64_t max_shard_bytes,
+                         const char **written) {
     const moe_config *c = moe_model_config(m);
     char why_m[256], why_q[256];
     const char *nm = not_mixtral(m, c, why_m, sizeof why_m), *nq = not_qwen2_moe(m, c, why_q, sizeof why_q);
@@ -255,38 +313,46 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
     free(txt);
     if (st != MOE_STATUS_OK) return st;
     out_list o = {NULL, 0, 0};
-    moe__st_entry *e = NULL;
-    if ((st = collect(m, qwen, &o)) != MOE_STATUS_OK || !(e = calloc((size_t)(o.n ? o.n : 1), sizeof *e))) {
-        if (st == MOE_STATUS_OK) st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
+    int *first = NULL, n_shards = 0;
+    void *buf = NULL;
+    if ((st = collect(m, qwen, &o)) != MOE_STATUS_OK) goto done;
+    // shards of at most max_shard_bytes each (a tensor larger than that alone), in order
+    if (max_shard_bytes <= 0) max_shard_bytes = MOE_EXPORT_SHARD_BYTES;
+    int64_t largest = 1, in_shard = 0;
+    if (!(first = calloc((size_t)o.n + 2, sizeof *first))) {
+        st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
         goto done;
     }
     for (int i = 0; i < o.n; i++) {
-        out_tensor *t = &o.t[i];
-        if (bf16) {
-            if (!(t->half = malloc((size_t)numel(t) * sizeof(uint16_t)))) {
-                st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting");
-                goto done;
-            }
-            for (int64_t k = 0; k < numel(t); k++) t->half[k] = to_bf16(t->src[k]);
-        }
-        e[i].name = t->name;
-        e[i].dtype = bf16 ? "BF16" : "F32";
-        e[i].ndim = t->ndim;
-        e[i].shape[0] = t->shape[0];
-        e[i].shape[1] = t->shape[1];
-        e[i].data = bf16 ? (const void *)t->half : (const void *)t->src;
+        int64_t bytes = numel(&o.t[i]) * (bf16 ? 2 : 4);
+        largest = numel(&o.t[i]) > largest ? numel(&o.t[i]) : largest;
+        if (i == 0 || (in_shard > 0 && in_shard + bytes > max_shard_bytes)) first[n_shards++] = i, in_shard = 0;
+        in_shard += bytes;
     }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir); // fits: checked above
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    st = moe__st_write(path, e, o.n, mk, mv, 1);
+    first[n_shards] = o.n;
+    if (!(buf = malloc((size_t)largest * sizeof(float)))) {
+        st = moe__err(MOE_STATUS_NOMEM, "out of memory exporting (a tensor of %lld floats)", (long long)largest);
+        goto done;
+    }
+    for (int k = 0; k < n_shards && st == MOE_STATUS_OK; k++) {
+        char name[64];
+        shard_name(name, sizeof name, k, n_shards);
+        st = moe__pathf(path, sizeof path, "%s/%s", dir, name);
+        if (st == MOE_STATUS_OK) st = write_shard(m, &o, first[k], first[k + 1], bf16, path, buf);
+    }
+    if (st == MOE_STATUS_OK && n_shards > 1) st = write_index(&o, first, n_shards, bf16, dir);
+    // a directory exported before holds the other layout: remove it, so that loaders see one
+    if (st == MOE_STATUS_OK) {
+        if (n_shards > 1) st = moe__pathf(path, sizeof path, "%s/model.safetensors", dir);
+        else st = moe__pathf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+        if (st == MOE_STATUS_OK && unlink(path) != 0 && errno != ENOENT)
+            st = moe__err(MOE_STATUS_IO, "export: cannot remove '%s': %s", path, strerror(errno));
+    }
     if (st == MOE_STATUS_OK && written) *written = qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM";
 done:
-    for (int i = 0; i < o.n; i++) {
-        free(o.t[i].name);
-        free(o.t[i].own);
-        free(o.t[i].half);
-    }
+    for (int i = 0; i < o.n; i++) free(o.t[i].name);
     free(o.t);
-    free(e);
+    free(first);
+    free(buf);
     return st;
 }

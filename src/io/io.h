@@ -39,6 +39,12 @@ moe_status moe__st_read(const char *path, moe__st_file *out);
  * the tensors' data pointers are NULL. For reading a config without the weights. */
 moe_status moe__st_read_header(const char *path, moe__st_file *out);
 void moe__st_free(moe__st_file *f);
+/* Drops the pages of [p, p + n) (those wholly inside) of a private file mapping [map, map +
+ * map_len) from the process: read once, they leave its resident memory (the page cache keeps
+ * them; a later read maps them again). No-op when map is NULL or map_len 0 (a file read). */
+void moe__map_release(const void *map, size_t map_len, const void *p, size_t n);
+/* FNV-1a 64 of [p, p + n) inside f's data, from basis, releasing mapped pages as it goes. */
+uint64_t moe__st_fnv(const moe__st_file *f, uint64_t basis, const void *p, size_t n);
 const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name);
 /* Metadata value (a string) by key, or NULL. Caller frees. */
 char *moe__st_meta(const moe__st_file *f, const char *key);
@@ -51,6 +57,20 @@ typedef struct {
     const void *data;
 } moe__st_entry;
 
+/* A safetensors file written as a stream: open writes the header of the n entries (their data
+ * pointers unused), then their data follows in order through write, and close checks the count
+ * and commits the file atomically (abort drops it). With hash_key, metadata hash_key is the
+ * FNV-1a 64 of the data (16 hex digits), computed as it is written and patched in at the close. */
+typedef struct {
+    moe__afile f;
+    uint64_t total, done, sum;
+    int64_t hash_at;             /* byte of the hash's value in the file, or -1 */
+} moe__st_out;
+moe_status moe__st_out_open(moe__st_out *o, const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
+                            const char *const *meta_vals, int n_meta, const char *hash_key);
+moe_status moe__st_out_write(moe__st_out *o, const void *data, size_t n);
+moe_status moe__st_out_close(moe__st_out *o);
+void moe__st_out_abort(moe__st_out *o);
 /* Writes a safetensors file atomically; meta_keys/meta_vals are n_meta string pairs. */
 moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
                          const char *const *meta_vals, int n_meta);

@@ -5,6 +5,7 @@
  * The reader checks everything it is given: header length, JSON, dtypes, shapes against byte
  * sizes, offsets inside the data region, no overlaps beyond what the spec allows.
  */
+#define _DEFAULT_SOURCE /* madvise */
 #define _POSIX_C_SOURCE 200809L
 #include "io/io.h"
 
@@ -176,6 +177,27 @@ fail:
 }
 
 moe_status moe__st_read(const char *path, moe__st_file *out) { return st_read(path, out, 0); }
+
+void moe__map_release(const void *map, size_t map_len, const void *p, size_t n) {
+    if (!map || !map_len || !n) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page;
+    uintptr_t b = ((uintptr_t)p + n) / page * page, end = (uintptr_t)map + map_len;
+    if (b > end) b = end / page * page;
+    if (a < (uintptr_t)map) a = (uintptr_t)map;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+uint64_t moe__st_fnv(const moe__st_file *f, uint64_t basis, const void *p, size_t n) {
+    enum { CHUNK = 64 << 20 };
+    const uint8_t *q = p;
+    uint64_t h = basis;
+    for (size_t at = 0; at < n; at += CHUNK) {
+        size_t k = n - at < CHUNK ? n - at : CHUNK;
+        h = moe__fnv1a(h, q + at, k);
+        moe__map_release(f->buf, f->map_len, q + at, k);
+    }
+    return h;
+}
 moe_status moe__st_read_header(const char *path, moe__st_file *out) { return st_read(path, out, 1); }
 
 const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name) {
@@ -189,22 +211,18 @@ char *moe__st_meta(const moe__st_file *f, const char *key) {
     return cJSON_IsString(it) ? strdup(it->valuestring) : NULL;
 }
 
-moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
-                         const char *const *meta_vals, int n_meta) {
+moe_status moe__st_out_open(moe__st_out *o, const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
+                            const char *const *meta_vals, int n_meta, const char *hash_key) {
+    memset(o, 0, sizeof *o);
+    o->hash_at = -1;
+    o->sum = MOE_FNV_INIT;
     cJSON *root = cJSON_CreateObject();
     if (!root) return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
-    if (n_meta > 0) {
+    static const char placeholder[] = "0000000000000000";
+    if (n_meta > 0 || hash_key) {
         cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
         for (int i = 0; i < n_meta; i++) cJSON_AddStringToObject(meta, meta_keys[i], meta_vals[i]);
-    }
-    uint64_t off = 0;
-    size_t *lens = malloc(((size_t)n + 2) * sizeof(size_t));
-    const void **parts = malloc(((size_t)n + 2) * sizeof(void *));
-    if (!lens || !parts) {
-        free(lens);
-        free(parts);
-        cJSON_Delete(root);
-        return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
+        if (hash_key) cJSON_AddStringToObject(meta, hash_key, placeholder); // patched at the close
     }
     for (int i = 0; i < n; i++) {
         cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
@@ -217,39 +235,78 @@ moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const 
         }
         uint64_t bytes = numel * (uint64_t)dtype_size(e[i].dtype);
         cJSON *offs = cJSON_AddArrayToObject(t, "data_offsets");
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + bytes)));
-        off += bytes;
-        parts[i + 2] = e[i].data;
-        lens[i + 2] = (size_t)bytes;
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)o->total));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(o->total + bytes)));
+        o->total += bytes;
     }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    if (!json) {
-        free(lens);
-        free(parts);
-        return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
-    }
     // header padded with spaces to a multiple of 8 so the data is aligned
-    size_t jl = strlen(json), padded = (jl + 7) / 8 * 8;
-    char *hdr = malloc(8 + padded);
+    size_t jl = json ? strlen(json) : 0, padded = (jl + 7) / 8 * 8;
+    char *hdr = json ? malloc(8 + padded) : NULL;
     if (!hdr) {
         free(json);
-        free(lens);
-        free(parts);
         return moe__err(MOE_STATUS_NOMEM, "out of memory writing '%s'", path);
     }
     for (int i = 0; i < 8; i++) hdr[i] = (char)(((uint64_t)padded >> (8 * i)) & 0xff);
     memcpy(hdr + 8, json, jl);
     memset(hdr + 8 + jl, ' ', padded - jl);
-    parts[0] = hdr;
-    lens[0] = 8 + padded;
-    parts[1] = "";
-    lens[1] = 0;
-    moe_status st = moe__write_atomic(path, parts, lens, n + 2);
+    if (hash_key) { // where the value of hash_key lies: "KEY":"0000000000000000"
+        char key[96];
+        snprintf(key, sizeof key, "\"%s\":\"%s\"", hash_key, placeholder);
+        const char *at = strstr(json, key);
+        if (at) o->hash_at = 8 + (at - json) + (int64_t)strlen(key) - 17;
+    }
+    moe_status st = moe__afile_open(&o->f, path);
+    if (st == MOE_STATUS_OK) st = moe__afile_write(&o->f, hdr, 8 + padded);
+    if (st != MOE_STATUS_OK && o->f.tmp) moe__afile_abort(&o->f);
     free(hdr);
     free(json);
-    free(lens);
-    free(parts);
     return st;
+}
+
+moe_status moe__st_out_write(moe__st_out *o, const void *data, size_t n) {
+    if (o->done + n > o->total)
+        return moe__err(MOE_STATUS_ARG, "writing '%s': %llu bytes of data, more than the header's %llu", o->f.path,
+                        (unsigned long long)(o->done + n), (unsigned long long)o->total);
+    if (o->hash_at >= 0) o->sum = moe__fnv1a(o->sum, data, n);
+    o->done += n;
+    return moe__afile_write(&o->f, data, n);
+}
+
+moe_status moe__st_out_close(moe__st_out *o) {
+    moe_status st = MOE_STATUS_OK;
+    if (o->done != o->total)
+        st = moe__err(MOE_STATUS_ARG, "writing '%s': %llu bytes of data, the header says %llu", o->f.path,
+                      (unsigned long long)o->done, (unsigned long long)o->total);
+    if (st == MOE_STATUS_OK && o->hash_at >= 0) {
+        char sum[17];
+        snprintf(sum, sizeof sum, "%016llx", (unsigned long long)o->sum);
+        st = moe__afile_pwrite(&o->f, sum, 16, o->hash_at);
+    }
+    if (st != MOE_STATUS_OK) {
+        moe__afile_abort(&o->f);
+        return st;
+    }
+    return moe__afile_commit(&o->f);
+}
+
+void moe__st_out_abort(moe__st_out *o) {
+    if (o->f.tmp) moe__afile_abort(&o->f);
+}
+
+moe_status moe__st_write(const char *path, const moe__st_entry *e, int n, const char *const *meta_keys,
+                         const char *const *meta_vals, int n_meta) {
+    moe__st_out o;
+    moe_status st = moe__st_out_open(&o, path, e, n, meta_keys, meta_vals, n_meta, NULL);
+    for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
+        uint64_t numel = 1;
+        for (int d = 0; d < e[i].ndim; d++) numel *= (uint64_t)e[i].shape[d];
+        st = moe__st_out_write(&o, e[i].data, (size_t)(numel * (uint64_t)dtype_size(e[i].dtype)));
+    }
+    if (st != MOE_STATUS_OK) {
+        moe__st_out_abort(&o);
+        return st;
+    }
+    return moe__st_out_close(&o);
 }
