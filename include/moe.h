@@ -729,7 +729,8 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
 moe_status moe_hf_config(const char *dir, moe_config *out);
 /* Loads the weights of the HF checkpoint in dir (model.safetensors, or every shard that
  * model.safetensors.index.json lists; F32, BF16 or F16) into a new model of config c (from
- * moe_hf_config; keys that do not change shapes may differ), sized for max_batch. Per-expert
+ * moe_hf_config; keys that do not change shapes may differ), for inference as moe_model_load (no
+ * gradients), sized for max_batch. Per-expert
  * tensors are stacked; grouped-query K/V heads are repeated to one per query head (exact).
  * Statuses: moe_hf_config's; IO when dir holds neither weights file; FORMAT for a bad index, an
  * unknown dtype, a tensor of the wrong shape, or an expert missing or given twice;
@@ -756,6 +757,16 @@ moe_status moe_model_init_from(moe_model *dst, const moe_model *src, moe_init_re
 /* Before the first step of a new run: the weights start from src (moe_model_init_from). Statuses:
  * ARG when the run is past step 0 (a resume); moe_model_init_from's. */
 moe_status moe_trainer_init_from(moe_trainer *t, const moe_model *src, moe_init_report *report);
+/* Writes the moe checkpoint `out` (a model.safetensors at step 0) of config c from src, a Hugging
+ * Face directory (as moe_hf_load reads it) or a moe checkpoint, by moe_model_init_from's rules:
+ * tensors of the same name and shape copied, the experts of a layer dense in src each a copy of
+ * its FFN, routers (and noise weights, selection biases) fresh, each drawn from a generator seeded
+ * by seed and the tensor's index. One tensor at a time: names, shapes and dtypes are checked from
+ * the headers before any data is read, and the memory used is about the largest tensor (the
+ * source's mapped pages are released as they are read). report may be NULL. Statuses: as
+ * moe_hf_load or moe_model_load for src; CONFIG as moe_model_init_from (naming the tensor) and
+ * for another vocab_size; IO when out cannot be written (a previous file there stays). */
+moe_status moe_import(const char *src, const moe_config *c, uint64_t seed, const char *out, moe_init_report *report);
 
 /* ---------------------------------------------------------------- distributed (MPI) */
 

@@ -131,24 +131,18 @@ static const cli_flag import_flags[] = {
 static int run_import(void *opts) {
     const import_opts *o = opts;
     moe_config c;
-    model_source src = source_open(o->from, &c);
+    source_open(o->from, &c);
     apply_keys(&c, o->config, &o->sets);
     check(moe_config_validate(&c));
-    moe_model *from = source_load(&src, c.seq_len), *m;
-    check(moe_model_create(&c, 1, &m));
-    moe_model_init(m, (uint64_t)o->seed); // what init_from does not copy (routers) keeps this
+    char *path = path_in(o->out, "model.safetensors"); // moe_import makes the directory once SRC checks out
     moe_init_report r;
-    check(moe_model_init_from(m, from, &r));
-    moe_model_free(from);
-    if (make_dirs(o->out) != 0) die(1, "import: cannot create '%s': %s", o->out, strerror(errno));
-    char *path = path_in(o->out, "model.safetensors");
-    check(moe_model_save(m, path, 0));
+    check(moe_import(o->from, &c, (uint64_t)o->seed, path, &r));
+    int n_moe = 0;
+    for (int l = 0; l < c.n_layer; l++) n_moe += moe_config_layer_is_moe(&c, l);
     const char *copied = copy_companions(o->from, o->out);
     print_init_report(o->from, &r);
-    printf("moe: wrote %s (%lld parameters, %d of %d layers MoE)%s%s\n", path, (long long)moe_model_n_params(m),
-           moe_model_n_moe_layers(m), c.n_layer, copied[0] ? ", with " : "", copied);
+    printf("moe: wrote %s (%d of %d layers MoE)%s%s\n", path, n_moe, c.n_layer, copied[0] ? ", with " : "", copied);
     free(path);
-    moe_model_free(m);
     return 0;
 }
 

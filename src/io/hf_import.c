@@ -2,10 +2,10 @@
  * hf_import.c — reads Hugging Face checkpoints: DIR/config.json with DIR/model.safetensors, or
  * with the shards that DIR/model.safetensors.index.json lists; tensors in F32, BF16 or F16.
  * MixtralForCausalLM maps onto an all-MoE model; LlamaForCausalLM and MistralForCausalLM onto a
- * dense one (the start of sparse upcycling). The HF tensors are turned into this model's table
- * in memory (per-expert tensors stacked, grouped-query K/V heads repeated to one per query head,
- * which is what transformers' repeat_kv computes) and loaded through the checkpoint loader, so
- * names, shapes and expert-parallel slicing are checked in one place.
+ * dense one (the start of sparse upcycling). The HF tensors become a source (io.h, source.c)
+ * under this model's names, read where they lie (per-expert tensors as pieces of a stacked one,
+ * grouped-query K/V heads repeated to one per query head, which is what transformers' repeat_kv
+ * computes); names, shapes and dtypes are checked from the headers before any data is read.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "io/io.h"
@@ -154,99 +154,15 @@ moe_status moe_hf_config(const char *dir, moe_config *out) {
     return st;
 }
 
-/* float from F32, BF16 or F16 bytes (little-endian, maybe unaligned) */
-static float half_to_f32(uint16_t x) {
-    uint32_t sign = (uint32_t)(x >> 15) << 31, exp = (x >> 10) & 0x1f, man = x & 0x3ff, u;
-    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);
-    else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);
-    else if (!man) u = sign;
-    else { // subnormal: normalise
-        int e = -1;
-        do {
-            man <<= 1;
-            e++;
-        } while (!(man & 0x400));
-        u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static moe_status to_f32(const moe__st_tensor *s, const char *path, float *dst) {
-    int64_t n = 1;
-    for (int d = 0; d < s->ndim; d++) n *= s->shape[d];
-    if (!strcmp(s->dtype, "F32")) {
-        memcpy(dst, s->data, (size_t)n * 4);
-    } else if (!strcmp(s->dtype, "BF16") || !strcmp(s->dtype, "F16")) {
-        int bf = s->dtype[0] == 'B';
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t v = (uint16_t)(s->data[2 * i] | (s->data[2 * i + 1] << 8));
-            if (bf) {
-                uint32_t u = (uint32_t)v << 16;
-                memcpy(&dst[i], &u, 4);
-            } else {
-                dst[i] = half_to_f32(v);
-            }
-        }
-    } else {
-        return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is %s; moe reads F32, BF16 and F16", path, s->name, s->dtype);
-    }
-    return MOE_STATUS_OK;
-}
-
-/* The converted tensors, in moe's table naming. */
-typedef struct {
-    moe__st_file f;
-    int cap;
-    uint8_t **filled; /* per tensor: which experts of a stacked tensor arrived (NULL if not stacked) */
-} tensor_set;
-
-static moe__st_tensor *set_add(tensor_set *s, const char *name, int ndim, const int64_t *shape) {
-    if (s->f.n == s->cap) {
-        int cap = s->cap ? 2 * s->cap : 64;
-        moe__st_tensor *t = realloc(s->f.t, (size_t)cap * sizeof *t);
-        uint8_t **fl = t ? realloc(s->filled, (size_t)cap * sizeof *fl) : NULL;
-        if (t) s->f.t = t;
-        if (!fl) return NULL;
-        s->filled = fl;
-        s->cap = cap;
-    }
-    moe__st_tensor *t = &s->f.t[s->f.n];
-    memset(t, 0, sizeof *t);
-    s->filled[s->f.n] = NULL;
-    int64_t n = 1;
-    for (int d = 0; d < ndim; d++) n *= (t->shape[d] = shape[d]);
-    t->ndim = ndim;
-    snprintf(t->dtype, sizeof t->dtype, "F32");
-    t->nbytes = n * 4;
-    t->name = strdup(name);
-    t->own = malloc((size_t)(n ? n : 1) * 4);
-    if (!t->name || !t->own) {
-        free(t->name);
-        free(t->own);
-        return NULL;
-    }
-    t->data = t->own;
-    s->f.n++;
-    return t;
-}
-
-static void set_free(tensor_set *s) {
-    for (int i = 0; i < s->f.n; i++) free(s->filled[i]);
-    free(s->filled);
-    moe__st_free(&s->f);
-}
-
-/* Converts the tensors of one HF file into the set. */
-static moe_status convert_file(const hf_info *h, const char *path, tensor_set *set) {
-    moe__st_file f;
-    moe_status st = moe__st_read(path, &f);
-    if (st != MOE_STATUS_OK) return st;
+/* The tensors of one HF file into the source s, under this model's names: per-expert matrices as
+ * pieces of their layer's stacked tensor, grouped-query K/V heads as one piece per query head
+ * (what transformers' repeat_kv computes). Headers only: nothing is read. */
+static moe_status add_file(const hf_info *h, const char *path, const moe__st_file *f, moe__source *src) {
     const moe_config *c = &h->c;
     int64_t hs = c->n_embd / c->n_head;
-    for (int i = 0; i < f.n && st == MOE_STATUS_OK; i++) {
-        const moe__st_tensor *s = &f.t[i];
+    moe_status st = MOE_STATUS_OK;
+    for (int i = 0; i < f->n && st == MOE_STATUS_OK; i++) {
+        const moe__st_tensor *s = &f->t[i];
         size_t nl = strlen(s->name);
         if (nl >= 19 && !strcmp(s->name + nl - 19, "rotary_emb.inv_freq")) continue; // a buffer, recomputed
         if (c->tie_embeddings && !strcmp(s->name, "lm_head.weight")) continue;        // the embedding, tied
@@ -254,80 +170,48 @@ static moe_status convert_file(const hf_info *h, const char *path, tensor_set *s
         int l, x, w, end = 0;
         if (sscanf(s->name, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weig%7s%n", &l, &x, &w, tail, &end) == 4 &&
             !strcmp(tail, "ht") && s->name[end] == 0) {
-            // one expert's matrix: into the stacked [E, rows, cols] tensor of its layer
+            // one expert's matrix: a piece of the stacked [E, rows, cols] tensor of its layer
             int E = l >= 0 && l < c->n_layer ? moe_config_layer_experts(c, l) : 0;
-            if (x < 0 || x >= E || w < 1 || w > 3 || s->ndim != 2) {
-                st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' names no expert of this %d-layer, %d-expert config",
-                              path, s->name, c->n_layer, c->n_experts);
-                break;
-            }
+            if (x < 0 || x >= E || w < 1 || w > 3 || s->ndim != 2)
+                return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' names no expert of this %d-layer, %d-expert config",
+                                path, s->name, c->n_layer, c->n_experts);
             snprintf(stacked, sizeof stacked, "model.layers.%d.block_sparse_moe.experts.w%d.weight", l, w);
-            int k = -1;
-            for (int j = 0; j < set->f.n && k < 0; j++)
-                if (!strcmp(set->f.t[j].name, stacked)) k = j;
-            if (k < 0) {
-                int64_t shape[3] = {E, s->shape[0], s->shape[1]};
-                if (!set_add(set, stacked, 3, shape) || !(set->filled[set->f.n - 1] = calloc((size_t)E, 1))) {
-                    st = moe__err(MOE_STATUS_NOMEM, "out of memory importing '%s'", path);
-                    break;
-                }
-                k = set->f.n - 1;
-            }
-            moe__st_tensor *t = &set->f.t[k];
-            if (t->shape[1] != s->shape[0] || t->shape[2] != s->shape[1]) {
-                st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' is [%lld, %lld], unlike the layer's other experts [%lld, %lld]",
-                              path, s->name, (long long)s->shape[0], (long long)s->shape[1], (long long)t->shape[1],
-                              (long long)t->shape[2]);
-                break;
-            }
-            if (set->filled[k][x]) {
-                st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
-                break;
-            }
-            set->filled[k][x] = 1;
-            st = to_f32(s, path, (float *)t->own + (size_t)x * (size_t)(t->shape[1] * t->shape[2]));
+            moe__src_tensor *t = moe__source_find(src, stacked);
+            int64_t shape[3] = {E, s->shape[0], s->shape[1]};
+            if (!t && !(t = moe__source_add(src, stacked, 3, shape))) return moe__err(MOE_STATUS_NOMEM, "out of memory");
+            if (t->info.shape[1] != s->shape[0] || t->info.shape[2] != s->shape[1])
+                return moe__err(MOE_STATUS_FORMAT,
+                                "'%s': tensor '%s' is [%lld, %lld], unlike the layer's other experts [%lld, %lld]", path,
+                                s->name, (long long)s->shape[0], (long long)s->shape[1], (long long)t->info.shape[1],
+                                (long long)t->info.shape[2]);
+            if (x < t->np && t->p[x].data)
+                return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
+            st = moe__source_piece(t, x, s, f, 0, s->shape[0] * s->shape[1]);
+            if (st != MOE_STATUS_OK) return moe__err(st, "'%s': %s", path, moe_last_error());
             continue;
         }
-        for (int j = 0; j < set->f.n; j++)
-            if (!strcmp(set->f.t[j].name, s->name)) {
-                st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
-                break;
-            }
-        if (st != MOE_STATUS_OK) break;
+        if (moe__source_find(src, s->name))
+            return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
         int kv = (strstr(s->name, "self_attn.k_proj.weight") || strstr(s->name, "self_attn.v_proj.weight")) &&
                  h->kv_heads < c->n_head;
-        if (kv && (s->ndim != 2 || s->shape[0] != h->kv_heads * hs)) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %lld rows; %d key/value heads of size %lld need %lld",
-                          path, s->name, (long long)(s->ndim ? s->shape[0] : 0), h->kv_heads, (long long)hs,
-                          (long long)(h->kv_heads * hs));
-            break;
-        }
+        if (kv && (s->ndim != 2 || s->shape[0] != h->kv_heads * hs))
+            return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %lld rows; %d key/value heads of size %lld need %lld",
+                            path, s->name, (long long)(s->ndim ? s->shape[0] : 0), h->kv_heads, (long long)hs,
+                            (long long)(h->kv_heads * hs));
         int64_t shape[8];
         for (int d = 0; d < s->ndim; d++) shape[d] = s->shape[d];
         if (kv) shape[0] = (int64_t)c->n_head * hs;
-        moe__st_tensor *t = set_add(set, s->name, s->ndim, shape);
-        if (!t) {
-            st = moe__err(MOE_STATUS_NOMEM, "out of memory importing '%s'", path);
-            break;
-        }
+        moe__src_tensor *t = moe__source_add(src, s->name, s->ndim, shape);
+        if (!t) return moe__err(MOE_STATUS_NOMEM, "out of memory");
         if (!kv) {
-            st = to_f32(s, path, (float *)t->own);
-            continue;
+            st = moe__source_piece(t, 0, s, f, 0, t->info.numel);
+        } else { // grouped-query attention: query head q reads key/value head q / (H / kv_heads)
+            int64_t rows = hs * s->shape[1], group = c->n_head / h->kv_heads;
+            for (int q = 0; q < c->n_head && st == MOE_STATUS_OK; q++) st = moe__source_piece(t, q, s, f, q / group * rows, rows);
         }
-        // grouped-query attention: query head q uses key/value head q / (H / kv_heads)
-        float *src = malloc((size_t)(s->shape[0] * s->shape[1]) * 4);
-        if (!src) {
-            st = moe__err(MOE_STATUS_NOMEM, "out of memory importing '%s'", path);
-            break;
-        }
-        st = to_f32(s, path, src);
-        int64_t rows = hs * s->shape[1], group = c->n_head / h->kv_heads;
-        for (int q = 0; q < c->n_head && st == MOE_STATUS_OK; q++)
-            memcpy((float *)t->own + q * rows, src + (q / group) * rows, (size_t)rows * 4);
-        free(src);
+        if (st != MOE_STATUS_OK) return moe__err(st, "'%s': %s", path, moe_last_error());
     }
-    moe__st_free(&f);
-    return st;
+    return MOE_STATUS_OK;
 }
 
 /* The files of the checkpoint: model.safetensors, or the shards the index names. */
@@ -385,30 +269,57 @@ done:
     return st;
 }
 
-moe_status moe_hf_load(const char *dir, const moe_config *c, int max_batch, moe_model **out) {
-    *out = NULL;
+/* The source of an HF directory: every file mapped, its tensors named; experts all there. */
+static moe_status hf_source(const char *dir, moe__source *out) {
+    memset(out, 0, sizeof *out);
     hf_info h;
     moe_status st = parse_config(dir, &h);
     if (st != MOE_STATUS_OK) return st;
-    h.c = *c; // the caller's (seq_len, capacity, ... may differ); shapes are checked by the loader
+    out->vocab = h.c.vocab_size;
     char **files = NULL;
     int n_files = 0;
-    tensor_set set;
-    memset(&set, 0, sizeof set);
-    moe_model *m = NULL;
     st = checkpoint_files(dir, &files, &n_files);
-    for (int i = 0; i < n_files && st == MOE_STATUS_OK; i++) st = convert_file(&h, files[i], &set);
-    for (int k = 0; k < set.f.n && st == MOE_STATUS_OK; k++)
-        for (int64_t x = 0; set.filled[k] && x < set.f.t[k].shape[0]; x++)
-            if (!set.filled[k][x]) {
-                st = moe__err(MOE_STATUS_FORMAT, "'%s': expert %lld of '%s' is missing", dir, (long long)x, set.f.t[k].name);
-                break;
-            }
-    if (st == MOE_STATUS_OK) st = moe_model_create(c, max_batch, &m);
-    if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &set.f, dir);
-    set_free(&set);
+    if (st == MOE_STATUS_OK && !(out->files = calloc((size_t)n_files, sizeof *out->files)))
+        st = moe__err(MOE_STATUS_NOMEM, "out of memory");
+    for (int i = 0; i < n_files && st == MOE_STATUS_OK; i++) {
+        st = moe__st_read(files[i], &out->files[i]);
+        if (st == MOE_STATUS_OK) out->n_files++;
+        if (st == MOE_STATUS_OK) st = add_file(&h, files[i], &out->files[i], out);
+    }
+    for (int k = 0; k < out->n && st == MOE_STATUS_OK; k++) {
+        const moe__src_tensor *t = &out->t[k];
+        if (t->info.ndim != 3 || !strstr(t->info.name, ".experts.w")) continue;
+        for (int64_t x = 0; x < t->info.shape[0] && st == MOE_STATUS_OK; x++)
+            if (x >= t->np || !t->p[x].data)
+                st = moe__err(MOE_STATUS_FORMAT, "'%s': expert %lld of '%s' is missing", dir, (long long)x, t->info.name);
+    }
     for (int i = 0; i < n_files; i++) free(files[i]);
     free(files);
+    if (st != MOE_STATUS_OK) moe__source_free(out);
+    return st;
+}
+
+moe_status moe__open_source(const char *path, const moe_config *c, moe__source *out) {
+    (void)c;
+    char cfg[4200];
+    moe_status st = moe__pathf(cfg, sizeof cfg, "%s/config.json", path);
+    if (st != MOE_STATUS_OK) return st;
+    if (file_exists(cfg)) return hf_source(path, out);
+    st = moe__ckpt_source(path, out);
+    if (st == MOE_STATUS_OK) out->vocab = moe_model_config(out->model)->vocab_size;
+    return st;
+}
+
+moe_status moe_hf_load(const char *dir, const moe_config *c, int max_batch, moe_model **out) {
+    *out = NULL;
+    moe__source s;
+    moe_model *m = NULL;
+    moe_status st = hf_source(dir, &s);
+    if (st != MOE_STATUS_OK) return st;
+    st = moe__model_create(c, max_batch, MOE__MODEL_LEAN | MOE__MODEL_DEFER_PARAMS, &m);
+    if (st == MOE_STATUS_OK && m->defer_params) st = moe__model_alloc_params(m);
+    if (st == MOE_STATUS_OK) st = moe__source_fill(m, &s, dir);
+    moe__source_free(&s);
     if (st != MOE_STATUS_OK) {
         moe_model_free(m);
         return st;

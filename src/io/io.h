@@ -106,4 +106,50 @@ void moe__tb_close(moe__tb *tb);
 /* One training window of d (data.c): tok = tokens [start, start + T), tgt = [start + 1, start + T]. */
 moe_status moe__dataset_window(const moe_dataset *d, int64_t start, int T, int *tok, int *tgt);
 
+/* ---------------------------------------------------------------- tensor sources (source.c) */
+
+/* A run of n elements of a tensor, in a file's data (mapped: map, map_len; else map NULL). */
+typedef struct {
+    const uint8_t *data;
+    int64_t n;
+    char dtype;                  /* 'f' F32, 'b' BF16, 'h' F16 */
+    const void *map;
+    size_t map_len;
+} moe__piece;
+
+/* A source tensor under this model's name: info (name, ndim, shape, numel; layer and group
+ * when known), its elements the concatenation of np pieces (a stacked expert tensor: one piece
+ * per expert). */
+typedef struct {
+    moe_tensor_info info;
+    moe__piece *p;
+    int np, cap;
+} moe__src_tensor;
+
+typedef struct {
+    moe__src_tensor *t;
+    int n, cap;
+    int vocab;                   /* the source's vocab_size */
+    moe__st_file *files;         /* the files the pieces lie in, mapped */
+    int n_files;
+    moe_model *model;            /* a moe checkpoint's model, whose parameters the pieces are */
+} moe__source;
+
+moe__src_tensor *moe__source_add(moe__source *s, const char *name, int ndim, const int64_t *shape);
+moe__src_tensor *moe__source_find(const moe__source *s, const char *name);
+/* Piece `at` of t: elements [first, first + n) of tensor st of file f (FORMAT for a dtype moe does
+ * not read). */
+moe_status moe__source_piece(moe__src_tensor *t, int at, const moe__st_tensor *st, const moe__st_file *f, int64_t first,
+                             int64_t n);
+/* Pieces [p0, p0 + np) of t as floats into dst; their mapped pages are released after. */
+void moe__source_read(const moe__src_tensor *t, int p0, int np, float *dst);
+void moe__source_free(moe__source *s);
+/* The source of a moe checkpoint (its model, loaded for inference, mapped). */
+moe_status moe__ckpt_source(const char *path, moe__source *out);
+/* The source of a Hugging Face directory (hf_import.c), or else of a moe checkpoint. */
+moe_status moe__open_source(const char *path, const moe_config *c, moe__source *out);
+/* Every tensor of m from s by name (this rank's experts of stacked ones), shapes checked;
+ * origin names the source in errors. */
+moe_status moe__source_fill(moe_model *m, const moe__source *s, const char *origin);
+
 #endif

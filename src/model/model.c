@@ -186,8 +186,9 @@ moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_
     // the CUDA backend keeps its training layout (and its own parameter buffers) for inference
     m->lean = (flags & MOE__MODEL_LEAN) && m->be == &moe__backend_cpu;
     m->defer_params = (flags & MOE__MODEL_DEFER_PARAMS) && m->be == &moe__backend_cpu;
+    if (flags & MOE__MODEL_TABLE) m->be = &moe__backend_cpu, m->defer_params = 1; // nothing to create
     st = build_table(m);
-    if (st == MOE_STATUS_OK) st = m->be->create(m);
+    if (st == MOE_STATUS_OK && !(flags & MOE__MODEL_TABLE)) st = m->be->create(m);
     if (st == MOE_STATUS_OK) st = create_stats(m);
     if (st != MOE_STATUS_OK) {
         moe_model_free(m);

@@ -70,10 +70,16 @@ struct moe_model {
  * activations, attention through one tile of scores per thread; backward is refused);
  * MOE__MODEL_DEFER_PARAMS leaves the CPU backend's parameters unallocated (m->params NULL) for
  * the caller, who points them at a mapping (m->map) or calls moe__model_alloc_params. */
-enum { MOE__MODEL_LEAN = 1, MOE__MODEL_DEFER_PARAMS = 2 };
+enum { MOE__MODEL_LEAN = 1, MOE__MODEL_DEFER_PARAMS = 2, MOE__MODEL_TABLE = 4 /* the tensor table only: no backend */ };
 moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_model **out);
 /* The parameters of a model created with MOE__MODEL_DEFER_PARAMS, allocated (not zeroed). */
 moe_status moe__model_alloc_params(moe_model *m);
+/* Where each of dst's tensors comes from among ns source tensors (names, shapes), by
+ * moe_model_init_from's rules: plan[i] the source tensor copied (upcycle[i]: replicated into
+ * each expert of a stacked expert tensor, from a dense FFN), or -1 (a router or buffer that
+ * starts fresh); report may be NULL. Errors as moe_model_init_from's (the tensor named). */
+moe_status moe__init_plan(const moe_model *dst, const moe_tensor_info *const *src, int ns, int *plan, uint8_t *upcycle,
+                          moe_init_report *report);
 /* A forward's losses from its routing statistics (m->stats: each MoE layer's losses, averaged
  * over the layers) and its cross-entropy ce (with targets): moe_model_forward's out, for every
  * backend. MOE_STATUS_NUMERIC when a loss is not finite. */
