@@ -92,6 +92,11 @@ const char *moe_build_info(void);
  * OpenBLAS picked for this CPU at load, or OPENBLAS_CORETYPE's; the OpenMP thread count now).
  * Valid until the next call on the thread. moe_blas_core: the kernel's name alone (static). */
 const char *moe_blas_info(void);
+/* The memory a model may take (bytes; 0, the default: the smaller of MemAvailable and what the
+ * cgroup's limit leaves). Creating a model, or a trainer, whose weights, gradients, optimizer
+ * moments and activations need more is refused before anything is allocated (MOE_STATUS_NOMEM,
+ * giving both figures and the options that would fit). Process-wide. */
+void moe_memory_limit_set(int64_t bytes);
 const char *moe_blas_core(void);
 /* Detailed message of the last error set on this thread ("" if none). Owned by the library;
  * valid until the next failing call on this thread. A successful call does not clear it, so it

@@ -387,6 +387,13 @@ void use_device(const char *device, const char *dtype, const moe_config *c) {
     check(moe_device_select(&d));
 }
 
+void use_max_memory(const char *size) {
+    if (!size) return;
+    int64_t b = parse_size(size);
+    if (b <= 0) die(2, "--max-memory must be a size such as 16GB, 500MB or 2000000000, got '%s'", size);
+    moe_memory_limit_set(b);
+}
+
 void use_device_for(const char *device, const char *dtype, const char *ckpt) {
     if (!device && !dtype) return;
     moe_config c;

@@ -145,11 +145,16 @@ void copy_file(const char *src, const char *dst);
     {"--device", CLI_STRING, "DEV", offsetof(opts, device),                                             \
      .help = "cpu (default), cuda or cuda:N; not a config key: any device loads any checkpoint"},       \
     {"--dtype", CLI_STRING, "T", offsetof(opts, dtype),                                                 \
-     .help = "matrix-product precision: fp32 (the CPU's) or bf16 (the CUDA default)"}
+     .help = "matrix-product precision: fp32 (the CPU's) or bf16 (the CUDA default)"},                 \
+    {"--max-memory", CLI_STRING, "SIZE", offsetof(opts, max_memory),                                    \
+     .help = "memory a model may take (e.g. 16GB); default: MemAvailable, or the\n"                    \
+             "cgroup's limit when lower. A model that needs more is refused up front"}
 /* Selects --device/--dtype for the models this command creates, after checking that the device
  * takes config c: exits 2 on a bad value, 1 on an option the device refuses or a device that
  * cannot be used. */
 void use_device(const char *device, const char *dtype, const moe_config *c);
+/* --max-memory: the limit models are checked against (moe_memory_limit_set); NULL: none given. */
+void use_max_memory(const char *size);
 /* use_device for the model of a checkpoint (its config read first); nothing when both are NULL. */
 void use_device_for(const char *device, const char *dtype, const char *ckpt);
 

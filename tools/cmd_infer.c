@@ -21,7 +21,7 @@
 /* ---------------------------------------------------------------- sample */
 
 typedef struct {
-    const char *ckpt, *prompt, *device, *dtype;
+    const char *ckpt, *prompt, *device, *dtype, *max_memory;
     long tokens, top_k, seed, threads, batch; /* threads 0: OpenMP's default */
     double temperature, top_p;
     int ignore_eos, no_stream, stats;
@@ -150,6 +150,7 @@ static int run_sample(void *opts) {
 #endif
     if (strlen(o->prompt) == 0) die(2, "sample: --prompt is empty; give at least one character");
     moe_model *m;
+    use_max_memory(o->max_memory);
     use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, 1, &m));
     const moe_config *c = moe_model_config(m);
@@ -253,7 +254,7 @@ const cli_command moe_cmd_sample = {
 
 /* A checkpoint, data, batching, JSON output: what eval and route take. */
 typedef struct {
-    const char *ckpt, *data, *device, *dtype;
+    const char *ckpt, *data, *device, *dtype, *max_memory;
     long batch, max_batches; /* max_batches 0: all */
     int json;
 } data_opts;
@@ -284,6 +285,7 @@ static const cli_flag route_flags[] =
  * in paths[0..n) (pointing into *list, to free). */
 static moe_model *load_for_data(const data_opts *o, char **list, char **paths, int max, int *n) {
     moe_model *m;
+    use_max_memory(o->max_memory);
     use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, (int)o->batch, &m));
     if (!(*list = strdup(o->data))) die(1, "out of memory");
@@ -606,7 +608,7 @@ const cli_command moe_cmd_route = {
 /* ---------------------------------------------------------------- logits */
 
 typedef struct {
-    const char *ckpt, *tokens, *out, *device, *dtype;
+    const char *ckpt, *tokens, *out, *device, *dtype, *max_memory;
     int kv_cache;
 } logits_opts;
 
@@ -625,6 +627,7 @@ static const cli_flag logits_flags[] = {
 static int run_logits(void *opts) {
     const logits_opts *o = opts;
     moe_model *m;
+    use_max_memory(o->max_memory);
     use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, 1, &m));
     const moe_config *c = moe_model_config(m);

@@ -24,7 +24,7 @@
 #endif
 
 typedef struct {
-    const char *data, *val, *out, *config, *init_from, *tokenizer, *device, *dtype;
+    const char *data, *val, *out, *config, *init_from, *tokenizer, *device, *dtype, *max_memory;
     cli_list sets;       /* --set, --steps and --log-every, in command-line order */
     long stop_after, ep; /* stop_after 0: run to the last step */
     int resume, overwrite, quiet, profile, check_data;
@@ -448,6 +448,7 @@ static int run_train(void *opts) {
     model_source from = {NULL, 0, moe_config_default()};
     moe_config c = train_config(&o, &from);
     check(moe_dist_setup((int)o.ep));
+    use_max_memory(o.max_memory);
     use_device(o.device, o.dtype, &c);
     o.quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
     o.profile &= moe_dist_rank() == 0;

@@ -2,6 +2,7 @@
  * core.c — status messages, error reporting, allocation, clock, RNG (xoshiro256**), hashing,
  * and whole-file / atomic file I/O.
  */
+#define _DEFAULT_SOURCE /* madvise */
 #define _POSIX_C_SOURCE 200809L
 #include "core/core.h"
 
@@ -11,6 +12,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -362,4 +364,74 @@ moe_status moe__write_atomic(const char *path, const void *const *parts, const s
         return st;
     }
     return moe__afile_commit(&a);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static int64_t mem_limit; /* moe_memory_limit_set; 0: from the system */
+
+void moe_memory_limit_set(int64_t bytes) { mem_limit = bytes > 0 ? bytes : 0; }
+
+/* The first number in a small file, or -1 ("max" and unreadable files are -1). */
+static int64_t file_number(const char *path) {
+    FILE *f = fopen(path, "r");
+    long long v = -1;
+    if (f) {
+        if (fscanf(f, "%lld", &v) != 1) v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+int64_t moe__mem_available(const char **source) {
+    if (mem_limit > 0) {
+        *source = "--max-memory";
+        return mem_limit;
+    }
+    int64_t avail = -1;
+    *source = "MemAvailable in /proc/meminfo";
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        long long kb;
+        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) avail = (int64_t)kb * 1024;
+    }
+    if (f) fclose(f);
+    // a cgroup limit (v2, then v1) below that: what is left of it
+    static const char *const lim[][2] = {{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+                                          {"/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                           "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+    for (int i = 0; i < 2; i++) {
+        int64_t max = file_number(lim[i][0]), cur = file_number(lim[i][1]);
+        if (max <= 0 || max >= ((int64_t)1 << 60) || cur < 0) continue;
+        if (avail < 0 || max - cur < avail) {
+            avail = max - cur > 0 ? max - cur : 0;
+            *source = i == 0 ? "the cgroup's memory.max less memory.current" : "the cgroup's memory limit less its usage";
+        }
+        break;
+    }
+    return avail;
+}
+
+moe_status moe__mem_check(int64_t need, const char *what, const char *advice) {
+    const char *source;
+    int64_t avail = moe__mem_available(&source);
+    if (avail < 0 || need <= avail) return MOE_STATUS_OK;
+    return moe__err(MOE_STATUS_NOMEM, "%s needs %.2f GiB (%lld bytes) but %.2f GiB (%lld bytes) are available (%s): %s",
+                    what, (double)need / 1073741824.0, (long long)need, (double)avail / 1073741824.0, (long long)avail,
+                    source, advice);
+}
+
+void moe__bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; i++) dst[i] = moe__f32_of_bf16(src[i]);
+}
+
+void moe__map_release(const void *map, size_t map_len, const void *p, size_t n) {
+    if (!map || !map_len || !n) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page;
+    uintptr_t b = ((uintptr_t)p + n) / page * page, end = (uintptr_t)map + map_len;
+    if (b > end) b = end / page * page;
+    if (a < (uintptr_t)map) a = (uintptr_t)map;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Records a detailed message for moe_last_error() and returns s, so that callers can write
  * `return moe__err(MOE_STATUS_IO, "cannot open %s: %s", path, strerror(errno));`. */
@@ -80,6 +81,35 @@ moe_status moe__afile_write(moe__afile *a, const void *data, size_t n);
 moe_status moe__afile_pwrite(moe__afile *a, const void *data, size_t n, int64_t at);
 moe_status moe__afile_commit(moe__afile *a);
 void moe__afile_abort(moe__afile *a);
+/* Drops the pages of [p, p + n) (those wholly inside) of a private file mapping [map, map +
+ * map_len) from the process: read once, they leave its resident memory (the page cache keeps
+ * them; a later read maps them again). No-op when map is NULL or map_len 0 (a file read). */
+void moe__map_release(const void *map, size_t map_len, const void *p, size_t n);
+
+/* bf16: the upper half of an fp32, rounded to nearest even (NaN stays NaN); and back. */
+static inline uint16_t moe__bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float moe__f32_of_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* n bf16 values to fp32 (in parallel when large). */
+void moe__bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
+
+/* Memory available to this process: moe_memory_limit_set's limit, else the smaller of
+ * MemAvailable and what the cgroup's limit leaves; -1 when unknown. *source says which. */
+int64_t moe__mem_available(const char **source);
+/* MOE_STATUS_NOMEM, before anything is allocated, when need bytes (of `what`, "the model's
+ * weights and activations") pass what is available: the message gives both figures, where the
+ * second comes from, and advice (the options that would fit). */
+moe_status moe__mem_check(int64_t need, const char *what, const char *advice);
 /* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory. */
 moe_status moe__write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts);
 

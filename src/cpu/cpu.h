@@ -15,6 +15,8 @@
 #include "model/backend.h"
 #include "moe/moe_layer.h"
 
+#define MOE_CPU_HEAD_ROWS 512 /* vocabulary rows of a bf16 head converted at a time */
+
 /* Weights of one block (pointers into the parameter or the gradient buffer). */
 typedef struct {
     float *ln1, *wq, *wk, *wv, *wo, *ln2, *w1, *w3, *w2;
@@ -33,6 +35,12 @@ typedef struct {
     float **resid;                      /* L+1 arrays (N,C): input of each layer, then the output */
     moe__cpu_layer_act *la;             /* L; with recompute (or lean), one slot per kind of block, shared */
     int **routes;                       /* L: a lean model's routing of each MoE layer (NULL for dense) */
+    /* bf16 weights (an inference model loaded with --dtype bf16; m->params is then NULL): each
+     * layer's span [span[l], span[l+1]) of the table converted into win before its forward */
+    uint16_t *w16;
+    float *win, *normf, *head_tile;     /* the widest layer span; the final norm; HEAD_ROWS x C */
+    int64_t *span;
+    int win_layer;                      /* the layer the window holds */
     float *att_scratch;                 /* lean: att_threads tiles of attention scores */
     int att_threads;
     float *lnf, *rstdf, *logits, *dlogits, *row_loss, *rope_cos, *rope_sin, *tmp;
@@ -51,6 +59,18 @@ static inline moe__cpu *moe__cpu_of(const moe_model *m) { return (moe__cpu *)m->
 
 /* Pointers of layer l's tensors in base (the parameters or the gradients). */
 moe__cpu_layer_w moe__cpu_layer_weights(const moe_model *m, float *base, int l);
+/* The same in a buffer that holds the table's floats from offset `start` on. */
+moe__cpu_layer_w moe__cpu_layer_weights_at(const moe_model *m, float *base, int64_t start, int l);
+/* For a forward: layer l's weights, its span converted from bf16 into the window first when the
+ * model keeps bf16 weights (the previous layer's are gone then); the embedding of N tokens, the
+ * final norm's weights, and the head's product (logits (rows,V) of x (rows,C)), fp32 or bf16. */
+moe__cpu_layer_w moe__cpu_layer_fwd(moe_model *m, int l);
+void moe__cpu_embed(const moe_model *m, float *x, const int *tokens, int64_t N);
+const float *moe__cpu_normf(const moe_model *m);
+void moe__cpu_head(const moe_model *m, float *logits, const float *x, int64_t rows);
+/* Makes m keep bf16 weights (before cpu create: sizes its plan), then fills them from an fp32
+ * model's parameters, tensor by tensor (src's mapped pages released as they are read). */
+moe_status moe__cpu_fill_bf16(moe_model *m, const moe_model *src);
 /* The MoE dimensions of layer l for sequences of T tokens. */
 moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training);
 

@@ -7,6 +7,7 @@
 #include "cpu/cpu.h"
 #include "nn/nn.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -145,6 +146,11 @@ static void cpu_free(moe_model *m) {
     free(s->resid);
     free(s->la);
     free(s->routes);
+    free(s->w16);
+    free(s->win);
+    free(s->normf);
+    free(s->head_tile);
+    free(s->span);
     free(s->arena);
     free(s);
     m->be_state = NULL;
@@ -154,10 +160,7 @@ static moe_status cpu_create(moe_model *m) {
     const moe_config *c = &m->cfg;
     moe__cpu *s = calloc(1, sizeof *s);
     m->be_state = s;
-    if (!m->defer_params) m->params = moe__calloc((size_t)m->n_params * sizeof(float));
-    if (!m->lean) m->grads = moe__calloc((size_t)m->n_params * sizeof(float));
-    if (!s || (!m->defer_params && !m->params) || (!m->lean && !m->grads))
-        return moe__err(MOE_STATUS_NOMEM, "cannot allocate %lld parameters", (long long)m->n_params);
+    if (!s) return moe__err(MOE_STATUS_NOMEM, "out of memory (activation plan)");
     s->resid = calloc((size_t)c->n_layer + 1, sizeof(float *));
     s->la = calloc((size_t)c->n_layer, sizeof(moe__cpu_layer_act));
     s->routes = calloc((size_t)c->n_layer, sizeof(int *));
@@ -166,7 +169,42 @@ static moe_status cpu_create(moe_model *m) {
 #ifdef _OPENMP
     s->att_threads = omp_get_max_threads();
 #endif
+    // bf16 weights: each layer's span converted into a window before its forward
+    int64_t widest = 0;
+    if (m->bf16) {
+        if (!(s->span = calloc((size_t)c->n_layer + 1, sizeof(int64_t)))) return moe__err(MOE_STATUS_NOMEM, "out of memory");
+        for (int l = 0; l <= c->n_layer; l++) s->span[l] = l < c->n_layer ? INT64_MAX : 0;
+        for (int i = 0; i < m->n_tensors; i++) { // a layer's tensors are contiguous in the table
+            const moe_tensor_info *t = &m->tensors[i].info;
+            if (t->layer < 0) continue;
+            s->span[t->layer] = t->offset < s->span[t->layer] ? t->offset : s->span[t->layer];
+            s->span[t->layer + 1] = t->offset + t->numel > s->span[t->layer + 1] ? t->offset + t->numel : s->span[t->layer + 1];
+        }
+        for (int l = 0; l < c->n_layer; l++) widest = s->span[l + 1] - s->span[l] > widest ? s->span[l + 1] - s->span[l] : widest;
+    }
+    // everything the model will hold, against what is available, before any of it is allocated
     size_t bytes = moe__cpu_plan(m, s, NULL);
+    int64_t w = m->n_params * (int64_t)sizeof(float), held = m->bf16 ? w / 2 + 4 * (widest + MOE_CPU_HEAD_ROWS * c->n_embd) : w;
+    int64_t need = held + (m->lean ? 0 : w) + (m->optim ? 2 * w : 0) + (int64_t)bytes;
+    char what[256];
+    snprintf(what, sizeof what, "the model (%.2f GiB of %s weights%s%s, %.2f GiB of activations for %d x %d tokens)",
+             (double)held / 1073741824.0, m->bf16 ? "bf16" : "fp32", m->lean ? "" : ", as much of gradients",
+             m->optim ? ", twice that of AdamW moments" : "", (double)bytes / 1073741824.0, m->max_batch, c->seq_len);
+    moe_status st = moe__mem_check(need, what,
+                                   m->lean ? (m->bf16 ? "a smaller --batch-size, a shorter seq_len, or a machine with more memory"
+                                                      : "--dtype bf16 (half the weights), a smaller --batch-size, a "
+                                                        "shorter seq_len, or a machine with more memory")
+                                           : "recompute=1 (one block's activations), a smaller batch_size or seq_len, or "
+                                             "more ranks under mpirun with --ep (each holds E/ep of the experts)");
+    if (st != MOE_STATUS_OK) return st;
+    if (m->bf16 && (!(s->w16 = moe__malloc((size_t)m->n_params * 2)) || !(s->win = moe__malloc((size_t)widest * 4 + 64)) ||
+                    !(s->normf = moe__malloc((size_t)c->n_embd * 4)) ||
+                    !(s->head_tile = moe__malloc((size_t)MOE_CPU_HEAD_ROWS * c->n_embd * 4))))
+        return moe__err(MOE_STATUS_NOMEM, "cannot allocate %lld bf16 parameters", (long long)m->n_params);
+    if (!m->defer_params) m->params = moe__calloc((size_t)m->n_params * sizeof(float));
+    if (!m->lean) m->grads = moe__calloc((size_t)m->n_params * sizeof(float));
+    if ((!m->defer_params && !m->params) || (!m->lean && !m->grads))
+        return moe__err(MOE_STATUS_NOMEM, "cannot allocate %lld parameters", (long long)m->n_params);
     s->arena = moe__calloc(bytes);
     if (!s->arena)
         return moe__err(MOE_STATUS_NOMEM, "cannot allocate %.1f MiB of activations (batch %d x seq_len %d)",

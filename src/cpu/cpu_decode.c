@@ -134,12 +134,12 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
     const moe_config *c = &m->cfg;
     moe__cpu *cs = moe__cpu_of(m);
     cpu_kv *s = kv;
-    int C = c->n_embd, H = c->n_head, V = c->vocab_size, T = s->T;
+    int C = c->n_embd, H = c->n_head, T = s->T;
     int64_t N = (int64_t)B * n;
-    moe__embedding_forward(s->x, m->params + m->off_embed, tokens, N, C);
+    moe__cpu_embed(m, s->x, tokens, N);
     for (int64_t r = 0; r < N; r++) s->pos[r] = pos[r / n] + (int)(r % n);
     for (int l = 0; l < c->n_layer; l++) {
-        moe__cpu_layer_w w = moe__cpu_layer_weights(m, m->params, l);
+        moe__cpu_layer_w w = moe__cpu_layer_fwd(m, l);
         moe__rmsnorm_forward(s->ln, s->rstd, s->x, w.ln1, N, C, c->norm_eps);
         moe__matmul_forward(s->q, s->ln, w.wq, N, C, C, 0);
         moe__matmul_forward(s->kn, s->ln, w.wk, N, C, C, 0);
@@ -170,7 +170,7 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
     int64_t rows = all ? N : B;
     if (!all)
         for (int b = 0; b < B; b++) memmove(s->x + (int64_t)b * C, s->x + ((int64_t)b * n + n - 1) * C, (size_t)C * sizeof(float));
-    moe__rmsnorm_forward(s->ln, s->rstd, s->x, m->params + m->off_normf, rows, C, c->norm_eps);
-    moe__matmul_forward(logits, s->ln, m->params + m->off_lm, rows, C, V, 0);
+    moe__rmsnorm_forward(s->ln, s->rstd, s->x, moe__cpu_normf(m), rows, C, c->norm_eps);
+    moe__cpu_head(m, logits, s->ln, rows);
     return MOE_STATUS_OK;
 }

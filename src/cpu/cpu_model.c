@@ -15,15 +15,90 @@
 #include <math.h>
 #include <string.h>
 
-static float *at(float *base, int64_t off) { return off < 0 ? NULL : base + off; }
+
+
+moe__cpu_layer_w moe__cpu_layer_weights_at(const moe_model *m, float *base, int64_t start, int l) {
+    const moe__layer_off *o = &m->lo[l];
+#define AT(off) ((off) < 0 ? NULL : base + ((off) - start))
+    moe__cpu_layer_w w = {AT(o->ln1), AT(o->wq), AT(o->wk), AT(o->wv), AT(o->wo), AT(o->ln2), AT(o->w1), AT(o->w3), AT(o->w2),
+                          {AT(o->wg), AT(o->wnoise), AT(o->bias), AT(o->ew1), AT(o->ew3), AT(o->ew2), AT(o->sw1),
+                           AT(o->sw3), AT(o->sw2)}};
+#undef AT
+    return w;
+}
 
 moe__cpu_layer_w moe__cpu_layer_weights(const moe_model *m, float *base, int l) {
-    const moe__layer_off *o = &m->lo[l];
-    moe__cpu_layer_w w = {at(base, o->ln1), at(base, o->wq), at(base, o->wk), at(base, o->wv), at(base, o->wo),
-                 at(base, o->ln2), at(base, o->w1), at(base, o->w3), at(base, o->w2),
-                 {at(base, o->wg), at(base, o->wnoise), at(base, o->bias), at(base, o->ew1), at(base, o->ew3),
-                  at(base, o->ew2), at(base, o->sw1), at(base, o->sw3), at(base, o->sw2)}};
-    return w;
+    return moe__cpu_layer_weights_at(m, base, 0, l);
+}
+
+/* bf16: routed expert e of the layer in the window, converted (moe__moe_dims.expert_ready). */
+static void bf16_expert(void *ctx, int e) {
+    moe_model *m = ctx;
+    moe__cpu *s = moe__cpu_of(m);
+    const moe__layer_off *o = &m->lo[s->win_layer];
+    int64_t per = (int64_t)m->cfg.expert_hidden * m->cfg.n_embd, start = s->span[s->win_layer];
+    const int64_t offs[3] = {o->ew1, o->ew3, o->ew2};
+    for (int k = 0; k < 3; k++)
+        moe__bf16_to_f32(s->win + (offs[k] - start) + e * per, s->w16 + offs[k] + e * per, per);
+}
+
+moe__cpu_layer_w moe__cpu_layer_fwd(moe_model *m, int l) {
+    moe__cpu *s = moe__cpu_of(m);
+    if (!s->w16) return moe__cpu_layer_weights(m, m->params, l);
+    // every tensor of the layer but its routed experts, which bf16_expert converts when used
+    s->win_layer = l;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const moe_tensor_info *t = &m->tensors[i].info;
+        if (t->layer == l && t->group != MOE_GROUP_EXPERT)
+            moe__bf16_to_f32(s->win + (t->offset - s->span[l]), s->w16 + t->offset, t->numel);
+    }
+    return moe__cpu_layer_weights_at(m, s->win, s->span[l], l);
+}
+
+void moe__cpu_embed(const moe_model *m, float *x, const int *tokens, int64_t N) {
+    const moe__cpu *s = moe__cpu_of(m);
+    int C = m->cfg.n_embd;
+    if (!s->w16) {
+        moe__embedding_forward(x, m->params + m->off_embed, tokens, N, C);
+        return;
+    }
+    for (int64_t n = 0; n < N; n++)
+        moe__bf16_to_f32(x + n * C, s->w16 + m->off_embed + (int64_t)tokens[n] * C, C);
+}
+
+const float *moe__cpu_normf(const moe_model *m) {
+    const moe__cpu *s = moe__cpu_of(m);
+    return s->w16 ? s->normf : m->params + m->off_normf;
+}
+
+void moe__cpu_head(const moe_model *m, float *logits, const float *x, int64_t rows) {
+    const moe__cpu *s = moe__cpu_of(m);
+    int C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    if (!s->w16) {
+        moe__matmul_forward(logits, x, m->params + m->off_lm, rows, C, V, 0);
+        return;
+    }
+    for (int v0 = 0; v0 < V; v0 += MOE_CPU_HEAD_ROWS) { // a tile of the head's rows at a time, converted
+        int n = V - v0 < MOE_CPU_HEAD_ROWS ? V - v0 : MOE_CPU_HEAD_ROWS;
+        moe__bf16_to_f32(s->head_tile, s->w16 + m->off_lm + (int64_t)v0 * C, (int64_t)n * C);
+        moe__gemm g = moe__linear_fwd(logits + v0, x, s->head_tile, rows, C, n, 0);
+        g.ldc = V;
+        moe__gemm_run(&g, 1);
+    }
+}
+
+moe_status moe__cpu_fill_bf16(moe_model *m, const moe_model *src) {
+    moe__cpu *s = moe__cpu_of(m);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const moe_tensor_info *t = &m->tensors[i].info;
+        const float *p = src->params + t->offset;
+        uint16_t *d = s->w16 + t->offset;
+#pragma omp parallel for schedule(static) if (t->numel > (1 << 16))
+        for (int64_t j = 0; j < t->numel; j++) d[j] = moe__bf16(p[j]);
+        moe__model_release(src, p, t->numel);
+    }
+    moe__bf16_to_f32(s->normf, s->w16 + m->off_normf, m->cfg.n_embd);
+    return MOE_STATUS_OK;
 }
 
 moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training) {
@@ -48,6 +123,10 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
     d.El = d.E / m->ep;
     d.a2a_buf = moe__cpu_of(m)->a2a_buf;
     d.a2a_cnt = moe__cpu_of(m)->a2a_cnt;
+    if (m->bf16) { // the CPU backend's bf16 weights
+        d.expert_ready = bf16_expert;
+        d.expert_ctx = (void *)m;
+    }
     return d;
 }
 
@@ -61,7 +140,7 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
     int64_t N = (int64_t)B * T;
     int C = c->n_embd, H = c->n_head;
     double *prof = m->prof, t = moe__prof_begin(prof);
-    moe__cpu_layer_w w = moe__cpu_layer_weights(m, m->params, l);
+    moe__cpu_layer_w w = moe__cpu_layer_fwd(m, l);
     moe__cpu_layer_act *a = &s->la[l];
     float *x = s->resid[l], *xo = s->resid[l + 1];
     moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
@@ -119,7 +198,7 @@ moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets,
     memcpy(s->tokens, tokens, (size_t)N * sizeof(int));
     if (targets) memcpy(s->targets, targets, (size_t)N * sizeof(int));
     double *prof = m->prof, t = moe__prof_begin(prof);
-    moe__embedding_forward(s->resid[0], m->params + m->off_embed, tokens, N, C);
+    moe__cpu_embed(m, s->resid[0], tokens, N);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
     for (int l = 0; l < c->n_layer; l++) {
         moe_status st = block_forward(m, l, B, T, training);
@@ -127,8 +206,8 @@ moe_status moe__cpu_forward(moe_model *m, const int *tokens, const int *targets,
         if (m->moe_slot[l] >= 0) collect_stats(m, l);
     }
     t = moe__prof_begin(prof);
-    moe__rmsnorm_forward(s->lnf, s->rstdf, s->resid[c->n_layer], m->params + m->off_normf, N, C, c->norm_eps);
-    moe__matmul_forward(s->logits, s->lnf, m->params + m->off_lm, N, C, V, 0);
+    moe__rmsnorm_forward(s->lnf, s->rstdf, s->resid[c->n_layer], moe__cpu_normf(m), N, C, c->norm_eps);
+    moe__cpu_head(m, s->logits, s->lnf, N);
     moe__prof_end(prof, MOE_PHASE_HEAD, t);
     if (!out) return MOE_STATUS_OK;
     float ce = targets ? moe__crossentropy(NULL, s->row_loss, s->logits, targets, N, V, 1.0f) : 0.0f;

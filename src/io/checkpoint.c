@@ -5,6 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "io/io.h"
+#include "cpu/cpu.h"
 #include "model/backend.h"
 
 #include <string.h>
@@ -294,6 +295,30 @@ static int same_layout(const moe_model *m, const moe__st_file *f) {
     return 1;
 }
 
+/* The fp32 model of checkpoint `file` (opened as f), created with flags: its parameters the mapped
+ * file's data when the layout allows (nothing copied), else read into its own buffer. */
+static moe_status load_fp32(const char *file, moe__st_file *f, const moe_config *c, int max_batch, int flags,
+                            moe_model **out) {
+    moe_model *m = NULL;
+    moe_status st = moe__model_create(c, max_batch, flags | MOE__MODEL_DEFER_PARAMS, &m);
+    if (st == MOE_STATUS_OK && m->defer_params && f->map_len && same_layout(m, f) && m->ep == 1 &&
+        !has_meta(f, "expert_shards")) {
+        if ((st = verify_data(f, file)) == MOE_STATUS_OK) { // the parameters are the mapping: nothing is copied
+            m->params = (float *)f->data;
+            m->map = f->buf;
+            m->map_len = f->map_len;
+            f->buf = NULL;
+            f->map_len = 0;
+        }
+    } else if (st == MOE_STATUS_OK) {
+        if (m->defer_params) st = moe__model_alloc_params(m);
+        if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, f, file);
+    }
+    if (st != MOE_STATUS_OK) moe_model_free(m);
+    *out = st == MOE_STATUS_OK ? m : NULL;
+    return st;
+}
+
 moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     *out = NULL;
     char *file = checkpoint_file(path);
@@ -305,23 +330,18 @@ moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
         return st;
     }
     moe_config c;
-    moe_model *m = NULL;
+    moe_model *m = NULL, *src = NULL;
     st = moe__checkpoint_config_of(&f, file, &c, NULL);
     c.recompute = 0; // inference: no backward to save memory for
-    if (st == MOE_STATUS_OK) st = moe__model_create(&c, max_batch, MOE__MODEL_LEAN | MOE__MODEL_DEFER_PARAMS, &m);
-    if (st == MOE_STATUS_OK && m->defer_params && f.map_len && same_layout(m, &f) && m->ep == 1 &&
-        !has_meta(&f, "expert_shards")) {
-        // the parameters are the mapped file's data: nothing is copied
-        if ((st = verify_data(&f, file)) == MOE_STATUS_OK) {
-            m->params = (float *)f.data;
-            m->map = f.buf;
-            m->map_len = f.map_len;
-            f.buf = NULL;
-            f.map_len = 0;
-        }
+    const moe_device *dev = moe_device_selected();
+    if (st == MOE_STATUS_OK && dev->kind == MOE_DEVICE_CPU && dev->dtype == MOE_DTYPE_BF16) {
+        // bf16 weights: the model takes them from the fp32 file's (a table over it) tensor by tensor
+        st = load_fp32(file, &f, &c, 1, MOE__MODEL_TABLE, &src);
+        if (st == MOE_STATUS_OK) st = moe__model_create(&c, max_batch, MOE__MODEL_LEAN, &m);
+        if (st == MOE_STATUS_OK) st = moe__cpu_fill_bf16(m, src);
+        moe_model_free(src);
     } else if (st == MOE_STATUS_OK) {
-        if (m->defer_params) st = moe__model_alloc_params(m);
-        if (st == MOE_STATUS_OK) st = moe__model_load_weights(m, &f, file);
+        st = load_fp32(file, &f, &c, max_batch, MOE__MODEL_LEAN, &m);
     }
     moe__st_free(&f);
     free(file);

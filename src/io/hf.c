@@ -60,13 +60,6 @@ static const char *not_qwen2_moe(const moe_model *m, const moe_config *c, char *
     return not_topk_softmax(m, c, why, n);
 }
 
-static uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); // NaN stays NaN
-    u += 0x7fffu + ((u >> 16) & 1u);                                         // round to nearest even
-    return (uint16_t)(u >> 16);
-}
 
 /* One tensor of the export: HF name, shape, and where its floats come from: the model's (src,
  * times scale), or zeros (src NULL). Made one at a time as it is written. */
@@ -238,7 +231,7 @@ static moe_status write_shard(const moe_model *m, const out_list *o, int a, int 
         uint16_t *h = buf;
         for (int64_t k = 0; k < n; k++) {
             float v = t->src ? t->scale * t->src[k] : 0.0f;
-            if (bf16) h[k] = to_bf16(v);
+            if (bf16) h[k] = moe__bf16(v);
             else f[k] = v;
         }
         st = moe__st_out_write(&w, buf, (size_t)n * (bf16 ? 2 : 4));

@@ -39,10 +39,6 @@ moe_status moe__st_read(const char *path, moe__st_file *out);
  * the tensors' data pointers are NULL. For reading a config without the weights. */
 moe_status moe__st_read_header(const char *path, moe__st_file *out);
 void moe__st_free(moe__st_file *f);
-/* Drops the pages of [p, p + n) (those wholly inside) of a private file mapping [map, map +
- * map_len) from the process: read once, they leave its resident memory (the page cache keeps
- * them; a later read maps them again). No-op when map is NULL or map_len 0 (a file read). */
-void moe__map_release(const void *map, size_t map_len, const void *p, size_t n);
 /* FNV-1a 64 of [p, p + n) inside f's data, from basis, releasing mapped pages as it goes. */
 uint64_t moe__st_fnv(const moe__st_file *f, uint64_t basis, const void *p, size_t n);
 const moe__st_tensor *moe__st_find(const moe__st_file *f, const char *name);

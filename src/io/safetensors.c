@@ -178,14 +178,6 @@ fail:
 
 moe_status moe__st_read(const char *path, moe__st_file *out) { return st_read(path, out, 0); }
 
-void moe__map_release(const void *map, size_t map_len, const void *p, size_t n) {
-    if (!map || !map_len || !n) return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page;
-    uintptr_t b = ((uintptr_t)p + n) / page * page, end = (uintptr_t)map + map_len;
-    if (b > end) b = end / page * page;
-    if (a < (uintptr_t)map) a = (uintptr_t)map;
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
-}
 
 uint64_t moe__st_fnv(const moe__st_file *f, uint64_t basis, const void *p, size_t n) {
     enum { CHUNK = 64 << 20 };

@@ -99,12 +99,7 @@ void moe__source_read(const moe__src_tensor *t, int p0, int np, float *dst) {
         } else {
             for (int64_t i = 0; i < p->n; i++) {
                 uint16_t v = (uint16_t)(p->data[2 * i] | (p->data[2 * i + 1] << 8)); // little-endian, maybe unaligned
-                if (p->dtype == 'b') {
-                    uint32_t u = (uint32_t)v << 16;
-                    memcpy(&dst[i], &u, 4);
-                } else {
-                    dst[i] = half_to_f32(v);
-                }
+                dst[i] = p->dtype == 'b' ? moe__f32_of_bf16(v) : half_to_f32(v);
             }
         }
         moe__map_release(p->map, p->map_len, p->data, (size_t)p->n * (p->dtype == 'f' ? 4 : 2));

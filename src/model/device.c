@@ -42,8 +42,6 @@ moe_status moe_device_parse(const char *device, const char *dtype, moe_device *o
         if (!strcmp(dtype, "fp32")) d.dtype = MOE_DTYPE_FP32;
         else if (!strcmp(dtype, "bf16")) d.dtype = MOE_DTYPE_BF16;
         else return moe__err(MOE_STATUS_ARG, "--dtype '%s': expected fp32 or bf16", dtype);
-        if (d.kind == MOE_DEVICE_CPU && d.dtype != MOE_DTYPE_FP32)
-            return moe__err(MOE_STATUS_ARG, "--dtype %s: the CPU computes in fp32 only (bf16 is for --device cuda)", dtype);
     }
     *out = d;
     return MOE_STATUS_OK;
@@ -58,9 +56,7 @@ moe_status moe_device_supports(const moe_device *d, const moe_config *c) {
 }
 
 moe_status moe_device_select(const moe_device *d) {
-    if (d->kind == MOE_DEVICE_CPU) {
-        if (d->dtype != MOE_DTYPE_FP32)
-            return moe__err(MOE_STATUS_ARG, "--dtype bf16: the CPU computes in fp32 only (bf16 is for --device cuda)");
+    if (d->kind == MOE_DEVICE_CPU) { // bf16: bf16 weights for inference (moe_model_load), fp32 arithmetic
         selected = *d;
         return MOE_STATUS_OK;
     }

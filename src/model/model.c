@@ -152,6 +152,10 @@ moe_status moe_model_create(const moe_config *c, int max_batch, moe_model **out)
     return moe__model_create(c, max_batch, 0, out);
 }
 
+void moe__model_release(const moe_model *m, const float *p, int64_t n) {
+    moe__map_release(m->map, m->map_len, p, (size_t)n * sizeof(float));
+}
+
 moe_status moe__model_alloc_params(moe_model *m) {
     if (m->params) return MOE_STATUS_OK;
     m->params = moe__malloc((size_t)m->n_params * sizeof(float));
@@ -186,6 +190,17 @@ moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_
     // the CUDA backend keeps its training layout (and its own parameter buffers) for inference
     m->lean = (flags & MOE__MODEL_LEAN) && m->be == &moe__backend_cpu;
     m->defer_params = (flags & MOE__MODEL_DEFER_PARAMS) && m->be == &moe__backend_cpu;
+    m->optim = (flags & MOE__MODEL_OPTIM) != 0;
+    // --dtype bf16 on the CPU: bf16 weights, for inference only
+    int cpu_bf16 = m->be == &moe__backend_cpu && dev->kind == MOE_DEVICE_CPU && dev->dtype == MOE_DTYPE_BF16 &&
+                   !(flags & MOE__MODEL_TABLE);
+    if (cpu_bf16 && !m->lean) {
+        free(m);
+        return moe__err(MOE_STATUS_ARG, "--dtype bf16 on the CPU keeps bf16 weights for inference (moe sample, eval, "
+                                        "logits, route); training on the CPU computes in fp32");
+    }
+    m->bf16 = cpu_bf16;
+    if (m->bf16) m->defer_params = 1;
     if (flags & MOE__MODEL_TABLE) m->be = &moe__backend_cpu, m->defer_params = 1; // nothing to create
     st = build_table(m);
     if (st == MOE_STATUS_OK && !(flags & MOE__MODEL_TABLE)) st = m->be->create(m);
@@ -235,7 +250,9 @@ void moe_model_init(moe_model *m, uint64_t seed) {
 const moe_config *moe_model_config(const moe_model *m) { return &m->cfg; }
 int moe_model_n_tensors(const moe_model *m) { return m->n_tensors; }
 const moe_tensor_info *moe_model_tensor(const moe_model *m, int i) { return &m->tensors[i].info; }
-float *moe_model_params(moe_model *m) { return m->be->to_host(m, MOE_BUF_PARAMS) == MOE_STATUS_OK ? m->params : NULL; }
+float *moe_model_params(moe_model *m) {
+    return !m->bf16 && m->be->to_host(m, MOE_BUF_PARAMS) == MOE_STATUS_OK ? m->params : NULL;
+}
 float *moe_model_grads(moe_model *m) { return m->be->to_host(m, MOE_BUF_GRADS) == MOE_STATUS_OK ? m->grads : NULL; }
 int64_t moe_model_n_params(const moe_model *m) { return m->n_params; }
 int moe_model_n_moe_layers(const moe_model *m) { return m->n_moe; }

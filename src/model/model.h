@@ -59,6 +59,8 @@ struct moe_model {
     /* an inference model (moe__model_create's MOE__MODEL_LEAN): no gradients, no backward
      * activations; its parameters may live in a mapping of its checkpoint (map, map_len) */
     int lean, defer_params;
+    int optim;                          /* MOE__MODEL_OPTIM: AdamW moments will follow (counted up front) */
+    int bf16;                           /* lean on the CPU with --dtype bf16: bf16 weights, params NULL */
     void *map;
     size_t map_len;
     /* the backend running this model, and its own state (memory plan, activations) */
@@ -70,10 +72,18 @@ struct moe_model {
  * activations, attention through one tile of scores per thread; backward is refused);
  * MOE__MODEL_DEFER_PARAMS leaves the CPU backend's parameters unallocated (m->params NULL) for
  * the caller, who points them at a mapping (m->map) or calls moe__model_alloc_params. */
-enum { MOE__MODEL_LEAN = 1, MOE__MODEL_DEFER_PARAMS = 2, MOE__MODEL_TABLE = 4 /* the tensor table only: no backend */ };
+enum {
+    MOE__MODEL_LEAN = 1,
+    MOE__MODEL_DEFER_PARAMS = 2,
+    MOE__MODEL_TABLE = 4, /* the tensor table only: no backend */
+    MOE__MODEL_OPTIM = 8  /* a trainer's: its AdamW moments count in the memory checked up front */
+};
 moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_model **out);
 /* The parameters of a model created with MOE__MODEL_DEFER_PARAMS, allocated (not zeroed). */
 moe_status moe__model_alloc_params(moe_model *m);
+/* Drops [p, p + n) of m's parameters from resident memory when they lie in its checkpoint's
+ * mapping (read once, for a conversion); no-op otherwise. */
+void moe__model_release(const moe_model *m, const float *p, int64_t n);
 /* Where each of dst's tensors comes from among ns source tensors (names, shapes), by
  * moe_model_init_from's rules: plan[i] the source tensor copied (upcycle[i]: replicated into
  * each expert of a stacked expert tensor, from a dense FFN), or -1 (a router or buffer that

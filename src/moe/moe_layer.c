@@ -121,7 +121,11 @@ moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const m
     t = moe__prof_begin(d->prof);
     moe_status st = MOE_STATUS_OK;
     if (d->ep > 1) st = experts_forward_ep(c, w, d);
-    else experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
+    else {
+        for (int e = 0; d->expert_ready && e < E; e++)
+            if (c->offsets[e + 1] > c->offsets[e]) d->expert_ready(d->expert_ctx, e);
+        experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
+    }
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     if (st != MOE_STATUS_OK) return st;
     t = moe__prof_begin(d->prof);

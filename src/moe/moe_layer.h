@@ -31,6 +31,10 @@ typedef struct {
     int ep, El;                  /* expert parallelism: ep ranks, El = E/ep experts on this rank */
     float *a2a_buf;              /* (ep*P,C) scratch in peer order (ep > 1) */
     int64_t *a2a_cnt;            /* (2 ep El) scratch: rows per (peer, local expert), sent and received */
+    /* when set, called for each expert that has rows, before the experts' products: its weights
+     * are made ready then (bf16 weights converted only for the experts a forward uses) */
+    void (*expert_ready)(void *ctx, int e);
+    void *expert_ctx;
 } moe__moe_dims;
 
 /* Slots per token: K for token choice, E for expert choice and the dense soft mixture. */

@@ -76,7 +76,7 @@ static moe_status check_data(moe_trainer *t) {
  * moments. *ckpt_failed: the checkpoint's weights would not load. */
 static moe_status create_model(moe_trainer *t, moe__st_file *ckpt, int resume, int *ckpt_failed) {
     const moe_config *c = &t->cfg;
-    moe_status st = moe_model_create(c, c->batch_size, &t->m);
+    moe_status st = moe__model_create(c, c->batch_size, MOE__MODEL_OPTIM, &t->m);
     if (resume) {
         if (st == MOE_STATUS_OK) st = moe__model_load_weights(t->m, ckpt, t->model_path);
         moe__st_free(ckpt);
