@@ -280,8 +280,9 @@ expect_error "bad --device" "'gpu': expected cpu, cuda or cuda:N" -- "${D[@]}" -
 expect_exit "bad --device exits 2" 2 "${D[@]}" --device gpu
 expect_error "bad device number" "device number must be an integer" -- "${D[@]}" --device cuda:x
 expect_error "bad --dtype" "'fp16': expected fp32 or bf16" -- "${D[@]}" --device cuda --dtype fp16
-expect_error "bf16 on the CPU" "the CPU computes in fp32 only" -- "${D[@]}" --dtype bf16
-expect_exit "bf16 on the CPU exits 2" 2 "${D[@]}" --dtype bf16
+expect_error "bf16 training on the CPU" "training on the CPU computes in fp32" -- "${D[@]}" --dtype bf16
+expect_exit "bf16 training on the CPU exits 2" 2 "${D[@]}" --dtype bf16
+[ ! -e "$W/bad" ] || fail "a refused bf16 training made its run directory"
 # an imported config with an absurd size names the reason once (the wrapped error is not garbled)
 mkdir -p "$W/hf_absurd"
 printf '{"model_type": "mixtral", "hidden_size": 40960000, "intermediate_size": 14336, "num_hidden_layers": 2,

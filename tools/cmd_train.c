@@ -449,6 +449,9 @@ static int run_train(void *opts) {
     moe_config c = train_config(&o, &from);
     check(moe_dist_setup((int)o.ep));
     use_max_memory(o.max_memory);
+    if ((!o.device || !strcmp(o.device, "cpu")) && o.dtype && !strcmp(o.dtype, "bf16"))
+        die(2, "train: --dtype bf16 on the CPU keeps bf16 weights for inference (moe sample, eval, logits, route); "
+               "training on the CPU computes in fp32");
     use_device(o.device, o.dtype, &c);
     o.quiet |= moe_dist_rank() != 0; // rank 0 speaks for the job
     o.profile &= moe_dist_rank() == 0;

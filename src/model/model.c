@@ -196,8 +196,8 @@ moe_status moe__model_create(const moe_config *c, int max_batch, int flags, moe_
                    !(flags & MOE__MODEL_TABLE);
     if (cpu_bf16 && !m->lean) {
         free(m);
-        return moe__err(MOE_STATUS_ARG, "--dtype bf16 on the CPU keeps bf16 weights for inference (moe sample, eval, "
-                                        "logits, route); training on the CPU computes in fp32");
+        return moe__err(MOE_STATUS_ARG, "--dtype bf16 on the CPU keeps bf16 weights for inference (moe_model_load: "
+                                        "sample, eval, logits, route); a trainable model computes in fp32");
     }
     m->bf16 = cpu_bf16;
     if (m->bf16) m->defer_params = 1;
