@@ -345,6 +345,10 @@ const moe_tensor_info *moe_model_find(const moe_model *m, const char *name);
 float *moe_model_params(moe_model *m);
 float *moe_model_grads(moe_model *m);
 int64_t moe_model_n_params(const moe_model *m);
+/* The host memory m was planned with (the figures its creation checked against the memory
+ * available): *weights the weights as held (bf16: half, plus the conversion window), *other
+ * the gradients, optimizer moments and activations (0 for what the backend does not report). */
+void moe_model_memory(const moe_model *m, int64_t *weights, int64_t *other);
 /* Parameters active per token (router, K routed + S shared experts, attention, ...). */
 int64_t moe_model_active_params(const moe_model *m);
 
@@ -417,7 +421,8 @@ moe_status moe_model_save(const moe_model *m, const char *path, int64_t step);
  * forward only (one set reused by the layers, attention through one tile of scores per
  * thread), and its weights are the file's own pages, mapped, when the file holds exactly the
  * model's tensors in order (moe_model_save's files; MOE_NO_MMAP=1 reads them instead). To train
- * from it: moe_model_create, then moe_model_init_from. Statuses: IO when it cannot be read;
+ * from it: moe_model_create, then moe_model_init_from. max_batch 0 loads the weights only (no
+ * activations: for moe_export_hf; a forward is MOE_STATUS_ARG). Statuses: IO when it cannot be read;
  * FORMAT when it is not a moe checkpoint, fails its checksum, or a tensor is missing, extra or
  * of another shape; CONFIG for a stored config that does not validate; moe_model_create's.
  * 0.2: for inference only (it had gradients and every layer's activations). */

@@ -145,7 +145,9 @@ void copy_file(const char *src, const char *dst);
     {"--device", CLI_STRING, "DEV", offsetof(opts, device),                                             \
      .help = "cpu (default), cuda or cuda:N; not a config key: any device loads any checkpoint"},       \
     {"--dtype", CLI_STRING, "T", offsetof(opts, dtype),                                                 \
-     .help = "matrix-product precision: fp32 (the CPU's) or bf16 (the CUDA default)"},                 \
+     .help = "fp32 or bf16. CUDA: the products' precision (bf16 the default). CPU:\n"               \
+             "bf16 keeps an inference model's weights in bf16 (half the memory; fp32\n"                \
+             "arithmetic); training computes in fp32"},                                                \
     {"--max-memory", CLI_STRING, "SIZE", offsetof(opts, max_memory),                                    \
      .help = "memory a model may take (e.g. 16GB); default: MemAvailable, or the\n"                    \
              "cgroup's limit when lower. A model that needs more is refused up front"}

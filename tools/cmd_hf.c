@@ -76,7 +76,7 @@ static int run_export(void *opts) {
     if (o->shard && (shard = parse_size(o->shard)) <= 0)
         die(2, "export: --max-shard-size must be a size such as 2000000000, 500MB or 5GB, got '%s'", o->shard);
     moe_model *m;
-    check(moe_model_load(o->ckpt, 1, &m));
+    check(moe_model_load(o->ckpt, 0, &m)); // the weights only
     check(moe_export_hf(m, o->out, o->family, !strcmp(o->dtype, "bf16"), shard, &written));
     const char *copied = copy_companions(o->ckpt, o->out);
     char *index = path_in(o->out, "model.safetensors.index.json");

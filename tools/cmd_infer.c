@@ -131,7 +131,8 @@ static int on_sample_token(void *user, int seq, int token) {
 }
 
 /* --stats: the prefill (prompts to the first tokens) and the decode (the rest), and the cache. */
-static void print_sample_stats(const sample_out *so, const moe_config *c, int B, int n_prompt, double t0) {
+static void print_sample_stats(const moe_model *m, const sample_out *so, const moe_config *c, int B, int n_prompt,
+                               double t0) {
     double pre = so->t_first - t0, dec = so->t_last - so->t_first;
     int64_t decoded = so->made - B;
     double kv = 2.0 * c->n_layer * B * c->seq_len * c->n_embd * sizeof(float);
@@ -141,6 +142,10 @@ static void print_sample_stats(const sample_out *so, const moe_config *c, int B,
             1e3 * dec, dec > 0 ? (double)decoded / dec : 0.0, decoded > 0 ? 1e3 * dec * B / (double)decoded : 0.0, B);
     fprintf(stderr, "moe: KV cache %.2f MiB (2 x %d layers x %d sequences x %d positions x %d floats)\n", kv / 1048576.0,
             c->n_layer, B, c->seq_len, c->n_embd);
+    int64_t w, other;
+    moe_model_memory(m, &w, &other);
+    fprintf(stderr, "moe: model %.2f MiB of weights, %.2f MiB of activations (%d x %d tokens)\n", w / 1048576.0,
+            other / 1048576.0, 1, c->seq_len);
 }
 
 static int run_sample(void *opts) {
@@ -200,7 +205,7 @@ static int run_sample(void *opts) {
     double t0 = now_seconds();
     check(moe_model_generate(m, B, prompts, lens, (int)o->tokens, &s, out, n_out));
     sigaction(SIGINT, &old, NULL);
-    if (o->stats && so.made > 0) print_sample_stats(&so, c, B, n, t0);
+    if (o->stats && so.made > 0) print_sample_stats(m, &so, c, B, n, t0);
     for (int b = 0; b < B; b++) {
         if (!so.stream) {
             if (B > 1) printf("--- sample %d of %d\n", b + 1, B);
@@ -315,7 +320,9 @@ static void print_eval_json(const moe_model *m, const eval_result *r) {
            r->assigned ? (double)r->would_drop / (double)r->assigned : 0.0);
     if (r->has_bytes) printf("\"bits_per_byte\":%.9g,\"bytes\":%lld,", bits_per_byte(r), (long long)r->bytes);
     else printf("\"bits_per_byte\":null,\"bytes\":null,");
-    printf("\"data\":");
+    int64_t w, other;
+    moe_model_memory(m, &w, &other);
+    printf("\"weights_bytes\":%lld,\"activation_bytes\":%lld,\"data\":", (long long)w, (long long)other);
     json_string(stdout, r->source);
     printf(",\"data_part\":");
     json_string(stdout, r->part);

@@ -92,7 +92,8 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     moe__planner p = {base, 0};
     int64_t B = m->max_batch, T = c->seq_len, N = B * T, C = c->n_embd, V = c->vocab_size, H = c->n_head;
     int64_t hid = N * c->ffn_hidden;
-    for (int l = 0; l <= c->n_layer; l++) s->resid[l] = MOE_TAKE_F(&p, N * C);
+    // a lean model keeps no layer's input for a backward: two residual streams, used in turn
+    for (int l = 0; l <= c->n_layer; l++) s->resid[l] = !m->lean || l < 2 ? MOE_TAKE_F(&p, N * C) : s->resid[l % 2];
     int64_t PM = plan_blocks(&p, m, s, B);
     s->lnf = MOE_TAKE_F(&p, N * C);
     s->rstdf = MOE_TAKE_F(&p, N);
@@ -197,6 +198,8 @@ static moe_status cpu_create(moe_model *m) {
                                            : "recompute=1 (one block's activations), a smaller batch_size or seq_len, or "
                                              "more ranks under mpirun with --ep (each holds E/ep of the experts)");
     if (st != MOE_STATUS_OK) return st;
+    m->mem_weights = held;
+    m->mem_other = need - held;
     if (m->bf16 && (!(s->w16 = moe__malloc((size_t)m->n_params * 2)) || !(s->win = moe__malloc((size_t)widest * 4 + 64)) ||
                     !(s->normf = moe__malloc((size_t)c->n_embd * 4)) ||
                     !(s->head_tile = moe__malloc((size_t)MOE_CPU_HEAD_ROWS * c->n_embd * 4))))

@@ -334,14 +334,16 @@ moe_status moe_model_load(const char *path, int max_batch, moe_model **out) {
     st = moe__checkpoint_config_of(&f, file, &c, NULL);
     c.recompute = 0; // inference: no backward to save memory for
     const moe_device *dev = moe_device_selected();
-    if (st == MOE_STATUS_OK && dev->kind == MOE_DEVICE_CPU && dev->dtype == MOE_DTYPE_BF16) {
+    if (st == MOE_STATUS_OK && max_batch < 0) st = moe__err(MOE_STATUS_ARG, "max_batch %d is negative", max_batch);
+    if (st == MOE_STATUS_OK && max_batch > 0 && dev->kind == MOE_DEVICE_CPU && dev->dtype == MOE_DTYPE_BF16) {
         // bf16 weights: the model takes them from the fp32 file's (a table over it) tensor by tensor
         st = load_fp32(file, &f, &c, 1, MOE__MODEL_TABLE, &src);
         if (st == MOE_STATUS_OK) st = moe__model_create(&c, max_batch, MOE__MODEL_LEAN, &m);
         if (st == MOE_STATUS_OK) st = moe__cpu_fill_bf16(m, src);
         moe_model_free(src);
-    } else if (st == MOE_STATUS_OK) {
-        st = load_fp32(file, &f, &c, max_batch, MOE__MODEL_LEAN, &m);
+    } else if (st == MOE_STATUS_OK) { // max_batch 0: the weights only, no activations (export)
+        st = load_fp32(file, &f, &c, max_batch > 0 ? max_batch : 1, max_batch > 0 ? MOE__MODEL_LEAN : MOE__MODEL_TABLE, &m);
+        if (st == MOE_STATUS_OK && max_batch == 0) m->max_batch = 0; // nothing to run a forward with
     }
     moe__st_free(&f);
     free(file);

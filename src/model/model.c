@@ -255,6 +255,10 @@ float *moe_model_params(moe_model *m) {
 }
 float *moe_model_grads(moe_model *m) { return m->be->to_host(m, MOE_BUF_GRADS) == MOE_STATUS_OK ? m->grads : NULL; }
 int64_t moe_model_n_params(const moe_model *m) { return m->n_params; }
+void moe_model_memory(const moe_model *m, int64_t *weights, int64_t *other) {
+    *weights = m->mem_weights ? m->mem_weights : m->n_params * (int64_t)sizeof(float);
+    *other = m->mem_other;
+}
 int moe_model_n_moe_layers(const moe_model *m) { return m->n_moe; }
 const moe_layer_stats *moe_model_layer_stats(const moe_model *m, int i) { return &m->stats[i]; }
 
@@ -318,6 +322,8 @@ moe_status moe__model_losses(const moe_model *m, int targets, float ce, moe_loss
 moe_status moe_model_forward(moe_model *m, const int *tokens, const int *targets, int B, int T, int training,
                              moe_losses *out) {
     const moe_config *c = &m->cfg;
+    if (!m->be_state)
+        return moe__err(MOE_STATUS_ARG, "forward: the model was loaded with max_batch 0 (its weights only)");
     if (B < 1 || B > m->max_batch || T < 1 || T > c->seq_len)
         return moe__err(MOE_STATUS_ARG, "forward: batch %d x %d exceeds the planned %d x %d", B, T, m->max_batch,
                         c->seq_len);
@@ -344,9 +350,9 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
 }
 
 void moe_model_zero_grad(moe_model *m) {
-    if (m->grads || !m->lean) m->be->zero_grad(m);
+    if (m->grads) m->be->zero_grad(m);
 }
-const float *moe_model_logits(const moe_model *m) { return m->be->logits((moe_model *)m); }
+const float *moe_model_logits(const moe_model *m) { return m->be_state ? m->be->logits((moe_model *)m) : NULL; }
 
 moe_status moe_model_routing(const moe_model *m, int i, int *out, int *slots) {
     *slots = 0;
@@ -356,6 +362,7 @@ moe_status moe_model_routing(const moe_model *m, int i, int *out, int *slots) {
         return moe__err(MOE_STATUS_CONFIG,
                         "routing: a model created with recompute keeps no per-layer routing (its MoE layers share "
                         "one activation slot); create it with recompute off");
+    if (!m->be_state) return moe__err(MOE_STATUS_ARG, "routing: the model was loaded with max_batch 0 (its weights only)");
     moe_status st = m->be->routing(m, i, out, slots);
     if (st != MOE_STATUS_OK) *slots = 0;
     return st;

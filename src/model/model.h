@@ -61,6 +61,7 @@ struct moe_model {
     int lean, defer_params;
     int optim;                          /* MOE__MODEL_OPTIM: AdamW moments will follow (counted up front) */
     int bf16;                           /* lean on the CPU with --dtype bf16: bf16 weights, params NULL */
+    int64_t mem_weights, mem_other;     /* moe_model_memory: set by the backend's create */
     void *map;
     size_t map_len;
     /* the backend running this model, and its own state (memory plan, activations) */

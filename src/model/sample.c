@@ -26,6 +26,7 @@ struct moe_generator {
 moe_status moe_generator_create(moe_model *m, int batch, moe_generator **out) {
     *out = NULL;
     if (batch < 1) return moe__err(MOE_STATUS_ARG, "generator: batch %d is not positive", batch);
+    if (!m->be_state) return moe__err(MOE_STATUS_ARG, "generator: the model was loaded with max_batch 0 (its weights only)");
     if (!m->be->decode)
         return moe__err(MOE_STATUS_ARG, "generator: the %s backend cannot decode with a KV cache yet; load the model "
                                         "on the CPU (--device cpu)", m->be->name);
