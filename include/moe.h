@@ -145,6 +145,7 @@ typedef enum { MOE_FAULT_POLICY_VALUES(MOE__X) } moe_fault_policy;
     X(n_embd, INT, 128, 2, 1 << 16, MODEL, "channels C")                                                            \
     X(n_layer, INT, 4, 1, 1024, MODEL, "transformer blocks L")                                                      \
     X(n_head, INT, 4, 1, 1024, MODEL, "attention heads H (must divide n_embd; even head size)")                     \
+    X(n_kv_head, INT, 0, 0, 1024, MODEL, "key/value heads (grouped-query attention; divides n_head); 0 = n_head")     \
     X(ffn_hidden, INT, 512, 1, 1 << 20, MODEL, "hidden size of dense SwiGLU FFN layers")                            \
     X(n_experts, INT, 8, 1, 4096, MODEL, "routed experts E per MoE layer")                                          \
     X(top_k, INT, 2, 1, 4096, MODEL, "experts per token K (1 = Switch)")                                            \

@@ -154,7 +154,7 @@ static void test_inference_load(void) {
         const char *sets[][2] = {{"vocab_size", "40"}, {"seq_len", "70"}, {"n_embd", "16"}, {"n_layer", "3"},
                                  {"n_head", "2"},      {"ffn_hidden", "16"}, {"n_experts", "4"}, {"top_k", "2"},
                                  {"expert_hidden", "8"}, {"n_shared", "1"}, {"moe_layers", "0,2"},
-                                 {"routing", routing[r]}};
+                                 {"routing", routing[r]}, {"n_kv_head", r % 2 ? "1" : "2"}};
         for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) CHECK_OK(moe_config_set(&c, sets[i][0], sets[i][1]));
         moe_model *m;
         CHECK_OK(moe_model_create(&c, 3, &m));

@@ -185,8 +185,8 @@ static void test_attention(int B, int T, int C, int H, int bf16) {
     for (int i = 0; i < 4; i++) r[i] = malloc(b);
     memcpy(r[1], dq, b), memcpy(r[2], dk, b), memcpy(r[3], dv, b);
     if (bf16) attention_bf16_ref(r[0], r[1], r[2], r[3], q, k, v, dout, B, T, C, H);
-    moe__attention_forward(out, att, q, k, v, B, T, C, H);
-    moe__attention_backward(dq, dk, dv, datt, dout, q, k, v, att, B, T, C, H);
+    moe__attention_forward(out, att, q, k, v, B, T, C, H, H);
+    moe__attention_backward(dq, dk, dv, datt, dout, q, k, v, att, B, T, C, H, H);
     CHECK_OK(moe__cuda_attention_forward(blas, bf16, dO, dA, dQ, dK, dV, B, T, C, H));
     CHECK_OK(moe__cuda_attention_backward(blas, bf16, dDq, dDk, dDv, dDA, dDout, dQ, dK, dV, dA, B, T, C, H));
     const char *what[4] = {"attention forward: out", "attention backward: dq (accumulated)",

@@ -2,7 +2,7 @@
  * test_generate.c — generation with the KV cache against the full forward pass:
  *   - teacher-forced: for every routing method's inference path (top-K softmax and sigmoid with
  *     a selection bias, Switch top-1, noisy top-K, expert choice, the soft mixture), shared
- *     experts, dense and MoE layers mixed, GQA-free multi-head, the logits of every position up
+ *     experts, dense and MoE layers mixed, grouped-query attention, the logits of every position up
  *     to seq_len, fed as a prefill and then one token at a time, equal a forward over the
  *     positions before them within atol + rtol |ref| (rtol 1e-5);
  *   - a batch: sequences of different lengths stepped together equal each alone;
@@ -217,6 +217,7 @@ int main(void) {
         {"soft mixture", "routing=soft"},
         {"dense and MoE layers mixed", "moe_layers=every:2 n_shared=2"},
         {"dense only", "moe_layers=none"},
+        {"grouped-query attention (3 heads on 1)", "n_kv_head=1"},
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) teacher_forced(v[i].name, v[i].sets);
     batch_steps();

@@ -5,7 +5,8 @@
 # layers or top-K not renormalised export as Qwen2MoeForCausalLM (same bound); a model that maps
 # onto no family gets its reason. Needs /usr/bin/python3 with torch and transformers (scripts/deps.sh --hf);
 # exits 77 (ctest: skipped) without them.
-# A sharded export (--max-shard-size) loads alike and imports back bit for bit.
+# A sharded export (--max-shard-size), and one with grouped-query attention (n_kv_head), load
+# alike and import back bit for bit.
 # Import: tiny random Mixtral and Llama checkpoints written by transformers (GQA, sharded, bf16,
 # f16, tied) are imported with `moe import` (Llama also upcycled) and give transformers' logits.
 # usage: test_hf.sh path/to/moe
@@ -51,6 +52,23 @@ checks=$((checks + 3))
 check_hf "$W/hf_sh" "$W/logits.bin" 1e-4 > /dev/null || fail "a sharded export: transformers' logits differ (or it did not load)"
 "$MOE" import --from "$W/hf_sh" --out "$W/back" > /dev/null || fail "import of a sharded export"
 "$PY" - "$W/run/model.safetensors" "$W/back/model.safetensors" <<'EOF2' || fail "a sharded export imported back differs"
+import json, struct, sys
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+sys.exit(a.keys() != b.keys() or any(a[k] != b[k] for k in a))
+EOF2
+# grouped-query attention, natively: exported with num_key_value_heads, loaded alike, imported back
+# to the same bits
+checks=$((checks + 3))
+"$MOE" train --data "$W/corpus.txt" --out "$W/gqa" --steps 10 "${TINY[@]}" --set n_kv_head=2 || fail "train n_kv_head=2"
+"$MOE" logits --ckpt "$W/gqa" --tokens "$W/tok.txt" --out "$W/gqa.bin" || fail "logits n_kv_head=2"
+"$MOE" export --ckpt "$W/gqa" --out "$W/hf_gqa" > /dev/null || fail "export n_kv_head=2"
+grep -q '"num_key_value_heads":[[:space:]]*2' "$W/hf_gqa/config.json" || fail "export: num_key_value_heads is not 2"
+check_hf "$W/hf_gqa" "$W/gqa.bin" 1e-4 > /dev/null || fail "GQA export: transformers' logits differ (or it did not load)"
+"$MOE" import --from "$W/hf_gqa" --out "$W/gqa_back" > /dev/null || fail "import of a GQA export"
+"$PY" - "$W/gqa/model.safetensors" "$W/gqa_back/model.safetensors" <<'EOF2' || fail "a GQA export imported back differs"
 import json, struct, sys
 def tensors(p):
     b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])

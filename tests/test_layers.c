@@ -127,26 +127,27 @@ static void test_rmsnorm(void) {
 /* ---------------------------------------------------------------- RoPE + attention */
 
 typedef struct {
-    int B, T, C, H;
+    int B, T, C, H, Hkv;
     float *q, *k, *v, *qr, *kr, *out, *att, *cos_t, *sin_t, *r;
 } attn_ctx;
 
 static double attn_loss(void *p) {
     attn_ctx *c = p;
-    size_t n = (size_t)c->B * c->T * c->C;
+    size_t n = (size_t)c->B * c->T * c->C, nk = (size_t)c->B * c->T * (c->C / c->H) * c->Hkv;
     memcpy(c->qr, c->q, n * sizeof(float));
-    memcpy(c->kr, c->k, n * sizeof(float));
+    memcpy(c->kr, c->k, nk * sizeof(float));
     moe__rope_forward(c->qr, c->cos_t, c->sin_t, c->B, c->T, c->C, c->H);
-    moe__rope_forward(c->kr, c->cos_t, c->sin_t, c->B, c->T, c->C, c->H);
-    moe__attention_forward(c->out, c->att, c->qr, c->kr, c->v, c->B, c->T, c->C, c->H);
+    moe__rope_forward(c->kr, c->cos_t, c->sin_t, c->B, c->T, c->C / c->H * c->Hkv, c->Hkv);
+    moe__attention_forward(c->out, c->att, c->qr, c->kr, c->v, c->B, c->T, c->C, c->H, c->Hkv);
     return dot_d(c->out, c->r, (int64_t)n);
 }
 
-static void test_attention_shape(int B, int T, int C, int H, int samples) {
-    attn_ctx c = {B, T, C, H, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-    int64_t n = (int64_t)c.B * c.T * c.C;
-    int D = c.C / c.H;
-    c.q = randn(n, 1), c.k = randn(n, 1), c.v = randn(n, 1), c.qr = zeros(n), c.kr = zeros(n), c.out = zeros(n);
+/* Hkv key/value heads (Hkv = H: multi-head; fewer: grouped-query, each shared by H/Hkv heads). */
+static void test_attention_shape(int B, int T, int C, int H, int Hkv, int samples) {
+    attn_ctx c = {B, T, C, H, Hkv, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    int D = c.C / c.H, KC = D * Hkv;
+    int64_t n = (int64_t)c.B * c.T * c.C, nk = (int64_t)c.B * c.T * KC;
+    c.q = randn(n, 1), c.k = randn(nk, 1), c.v = randn(nk, 1), c.qr = zeros(n), c.kr = zeros(nk), c.out = zeros(n);
     c.att = zeros((int64_t)c.B * c.H * c.T * c.T), c.r = randn(n, 1);
     c.cos_t = zeros((int64_t)c.T * D / 2), c.sin_t = zeros((int64_t)c.T * D / 2);
     moe__rope_tables(c.cos_t, c.sin_t, c.T, D, 10000.0f);
@@ -154,37 +155,58 @@ static void test_attention_shape(int B, int T, int C, int H, int samples) {
     // causality: changing the last position's k and v leaves earlier outputs unchanged
     float *before = malloc((size_t)n * sizeof(float));
     memcpy(before, c.out, (size_t)n * sizeof(float));
-    for (int i = 0; i < c.C; i++) c.v[(int64_t)(c.T - 1) * c.C + i] += 1.0f, c.k[(int64_t)(c.T - 1) * c.C + i] += 1.0f;
+    for (int i = 0; i < KC; i++) c.v[(int64_t)(c.T - 1) * KC + i] += 1.0f, c.k[(int64_t)(c.T - 1) * KC + i] += 1.0f;
     attn_loss(&c);
     CHECK_ARRAYS(c.out, before, (int64_t)(c.T - 1) * c.C, 0, 0, "attention is causal");
-    for (int i = 0; i < c.C; i++) c.v[(int64_t)(c.T - 1) * c.C + i] -= 1.0f, c.k[(int64_t)(c.T - 1) * c.C + i] -= 1.0f;
+    for (int i = 0; i < KC; i++) c.v[(int64_t)(c.T - 1) * KC + i] -= 1.0f, c.k[(int64_t)(c.T - 1) * KC + i] -= 1.0f;
     free(before);
     attn_loss(&c);
-    // the BLAS-tiled kernel against the plain loops, forward and backward
+    // grouped-query attention is multi-head attention with each key/value head repeated
+    if (Hkv < H) {
+        attn_ctx r = c;
+        r.Hkv = H;
+        r.k = zeros(n), r.v = zeros(n), r.kr = zeros(n), r.out = zeros(n), r.att = zeros((int64_t)c.B * c.H * c.T * c.T);
+        for (int64_t bt = 0; bt < (int64_t)c.B * c.T; bt++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < D; i++) {
+                    r.k[bt * C + h * D + i] = c.k[bt * KC + h / (H / Hkv) * D + i];
+                    r.v[bt * C + h * D + i] = c.v[bt * KC + h / (H / Hkv) * D + i];
+                }
+        attn_loss(&r);
+        CHECK_ARRAYS(c.out, r.out, n, 1e-6, 1e-5, "grouped-query attention = repeated key/value heads");
+        free(r.k), free(r.v), free(r.kr), free(r.out), free(r.att);
+    }
+    // the BLAS-tiled kernel against the plain loops, forward and backward, and the tiled forward
     float *out_ref = zeros(n), *att_ref = zeros((int64_t)c.B * c.H * c.T * c.T);
-    moe__attention_forward_ref(out_ref, att_ref, c.qr, c.kr, c.v, c.B, c.T, c.C, c.H);
+    moe__attention_forward_ref(out_ref, att_ref, c.qr, c.kr, c.v, c.B, c.T, c.C, c.H, c.Hkv);
     CHECK_ARRAYS(c.out, out_ref, n, 1e-6, 1e-5, "attention forward vs ref");
     CHECK_ARRAYS(c.att, att_ref, (int64_t)c.B * c.H * c.T * c.T, 1e-6, 1e-5, "attention probabilities vs ref");
-    float *dq = zeros(n), *dk = zeros(n), *dv = zeros(n), *datt = zeros((int64_t)c.B * c.H * c.T * c.T);
-    float *dq2 = zeros(n), *dk2 = zeros(n), *dv2 = zeros(n);
-    moe__attention_backward(dq, dk, dv, datt, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H);
-    moe__attention_backward_ref(dq2, dk2, dv2, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H);
+    float *scratch = zeros((int64_t)4 * moe__attention_tile() * c.T), *out_tiled = zeros(n);
+    moe__attention_forward_tiled(out_tiled, scratch, 4, c.qr, c.kr, c.v, c.B, c.T, c.C, c.H, c.Hkv);
+    CHECK_ARRAYS(out_tiled, c.out, n, 0, 0, "the tiled attention forward (inference) = the full one, bit for bit");
+    free(scratch), free(out_tiled);
+    float *dq = zeros(n), *dk = zeros(nk), *dv = zeros(nk), *datt = zeros((int64_t)c.B * c.H * c.T * c.T);
+    float *dq2 = zeros(n), *dk2 = zeros(nk), *dv2 = zeros(nk);
+    moe__attention_backward(dq, dk, dv, datt, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H, c.Hkv);
+    moe__attention_backward_ref(dq2, dk2, dv2, c.r, c.qr, c.kr, c.v, c.att, c.B, c.T, c.C, c.H, c.Hkv);
     CHECK_ARRAYS(dq, dq2, n, 1e-5, 1e-4, "attention dq vs ref");
-    CHECK_ARRAYS(dk, dk2, n, 1e-5, 1e-4, "attention dk vs ref");
-    CHECK_ARRAYS(dv, dv2, n, 1e-5, 1e-4, "attention dv vs ref");
+    CHECK_ARRAYS(dk, dk2, nk, 1e-5, 1e-4, "attention dk vs ref");
+    CHECK_ARRAYS(dv, dv2, nk, 1e-5, 1e-4, "attention dv vs ref");
     free(out_ref), free(att_ref), free(datt), free(dq2), free(dk2), free(dv2);
     moe__rope_backward(dq, c.cos_t, c.sin_t, c.B, c.T, c.C, c.H);
-    moe__rope_backward(dk, c.cos_t, c.sin_t, c.B, c.T, c.C, c.H);
+    moe__rope_backward(dk, c.cos_t, c.sin_t, c.B, c.T, KC, c.Hkv);
     fd_check("attention dq", c.q, dq, n, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
-    fd_check("attention dk", c.k, dk, n, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
-    fd_check("attention dv", c.v, dv, n, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dk", c.k, dk, nk, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
+    fd_check("attention dv", c.v, dv, nk, samples, attn_loss, NULL, &c, 1e-2f, 2e-3, 2e-2);
     free(c.q), free(c.k), free(c.v), free(c.qr), free(c.kr), free(c.out), free(c.att), free(c.r), free(c.cos_t),
         free(c.sin_t), free(dq), free(dk), free(dv);
 }
 
 static void test_attention(void) {
-    test_attention_shape(2, 7, 12, 2, 80);
-    test_attention_shape(1, 150, 16, 2, 40); // more than two row tiles, the last one partial
+    test_attention_shape(2, 7, 12, 2, 2, 80);
+    test_attention_shape(1, 150, 16, 2, 2, 40); // more than two row tiles, the last one partial
+    test_attention_shape(2, 9, 24, 6, 2, 80);   // grouped-query: 6 heads on 2 key/value heads
+    test_attention_shape(1, 70, 16, 4, 1, 40);  // multi-query: one key/value head, two tiles
 }
 
 /* ---------------------------------------------------------------- FFN, cross-entropy */

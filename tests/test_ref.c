@@ -28,7 +28,7 @@ typedef struct {
 
 /* Case a: MoE and dense layers, shared expert, renormalised top-2, dropping by probability.
  * Case b: Switch top-1 without renormalisation, dropping by position, tied embeddings, every
- * layer MoE. In both, --write-init searches initialisation seeds until batch 0 routes no token
+ * layer MoE, grouped-query attention (4 heads on 2 key/value heads). In both, --write-init searches initialisation seeds until batch 0 routes no token
  * to some expert and drops some assignments, so that those paths are compared too. */
 static const ref_case cases[] = {
     {"case_a", 1, 1, 1,
@@ -37,8 +37,8 @@ static const ref_case cases[] = {
       "capacity_factor=1.0", "min_capacity=1", "drop_policy=probability", "aux_loss_coef=0.05",
       "z_loss_coef=0.01", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", "expert_lr_mult=0.5", NULL}},
     {"case_b", 1, 1, 1,
-     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=4", "ffn_hidden=20", "n_experts=4",
-      "top_k=1", "expert_hidden=12", "n_shared=0", "moe_layers=all", "norm_topk=false", 
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=4", "n_kv_head=2", "ffn_hidden=20",
+      "n_experts=4", "top_k=1", "expert_hidden=12", "n_shared=0", "moe_layers=all", "norm_topk=false", 
       "capacity_factor=1.0", "min_capacity=1", "drop_policy=position", "aux_loss_coef=0.1", "z_loss_coef=0.01",
       "tie_embeddings=true", "batch_size=2", "lr=0.02", "warmup_steps=1", "steps=4", "router_lr_mult=2.0", NULL}},
     /* DeepSeek-V3 style: sigmoid scores, aux-loss-free bias (random values), route scale,

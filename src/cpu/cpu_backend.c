@@ -22,11 +22,12 @@ static void plan_block(moe__planner *p, moe__cpu_layer_act *a, const moe_model *
                        const moe__moe_dims *d, int64_t P) {
     const moe_config *c = &m->cfg;
     int64_t T = c->seq_len, N = B * T, C = c->n_embd, H = c->n_head, Fd = c->ffn_hidden;
+    int64_t KC = (int64_t)moe__kv_heads(c) * (C / H);
     a->ln1 = MOE_TAKE_F(p, N * C);
     a->rstd1 = MOE_TAKE_F(p, N);
     a->q = MOE_TAKE_F(p, N * C);
-    a->k = MOE_TAKE_F(p, N * C);
-    a->v = MOE_TAKE_F(p, N * C);
+    a->k = MOE_TAKE_F(p, N * KC);
+    a->v = MOE_TAKE_F(p, N * KC);
     a->att = m->lean ? NULL : MOE_TAKE_F(p, B * H * T * T);
     a->atty = MOE_TAKE_F(p, N * C);
     a->resid_mid = MOE_TAKE_F(p, N * C);
@@ -116,9 +117,10 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     s->dresid = MOE_TAKE_F(&p, N * C);
     s->dln = MOE_TAKE_F(&p, N * C);
     s->datty = MOE_TAKE_F(&p, N * C);
+    int64_t KC = (int64_t)moe__kv_heads(c) * (C / H);
     s->dq = MOE_TAKE_F(&p, N * C);
-    s->dk = MOE_TAKE_F(&p, N * C);
-    s->dv = MOE_TAKE_F(&p, N * C);
+    s->dk = MOE_TAKE_F(&p, N * KC);
+    s->dv = MOE_TAKE_F(&p, N * KC);
     s->datt = MOE_TAKE_F(&p, B * H * T * T);
     if (m->n_moe > 0) {
         moe__moe_dims d = plan_dims(m, m->max_e); // the scratch of the widest MoE layer

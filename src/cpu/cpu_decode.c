@@ -35,10 +35,12 @@ typedef struct {
 static size_t kv_plan(const moe_model *m, cpu_kv *s, char *base) {
     const moe_config *c = &m->cfg;
     moe__planner p = {base, 0};
-    int64_t C = c->n_embd, N = s->N, L = c->n_layer;
-    s->k = MOE_TAKE_F(&p, L * s->batch * s->T * C);
-    s->v = MOE_TAKE_F(&p, L * s->batch * s->T * C);
-    float **rows[] = {&s->x, &s->ln, &s->q, &s->kn, &s->vn, &s->atty, &s->mid, &s->ln2, &s->y};
+    int64_t C = c->n_embd, N = s->N, L = c->n_layer, KC = (int64_t)moe__kv_heads(c) * (C / c->n_head);
+    s->k = MOE_TAKE_F(&p, L * s->batch * s->T * KC); // key/value heads only (grouped-query attention)
+    s->v = MOE_TAKE_F(&p, L * s->batch * s->T * KC);
+    s->kn = MOE_TAKE_F(&p, N * KC);
+    s->vn = MOE_TAKE_F(&p, N * KC);
+    float **rows[] = {&s->x, &s->ln, &s->q, &s->atty, &s->mid, &s->ln2, &s->y};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) *rows[i] = MOE_TAKE_F(&p, N * C);
     s->rstd = MOE_TAKE_F(&p, N);
     if (m->n_moe < c->n_layer) {
@@ -93,7 +95,7 @@ size_t moe__cpu_kv_bytes(const void *kv) { return ((const cpu_kv *)kv)->bytes; }
  * seq[r / n] at position pos[r] attends to positions 0 .. pos[r] of layer l. */
 static void attend(cpu_kv *s, const moe_model *m, int l, int B, int n, const int *seq) {
     const moe_config *c = &m->cfg;
-    int C = c->n_embd, H = c->n_head, D = C / H, T = s->T;
+    int C = c->n_embd, H = c->n_head, D = C / H, T = s->T, G = H / moe__kv_heads(c), KC = moe__kv_heads(c) * D;
     float scale = 1.0f / sqrtf((float)D);
     int64_t rows = (int64_t)B * n;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(s->threads) if (rows * H > 1)
@@ -104,12 +106,12 @@ static void attend(cpu_kv *s, const moe_model *m, int l, int B, int n, const int
             tid = omp_get_thread_num();
 #endif
             float *sc = s->scores + (int64_t)tid * T;
-            int64_t base = ((int64_t)l * s->batch + seq[r / n]) * T * C + (int64_t)h * D;
+            int64_t base = ((int64_t)l * s->batch + seq[r / n]) * T * KC + (int64_t)(h / G) * D;
             const float *qr = s->q + r * C + (int64_t)h * D, *K = s->k + base, *V = s->v + base;
             int t = s->pos[r];
             float maxv = -INFINITY;
             for (int j = 0; j <= t; j++) {
-                const float *kj = K + (int64_t)j * C;
+                const float *kj = K + (int64_t)j * KC;
                 float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
                 for (int i = 0; i < D; i++) dot += qr[i] * kj[i];
@@ -121,7 +123,7 @@ static void attend(cpu_kv *s, const moe_model *m, int l, int B, int n, const int
             float inv = 1.0f / sum, *o = s->atty + r * C + (int64_t)h * D;
             for (int i = 0; i < D; i++) o[i] = 0.0f;
             for (int j = 0; j <= t; j++) {
-                const float *vj = V + (int64_t)j * C;
+                const float *vj = V + (int64_t)j * KC;
                 float w = sc[j] * inv;
 #pragma omp simd
                 for (int i = 0; i < D; i++) o[i] += w * vj[i];
@@ -134,7 +136,7 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
     const moe_config *c = &m->cfg;
     moe__cpu *cs = moe__cpu_of(m);
     cpu_kv *s = kv;
-    int C = c->n_embd, H = c->n_head, T = s->T;
+    int C = c->n_embd, H = c->n_head, T = s->T, Hkv = moe__kv_heads(c), KC = Hkv * (C / H);
     int64_t N = (int64_t)B * n;
     moe__cpu_embed(m, s->x, tokens, N);
     for (int64_t r = 0; r < N; r++) s->pos[r] = pos[r / n] + (int)(r % n);
@@ -142,14 +144,14 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
         moe__cpu_layer_w w = moe__cpu_layer_fwd(m, l);
         moe__rmsnorm_forward(s->ln, s->rstd, s->x, w.ln1, N, C, c->norm_eps);
         moe__matmul_forward(s->q, s->ln, w.wq, N, C, C, 0);
-        moe__matmul_forward(s->kn, s->ln, w.wk, N, C, C, 0);
-        moe__matmul_forward(s->vn, s->ln, w.wv, N, C, C, 0);
+        moe__matmul_forward(s->kn, s->ln, w.wk, N, C, KC, 0);
+        moe__matmul_forward(s->vn, s->ln, w.wv, N, C, KC, 0);
         moe__rope_rows(s->q, cs->rope_cos, cs->rope_sin, N, C, H, s->pos);
-        moe__rope_rows(s->kn, cs->rope_cos, cs->rope_sin, N, C, H, s->pos);
+        moe__rope_rows(s->kn, cs->rope_cos, cs->rope_sin, N, KC, Hkv, s->pos);
         for (int64_t r = 0; r < N; r++) {
-            int64_t at = (((int64_t)l * s->batch + seq[r / n]) * T + s->pos[r]) * C;
-            memcpy(s->k + at, s->kn + r * C, (size_t)C * sizeof(float));
-            memcpy(s->v + at, s->vn + r * C, (size_t)C * sizeof(float));
+            int64_t at = (((int64_t)l * s->batch + seq[r / n]) * T + s->pos[r]) * KC;
+            memcpy(s->k + at, s->kn + r * KC, (size_t)KC * sizeof(float));
+            memcpy(s->v + at, s->vn + r * KC, (size_t)KC * sizeof(float));
         }
         attend(s, m, l, B, n, seq);
         memcpy(s->mid, s->x, (size_t)N * C * sizeof(float));

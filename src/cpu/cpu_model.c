@@ -144,13 +144,14 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
     moe__cpu_layer_act *a = &s->la[l];
     float *x = s->resid[l], *xo = s->resid[l + 1];
     moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
+    int Hkv = moe__kv_heads(c), KC = Hkv * (C / H);
     moe__matmul_forward(a->q, a->ln1, w.wq, N, C, C, 0);
-    moe__matmul_forward(a->k, a->ln1, w.wk, N, C, C, 0);
-    moe__matmul_forward(a->v, a->ln1, w.wv, N, C, C, 0);
+    moe__matmul_forward(a->k, a->ln1, w.wk, N, C, KC, 0);
+    moe__matmul_forward(a->v, a->ln1, w.wv, N, C, KC, 0);
     moe__rope_forward(a->q, s->rope_cos, s->rope_sin, B, T, C, H);
-    moe__rope_forward(a->k, s->rope_cos, s->rope_sin, B, T, C, H);
-    if (a->att) moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H);
-    else moe__attention_forward_tiled(a->atty, s->att_scratch, s->att_threads, a->q, a->k, a->v, B, T, C, H);
+    moe__rope_forward(a->k, s->rope_cos, s->rope_sin, B, T, KC, Hkv);
+    if (a->att) moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H, Hkv);
+    else moe__attention_forward_tiled(a->atty, s->att_scratch, s->att_threads, a->q, a->k, a->v, B, T, C, H, Hkv);
     memcpy(a->resid_mid, x, (size_t)N * C * sizeof(float));
     moe__matmul_forward(a->resid_mid, a->atty, w.wo, N, C, C, 1);
     moe__rmsnorm_forward(a->ln2, a->rstd2, a->resid_mid, w.ln2, N, C, c->norm_eps);
@@ -261,16 +262,17 @@ moe_status moe__cpu_backward(moe_model *m, float grad_scale) {
         // resid_mid = x + atty @ wo^T
         memset(s->datty, 0, NC);
         moe__matmul_backward(s->datty, gw.wo, s->dresid, a->atty, w.wo, N, C, C);
+        int Hkv = moe__kv_heads(c), KC = Hkv * (C / H);
         memset(s->dq, 0, NC);
-        memset(s->dk, 0, NC);
-        memset(s->dv, 0, NC);
-        moe__attention_backward(s->dq, s->dk, s->dv, s->datt, s->datty, a->q, a->k, a->v, a->att, B, T, C, H);
+        memset(s->dk, 0, (size_t)N * KC * sizeof(float));
+        memset(s->dv, 0, (size_t)N * KC * sizeof(float));
+        moe__attention_backward(s->dq, s->dk, s->dv, s->datt, s->datty, a->q, a->k, a->v, a->att, B, T, C, H, Hkv);
         moe__rope_backward(s->dq, s->rope_cos, s->rope_sin, B, T, C, H);
-        moe__rope_backward(s->dk, s->rope_cos, s->rope_sin, B, T, C, H);
+        moe__rope_backward(s->dk, s->rope_cos, s->rope_sin, B, T, KC, Hkv);
         memset(s->dln, 0, NC);
         moe__matmul_backward(s->dln, gw.wq, s->dq, a->ln1, w.wq, N, C, C);
-        moe__matmul_backward(s->dln, gw.wk, s->dk, a->ln1, w.wk, N, C, C);
-        moe__matmul_backward(s->dln, gw.wv, s->dv, a->ln1, w.wv, N, C, C);
+        moe__matmul_backward(s->dln, gw.wk, s->dk, a->ln1, w.wk, N, C, KC);
+        moe__matmul_backward(s->dln, gw.wv, s->dv, a->ln1, w.wv, N, C, KC);
         moe__rmsnorm_backward(s->dresid, gw.ln1, s->dln, s->resid[l], w.ln1, a->rstd1, N, C);
         moe__prof_end(prof, MOE_PHASE_ATTENTION, t);
     }

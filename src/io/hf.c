@@ -174,7 +174,7 @@ static char *config_json(const moe_model *m, int qwen, int bf16) {
         double value;
     } nums[] = {{"vocab_size", c->vocab_size},        {"hidden_size", c->n_embd},
                 {"num_hidden_layers", c->n_layer},     {"num_attention_heads", c->n_head},
-                {"num_key_value_heads", c->n_head},    {"max_position_embeddings", c->seq_len},
+                {"num_key_value_heads", c->n_kv_head ? c->n_kv_head : c->n_head},    {"max_position_embeddings", c->seq_len},
                 {"rms_norm_eps", c->norm_eps},         {"rope_theta", c->rope_theta},
                 {"num_experts_per_tok", c->top_k},     {"attention_dropout", 0.0},
                 {"router_aux_loss_coef", c->aux_loss_coef}, {"initializer_range", c->init_std}};

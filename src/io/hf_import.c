@@ -3,9 +3,9 @@
  * with the shards that DIR/model.safetensors.index.json lists; tensors in F32, BF16 or F16.
  * MixtralForCausalLM maps onto an all-MoE model; LlamaForCausalLM and MistralForCausalLM onto a
  * dense one (the start of sparse upcycling). The HF tensors become a source (io.h, source.c)
- * under this model's names, read where they lie (per-expert tensors as pieces of a stacked one,
- * grouped-query K/V heads repeated to one per query head, which is what transformers' repeat_kv
- * computes); names, shapes and dtypes are checked from the headers before any data is read.
+ * under this model's names, read where they lie (per-expert tensors as pieces of a stacked one;
+ * grouped-query K/V projections as they are: n_kv_head); names, shapes and dtypes are checked
+ * from the headers before any data is read.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "io/io.h"
@@ -114,6 +114,7 @@ static moe_status parse_config(const char *dir, hf_info *h) {
         goto done;
     }
     h->kv_heads = (int)kvh;
+    c->n_kv_head = kvh < H ? (int)kvh : 0; // grouped-query attention, natively
     c->vocab_size = (int)V;
     c->n_embd = (int)C;
     c->n_layer = (int)L;
@@ -193,22 +194,14 @@ static moe_status add_file(const hf_info *h, const char *path, const moe__st_fil
         if (moe__source_find(src, s->name))
             return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
         int kv = (strstr(s->name, "self_attn.k_proj.weight") || strstr(s->name, "self_attn.v_proj.weight")) &&
-                 h->kv_heads < c->n_head;
+                 h->kv_heads < c->n_head; // grouped: named here; other shapes are checked against the config
         if (kv && (s->ndim != 2 || s->shape[0] != h->kv_heads * hs))
             return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %lld rows; %d key/value heads of size %lld need %lld",
                             path, s->name, (long long)(s->ndim ? s->shape[0] : 0), h->kv_heads, (long long)hs,
                             (long long)(h->kv_heads * hs));
-        int64_t shape[8];
-        for (int d = 0; d < s->ndim; d++) shape[d] = s->shape[d];
-        if (kv) shape[0] = (int64_t)c->n_head * hs;
-        moe__src_tensor *t = moe__source_add(src, s->name, s->ndim, shape);
+        moe__src_tensor *t = moe__source_add(src, s->name, s->ndim, s->shape);
         if (!t) return moe__err(MOE_STATUS_NOMEM, "out of memory");
-        if (!kv) {
-            st = moe__source_piece(t, 0, s, f, 0, t->info.numel);
-        } else { // grouped-query attention: query head q reads key/value head q / (H / kv_heads)
-            int64_t rows = hs * s->shape[1], group = c->n_head / h->kv_heads;
-            for (int q = 0; q < c->n_head && st == MOE_STATUS_OK; q++) st = moe__source_piece(t, q, s, f, q / group * rows, rows);
-        }
+        st = moe__source_piece(t, 0, s, f, 0, t->info.numel);
         if (st != MOE_STATUS_OK) return moe__err(st, "'%s': %s", path, moe_last_error());
     }
     return MOE_STATUS_OK;

@@ -343,6 +343,8 @@ moe_status moe_config_validate(const moe_config *c) {
     }
     if (c->n_embd % c->n_head != 0)
         return moe__err(MOE_STATUS_CONFIG, "config: n_head = %d does not divide n_embd = %d", c->n_head, c->n_embd);
+    if (c->n_kv_head && c->n_head % c->n_kv_head != 0)
+        return moe__err(MOE_STATUS_CONFIG, "config: n_kv_head = %d does not divide n_head = %d", c->n_kv_head, c->n_head);
     if ((c->n_embd / c->n_head) % 2 != 0)
         return moe__err(MOE_STATUS_CONFIG, "config: head size n_embd/n_head = %d must be even for RoPE",
                         c->n_embd / c->n_head);

@@ -48,10 +48,10 @@ moe_status moe_device_parse(const char *device, const char *dtype, moe_device *o
 }
 
 moe_status moe_device_supports(const moe_device *d, const moe_config *c) {
-    // every option runs on the CUDA backend; a device that lacks one names it here, before any
-    // model or run directory is made
-    (void)d;
-    (void)c;
+    // an option the CUDA backend lacks is named here, before any model or run directory is made
+    if (d->kind == MOE_DEVICE_CUDA && c->n_kv_head && c->n_kv_head != c->n_head)
+        return moe__err(MOE_STATUS_ARG, "--device cuda: grouped-query attention (n_kv_head = %d of n_head = %d) is not on "
+                                        "the GPU yet; run it on the CPU", c->n_kv_head, c->n_head);
     return MOE_STATUS_OK;
 }
 

@@ -39,7 +39,7 @@ static int64_t add_tensor(moe_model *m, moe_group group, moe__init_kind init, in
 static moe_status build_table(moe_model *m) {
     const moe_config *c = &m->cfg;
     int L = c->n_layer;
-    int64_t C = c->n_embd, V = c->vocab_size, F = c->expert_hidden;
+    int64_t C = c->n_embd, V = c->vocab_size, F = c->expert_hidden, KC = (int64_t)moe__kv_heads(c) * (C / c->n_head);
     int64_t SF = (int64_t)c->n_shared * c->expert_hidden, Fd = c->ffn_hidden;
     m->tensors = calloc((size_t)L * 16 + 4, sizeof(moe__tensor));
     m->lo = calloc((size_t)L, sizeof(moe__layer_off));
@@ -54,8 +54,8 @@ static moe_status build_table(moe_model *m) {
 #define NAME(fmt) (snprintf(name, sizeof name, "model.layers.%d." fmt, l), name)
         o->ln1 = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ONE, l, NAME("input_layernorm.weight"), 1, C, 0, 0);
         o->wq = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.q_proj.weight"), 2, C, C, 0);
-        o->wk = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.k_proj.weight"), 2, C, C, 0);
-        o->wv = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.v_proj.weight"), 2, C, C, 0);
+        o->wk = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.k_proj.weight"), 2, KC, C, 0);
+        o->wv = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.v_proj.weight"), 2, KC, C, 0);
         o->wo = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_PROJ, l, NAME("self_attn.o_proj.weight"), 2, C, C, 0);
         o->ln2 = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ONE, l, NAME("post_attention_layernorm.weight"), 1, C, 0, 0);
         if (moe_config_layer_is_moe(c, l)) {

@@ -11,6 +11,9 @@
 
 #include <stdint.h>
 
+/* Key/value heads: n_kv_head, or n_head when 0 (multi-head attention). */
+static inline int moe__kv_heads(const moe_config *c) { return c->n_kv_head ? c->n_kv_head : c->n_head; }
+
 /* moe_config_apply_json; with exact_u64 = 0 a u64 key may be a JSON number of 2^53 or more, read
  * as the nearest double (checkpoints written before such values were strings). */
 moe_status moe__config_apply_json(moe_config *c, const char *json, const char *origin, int exact_u64);

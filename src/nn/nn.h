@@ -50,22 +50,24 @@ void moe__rope_backward(float *dx, const float *cos_t, const float *sin_t, int B
 /* RoPE of N rows (N,C) at explicit positions: row n at pos[n] (< the tables' T). */
 void moe__rope_rows(float *x, const float *cos_t, const float *sin_t, int64_t N, int C, int H, const int *pos);
 
-/* Causal attention (attention.c): out (B,T,C), att (B,H,T,T) saved; backward accumulates into
- * dq, dk, dv; datt (B,H,T,T) is scratch. The _ref versions are plain loops. */
+/* Causal attention (attention.c): q, out (B,T,C) of H heads of size D = C/H; k, v (B,T,Hkv D)
+ * of Hkv key/value heads (grouped-query attention: Hkv divides H, query head h reads key/value
+ * head h / (H/Hkv); Hkv = H is multi-head attention). att (B,H,T,T) saved; backward accumulates
+ * into dq, dk, dv; datt (B,H,T,T) is scratch. The _ref versions are plain loops. */
 void moe__attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                            int B, int T, int C, int H);
+                            int B, int T, int C, int H, int Hkv);
 /* The forward without probabilities kept (inference): scratch holds `threads` tiles of
  * moe__attention_tile() x T floats, and the region runs on at most `threads` threads. The same
  * bits as moe__attention_forward. */
 void moe__attention_forward_tiled(float *out, float *scratch, int threads, const float *q, const float *k,
-                                  const float *v, int B, int T, int C, int H);
+                                  const float *v, int B, int T, int C, int H, int Hkv);
 int moe__attention_tile(void);
 void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
-                             const float *k, const float *v, const float *att, int B, int T, int C, int H);
+                             const float *k, const float *v, const float *att, int B, int T, int C, int H, int Hkv);
 void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,
-                                int B, int T, int C, int H);
+                                int B, int T, int C, int H, int Hkv);
 void moe__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                 const float *k, const float *v, const float *att, int B, int T, int C, int H);
+                                 const float *k, const float *v, const float *att, int B, int T, int C, int H, int Hkv);
 
 /* act = silu(h1) * h3, over n elements. */
 void moe__swiglu_forward(float *act, const float *h1, const float *h3, int64_t n);

@@ -200,13 +200,16 @@ def rope_tables(T, D, theta):
 def attention(x, P, pre, cfg):
     B, T, C = x.shape
     H = cfg["n_head"]
+    Hkv = cfg.get("n_kv_head") or H  # grouped-query attention: each key/value head serves H // Hkv heads
     D = C // H
     q = F.linear(x, P[pre + "self_attn.q_proj.weight"]).view(B, T, H, D).transpose(1, 2)
-    k = F.linear(x, P[pre + "self_attn.k_proj.weight"]).view(B, T, H, D).transpose(1, 2)
-    v = F.linear(x, P[pre + "self_attn.v_proj.weight"]).view(B, T, H, D).transpose(1, 2)
+    k = F.linear(x, P[pre + "self_attn.k_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    v = F.linear(x, P[pre + "self_attn.v_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
     cos, sin = rope_tables(T, D, float(cfg["rope_theta"]))
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
+    k = k.repeat_interleave(H // Hkv, dim=1)  # transformers' repeat_kv
+    v = v.repeat_interleave(H // Hkv, dim=1)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # [B, H, T, T]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     scores = scores.masked_fill(~causal, float("-inf"))
