@@ -562,6 +562,7 @@ typedef struct {
     int token_bytes;     /* 1: text read as bytes; 2: uint16 shard; 4: uint32 shard (or memory) */
 } moe_data_file;
 int moe_dataset_n_files(const moe_dataset *d);
+/* File i, 0 <= i < moe_dataset_n_files(d). */
 moe_data_file moe_dataset_file(const moe_dataset *d, int i);
 /* Tokens [start, start + n) of d into out (n ints), read from the files now. Statuses: ARG for a
  * range outside [0, moe_dataset_len(d)); IO when a file cannot be read or ended early (changed

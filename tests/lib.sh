@@ -11,6 +11,7 @@
 #   edit_meta SRC DST PYTHON
 #                       copies a safetensors file with its metadata dict `meta` edited by PYTHON
 #   maxdiff A B         max |a - b| over two float32 files of equal size ("size-mismatch" if not)
+#   same_tensors A B    two safetensors files hold the same tensors, byte for byte (metadata aside)
 #   within D TOL        D <= TOL
 #   PY                  the Python with torch/transformers/tensorboard (/usr/bin/python3, or $PYTHON)
 W=$(mktemp -d)
@@ -59,3 +60,13 @@ print(max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) and a else "size
 EOF
 }
 within() { python3 -c "import sys; d = sys.argv[1]; sys.exit(0 if d != 'size-mismatch' and float(d) <= float(sys.argv[2]) else 1)" "$1" "$2"; }
+same_tensors() {
+    python3 - "$1" "$2" <<'EOF'
+import json, struct, sys
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+sys.exit(a.keys() != b.keys() or any(a[k] != b[k] for k in a))
+EOF
+}

@@ -51,14 +51,7 @@ checks=$((checks + 3))
     && [ "$(ls "$W"/hf_sh/model-*-of-*.safetensors | wc -l)" -gt 3 ] || fail "sharded export: $(ls "$W/hf_sh")"
 check_hf "$W/hf_sh" "$W/logits.bin" 1e-4 > /dev/null || fail "a sharded export: transformers' logits differ (or it did not load)"
 "$MOE" import --from "$W/hf_sh" --out "$W/back" > /dev/null || fail "import of a sharded export"
-"$PY" - "$W/run/model.safetensors" "$W/back/model.safetensors" <<'EOF2' || fail "a sharded export imported back differs"
-import json, struct, sys
-def tensors(p):
-    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-sys.exit(a.keys() != b.keys() or any(a[k] != b[k] for k in a))
-EOF2
+same_tensors "$W/run/model.safetensors" "$W/back/model.safetensors" || fail "a sharded export imported back differs"
 # grouped-query attention, natively: exported with num_key_value_heads, loaded alike, imported back
 # to the same bits
 checks=$((checks + 3))
@@ -68,14 +61,7 @@ checks=$((checks + 3))
 grep -q '"num_key_value_heads":[[:space:]]*2' "$W/hf_gqa/config.json" || fail "export: num_key_value_heads is not 2"
 check_hf "$W/hf_gqa" "$W/gqa.bin" 1e-4 > /dev/null || fail "GQA export: transformers' logits differ (or it did not load)"
 "$MOE" import --from "$W/hf_gqa" --out "$W/gqa_back" > /dev/null || fail "import of a GQA export"
-"$PY" - "$W/gqa/model.safetensors" "$W/gqa_back/model.safetensors" <<'EOF2' || fail "a GQA export imported back differs"
-import json, struct, sys
-def tensors(p):
-    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-sys.exit(a.keys() != b.keys() or any(a[k] != b[k] for k in a))
-EOF2
+same_tensors "$W/gqa/model.safetensors" "$W/gqa_back/model.safetensors" || fail "a GQA export imported back differs"
 # a bf16 export checked with the script's own bound passes, saying why the bound is what it is
 checks=$((checks + 1))
 out=$(check_hf "$W/hf_bf16" "$W/logits.bin") && grep -q "tolerance .* (bf16 export: its weights are moe's rounded" <<< "$out" \

@@ -149,7 +149,11 @@ moe_status moe__source_fill(moe_model *m, const moe__source *s, const char *orig
                             expert && ep > 1 ? " on each of the expert-parallel ranks" : "");
         }
         // this rank's experts of a stacked tensor (one piece per expert), else every piece
-        if (expert && x->np == x->info.shape[0]) moe__source_read(x, (int)(rank * t->shape[0]), (int)t->shape[0], m->params + t->offset);
+        if (expert && x->np == x->info.shape[0])
+            moe__source_read(x, (int)(rank * t->shape[0]), (int)t->shape[0], m->params + t->offset);
+        else if (expert && ep > 1)
+            return moe__err(MOE_STATUS_ARG, "'%s': tensor '%s' is not split by expert: load it on one process", origin,
+                            t->name);
         else moe__source_read(x, 0, x->np, m->params + t->offset);
     }
     return m->be->from_host(m, MOE_BUF_PARAMS);
