@@ -107,7 +107,7 @@ static void test_read(void) {
         memset(got, 0xff, sizeof got);
         CHECK_OK(moe_dataset_read(d, starts[k], lens[k], got));
         CHECK(!memcmp(got, ref + starts[k], (size_t)lens[k] * sizeof(int)), "read [%d, +%d)", starts[k], lens[k]);
-        CHECK(got[lens[k]] == -1 || lens[k] == n, "read [%d, +%d) wrote past its end", starts[k], lens[k]);
+        CHECK(lens[k] == n || got[lens[k]] == -1, "read [%d, +%d) wrote past its end", starts[k], lens[k]);
     }
     CHECK_OK(moe_dataset_read(d, 5, 0, got));
     CHECK_OK(moe_dataset_check(d));
