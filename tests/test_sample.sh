@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_sample.sh — `moe sample` through the KV cache, end to end on a byte-level model: the
 # streamed output (through a pipe, and on a terminal under script(1)) equals --no-stream's, past
-# seq_len too; --batch N prints N samples, the first being --batch 1's; SIGINT stops with what
+# seq_len too; --batch N prints N samples, the first being --batch 1's; --prompts FILE (grouping
+# changes nothing; prompt 1 is --prompt's sample of it); SIGINT stops with what
 # was printed kept (a prefix of the run that was not stopped) and exit 130; `moe logits
 # --kv-cache` equals the full forward's logits.
 # usage: test_sample.sh path/to/moe
@@ -36,6 +37,25 @@ import sys
 b = open(sys.argv[1], "rb").read().split(b"--- sample ")
 sys.exit(b[1].split(b"\n", 1)[1] != open(sys.argv[2], "rb").read())
 EOF
+
+# --prompts: one prompt a line, in groups of --batch; the grouping changes nothing, and prompt 1
+# is --prompt's sample of it
+printf 'The model \n\nROMEO: \nA cache ' > "$W/prompts.txt"
+"$MOE" sample --ckpt "$W/run" --prompts "$W/prompts.txt" --tokens 60 --temperature 0.9 --seed 3 > "$W/p8" || fail "--prompts"
+"$MOE" sample --ckpt "$W/run" --prompts "$W/prompts.txt" --tokens 60 --temperature 0.9 --seed 3 --batch 2 > "$W/p2" \
+    || fail "--prompts --batch 2"
+"$MOE" sample --ckpt "$W/run" --prompt "The model " --tokens 60 --temperature 0.9 --seed 3 > "$W/p1" || fail "--prompt"
+checks=$((checks + 3))
+[ "$(grep -c '^--- prompt [123] of 3$' "$W/p8")" = 3 ] || fail "--prompts headers: $(cat "$W/p8")"
+cmp -s "$W/p8" "$W/p2" || fail "--prompts in groups of 2 differs from all at once"
+python3 - "$W/p8" "$W/p1" <<'EOF' || fail "prompt 1 of --prompts differs from --prompt's sample of it"
+import sys
+b = open(sys.argv[1], "rb").read().split(b"--- prompt ")
+sys.exit(b[1].split(b"\n", 1)[1] != open(sys.argv[2], "rb").read())
+EOF
+expect_error "neither --prompt nor --prompts" "give --prompt TEXT or --prompts FILE" -- "$MOE" sample --ckpt "$W/run"
+printf '\n\n' > "$W/empty.txt"
+expect_error "an empty prompts file" "holds no prompt" -- "$MOE" sample --ckpt "$W/run" --prompts "$W/empty.txt"
 
 # SIGINT: what was printed stays, and is the start of the run that was not stopped
 "$MOE" sample --ckpt "$W/run" --prompt "x" --tokens 1000000 --temperature 0.9 --seed 5 > "$W/long" 2> "$W/long.err" &

@@ -21,8 +21,8 @@
 /* ---------------------------------------------------------------- sample */
 
 typedef struct {
-    const char *ckpt, *prompt, *device, *dtype, *max_memory;
-    long tokens, top_k, seed, threads, batch; /* threads 0: OpenMP's default */
+    const char *ckpt, *prompt, *prompts, *device, *dtype, *max_memory;
+    long tokens, top_k, seed, threads, batch; /* threads 0: OpenMP's default; batch 0: unset */
     double temperature, top_p;
     int ignore_eos, no_stream, stats;
 } sample_opts;
@@ -32,8 +32,10 @@ static const cli_flag sample_flags[] = {
     {"--ckpt", CLI_STRING, "DIR", OPT(ckpt), .help = "run directory or .safetensors file", .required = 1},
     {"--prompt", CLI_STRING, "TEXT", OPT(prompt),
      .help = "prompt: encoded by DIR's tokenizer.json when it has one (with BOS\n"
-             "where the tokenizer adds one), else bytes (vocab 256 models)",
-     .required = 1},
+             "where the tokenizer adds one), else bytes (vocab 256 models)"},
+    {"--prompts", CLI_STRING, "FILE", OPT(prompts),
+     .help = "one prompt a line (empty lines skipped), generated --batch at a time\n"
+             "(default 8), each printed after '--- prompt I of M'"},
     {"--tokens", CLI_INT, "N", OPT(tokens), .help = "tokens to generate (default 200)", .lo = 0, .hi = 1000000},
     {"--temperature", CLI_REAL, "T", OPT(temperature), .help = "0 = greedy (default 0.8)", .lo = 0, .hi = 100},
     {"--top-k", CLI_INT, "K", OPT(top_k), .help = "keep the K most likely tokens; 0 = off (default 0)", .lo = 0,
@@ -41,9 +43,9 @@ static const cli_flag sample_flags[] = {
     {"--top-p", CLI_REAL, "P", OPT(top_p), .help = "nucleus filter; 1 = off (default 0.95)", .lo = 1e-6, .hi = 1},
     {"--seed", CLI_INT, "S", OPT(seed), .help = "sampling seed (default 42)", .lo = 0, .hi = INT_MAX},
     {"--batch", CLI_INT, "N", OPT(batch),
-     .help = "N samples of the prompt at once (sample i draws from seed + i x\n"
-             "0x9e3779b97f4a7c15; sample 0 is the one of --batch 1), each printed\n"
-             "whole after a line '--- sample I of N'",
+     .help = "N sequences at once: with --prompt, N samples of it (sample i draws\n"
+             "from seed + i x 0x9e3779b97f4a7c15: sample 1 is --batch 1's), each\n"
+             "printed whole after '--- sample I of N'; with --prompts, the group size",
      .lo = 1, .hi = 4096},
     {"--ignore-eos", CLI_NONE, NULL, OPT(ignore_eos), .help = "go on past the tokenizer's EOS token"},
     {"--no-stream", CLI_NONE, NULL, OPT(no_stream), .help = "print the text when it is complete, not token by token"},
@@ -148,46 +150,106 @@ static void print_sample_stats(const moe_model *m, const sample_out *so, const m
             other / 1048576.0, 1, c->seq_len);
 }
 
+/* A prompt's ids: through the tokenizer, else its bytes; *n of them, to free. */
+static int *encode_prompt(const moe_tokenizer *tok, const moe_config *c, const char *text, size_t len, size_t *n) {
+    int *ids = NULL;
+    size_t cap = 0;
+    *n = 0;
+    if (tok) {
+        check(moe_tokenizer_encode(tok, text, len, 1, &ids, n, &cap));
+        if (*n == 0) die(1, "sample: the prompt '%.*s' encodes to no tokens", (int)(len < 40 ? len : 40), text);
+        return ids;
+    }
+    if (c->vocab_size < 256) die(1, "sample: the model's vocab_size %d cannot encode a text prompt as bytes", c->vocab_size);
+    if (!(ids = malloc((len ? len : 1) * sizeof(int)))) die(1, "out of memory");
+    for (size_t i = 0; i < len; i++) ids[i] = (unsigned char)text[i];
+    *n = len;
+    return ids;
+}
+
+/* so set to a sequence's prompt (its text and ids), nothing printed yet. */
+static void out_start(sample_out *so, const char *text, size_t tlen, const int *ids, size_t np) {
+    memcpy(so->ids, ids, np * sizeof(int));
+    so->n = np;
+    so->printed = 0;
+    if (so->tok) return;
+    if (tlen + 64 > so->cap && !(so->text = realloc(so->text, (so->cap = tlen + 64)))) die(1, "out of memory");
+    memcpy(so->text, text, (so->len = tlen));
+}
+
+/* The prompts of --prompt (it, --batch times) or --prompts FILE (each non-empty line), as
+ * pointers into *buf (to free) and lengths; their count. */
+static int prompt_texts(const sample_opts *o, char **buf, const char ***text, size_t **len) {
+    int n = 0, cap = 16;
+    *text = malloc((size_t)cap * sizeof **text);
+    *len = malloc((size_t)cap * sizeof **len);
+    if (!*text || !*len) die(1, "out of memory");
+    if (!o->prompts) {
+        *buf = NULL;
+        for (n = 0; n < (o->batch ? o->batch : 1); n++) {
+            if (n == cap && (!(*text = realloc(*text, (size_t)(cap *= 2) * sizeof **text)) ||
+                             !(*len = realloc(*len, (size_t)cap * sizeof **len))))
+                die(1, "out of memory");
+            (*text)[n] = o->prompt, (*len)[n] = strlen(o->prompt);
+        }
+        return n;
+    }
+    *buf = read_text(o->prompts, "prompts file");
+    for (char *line = *buf, *end; *line; line = end + (*end != 0)) {
+        end = strchr(line, '\n');
+        if (!end) end = line + strlen(line);
+        size_t l = (size_t)(end - line);
+        if (l && line[l - 1] == '\r') l--;
+        if (!l) continue;
+        if (n == cap && (!(*text = realloc(*text, (size_t)(cap *= 2) * sizeof **text)) ||
+                         !(*len = realloc(*len, (size_t)cap * sizeof **len))))
+            die(1, "out of memory");
+        (*text)[n] = line, (*len)[n++] = l;
+    }
+    if (n == 0) die(2, "sample: --prompts '%s' holds no prompt (one a line)", o->prompts);
+    return n;
+}
+
 static int run_sample(void *opts) {
     const sample_opts *o = opts;
 #ifdef _OPENMP
     if (o->threads) omp_set_num_threads((int)o->threads);
 #endif
-    if (strlen(o->prompt) == 0) die(2, "sample: --prompt is empty; give at least one character");
+    if (!o->prompt == !o->prompts) die(2, "sample: give --prompt TEXT or --prompts FILE (one of them)");
+    if (o->prompt && strlen(o->prompt) == 0) die(2, "sample: --prompt is empty; give at least one character");
+    char *buf;
+    const char **texts;
+    size_t *tlens;
+    int M = prompt_texts(o, &buf, &texts, &tlens), G = o->prompts ? (o->batch ? (int)o->batch : 8) : M;
+    if (G > M) G = M;
     moe_model *m;
     use_max_memory(o->max_memory);
     use_device_for(o->device, o->dtype, o->ckpt);
     check(moe_model_load(o->ckpt, 1, &m));
     const moe_config *c = moe_model_config(m);
     moe_tokenizer *tok = ckpt_tokenizer(o->ckpt);
-    int B = (int)o->batch, *prompt = NULL;
-    size_t np = 0, cap = 0;
-    if (tok) {
-        if (moe_tokenizer_vocab_size(tok) > c->vocab_size)
-            die(1, "sample: the checkpoint's tokenizer has %d ids, more than the model's vocab_size %d",
-                moe_tokenizer_vocab_size(tok), c->vocab_size);
-        check(moe_tokenizer_encode(tok, o->prompt, strlen(o->prompt), 1, &prompt, &np, &cap));
-        if (np == 0) die(1, "sample: the prompt encodes to no tokens");
-    } else {
-        if (c->vocab_size < 256)
-            die(1, "sample: the model's vocab_size %d cannot encode a text prompt as bytes", c->vocab_size);
-        np = strlen(o->prompt);
-        if (!(prompt = malloc(np * sizeof(int)))) die(1, "out of memory");
-        for (size_t i = 0; i < np; i++) prompt[i] = (unsigned char)o->prompt[i];
+    if (tok && moe_tokenizer_vocab_size(tok) > c->vocab_size)
+        die(1, "sample: the checkpoint's tokenizer has %d ids, more than the model's vocab_size %d",
+            moe_tokenizer_vocab_size(tok), c->vocab_size);
+    int **ids = malloc((size_t)M * sizeof *ids), *lens = malloc((size_t)M * sizeof *lens);
+    if (!ids || !lens) die(1, "out of memory");
+    size_t longest = 0;
+    for (int i = 0; i < M; i++) {
+        size_t np;
+        ids[i] = i && !o->prompts ? ids[0] : encode_prompt(tok, c, texts[i], tlens[i], &np); // --batch: one prompt
+        if (i && !o->prompts) np = (size_t)lens[0];
+        if (np > (size_t)(INT_MAX / 2) - (size_t)o->tokens) die(2, "sample: a prompt is too long");
+        lens[i] = (int)np;
+        longest = np > longest ? np : longest;
     }
-    if (np > (size_t)(INT_MAX / 2) - (size_t)o->tokens) die(2, "sample: the prompt is too long");
-    int n = (int)np, *out = malloc((size_t)B * o->tokens * sizeof(int) + 1), *n_out = malloc((size_t)B * sizeof(int));
-    const int **prompts = malloc((size_t)B * sizeof(int *));
-    int *lens = malloc((size_t)B * sizeof(int));
-    sample_out so = {.tok = tok, .vocab = c->vocab_size, .stream = !o->no_stream && B == 1,
-                     .ids = malloc((np + (size_t)o->tokens) * sizeof(int) + 1)};
-    if (!out || !n_out || !prompts || !lens || !so.ids) die(1, "out of memory");
-    for (int b = 0; b < B; b++) prompts[b] = prompt, lens[b] = n;
+    int *out = malloc((size_t)G * o->tokens * sizeof(int) + 1), *n_out = malloc((size_t)G * sizeof(int));
+    sample_out so = {.tok = tok, .vocab = c->vocab_size, .stream = !o->no_stream && M == 1,
+                     .ids = malloc((longest + (size_t)o->tokens) * sizeof(int) + 1)};
+    if (!out || !n_out || !so.ids) die(1, "out of memory");
     moe_sampling s = moe_sampling_default();
     s.temperature = (float)o->temperature;
     s.top_k = (int)o->top_k;
     s.top_p = (float)o->top_p;
-    s.seed = (uint64_t)o->seed;
     s.eos = tok && !o->ignore_eos ? moe_tokenizer_eos(tok) : -1;
     s.on_token = on_sample_token;
     s.user = &so;
@@ -196,35 +258,37 @@ static int run_sample(void *opts) {
     sa.sa_handler = on_sample_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
-    // the prompt first (without a tokenizer, its bytes), streamed at once
-    memcpy(so.ids, prompt, np * sizeof(int));
-    so.n = np;
-    if (!tok && !(so.text = malloc((so.cap = np + 64)))) die(1, "out of memory");
-    if (!tok) memcpy(so.text, o->prompt, (so.len = np));
-    if (so.stream) out_flush(&so, 0);
+    out_start(&so, texts[0], tlens[0], ids[0], (size_t)lens[0]);
+    if (so.stream) out_flush(&so, 0); // the prompt first, streamed at once
     double t0 = now_seconds();
-    check(moe_model_generate(m, B, prompts, lens, (int)o->tokens, &s, out, n_out));
-    sigaction(SIGINT, &old, NULL);
-    if (o->stats && so.made > 0) print_sample_stats(m, &so, c, B, n, t0);
-    for (int b = 0; b < B; b++) {
-        if (!so.stream) {
-            if (B > 1) printf("--- sample %d of %d\n", b + 1, B);
-            so.n = np;
-            so.printed = 0;
-            if (!tok) so.len = np;
-            for (int i = 0; i < n_out[b]; i++) out_push(&so, out[(int64_t)b * o->tokens + i]);
+    for (int g0 = 0; g0 < M && !sample_stop; g0 += G) {
+        int B = M - g0 < G ? M - g0 : G;
+        s.seed = (uint64_t)o->seed + 0x9e3779b97f4a7c15ULL * (uint64_t)g0; // sample i draws from seed + i x the constant
+        check(moe_model_generate(m, B, (const int *const *)(ids + g0), lens + g0, (int)o->tokens, &s, out, n_out));
+        for (int b = 0; b < B; b++) {
+            if (!so.stream) {
+                if (M > 1) printf("--- %s %d of %d\n", o->prompts ? "prompt" : "sample", g0 + b + 1, M);
+                out_start(&so, texts[g0 + b], tlens[g0 + b], ids[g0 + b], (size_t)lens[g0 + b]);
+                for (int i = 0; i < n_out[b]; i++) out_push(&so, out[(int64_t)b * o->tokens + i]);
+            }
+            out_flush(&so, 1);
+            putchar('\n');
         }
-        out_flush(&so, 1);
-        putchar('\n');
     }
+    sigaction(SIGINT, &old, NULL);
+    if (o->stats && so.made > 0) print_sample_stats(m, &so, c, G, lens[0], t0);
     fflush(stdout);
+    for (int i = 0; i < M; i++)
+        if (i == 0 || o->prompts) free(ids[i]);
+    free(ids);
+    free(lens);
+    free(texts);
+    free(tlens);
+    free(buf);
     free(so.ids);
     free(so.text);
     free(out);
     free(n_out);
-    free(prompts);
-    free(lens);
-    free(prompt);
     moe_tokenizer_free(tok);
     moe_model_free(m);
     if (sample_stop) {
@@ -237,7 +301,7 @@ static int run_sample(void *opts) {
 const cli_command moe_cmd_sample = {
     "sample",
     "generate text from a checkpoint",
-    "sample --ckpt DIR --prompt TEXT [options]",
+    "sample --ckpt DIR (--prompt TEXT | --prompts FILE) [options]",
     "Generates text from a checkpoint (DIR/model.safetensors, or the file itself). When DIR\n"
     "(or the file's directory) holds tokenizer.json (moe train copies the run's tokenizer\n"
     "there), the prompt is encoded with it and the output is the decoded text of the prompt\n"
@@ -251,7 +315,7 @@ const cli_command moe_cmd_sample = {
     CLI_FLAGS(sample_flags),
     NULL,
     sizeof(sample_opts),
-    &(sample_opts){.tokens = 200, .temperature = 0.8, .top_p = 0.95, .seed = 42, .batch = 1},
+    &(sample_opts){.tokens = 200, .temperature = 0.8, .top_p = 0.95, .seed = 42},
     run_sample,
 };
 
