@@ -18,14 +18,7 @@ MID=("${BASE[@]}" --overwrite --quiet)
 same() { # NAME DIR_A DIR_B: two runs' weights (every tensor's bytes; the metadata holds the
           # config, threads included) and AdamW state are identical
     checks=$((checks + 1))
-    python3 - "$2/model.safetensors" "$3/model.safetensors" <<'EOF' && cmp -s "$2/state.bin" "$3/state.bin" ||
-import json, struct, sys
-def tensors(p):
-    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-sys.exit(a.keys() != b.keys() or any(a[k] != b[k] for k in a))
-EOF
+    same_tensors "$2/model.safetensors" "$3/model.safetensors" && cmp -s "$2/state.bin" "$3/state.bin" ||
         fail "$1: $(basename "$2") and $(basename "$3") differ"
 }
 i=0
