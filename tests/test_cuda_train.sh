@@ -9,7 +9,8 @@
 #     final weights);
 #   - every other option (noisy top-K, expert choice, soft, random routing, jitter, recompute,
 #     per-layer expert counts) on a smaller model for 60 steps in fp32: val loss within 0.03;
-#   - the NaN report names the tensor, as on the CPU (a skipped step, a stopped run).
+#   - the NaN report names the tensor, as on the CPU (a skipped step, a stopped run);
+#   - moe sample and logits --kv-cache refuse the GPU by name (the KV cache is the CPU's).
 #
 # Exits 77 (skipped) where `moe train --device cuda` cannot run: no GPU, or a build without CUDA.
 # bench/gpu_check.sh runs it on the GPU machine; ctest runs it with the label cuda.
@@ -110,5 +111,15 @@ MOE_TEST_FAULT=3:param_nan:$Q "$MOE" "${SHORT[@]}" --steps 5 --out "$W/poison" -
     && fail "NaN stop: a poisoned run succeeded"
 grep -q "first non-finite value: parameter '$Q'" "$W/poison.txt" && cmp -s "$W/poison.model" "$W/poison/model.safetensors" \
     || fail "NaN stop: $(tail -2 "$W/poison.txt")"
+
+# generation with a KV cache is the CPU backend's: on the GPU, sample and logits --kv-cache are
+# refused with that message (never a crash, never a wrong sample); on the CPU the checkpoint samples
+expect_error "sample on the GPU" "the cuda backend cannot decode with a KV cache yet" \
+    -- "$MOE" sample --ckpt "$W/probe" --prompt "ROMEO:" --tokens 5 --device cuda
+printf '1 2 3' > "$W/tok3.txt"
+expect_error "logits --kv-cache on the GPU" "the cuda backend cannot decode with a KV cache yet" \
+    -- "$MOE" logits --ckpt "$W/probe" --tokens "$W/tok3.txt" --out "$W/l.bin" --kv-cache --device cuda
+checks=$((checks + 1))
+"$MOE" sample --ckpt "$W/probe" --prompt "ROMEO:" --tokens 5 > /dev/null || fail "a GPU-trained checkpoint samples on the CPU"
 
 finish test_cuda_train

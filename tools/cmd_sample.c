@@ -175,22 +175,32 @@ static void out_start(sample_out *so, const char *text, size_t tlen, const int *
     memcpy(so->text, text, (so->len = tlen));
 }
 
-/* The prompts of --prompt (it, --batch times) or --prompts FILE (each non-empty line), as
- * pointers into *buf (to free) and lengths; their count. */
-static int prompt_texts(const sample_opts *o, char **buf, const char ***text, size_t **len) {
-    int n = 0, cap = 16;
-    *text = malloc((size_t)cap * sizeof **text);
-    *len = malloc((size_t)cap * sizeof **len);
-    if (!*text || !*len) die(1, "out of memory");
+/* The prompts: pointers and lengths, a growing list. */
+typedef struct {
+    const char **text;
+    size_t *len;
+    int n, cap;
+} prompt_list;
+
+static void prompt_add(prompt_list *p, const char *text, size_t len) {
+    if (p->n == p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 16;
+        if (!(p->text = realloc(p->text, (size_t)p->cap * sizeof *p->text)) ||
+            !(p->len = realloc(p->len, (size_t)p->cap * sizeof *p->len)))
+            die(1, "out of memory");
+    }
+    p->text[p->n] = text;
+    p->len[p->n++] = len;
+}
+
+/* The prompts of --prompt (it, --batch times) or --prompts FILE (each non-empty line, pointing
+ * into *buf, to free). */
+static prompt_list prompt_texts(const sample_opts *o, char **buf) {
+    prompt_list p = {0};
+    *buf = NULL;
     if (!o->prompts) {
-        *buf = NULL;
-        for (n = 0; n < (o->batch ? o->batch : 1); n++) {
-            if (n == cap && (!(*text = realloc(*text, (size_t)(cap *= 2) * sizeof **text)) ||
-                             !(*len = realloc(*len, (size_t)cap * sizeof **len))))
-                die(1, "out of memory");
-            (*text)[n] = o->prompt, (*len)[n] = strlen(o->prompt);
-        }
-        return n;
+        for (long i = 0; i < (o->batch ? o->batch : 1); i++) prompt_add(&p, o->prompt, strlen(o->prompt));
+        return p;
     }
     *buf = read_text(o->prompts, "prompts file");
     for (char *line = *buf, *end; *line; line = end + (*end != 0)) {
@@ -198,14 +208,10 @@ static int prompt_texts(const sample_opts *o, char **buf, const char ***text, si
         if (!end) end = line + strlen(line);
         size_t l = (size_t)(end - line);
         if (l && line[l - 1] == '\r') l--;
-        if (!l) continue;
-        if (n == cap && (!(*text = realloc(*text, (size_t)(cap *= 2) * sizeof **text)) ||
-                         !(*len = realloc(*len, (size_t)cap * sizeof **len))))
-            die(1, "out of memory");
-        (*text)[n] = line, (*len)[n++] = l;
+        if (l) prompt_add(&p, line, l);
     }
-    if (n == 0) die(2, "sample: --prompts '%s' holds no prompt (one a line)", o->prompts);
-    return n;
+    if (p.n == 0) die(2, "sample: --prompts '%s' holds no prompt (one a line)", o->prompts);
+    return p;
 }
 
 static int run_sample(void *opts) {
@@ -216,9 +222,10 @@ static int run_sample(void *opts) {
     if (!o->prompt == !o->prompts) die(2, "sample: give --prompt TEXT or --prompts FILE (one of them)");
     if (o->prompt && strlen(o->prompt) == 0) die(2, "sample: --prompt is empty; give at least one character");
     char *buf;
-    const char **texts;
-    size_t *tlens;
-    int M = prompt_texts(o, &buf, &texts, &tlens), G = o->prompts ? (o->batch ? (int)o->batch : 8) : M;
+    prompt_list pl = prompt_texts(o, &buf);
+    const char **texts = pl.text;
+    size_t *tlens = pl.len;
+    int M = pl.n, G = o->prompts ? (o->batch ? (int)o->batch : 8) : M;
     if (G > M) G = M;
     moe_model *m;
     use_max_memory(o->max_memory);

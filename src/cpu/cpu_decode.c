@@ -105,29 +105,9 @@ static void attend(cpu_kv *s, const moe_model *m, int l, int B, int n, const int
 #ifdef _OPENMP
             tid = omp_get_thread_num();
 #endif
-            float *sc = s->scores + (int64_t)tid * T;
             int64_t base = ((int64_t)l * s->batch + seq[r / n]) * T * KC + (int64_t)(h / G) * D;
-            const float *qr = s->q + r * C + (int64_t)h * D, *K = s->k + base, *V = s->v + base;
-            int t = s->pos[r];
-            float maxv = -INFINITY;
-            for (int j = 0; j <= t; j++) {
-                const float *kj = K + (int64_t)j * KC;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int i = 0; i < D; i++) dot += qr[i] * kj[i];
-                sc[j] = dot * scale;
-                maxv = sc[j] > maxv ? sc[j] : maxv;
-            }
-            float sum = 0.0f;
-            for (int j = 0; j <= t; j++) sum += (sc[j] = expf(sc[j] - maxv));
-            float inv = 1.0f / sum, *o = s->atty + r * C + (int64_t)h * D;
-            for (int i = 0; i < D; i++) o[i] = 0.0f;
-            for (int j = 0; j <= t; j++) {
-                const float *vj = V + (int64_t)j * KC;
-                float w = sc[j] * inv;
-#pragma omp simd
-                for (int i = 0; i < D; i++) o[i] += w * vj[i];
-            }
+            moe__attention_row(s->atty + r * C + (int64_t)h * D, s->scores + (int64_t)tid * T, s->q + r * C + (int64_t)h * D,
+                               s->k + base, s->v + base, s->pos[r] + 1, KC, D, scale);
         }
 }
 

@@ -286,10 +286,11 @@ static int has_meta(const moe__st_file *f, const char *key) {
  * data: the data region is then the parameter buffer itself. */
 static int same_layout(const moe_model *m, const moe__st_file *f) {
     if (f->n != m->n_tensors || (uintptr_t)f->data % sizeof(float) || f->data_len != (uint64_t)m->n_params * 4) return 0;
-    for (int i = 0; i < m->n_tensors; i++) {
+    for (int i = 0; i < m->n_tensors; i++) { // moe_model_save writes the table in order
         const moe_tensor_info *t = moe_model_tensor(m, i);
-        const moe__st_tensor *s = moe__st_find(f, t->name);
-        if (!s || s->data != f->data + t->offset * 4 || s->nbytes != t->numel * 4 || check_shape("", s, t, t->shape[0]))
+        const moe__st_tensor *s = &f->t[i];
+        if (strcmp(s->name, t->name) || s->data != f->data + t->offset * 4 || s->nbytes != t->numel * 4 ||
+            check_shape("", s, t, t->shape[0]))
             return 0;
     }
     return 1;

@@ -292,15 +292,11 @@ static moe_status hf_source(const char *dir, moe__source *out) {
     return st;
 }
 
-moe_status moe__open_source(const char *path, const moe_config *c, moe__source *out) {
-    (void)c;
+moe_status moe__open_source(const char *path, moe__source *out) {
     char cfg[4200];
     moe_status st = moe__pathf(cfg, sizeof cfg, "%s/config.json", path);
     if (st != MOE_STATUS_OK) return st;
-    if (file_exists(cfg)) return hf_source(path, out);
-    st = moe__ckpt_source(path, out);
-    if (st == MOE_STATUS_OK) out->vocab = moe_model_config(out->model)->vocab_size;
-    return st;
+    return file_exists(cfg) ? hf_source(path, out) : moe__ckpt_source(path, out);
 }
 
 moe_status moe_hf_load(const char *dir, const moe_config *c, int max_batch, moe_model **out) {

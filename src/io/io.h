@@ -143,7 +143,7 @@ void moe__source_free(moe__source *s);
 /* The source of a moe checkpoint (its model, loaded for inference, mapped). */
 moe_status moe__ckpt_source(const char *path, moe__source *out);
 /* The source of a Hugging Face directory (hf_import.c), or else of a moe checkpoint. */
-moe_status moe__open_source(const char *path, const moe_config *c, moe__source *out);
+moe_status moe__open_source(const char *path, moe__source *out);
 /* Every tensor of m from s by name (this rank's experts of stacked ones), shapes checked;
  * origin names the source in errors. */
 moe_status moe__source_fill(moe_model *m, const moe__source *s, const char *origin);

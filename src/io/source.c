@@ -109,8 +109,9 @@ void moe__source_read(const moe__src_tensor *t, int p0, int np, float *dst) {
 
 moe_status moe__ckpt_source(const char *path, moe__source *out) {
     memset(out, 0, sizeof *out);
-    moe_status st = moe_model_load(path, 1, &out->model);
+    moe_status st = moe_model_load(path, 0, &out->model); // the weights only
     const moe_model *m = out->model;
+    if (st == MOE_STATUS_OK) out->vocab = moe_model_config(m)->vocab_size;
     for (int i = 0; st == MOE_STATUS_OK && i < moe_model_n_tensors(m); i++) {
         const moe_tensor_info *ti = moe_model_tensor(m, i);
         moe__src_tensor *t = moe__source_add(out, ti->name, ti->ndim, ti->shape);
@@ -177,7 +178,7 @@ moe_status moe_import(const char *src, const moe_config *c, uint64_t seed, const
     moe__source s;
     memset(&s, 0, sizeof s);
     moe_status st = moe__model_create(c, 1, MOE__MODEL_TABLE, &m);
-    if (st == MOE_STATUS_OK) st = moe__open_source(src, c, &s);
+    if (st == MOE_STATUS_OK) st = moe__open_source(src, &s);
     int n = m ? moe_model_n_tensors(m) : 0;
     const moe_tensor_info **infos = malloc((size_t)(s.n ? s.n : 1) * sizeof *infos);
     int *plan = malloc((size_t)(n ? n : 1) * sizeof *plan);

@@ -350,7 +350,7 @@ moe_status moe_model_backward(moe_model *m, float grad_scale) {
 }
 
 void moe_model_zero_grad(moe_model *m) {
-    if (m->grads) m->be->zero_grad(m);
+    if (m->be_state && !m->lean) m->be->zero_grad(m); // an inference model has no gradients
 }
 const float *moe_model_logits(const moe_model *m) { return m->be_state ? m->be->logits((moe_model *)m) : NULL; }
 

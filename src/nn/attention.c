@@ -123,6 +123,29 @@ void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const
 
 /* ---------------------------------------------------------------- attention */
 
+void moe__attention_row(float *out, float *p, const float *q, const float *K, const float *V, int n, int ld, int D,
+                        float scale) {
+    float maxv = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        const float *kj = K + (int64_t)j * ld;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int i = 0; i < D; i++) dot += q[i] * kj[i];
+        p[j] = dot * scale;
+        maxv = p[j] > maxv ? p[j] : maxv;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) sum += (p[j] = expf(p[j] - maxv));
+    float inv = 1.0f / sum;
+    for (int i = 0; i < D; i++) out[i] = 0.0f;
+    for (int j = 0; j < n; j++) {
+        const float *vj = V + (int64_t)j * ld;
+        float w = (p[j] *= inv);
+#pragma omp simd
+        for (int i = 0; i < D; i++) out[i] += w * vj[i];
+    }
+}
+
 void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,
                             int B, int T, int C, int H, int Hkv) {
     // q, out are (B,T,C) with H heads of size D; k, v (B,T,Hkv D), query head h reading key/value
@@ -131,37 +154,14 @@ void moe__attention_forward_ref(float *out, float *att, const float *q, const fl
     float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            float *a = att + ((int64_t)b * H + h) * T * T;
+        for (int h = 0; h < H; h++)
             for (int t = 0; t < T; t++) {
-                const float *qt = q + ((int64_t)b * T + t) * C + h * D;
-                float *at = a + (int64_t)t * T;
-                float maxv = -INFINITY;
-                for (int s = 0; s <= t; s++) {
-                    const float *ks = k + ((int64_t)b * T + s) * KC + (h / G) * D;
-                    float dot = 0.0f;
-                    for (int i = 0; i < D; i++) dot += qt[i] * ks[i];
-                    dot *= scale;
-                    at[s] = dot;
-                    if (dot > maxv) maxv = dot;
-                }
-                float sum = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    at[s] = expf(at[s] - maxv);
-                    sum += at[s];
-                }
-                float inv = 1.0f / sum;
-                for (int s = 0; s <= t; s++) at[s] *= inv;
+                float *at = att + (((int64_t)b * H + h) * T + t) * T;
+                int64_t kv = (int64_t)b * T * KC + (h / G) * D;
+                moe__attention_row(out + ((int64_t)b * T + t) * C + h * D, at, q + ((int64_t)b * T + t) * C + h * D,
+                                   k + kv, v + kv, t + 1, KC, D, scale);
                 for (int s = t + 1; s < T; s++) at[s] = 0.0f;
-                float *ot = out + ((int64_t)b * T + t) * C + h * D;
-                for (int i = 0; i < D; i++) ot[i] = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    const float *vs = v + ((int64_t)b * T + s) * KC + (h / G) * D;
-                    float w = at[s];
-                    for (int i = 0; i < D; i++) ot[i] += w * vs[i];
-                }
             }
-        }
 }
 
 void moe__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,

@@ -62,6 +62,11 @@ void moe__attention_forward(float *out, float *att, const float *q, const float 
 void moe__attention_forward_tiled(float *out, float *scratch, int threads, const float *q, const float *k,
                                   const float *v, int B, int T, int C, int H, int Hkv);
 int moe__attention_tile(void);
+/* One query row q (D) against n key and value rows (K, V, row stride ld): the probabilities
+ * softmax(scale q.K_j) into p (n), out (D) = sum_j p_j V_j. The reference forward's inner step,
+ * and the KV cache's (cpu_decode.c). */
+void moe__attention_row(float *out, float *p, const float *q, const float *K, const float *V, int n, int ld, int D,
+                        float scale);
 void moe__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                              const float *k, const float *v, const float *att, int B, int T, int C, int H, int Hkv);
 void moe__attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v,

@@ -145,10 +145,6 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     int64_t model_step = 0;
     moe_status st = trainer_alloc(c, train, val, out_dir, &t);
     if (!t) return st;
-    const moe_device *dev = moe_device_selected();
-    if (st == MOE_STATUS_OK && dev->kind == MOE_DEVICE_CPU && dev->dtype == MOE_DTYPE_BF16) // before any directory
-        st = moe__err(MOE_STATUS_ARG, "--dtype bf16 on the CPU keeps bf16 weights for inference (moe sample, eval, "
-                                      "logits, route); training on the CPU computes in fp32");
     // own the directory before reading or writing it: a new run makes it first
     if (st == MOE_STATUS_OK && !resume && moe__mkdir_p(out_dir) != 0)
         st = moe__err(MOE_STATUS_IO, "cannot create run directory '%s': %s", out_dir, strerror(errno));
