@@ -146,13 +146,18 @@ typedef enum { MOE_FAULT_POLICY_VALUES(MOE__X) } moe_fault_policy;
     X(n_layer, INT, 4, 1, 1024, MODEL, "transformer blocks L")                                                      \
     X(n_head, INT, 4, 1, 1024, MODEL, "attention heads H (must divide n_embd; even head size)")                     \
     X(n_kv_head, INT, 0, 0, 1024, MODEL, "key/value heads (grouped-query attention; divides n_head); 0 = n_head")     \
+    X(qkv_bias, BOOL, 0, 0, 1, MODEL, "the q, k and v projections have biases (Qwen2)")                             \
+    X(qk_norm, BOOL, 0, 0, 1, MODEL, "RMSNorm over the whole q and k projections before RoPE (OLMoE)")             \
     X(ffn_hidden, INT, 512, 1, 1 << 20, MODEL, "hidden size of dense SwiGLU FFN layers")                            \
     X(n_experts, INT, 8, 1, 4096, MODEL, "routed experts E per MoE layer")                                          \
     X(top_k, INT, 2, 1, 4096, MODEL, "experts per token K (1 = Switch)")                                            \
     X(expert_hidden, INT, 256, 1, 1 << 20, MODEL, "hidden size F of each expert (routed and shared)")               \
     X(n_shared, INT, 0, 0, 64, MODEL, "shared experts S, always active, added to the routed output")                \
+    X(shared_hidden, INT, 0, 0, 1 << 22, MODEL,                                                                     \
+      "hidden size of the S shared experts together (one SwiGLU); 0 = S * expert_hidden")                           \
+    X(shared_gate, BOOL, 0, 0, 1, MODEL, "scale the shared experts' output by sigmoid(x . w_gate) (Qwen2-MoE)")     \
     /* every:k is layers k-1, 2k-1, ... */                                                                          \
-    X(moe_layers, STR, "all", 0, 0, MODEL, "which layers are MoE: all, none, every:k, or a list like 0,2,3")        \
+    X(moe_layers, STR, "all", 0, 0, MODEL, "which layers are MoE: all, none, every:k, or a list like 0,2-5,7")      \
     X(norm_topk, BOOL, 1, 0, 1, MODEL, "renormalise the K gate weights to sum to 1 (Mixtral)")                      \
     X(tie_embeddings, BOOL, 0, 0, 1, MODEL, "lm_head shares the embedding matrix")                                  \
     X(rope_theta, FLOAT, 10000.0, 1.0, 1e12, MODEL, "RoPE base")                                                    \
@@ -279,7 +284,7 @@ typedef enum {
     MOE_GROUP_DENSE = 0, /* attention, dense FFN, shared experts, embeddings, lm_head */
     MOE_GROUP_EXPERT,    /* routed expert weights */
     MOE_GROUP_ROUTER,    /* router weights */
-    MOE_GROUP_NORM,      /* RMSNorm gains: no weight decay */
+    MOE_GROUP_NORM,      /* RMSNorm gains and biases: no weight decay */
     MOE_GROUP_BUFFER     /* not trained by gradients (aux-loss-free bias): no optimizer, no decay */
 } moe_group;
 

@@ -288,7 +288,7 @@ typedef struct {
 static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S, int T) {
     memset(m, 0, sizeof *m);
     m->N = N;
-    m->d.E = E, m->d.K = K, m->d.F = F, m->d.S = S, m->d.C = C, m->d.T = T;
+    m->d.E = E, m->d.K = K, m->d.F = F, m->d.SF = S * F, m->d.C = C, m->d.T = T;
     m->d.norm_topk = 1;
     m->d.route_scale = 1.0f;
     m->d.min_capacity = 1;
@@ -300,13 +300,14 @@ static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S, 
     m->w.w1 = randn((int64_t)E * F * C, 0.5f), m->w.w3 = randn((int64_t)E * F * C, 0.5f);
     m->w.w2 = randn((int64_t)E * F * C, 0.5f);
     m->w.sw1 = randn(SF * C, 0.5f), m->w.sw3 = randn(SF * C, 0.5f), m->w.sw2 = randn(SF * C, 0.5f);
+    m->w.sg = randn(C, 0.5f), m->g.sg = zeros(C);
     m->g.wg = zeros((int64_t)E * C), m->g.wnoise = zeros((int64_t)E * C), m->g.w1 = zeros((int64_t)E * F * C);
     m->g.w3 = zeros((int64_t)E * F * C), m->g.w2 = zeros((int64_t)E * F * C);
     m->g.sw1 = zeros(SF * C), m->g.sw3 = zeros(SF * C), m->g.sw2 = zeros(SF * C);
     // the cache and scratch come from the layer's own memory plan (the one the model uses),
     // sized for every method: noise and jitter buffers present, P = E*N assignments
     moe__moe_dims all = m->d;
-    all.routing = MOE_ROUTING_NOISY_TOPK, all.jitter_eps = 1.0f, all.ep = 1;
+    all.routing = MOE_ROUTING_NOISY_TOPK, all.jitter_eps = 1.0f, all.ep = 1, all.shared_gate = 1;
     int64_t hid = moe__moe_hidden_scratch(&all, N, P);
     for (int pass = 0; pass < 2; pass++) { // size, then hand out
         moe__planner pl = {m->arena, 0};
@@ -320,7 +321,7 @@ static void moe_alloc(moe_ctx *m, int64_t N, int C, int E, int K, int F, int S, 
 static void moe_release(moe_ctx *m) {
     void *ptrs[] = {m->x, m->y, m->r, m->w.wg, m->w.wnoise, m->w.bias, m->w.w1, m->w.w3, m->w.w2, m->w.sw1,
                     m->w.sw3, m->w.sw2, m->g.wg, m->g.wnoise, m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3,
-                    m->g.sw2, m->arena};
+                    m->g.sw2, m->w.sg, m->g.sg, m->arena};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
 }
 
@@ -355,10 +356,10 @@ static uint64_t moe_sig(void *p) {
 }
 
 static void moe_zero_grads(moe_ctx *m) {
-    int64_t C = m->d.C, E = m->d.E, F = m->d.F, SF = (int64_t)m->d.S * F;
-    float *gs[] = {m->g.wg, m->g.wnoise, m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3, m->g.sw2};
-    int64_t ns[] = {E * C, E * C, E * F * C, E * F * C, E * F * C, SF * C, SF * C, SF * C};
-    for (int i = 0; i < 8; i++) memset(gs[i], 0, (size_t)ns[i] * sizeof(float));
+    int64_t C = m->d.C, E = m->d.E, F = m->d.F, SF = m->d.SF;
+    float *gs[] = {m->g.wg, m->g.wnoise, m->g.w1, m->g.w3, m->g.w2, m->g.sw1, m->g.sw3, m->g.sw2, m->g.sg};
+    int64_t ns[] = {E * C, E * C, E * F * C, E * F * C, E * F * C, SF * C, SF * C, SF * C, C};
+    for (int i = 0; i < 9; i++) memset(gs[i], 0, (size_t)ns[i] * sizeof(float));
 }
 
 typedef struct {
@@ -372,6 +373,7 @@ typedef struct {
     moe_score score;
     float route_scale, jitter;
     int random_routing, with_bias, eval;
+    int shared_gate;
 } moe_variant;
 
 static void run_moe_fd(const moe_variant *v) {
@@ -387,6 +389,7 @@ static void run_moe_fd(const moe_variant *v) {
     m.d.jitter_eps = v->jitter;
     m.d.random_routing = v->random_routing;
     m.d.training = !v->eval;
+    m.d.shared_gate = v->shared_gate;
     if (v->with_bias) m.w.bias = randn(E, 0.3f);
     moe__moe_loss_scales ls = {0.7f, 0.3f, 0.5f, 0.4f, 0.6f};
     m.ls = ls;
@@ -431,7 +434,8 @@ static void run_moe_fd(const moe_variant *v) {
                  {"dw3", m.w.w3, m.g.w3, E * F * C, 1},
                  {"dw2", m.w.w2, m.g.w2, E * F * C, 1},
                  {"shared dw1", m.w.sw1, m.g.sw1, (int64_t)v->S * F * C, v->S > 0},
-                 {"shared dw2", m.w.sw2, m.g.sw2, (int64_t)v->S * F * C, v->S > 0}};
+                 {"shared dw2", m.w.sw2, m.g.sw2, (int64_t)v->S * F * C, v->S > 0},
+                 {"shared gate", m.w.sg, m.g.sg, C, v->shared_gate}};
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         if (!parts[i].on) continue;
         snprintf(what, sizeof what, "%s %s", label, parts[i].name);
@@ -446,26 +450,27 @@ static void test_moe_gradients(void) {
     const moe_routing TOPK = MOE_ROUTING_TOPK;
     const moe_score SOFTMAX = MOE_SCORE_SOFTMAX, SIGMOID = MOE_SCORE_SIGMOID;
     const moe_variant variants[] = {
-        // label, N, C, E, K, F, S, T, norm, cf, policy, routing, score, scale, jitter, random, bias, eval
-        {"moe K=1 dropless", 24, 8, 4, 1, 6, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=1 switch no-renorm dropping", 24, 8, 4, 1, 6, 0, 8, 0, 0.8f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=2 renorm dropless", 24, 8, 5, 2, 6, 0, 6, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=2 no-renorm dropless", 24, 8, 5, 2, 6, 0, 6, 0, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=2 renorm dropping by probability", 24, 8, 5, 2, 6, 0, 8, 1, 0.7f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=2 no-renorm dropping by position", 24, 8, 5, 2, 6, 0, 8, 0, 0.7f, POS, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=2 shared experts S=2", 19, 8, 4, 2, 5, 2, 19, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe K=E", 13, 8, 3, 3, 5, 0, 13, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe sigmoid renorm scale 2.5 + bias", 24, 8, 6, 2, 5, 1, 8, 1, 1.0f, PROB, TOPK, SIGMOID, 2.5f, 0, 0, 1, 0},
-        {"moe sigmoid no-renorm", 24, 8, 6, 2, 5, 0, 12, 0, 0.0f, PROB, TOPK, SIGMOID, 1, 0, 0, 0, 0},
-        {"moe noisy top-2", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe noisy top-2 route scale 2.5", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 2.5f, 0, 0, 0, 0},
-        {"moe noisy top-1 dropping", 24, 8, 4, 1, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe noisy top-2 eval (clean)", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 1},
-        {"moe expert choice", 24, 8, 4, 2, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_EXPERT_CHOICE, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe expert choice sigmoid", 20, 8, 5, 1, 5, 0, 10, 1, 1.5f, PROB, MOE_ROUTING_EXPERT_CHOICE, SIGMOID, 1, 0, 0, 0, 0},
-        {"moe soft mixture", 16, 8, 4, 1, 5, 1, 8, 1, 0.0f, PROB, MOE_ROUTING_SOFT, SOFTMAX, 1, 0, 0, 0, 0},
-        {"moe jitter", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0.1f, 0, 0, 0},
-        {"moe GShard random routing", 16, 8, 5, 2, 5, 0, 8, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 1, 0, 0},
+        // label, N, C, E, K, F, S, T, norm, cf, policy, routing, score, scale, jitter, random, bias, eval, shared gate
+        {"moe K=1 dropless", 24, 8, 4, 1, 6, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=1 switch no-renorm dropping", 24, 8, 4, 1, 6, 0, 8, 0, 0.8f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=2 renorm dropless", 24, 8, 5, 2, 6, 0, 6, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=2 no-renorm dropless", 24, 8, 5, 2, 6, 0, 6, 0, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=2 renorm dropping by probability", 24, 8, 5, 2, 6, 0, 8, 1, 0.7f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=2 no-renorm dropping by position", 24, 8, 5, 2, 6, 0, 8, 0, 0.7f, POS, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=2 shared experts S=2", 19, 8, 4, 2, 5, 2, 19, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe K=2 no-renorm gated shared expert", 19, 8, 4, 2, 5, 1, 19, 0, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 1},
+        {"moe K=E", 13, 8, 3, 3, 5, 0, 13, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe sigmoid renorm scale 2.5 + bias", 24, 8, 6, 2, 5, 1, 8, 1, 1.0f, PROB, TOPK, SIGMOID, 2.5f, 0, 0, 1, 0, 0},
+        {"moe sigmoid no-renorm", 24, 8, 6, 2, 5, 0, 12, 0, 0.0f, PROB, TOPK, SIGMOID, 1, 0, 0, 0, 0, 0},
+        {"moe noisy top-2", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe noisy top-2 route scale 2.5", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 2.5f, 0, 0, 0, 0, 0},
+        {"moe noisy top-1 dropping", 24, 8, 4, 1, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe noisy top-2 eval (clean)", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, MOE_ROUTING_NOISY_TOPK, SOFTMAX, 1, 0, 0, 0, 1, 0},
+        {"moe expert choice", 24, 8, 4, 2, 5, 0, 8, 1, 1.0f, PROB, MOE_ROUTING_EXPERT_CHOICE, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe expert choice sigmoid", 20, 8, 5, 1, 5, 0, 10, 1, 1.5f, PROB, MOE_ROUTING_EXPERT_CHOICE, SIGMOID, 1, 0, 0, 0, 0, 0},
+        {"moe soft mixture", 16, 8, 4, 1, 5, 1, 8, 1, 0.0f, PROB, MOE_ROUTING_SOFT, SOFTMAX, 1, 0, 0, 0, 0, 0},
+        {"moe jitter", 24, 8, 5, 2, 5, 0, 8, 1, 0.0f, PROB, TOPK, SOFTMAX, 1, 0.1f, 0, 0, 0, 0},
+        {"moe GShard random routing", 16, 8, 5, 2, 5, 0, 8, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 1, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) run_moe_fd(&variants[i]);
 }
@@ -703,17 +708,37 @@ static uint64_t model_sig(void *p) {
     return h;
 }
 
+/* Every tensor's gradient of a whole model by finite differences: a Mixtral-like model with a
+ * dense layer and a shared expert; then Qwen2-MoE's parts (q/k/v biases, a gated shared expert
+ * of its own width, top-K not renormalised) with grouped-query attention; then OLMoE's QK-norm. */
+static void test_model_gradients_of(const char *const *extra, int gqa_unnormalised);
 static void test_model_gradients(void) {
+    const char *extra[][8] = {
+        {"n_shared", "1"},
+        {"n_shared", "1", "shared_gate", "1", "shared_hidden", "9", "qkv_bias", "1"},
+        {"qk_norm", "1", "n_kv_head", "1", "moe_layers", "all"},
+    };
+    for (size_t v = 0; v < sizeof extra / sizeof extra[0]; v++) test_model_gradients_of(extra[v], v > 0);
+}
+
+static void test_model_gradients_of(const char *const *extra, int gqa_unnormalised) {
     moe_config cfg = moe_config_default();
     const char *sets[][2] = {{"vocab_size", "32"}, {"seq_len", "6"},     {"n_embd", "8"},      {"n_layer", "2"},
                              {"n_head", "2"},      {"ffn_hidden", "10"}, {"n_experts", "4"},   {"top_k", "2"},
-                             {"expert_hidden", "6"}, {"n_shared", "1"},  {"moe_layers", "0"},  {"capacity_factor", "1.0"},
+                             {"expert_hidden", "6"}, {"moe_layers", "0"},  {"capacity_factor", "1.0"},
                              {"min_capacity", "1"}, {"aux_loss_coef", "0.1"}, {"z_loss_coef", "0.01"},
                              {"init_std", "0.3"},  {"router_init_std", "0.5"}};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) CHECK_OK(moe_config_set(&cfg, sets[i][0], sets[i][1]));
+    for (int i = 0; i < 8 && extra[i]; i += 2) CHECK_OK(moe_config_set(&cfg, extra[i], extra[i + 1]));
+    if (gqa_unnormalised) {
+        CHECK_OK(moe_config_set(&cfg, "n_kv_head", "1"));
+        CHECK_OK(moe_config_set(&cfg, "norm_topk", "false"));
+    }
     model_ctx c = {NULL, NULL, NULL, 2, 6};
     CHECK_OK(moe_model_create(&cfg, c.B, &c.m));
     moe_model_init(c.m, 7);
+    float *p0 = moe_model_params(c.m); // biases start at zero, norms at one: move them off
+    for (int64_t i = 0; i < moe_model_n_params(c.m); i++) p0[i] += 0.1f * (float)moe__rng_normal(&rng);
     c.tok = malloc(12 * sizeof(int)), c.tgt = malloc(12 * sizeof(int));
     for (int i = 0; i < 12; i++) c.tok[i] = (i * 5 + 3) % 32, c.tgt[i] = (i * 11 + 1) % 32;
     model_loss(&c);
@@ -741,6 +766,9 @@ static void test_recompute(void) {
         {"routing", "noisy_topk", "load_loss_coef", "0.1"},
         {"routing", "expert_choice", "n_shared", "1"},
         {"routing", "soft", "moe_layers", "1"},
+        {"qk_norm", "1", "qkv_bias", "1"},
+        {"n_shared", "1", "shared_gate", "1"},
+        {"n_shared", "1", "shared_hidden", "7"},
         {"jitter_eps", "0.1", "random_routing", "1"},
         {"expert_counts", "2,4,8", "router_score", "sigmoid"},
         {"bias_update_rate", "0.01", "seq_aux_loss_coef", "0.01"},

@@ -20,12 +20,14 @@
 /* Weights of one block (pointers into the parameter or the gradient buffer). */
 typedef struct {
     float *ln1, *wq, *wk, *wv, *wo, *ln2, *w1, *w3, *w2;
+    float *bq, *bk, *bv, *qn, *kn;      /* q/k/v biases, QK-norm gains, or NULL */
     moe__moe_weights moe;
 } moe__cpu_layer_w;
 
 /* Saved activations of one block. */
 typedef struct {
     float *ln1, *rstd1, *q, *k, *v, *att, *atty, *resid_mid, *ln2, *rstd2;
+    float *qr, *kr, *rstdq, *rstdk;     /* QK-norm: q and k projections before it, its rstd */
     float *h1, *h3, *act;               /* dense FFN */
     moe__moe_cache mc;
 } moe__cpu_layer_act;
@@ -45,6 +47,7 @@ typedef struct {
     int att_threads;
     float *lnf, *rstdf, *logits, *dlogits, *row_loss, *rope_cos, *rope_sin, *tmp;
     float *dresid, *dln, *datty, *dq, *dk, *dv, *datt, *dact, *dh1, *dh3;
+    float *dqr, *dkr;                   /* QK-norm: gradients of the projections before it */
     moe__moe_scratch ms;
     float *a2a_buf;                     /* expert parallelism scratch (moe__moe_dims) */
     int64_t *a2a_cnt;
@@ -71,6 +74,11 @@ void moe__cpu_head(const moe_model *m, float *logits, const float *x, int64_t ro
 /* Makes m keep bf16 weights (before cpu create: sizes its plan), then fills them from an fp32
  * model's parameters, tensor by tensor (src's mapped pages released as they are read). */
 moe_status moe__cpu_fill_bf16(moe_model *m, const moe_model *src);
+/* q (N,C), k and v (N,KC) of N rows of ln through layer w's projections, biases and QK-norm
+ * (before RoPE). With QK-norm, qr and kr keep the projections before it and rstdq, rstdk its
+ * factors; with qr and kr NULL it runs in place (rstdq, rstdk then scratch of N). */
+void moe__cpu_qkv(const moe_model *m, const moe__cpu_layer_w *w, float *q, float *k, float *v, float *qr, float *kr,
+                  float *rstdq, float *rstdk, const float *ln, int64_t N);
 /* The MoE dimensions of layer l for sequences of T tokens. */
 moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training);
 

@@ -28,6 +28,12 @@ static void plan_block(moe__planner *p, moe__cpu_layer_act *a, const moe_model *
     a->q = MOE_TAKE_F(p, N * C);
     a->k = MOE_TAKE_F(p, N * KC);
     a->v = MOE_TAKE_F(p, N * KC);
+    if (c->qk_norm) {
+        a->qr = MOE_TAKE_F(p, N * C);
+        a->kr = MOE_TAKE_F(p, N * KC);
+        a->rstdq = MOE_TAKE_F(p, N);
+        a->rstdk = MOE_TAKE_F(p, N);
+    }
     a->att = m->lean ? NULL : MOE_TAKE_F(p, B * H * T * T);
     a->atty = MOE_TAKE_F(p, N * C);
     a->resid_mid = MOE_TAKE_F(p, N * C);
@@ -121,6 +127,10 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     s->dq = MOE_TAKE_F(&p, N * C);
     s->dk = MOE_TAKE_F(&p, N * KC);
     s->dv = MOE_TAKE_F(&p, N * KC);
+    if (c->qk_norm) {
+        s->dqr = MOE_TAKE_F(&p, N * C);
+        s->dkr = MOE_TAKE_F(&p, N * KC);
+    }
     s->datt = MOE_TAKE_F(&p, B * H * T * T);
     if (m->n_moe > 0) {
         moe__moe_dims d = plan_dims(m, m->max_e); // the scratch of the widest MoE layer

@@ -4,7 +4,7 @@
  * pass. A call runs n new tokens of some sequences (a prompt, or one token of each) at their
  * next positions:
  *
- *   x = embed(tokens); per layer: ln1, q k v (rows), RoPE at each row's position, k v stored,
+ *   x = embed(tokens); per layer: ln1, q k v (rows; biases, QK-norm), RoPE at each row's position, k v stored,
  *   attention of each row over its sequence's cached positions up to its own, x += o-proj;
  *   x += ffn or MoE (dropless, token by token) of ln2(x); logits = lm_head(rmsnorm(x)).
  *
@@ -123,9 +123,7 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
     for (int l = 0; l < c->n_layer; l++) {
         moe__cpu_layer_w w = moe__cpu_layer_fwd(m, l);
         moe__rmsnorm_forward(s->ln, s->rstd, s->x, w.ln1, N, C, c->norm_eps);
-        moe__matmul_forward(s->q, s->ln, w.wq, N, C, C, 0);
-        moe__matmul_forward(s->kn, s->ln, w.wk, N, C, KC, 0);
-        moe__matmul_forward(s->vn, s->ln, w.wv, N, C, KC, 0);
+        moe__cpu_qkv(m, &w, s->q, s->kn, s->vn, NULL, NULL, s->rstd, s->rstd, s->ln, N);
         moe__rope_rows(s->q, cs->rope_cos, cs->rope_sin, N, C, H, s->pos);
         moe__rope_rows(s->kn, cs->rope_cos, cs->rope_sin, N, KC, Hkv, s->pos);
         for (int64_t r = 0; r < N; r++) {

@@ -21,8 +21,9 @@ moe__cpu_layer_w moe__cpu_layer_weights_at(const moe_model *m, float *base, int6
     const moe__layer_off *o = &m->lo[l];
 #define AT(off) ((off) < 0 ? NULL : base + ((off) - start))
     moe__cpu_layer_w w = {AT(o->ln1), AT(o->wq), AT(o->wk), AT(o->wv), AT(o->wo), AT(o->ln2), AT(o->w1), AT(o->w3), AT(o->w2),
+                          AT(o->bq), AT(o->bk), AT(o->bv), AT(o->qn), AT(o->kn),
                           {AT(o->wg), AT(o->wnoise), AT(o->bias), AT(o->ew1), AT(o->ew3), AT(o->ew2), AT(o->sw1),
-                           AT(o->sw3), AT(o->sw2)}};
+                           AT(o->sw3), AT(o->sw2), AT(o->sg)}};
 #undef AT
     return w;
 }
@@ -105,7 +106,9 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
     const moe_config *c = &m->cfg;
     moe__moe_dims d;
     memset(&d, 0, sizeof d);
-    d.E = m->n_exp[l], d.K = c->top_k, d.F = c->expert_hidden, d.S = c->n_shared, d.C = c->n_embd, d.T = T;
+    d.E = m->n_exp[l], d.K = c->top_k, d.F = c->expert_hidden, d.C = c->n_embd, d.T = T;
+    d.SF = (int)moe__shared_width(c);
+    d.shared_gate = c->shared_gate;
     d.routing = c->routing;
     d.score = c->router_score;
     d.norm_topk = c->norm_topk;
@@ -130,6 +133,25 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
     return d;
 }
 
+void moe__cpu_qkv(const moe_model *m, const moe__cpu_layer_w *w, float *q, float *k, float *v, float *qr, float *kr,
+                  float *rstdq, float *rstdk, const float *ln, int64_t N) {
+    const moe_config *c = &m->cfg;
+    int C = c->n_embd, KC = moe__kv_heads(c) * (C / c->n_head);
+    float *pq = w->qn && qr ? qr : q, *pk = w->kn && kr ? kr : k;
+    moe__matmul_forward(pq, ln, w->wq, N, C, C, 0);
+    moe__matmul_forward(pk, ln, w->wk, N, C, KC, 0);
+    moe__matmul_forward(v, ln, w->wv, N, C, KC, 0);
+    if (w->bq) {
+        moe__bias_forward(pq, w->bq, N, C);
+        moe__bias_forward(pk, w->bk, N, KC);
+        moe__bias_forward(v, w->bv, N, KC);
+    }
+    if (w->qn) { // OLMoE: each row's whole q (C) and k (KC), before the split into heads
+        moe__rmsnorm_forward(q, rstdq, pq, w->qn, N, C, c->norm_eps);
+        moe__rmsnorm_forward(k, rstdk, pk, w->kn, N, KC, c->norm_eps);
+    }
+}
+
 /* One block: resid[l+1] = resid[l] + attn(...) + ffn(...), saving its activations in la[l] (in
  * recompute mode the slot shared by every block of its kind). Deterministic for a given thread
  * count and noise seed, so that backward can redo it bit for bit. Fails only as the MoE layer's
@@ -145,9 +167,7 @@ static moe_status block_forward(moe_model *m, int l, int B, int T, int training)
     float *x = s->resid[l], *xo = s->resid[l + 1];
     moe__rmsnorm_forward(a->ln1, a->rstd1, x, w.ln1, N, C, c->norm_eps);
     int Hkv = moe__kv_heads(c), KC = Hkv * (C / H);
-    moe__matmul_forward(a->q, a->ln1, w.wq, N, C, C, 0);
-    moe__matmul_forward(a->k, a->ln1, w.wk, N, C, KC, 0);
-    moe__matmul_forward(a->v, a->ln1, w.wv, N, C, KC, 0);
+    moe__cpu_qkv(m, &w, a->q, a->k, a->v, a->qr, a->kr, a->rstdq, a->rstdk, a->ln1, N);
     moe__rope_forward(a->q, s->rope_cos, s->rope_sin, B, T, C, H);
     moe__rope_forward(a->k, s->rope_cos, s->rope_sin, B, T, KC, Hkv);
     if (a->att) moe__attention_forward(a->atty, a->att, a->q, a->k, a->v, B, T, C, H, Hkv);
@@ -269,9 +289,22 @@ moe_status moe__cpu_backward(moe_model *m, float grad_scale) {
         moe__attention_backward(s->dq, s->dk, s->dv, s->datt, s->datty, a->q, a->k, a->v, a->att, B, T, C, H, Hkv);
         moe__rope_backward(s->dq, s->rope_cos, s->rope_sin, B, T, C, H);
         moe__rope_backward(s->dk, s->rope_cos, s->rope_sin, B, T, KC, Hkv);
+        float *dq = s->dq, *dk = s->dk; // d of the projections (before QK-norm)
+        if (w.qn) {
+            memset(s->dqr, 0, NC);
+            memset(s->dkr, 0, (size_t)N * KC * sizeof(float));
+            moe__rmsnorm_backward(s->dqr, gw.qn, s->dq, a->qr, w.qn, a->rstdq, N, C);
+            moe__rmsnorm_backward(s->dkr, gw.kn, s->dk, a->kr, w.kn, a->rstdk, N, KC);
+            dq = s->dqr, dk = s->dkr;
+        }
+        if (w.bq) {
+            moe__bias_backward(gw.bq, dq, N, C);
+            moe__bias_backward(gw.bk, dk, N, KC);
+            moe__bias_backward(gw.bv, s->dv, N, KC);
+        }
         memset(s->dln, 0, NC);
-        moe__matmul_backward(s->dln, gw.wq, s->dq, a->ln1, w.wq, N, C, C);
-        moe__matmul_backward(s->dln, gw.wk, s->dk, a->ln1, w.wk, N, C, KC);
+        moe__matmul_backward(s->dln, gw.wq, dq, a->ln1, w.wq, N, C, C);
+        moe__matmul_backward(s->dln, gw.wk, dk, a->ln1, w.wk, N, C, KC);
         moe__matmul_backward(s->dln, gw.wv, s->dv, a->ln1, w.wv, N, C, KC);
         moe__rmsnorm_backward(s->dresid, gw.ln1, s->dln, s->resid[l], w.ln1, a->rstd1, N, C);
         moe__prof_end(prof, MOE_PHASE_ATTENTION, t);

@@ -28,7 +28,7 @@ static size_t up(size_t b) { return (b + ALIGN - 1) / ALIGN * ALIGN; }
 static size_t bf16_elems(const moe_model *m) {
     const moe_config *c = &m->cfg;
     int64_t N = (int64_t)m->max_batch * c->seq_len, C = c->n_embd, V = c->vocab_size, Fd = c->ffn_hidden;
-    int64_t F = c->expert_hidden, SF = (int64_t)c->n_shared * F, P = N * moe__model_max_slots(c, m->max_e);
+    int64_t F = c->expert_hidden, SF = moe__shared_width(c), P = N * moe__model_max_slots(c, m->max_e);
     int64_t A = (int64_t)m->max_batch * c->n_head * c->seq_len * c->seq_len; // attention probabilities
     int64_t sizes[] = {N * V, V * C, N * C, C * C, N * Fd, Fd * C, P * F, P * C, F * C, N * SF, SF * C, A};
     int64_t mx = 0;

@@ -148,7 +148,7 @@ static moe_status moe_forward(moe_model *m, int l, float *y, const float *x, int
     moe__cuda_prof_mark(s->prof, MOE_PHASE_EXPERTS);
     TRY(moe__cuda_combine(y, mc->ye, mc->gate, mc->row_of, N, slots, C));
     moe__cuda_prof_mark(s->prof, MOE_PHASE_COMBINE);
-    if (d.S > 0) TRY(ffn_forward(s, y, mc->sh1, mc->sh3, mc->sact, x, w.moe.sw1, w.moe.sw3, w.moe.sw2, N, C, d.S * F, 1));
+    if (d.SF > 0) TRY(ffn_forward(s, y, mc->sh1, mc->sh3, mc->sact, x, w.moe.sw1, w.moe.sw3, w.moe.sw2, N, C, d.SF, 1));
     moe__cuda_prof_mark(s->prof, MOE_PHASE_EXPERTS);
     layer_stats(m, l, &d, N, cap);
     return MOE_STATUS_OK;
@@ -164,9 +164,9 @@ static moe_status moe_backward(moe_model *m, int l, float *dx, const float *dy, 
     int64_t N = (int64_t)m->B * T;
     int E = d.E, C = d.C, F = d.F, slots = moe__moe_slots(&d);
     const int64_t *off = layer_counts(m, l);
-    if (d.S > 0)
+    if (d.SF > 0)
         TRY(ffn_backward(s, dx, gw.moe.sw1, gw.moe.sw3, gw.moe.sw2, dy, x, mc->sh1, mc->sh3, mc->sact, w.moe.sw1,
-                         w.moe.sw3, w.moe.sw2, N, C, d.S * F));
+                         w.moe.sw3, w.moe.sw2, N, C, d.SF));
     moe__cuda_prof_mark(s->prof, MOE_PHASE_EXPERTS);
     TRY(moe__cuda_combine_backward(ms->dye, ms->dgate, dy, mc->ye, mc->gate, mc->row_of, N, slots, C));
     TRY(moe__cuda_memset(ms->dxe, 0, (size_t)off[E] * C * sizeof(float)));

@@ -296,11 +296,16 @@ static int parse_layers(const char *spec, int L, unsigned char *mask) {
         return 1;
     }
     const char *s = spec;
-    while (*s) {
+    while (*s) { // a list of layers and ranges a-b
         char *end;
-        long l = strtol(s, &end, 10);
+        long l = strtol(s, &end, 10), hi = l;
         if (end == s || l < 0 || l >= L) return 0;
-        mask[l] = 1;
+        if (*end == '-') {
+            const char *h = end + 1;
+            hi = strtol(h, &end, 10);
+            if (end == h || hi < l || hi >= L) return 0;
+        }
+        for (long i = l; i <= hi; i++) mask[i] = 1;
         s = end;
         if (*s == ',') s++;
         else if (*s) return 0;
@@ -345,6 +350,10 @@ moe_status moe_config_validate(const moe_config *c) {
         return moe__err(MOE_STATUS_CONFIG, "config: n_head = %d does not divide n_embd = %d", c->n_head, c->n_embd);
     if (c->n_kv_head && c->n_head % c->n_kv_head != 0)
         return moe__err(MOE_STATUS_CONFIG, "config: n_kv_head = %d does not divide n_head = %d", c->n_kv_head, c->n_head);
+    if (c->shared_hidden && !c->n_shared)
+        return moe__err(MOE_STATUS_CONFIG, "config: shared_hidden = %d needs shared experts (n_shared >= 1)", c->shared_hidden);
+    if (c->shared_gate && !c->n_shared)
+        return moe__err(MOE_STATUS_CONFIG, "config: shared_gate needs shared experts (n_shared >= 1)");
     if ((c->n_embd / c->n_head) % 2 != 0)
         return moe__err(MOE_STATUS_CONFIG, "config: head size n_embd/n_head = %d must be even for RoPE",
                         c->n_embd / c->n_head);

@@ -52,6 +52,15 @@ moe_status moe_device_supports(const moe_device *d, const moe_config *c) {
     if (d->kind == MOE_DEVICE_CUDA && c->n_kv_head && c->n_kv_head != c->n_head)
         return moe__err(MOE_STATUS_ARG, "--device cuda: grouped-query attention (n_kv_head = %d of n_head = %d) is not on "
                                         "the GPU yet; run it on the CPU", c->n_kv_head, c->n_head);
+    const char *missing = !c->n_shared ? NULL
+                          : c->shared_gate ? "the shared-expert gate (shared_gate)"
+                          : c->shared_hidden && c->shared_hidden != c->n_shared * c->expert_hidden
+                              ? "a shared-expert width of its own (shared_hidden)"
+                              : NULL;
+    if (c->qkv_bias) missing = "q/k/v biases (qkv_bias)";
+    if (c->qk_norm) missing = "QK-norm (qk_norm)";
+    if (d->kind == MOE_DEVICE_CUDA && missing)
+        return moe__err(MOE_STATUS_ARG, "--device cuda: %s is not on the GPU yet; run it on the CPU", missing);
     return MOE_STATUS_OK;
 }
 

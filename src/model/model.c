@@ -40,8 +40,8 @@ static moe_status build_table(moe_model *m) {
     const moe_config *c = &m->cfg;
     int L = c->n_layer;
     int64_t C = c->n_embd, V = c->vocab_size, F = c->expert_hidden, KC = (int64_t)moe__kv_heads(c) * (C / c->n_head);
-    int64_t SF = (int64_t)c->n_shared * c->expert_hidden, Fd = c->ffn_hidden;
-    m->tensors = calloc((size_t)L * 16 + 4, sizeof(moe__tensor));
+    int64_t SF = moe__shared_width(c), Fd = c->ffn_hidden;
+    m->tensors = calloc((size_t)L * 24 + 4, sizeof(moe__tensor));
     m->lo = calloc((size_t)L, sizeof(moe__layer_off));
     m->moe_slot = calloc((size_t)L, sizeof(int));
     m->n_exp = calloc((size_t)L, sizeof(int));
@@ -56,6 +56,15 @@ static moe_status build_table(moe_model *m) {
         o->wq = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.q_proj.weight"), 2, C, C, 0);
         o->wk = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.k_proj.weight"), 2, KC, C, 0);
         o->wv = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("self_attn.v_proj.weight"), 2, KC, C, 0);
+        if (c->qkv_bias) { // Qwen2; no weight decay, as the norms
+            o->bq = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ZERO, l, NAME("self_attn.q_proj.bias"), 1, C, 0, 0);
+            o->bk = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ZERO, l, NAME("self_attn.k_proj.bias"), 1, KC, 0, 0);
+            o->bv = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ZERO, l, NAME("self_attn.v_proj.bias"), 1, KC, 0, 0);
+        }
+        if (c->qk_norm) { // OLMoE: over the whole projections, not per head
+            o->qn = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ONE, l, NAME("self_attn.q_norm.weight"), 1, C, 0, 0);
+            o->kn = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ONE, l, NAME("self_attn.k_norm.weight"), 1, KC, 0, 0);
+        }
         o->wo = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_PROJ, l, NAME("self_attn.o_proj.weight"), 2, C, C, 0);
         o->ln2 = add_tensor(m, MOE_GROUP_NORM, MOE_INIT_ONE, l, NAME("post_attention_layernorm.weight"), 1, C, 0, 0);
         if (moe_config_layer_is_moe(c, l)) {
@@ -79,6 +88,8 @@ static moe_status build_table(moe_model *m) {
                 o->sw1 = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("block_sparse_moe.shared_experts.gate_proj.weight"), 2, SF, C, 0);
                 o->sw3 = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("block_sparse_moe.shared_experts.up_proj.weight"), 2, SF, C, 0);
                 o->sw2 = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_PROJ, l, NAME("block_sparse_moe.shared_experts.down_proj.weight"), 2, C, SF, 0);
+                if (c->shared_gate)
+                    o->sg = add_tensor(m, MOE_GROUP_DENSE, MOE_INIT_NORMAL, l, NAME("block_sparse_moe.shared_expert_gate.weight"), 2, 1, C, 0);
             }
         } else {
             m->moe_slot[l] = -1;

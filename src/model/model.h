@@ -13,6 +13,11 @@
 
 /* Key/value heads: n_kv_head, or n_head when 0 (multi-head attention). */
 static inline int moe__kv_heads(const moe_config *c) { return c->n_kv_head ? c->n_kv_head : c->n_head; }
+/* Hidden width of the shared experts together (one fused SwiGLU): shared_hidden, or
+ * n_shared * expert_hidden when 0; 0 without shared experts. */
+static inline int64_t moe__shared_width(const moe_config *c) {
+    return !c->n_shared ? 0 : c->shared_hidden ? c->shared_hidden : (int64_t)c->n_shared * c->expert_hidden;
+}
 
 /* moe_config_apply_json; with exact_u64 = 0 a u64 key may be a JSON number of 2^53 or more, read
  * as the nearest double (checkpoints written before such values were strings). */
@@ -28,10 +33,13 @@ typedef struct {
 /* Offsets (in floats) of one layer's tensors; -1 when absent. */
 typedef struct {
     int64_t ln1, wq, wk, wv, wo, ln2;
+    int64_t bq, bk, bv;                 /* q/k/v biases (qkv_bias) */
+    int64_t qn, kn;                     /* QK-norm gains (qk_norm) */
     int64_t w1, w3, w2;                 /* dense FFN */
     int64_t wg, wnoise, bias;           /* MoE router, noise projection, selection bias */
     int64_t ew1, ew3, ew2;              /* routed experts */
     int64_t sw1, sw3, sw2;              /* shared experts */
+    int64_t sg;                         /* shared-expert gate (shared_gate) */
 } moe__layer_off;
 
 typedef struct moe__backend moe__backend;

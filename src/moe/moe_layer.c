@@ -144,8 +144,19 @@ moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const m
     }
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
     t = moe__prof_begin(d->prof);
-    if (d->S > 0)
-        moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->S * F, 1);
+    if (d->SF > 0 && !d->shared_gate)
+        moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 1);
+    if (d->SF > 0 && d->shared_gate) { // y_n += sigmoid(x_n . sg) sy_n (Qwen2-MoE)
+        moe__ffn_forward(c->sy, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 0);
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *xn = x + n * C, *sy = c->sy + n * C;
+            float z = 0.0f, *yn = y + n * C;
+            for (int i = 0; i < C; i++) z += xn[i] * w->sg[i];
+            float g = c->sgate[n] = 1.0f / (1.0f + expf(-z));
+            for (int i = 0; i < C; i++) yn[i] += g * sy[i];
+        }
+    }
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     return MOE_STATUS_OK;
 }
@@ -167,7 +178,7 @@ static void ffn_token_ref(double *out, const float *xn, const float *w1, const f
 
 moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *x, const moe__moe_weights *w,
                                 const moe__moe_dims *d, int64_t N) {
-    int C = d->C, F = d->F, SF = d->S * d->F, slots = moe__moe_slots(d);
+    int C = d->C, F = d->F, SF = d->SF, slots = moe__moe_slots(d);
     double *acc = malloc((size_t)C * sizeof(double));
     if (!acc) return moe__err(MOE_STATUS_NOMEM, "MoE reference forward: cannot allocate %d doubles", C);
     for (int64_t n = 0; n < N; n++) {
@@ -179,11 +190,41 @@ moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *
             ffn_token_ref(acc, xn, w->w1 + (int64_t)e * F * C, w->w3 + (int64_t)e * F * C,
                           w->w2 + (int64_t)e * C * F, C, F, c->gate[n * slots + s]);
         }
-        if (d->S > 0) ffn_token_ref(acc, xn, w->sw1, w->sw3, w->sw2, C, SF, 1.0);
+        double sg = 1.0;
+        if (SF > 0 && d->shared_gate) {
+            double z = 0;
+            for (int i = 0; i < C; i++) z += (double)xn[i] * w->sg[i];
+            sg = 1.0 / (1.0 + exp(-z));
+        }
+        if (SF > 0) ffn_token_ref(acc, xn, w->sw1, w->sw3, w->sw2, C, SF, sg);
         for (int i = 0; i < C; i++) y[n * C + i] = (float)acc[i];
     }
     free(acc);
     return MOE_STATUS_OK;
+}
+
+/* y_n += g_n sy_n with g_n = sigmoid(x_n . sg): dsy_n = g_n dy_n (into dsy, the caller's scratch
+ * of N rows, free before the combine's), dz_n = (dy_n . sy_n) g_n (1 - g_n) (into dz),
+ * dsg += sum_n dz_n x_n (by column, in token order: deterministic), dx_n += dz_n sg. */
+static void shared_gate_backward(float *dx, float *dsg, float *dsy, float *dz, const float *dy, const float *x,
+                                 const float *sg, const moe__moe_cache *c, int64_t N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *dyn = dy + n * C, *sy = c->sy + n * C;
+        float g = c->sgate[n], dot = 0.0f, *d = dsy + n * C, *dxn = dx + n * C;
+        for (int i = 0; i < C; i++) {
+            dot += dyn[i] * sy[i];
+            d[i] = g * dyn[i];
+        }
+        float z = dz[n] = dot * g * (1.0f - g);
+        for (int i = 0; i < C; i++) dxn[i] += z * sg[i];
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < C; i++) {
+        float acc = 0.0f;
+        for (int64_t n = 0; n < N; n++) acc += dz[n] * x[n * C + i];
+        dsg[i] += acc;
+    }
 }
 
 moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
@@ -191,11 +232,16 @@ moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scra
                              const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls) {
     int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
     int64_t R = c->offsets[E];
-    // y += shared(x)
+    // y += shared(x), or y += sigmoid(x . sg) shared(x)
     double t = moe__prof_begin(d->prof);
-    if (d->S > 0)
-        moe__ffn_backward(dx, g->sw1, g->sw3, g->sw2, s->dact, s->dh1, s->dh3, dy, x, c->sh1, c->sh3, c->sact,
-                          w->sw1, w->sw3, w->sw2, N, C, d->S * F);
+    const float *dys = dy;
+    if (d->SF > 0 && d->shared_gate) {
+        shared_gate_backward(dx, g->sg, s->dye, s->dgate, dy, x, w->sg, c, N, C);
+        dys = s->dye;
+    }
+    if (d->SF > 0)
+        moe__ffn_backward(dx, g->sw1, g->sw3, g->sw2, s->dact, s->dh1, s->dh3, dys, x, c->sh1, c->sh3, c->sact,
+                          w->sw1, w->sw3, w->sw2, N, C, d->SF);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     t = moe__prof_begin(d->prof);
     // y_n = sum_s gate_ns ye_row: dye_row = gate_ns dy_n, dgate_ns = dy_n . ye_row (0 if not kept)
@@ -251,7 +297,7 @@ moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scra
 /* ---------------------------------------------------------------- memory plan */
 
 void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims *d, int64_t N, int64_t P) {
-    int64_t B = N / d->T, C = d->C, E = d->E, F = d->F, SF = (int64_t)d->S * d->F;
+    int64_t B = N / d->T, C = d->C, E = d->E, F = d->F, SF = d->SF;
     int noisy = d->routing == MOE_ROUTING_NOISY_TOPK, jitter = d->jitter_eps > 0.0f;
     c->xr = jitter ? MOE_TAKE_F(p, N * C) : NULL;
     c->jit = jitter ? MOE_TAKE_F(p, N * C) : NULL;
@@ -289,6 +335,8 @@ void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims
     c->sh1 = MOE_TAKE_F(p, N * SF);
     c->sh3 = MOE_TAKE_F(p, N * SF);
     c->sact = MOE_TAKE_F(p, N * SF);
+    c->sy = d->shared_gate ? MOE_TAKE_F(p, N * C) : NULL;
+    c->sgate = d->shared_gate ? MOE_TAKE_F(p, N) : NULL;
     c->scratch_idx = MOE_TAKE_I(p, 2 * (P > N ? P : N));
 }
 
@@ -309,6 +357,6 @@ void moe__moe_plan_scratch(moe__planner *p, moe__moe_scratch *s, const moe__moe_
 }
 
 int64_t moe__moe_hidden_scratch(const moe__moe_dims *d, int64_t N, int64_t P) {
-    int64_t PL = d->ep > 1 ? d->ep * P : P, a = PL * d->F, b = N * d->S * d->F;
+    int64_t PL = d->ep > 1 ? d->ep * P : P, a = PL * d->F, b = N * d->SF;
     return a > b ? a : b;
 }

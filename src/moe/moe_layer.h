@@ -13,7 +13,9 @@
 #include <stdint.h>
 
 typedef struct {
-    int E, K, F, S, C;
+    int E, K, F, C;
+    int SF;                      /* hidden width of the shared experts (one SwiGLU); 0 = none */
+    int shared_gate;             /* shared output times sigmoid(x . sg) (Qwen2-MoE) */
     int T;                       /* tokens per sequence: N = B*T (sequence-level aux loss) */
     moe_routing routing;
     moe_score score;
@@ -50,8 +52,9 @@ typedef struct {
     float *bias;                 /* (E) aux-loss-free selection bias (a buffer, no gradient), or NULL */
     float *w1, *w3;              /* (E,F,C) */
     float *w2;                   /* (E,C,F) */
-    float *sw1, *sw3;            /* (S*F,C) shared experts fused as one SwiGLU of width S*F */
-    float *sw2;                  /* (C,S*F) (DeepSeek's shared_experts layout) */
+    float *sw1, *sw3;            /* (SF,C) shared experts fused as one SwiGLU of width SF */
+    float *sw2;                  /* (C,SF) (DeepSeek's shared_experts layout) */
+    float *sg;                   /* (1,C) shared-expert gate, or NULL */
 } moe__moe_weights;
 
 /* Row markers in row_of besides a row index. */
@@ -78,7 +81,8 @@ typedef struct {
     float *imp, *loadest;        /* (E) noisy top-K importance and smooth load */
     float *xe, *ye;              /* (P,C) gathered inputs, expert outputs */
     float *h1, *h3, *act;        /* (P,F) */
-    float *sh1, *sh3, *sact;     /* (N,S*F) shared experts */
+    float *sh1, *sh3, *sact;     /* (N,SF) shared experts */
+    float *sy, *sgate;           /* (N,C) shared output before its gate, (N) the gate (shared_gate) */
     int *scratch_idx;            /* (2P) for capacity selection */
     /* expert parallelism (ep > 1): rows this rank's experts received from the ep group, at most
      * PL = ep*P, in local-expert-contiguous order; h1, h3, act are then (PL,F) for these rows */
@@ -95,7 +99,7 @@ typedef struct {
 /* Scratch for the MoE backward pass, sized for N tokens. */
 typedef struct {
     float *dye, *dxe;            /* (P,C) */
-    float *dact, *dh1, *dh3;     /* (max(P*F, N*S*F)) */
+    float *dact, *dh1, *dh3;     /* (max(P*F, N*SF)) */
     float *dgate;                /* (N,slots) d loss / d gate weight */
     float *dlogits;              /* (N,E) */
     float *dnoise;               /* (N,E) d loss / d noise_raw (noisy top-K) */

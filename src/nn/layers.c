@@ -30,6 +30,21 @@ void moe__embedding_backward(float *gwte, const float *dx, const int *tokens, in
 
 /* ---------------------------------------------------------------- RMSNorm */
 
+void moe__bias_forward(float *out, const float *b, int64_t N, int O) {
+#pragma omp parallel for schedule(static) if (N * O > 4096)
+    for (int64_t n = 0; n < N; n++)
+        for (int o = 0; o < O; o++) out[n * O + o] += b[o];
+}
+
+void moe__bias_backward(float *db, const float *dout, int64_t N, int O) {
+#pragma omp parallel for schedule(static) if (N * O > 4096)
+    for (int o = 0; o < O; o++) {
+        float acc = 0.0f;
+        for (int64_t n = 0; n < N; n++) acc += dout[n * O + o];
+        db[o] += acc;
+    }
+}
+
 void moe__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int C, float eps) {
     // x is (N,C), w is (C), out is (N,C), rstd is (N)
 #pragma omp parallel for schedule(static)

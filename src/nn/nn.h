@@ -39,6 +39,11 @@ void moe__matmul_backward_ref(float *dx, float *dw, const float *dout, const flo
 void moe__embedding_forward(float *x, const float *wte, const int *tokens, int64_t N, int C);
 void moe__embedding_backward(float *gwte, const float *dx, const int *tokens, int64_t N, int C);
 
+/* out (N,O) += b (O) on every row; backward: db += the column sums of dout, row by row in order. */
+void moe__bias_forward(float *out, const float *b, int64_t N, int O);
+void moe__bias_backward(float *db, const float *dout, int64_t N, int O);
+
+/* out may be x (in place). */
 void moe__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int C, float eps);
 void moe__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                            const float *rstd, int64_t N, int C);
