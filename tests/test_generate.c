@@ -37,6 +37,11 @@ static moe_model *make(const char *extra, int T, uint64_t seed) {
     moe_model *m;
     CHECK_OK(moe_model_create(&c, 4, &m));
     moe_model_init(m, seed);
+    // biases start at zero and norms at one: move every tensor off its start, so each one counts
+    float *p = moe_model_params(m);
+    moe__rng r;
+    moe__rng_seed(&r, seed);
+    for (int64_t i = 0; i < moe_model_n_params(m); i++) p[i] += 0.05f * moe__rng_normal(&r);
     return m;
 }
 
@@ -218,6 +223,9 @@ int main(void) {
         {"dense and MoE layers mixed", "moe_layers=every:2 n_shared=2"},
         {"dense only", "moe_layers=none"},
         {"grouped-query attention (3 heads on 1)", "n_kv_head=1"},
+        {"Qwen2-MoE: q/k/v biases, gated shared expert of its own width, dense layer, unnormalised",
+         "qkv_bias=true n_shared=1 shared_gate=true shared_hidden=20 moe_layers=1-2 norm_topk=false"},
+        {"OLMoE: QK-norm with grouped-query attention", "qk_norm=true n_kv_head=1 norm_topk=false"},
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) teacher_forced(v[i].name, v[i].sets);
     batch_steps();

@@ -65,6 +65,20 @@ static const ref_case cases[] = {
      {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=3",
       "top_k=1", "expert_hidden=12", "moe_layers=1", "routing=soft", "aux_loss_coef=0.0", "z_loss_coef=0.001",
       "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
+    /* Qwen2-MoE: q/k/v biases, grouped-query attention, a gated shared expert of its own width, a
+     * dense layer (then layers 1-2 MoE), top-K not renormalised, dropless */
+    {"case_g", 0, 0, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=3", "n_head=4", "n_kv_head=2", "ffn_hidden=20",
+      "n_experts=4", "top_k=2", "expert_hidden=12", "n_shared=1", "shared_hidden=18", "shared_gate=true",
+      "qkv_bias=true", "moe_layers=1-2", "norm_topk=false", "capacity_factor=0", "aux_loss_coef=0.01",
+      "z_loss_coef=0.001", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
+    /* OLMoE: QK-norm over the whole q and k projections (k with 2 key/value heads of 4), top-K
+     * not renormalised, dropless, router z-loss */
+    {"case_h", 0, 0, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=4", "n_kv_head=2", "ffn_hidden=20",
+      "n_experts=6", "top_k=2", "expert_hidden=12", "qk_norm=true", "moe_layers=all", "norm_topk=false",
+      "capacity_factor=0", "aux_loss_coef=0.01", "z_loss_coef=0.001", "batch_size=2", "lr=0.01",
+      "warmup_steps=2", "steps=4", NULL}},
 };
 
 /* The noise seed of the forward at step s (noisy top-K draws), the same in both modes. */
@@ -103,10 +117,15 @@ static void write_init(const char *dir) {
             // aux-loss-free bias: random values so that the bias changes selections
             moe__rng br;
             moe__rng_seed(&br, seed);
+            // q/k/v biases (zero at init) and QK-norm gains (one) random too, so that they count
             for (int i = 0; i < moe_model_n_tensors(m); i++) {
                 const moe_tensor_info *t = moe_model_tensor(m, i);
-                if (t->group == MOE_GROUP_BUFFER)
-                    for (int64_t j = 0; j < t->numel; j++) moe_model_params(m)[t->offset + j] = 0.1f * moe__rng_normal(&br);
+                size_t nl = strlen(t->name);
+                int bias = nl > 5 && !strcmp(t->name + nl - 5, ".bias");
+                int qk = nl > 12 && !strcmp(t->name + nl - 12, "_norm.weight");
+                float *p = moe_model_params(m) + t->offset;
+                if (t->group == MOE_GROUP_BUFFER || bias || qk)
+                    for (int64_t j = 0; j < t->numel; j++) p[j] = (qk ? 1.0f : 0.0f) + 0.1f * moe__rng_normal(&br);
             }
             moe__model_set_noise_seed(m, step_seed(0));
             CHECK_OK(moe_model_forward(m, tok, tgt, c.batch_size, c.seq_len, 1, NULL));

@@ -55,9 +55,13 @@ Cases (configs in tests/test_ref.c)
   case_d  noisy top-2 with importance and load losses (noise.weight trained in the router group)
   case_e  expert choice
   case_f  dense soft mixture of 3 experts in one of two layers
+  case_g  Qwen2-MoE: q/k/v biases, grouped-query attention, a shared expert of its own width
+          scaled by sigmoid(x . shared_expert_gate), a dense layer, top-K not renormalised
+  case_h  OLMoE: QK-norm (an RMSNorm over the whole q projection, C wide, and one over the whole
+          k projection, n_kv_head * head_dim wide, before the split into heads and RoPE)
 
 Training: torch.optim.AdamW (betas (0.9, 0.95), eps 1e-8, weight decay 0.1 except for the norm
-weights), per-group learning-rate multipliers for the routed experts and the router (gate and
+weights and biases), per-group learning-rate multipliers for the routed experts and the router (gate and
 noise weights), a LambdaLR linear-warmup + cosine schedule (floor 0.1 * lr), clip_grad_norm_(all
 trainable params, 1.0) before each step.  The bias buffers get no gradient, are not optimised and
 are not updated.  The training hyperparameters are fixed per case below (copied from the case
@@ -84,7 +88,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-CASES = ["case_a", "case_b", "case_c", "case_d", "case_e", "case_f"]
+CASES = ["case_a", "case_b", "case_c", "case_d", "case_e", "case_f", "case_g", "case_h"]
 NSTEPS = 4
 
 # Training hyperparameters per case (the spec; not read from the model file).
@@ -95,6 +99,8 @@ TRAIN = {
     "case_d": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
     "case_e": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
     "case_f": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_g": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_h": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
 }
 WEIGHT_DECAY = 0.1
 BETAS = (0.9, 0.95)
@@ -174,7 +180,11 @@ def moe_layer_set(spec, n_layer):
     if spec.startswith("every:"):
         k = int(spec[len("every:") :])
         return {l for l in range(n_layer) if (l + 1) % k == 0}
-    return {int(s) for s in spec.split(",") if s.strip()}
+    out = set()
+    for s in spec.split(","):
+        lo, _, hi = s.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def rms_norm(x, w, eps):
@@ -202,9 +212,17 @@ def attention(x, P, pre, cfg):
     H = cfg["n_head"]
     Hkv = cfg.get("n_kv_head") or H  # grouped-query attention: each key/value head serves H // Hkv heads
     D = C // H
-    q = F.linear(x, P[pre + "self_attn.q_proj.weight"]).view(B, T, H, D).transpose(1, 2)
-    k = F.linear(x, P[pre + "self_attn.k_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
-    v = F.linear(x, P[pre + "self_attn.v_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    a = pre + "self_attn."
+    q = F.linear(x, P[a + "q_proj.weight"], P.get(a + "q_proj.bias"))  # Qwen2: biases
+    k = F.linear(x, P[a + "k_proj.weight"], P.get(a + "k_proj.bias"))
+    v = F.linear(x, P[a + "v_proj.weight"], P.get(a + "v_proj.bias"))
+    if a + "q_norm.weight" in P:  # OLMoE: over the whole projections, before the split into heads
+        eps = float(cfg["norm_eps"])
+        q = rms_norm(q, P[a + "q_norm.weight"], eps)
+        k = rms_norm(k, P[a + "k_norm.weight"], eps)
+    q = q.view(B, T, H, D).transpose(1, 2)
+    k = k.view(B, T, Hkv, D).transpose(1, 2)
+    v = v.view(B, T, Hkv, D).transpose(1, 2)
     cos, sin = rope_tables(T, D, float(cfg["rope_theta"]))
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
@@ -345,9 +363,12 @@ def moe_ffn(x, P, pre, cfg, B, T, noise_eps):
             continue
         out = swiglu(x[tok], w1[e], w3[e], w2[e])  # [n_e, C]
         y = y.index_add(0, tok, out * g.unsqueeze(-1))
-    if cfg["n_shared"] > 0:
+    if int(cfg["n_shared"]) > 0:
         sh = m + "shared_experts."
-        y = y + swiglu(x, P[sh + "gate_proj.weight"], P[sh + "up_proj.weight"], P[sh + "down_proj.weight"])
+        ys = swiglu(x, P[sh + "gate_proj.weight"], P[sh + "up_proj.weight"], P[sh + "down_proj.weight"])
+        if m + "shared_expert_gate.weight" in P:  # Qwen2-MoE
+            ys = torch.sigmoid(F.linear(x, P[m + "shared_expert_gate.weight"])) * ys
+        y = y + ys
 
     # load balancing (counts are constants: no gradient)
     f = load.to(torch.float32) / float(load.sum())
@@ -436,7 +457,8 @@ def param_groups(P, hp):
     for name, p in P.items():
         if is_buffer(name):
             continue
-        is_norm = name.endswith("layernorm.weight") or name == "model.norm.weight"
+        # norms (QK-norm too) and biases: no weight decay
+        is_norm = name.endswith("norm.weight") or name.endswith(".bias")
         if ".block_sparse_moe.experts." in name:
             mult = hp["expert_lr_mult"]
         elif name.endswith("block_sparse_moe.gate.weight") or name.endswith("block_sparse_moe.noise.weight"):
