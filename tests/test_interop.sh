@@ -4,6 +4,8 @@
 #   - export -> import gives back the same model: bit-identical logits in f32, close in bf16;
 #   - sparse upcycling of a dense model (moe import and moe train --init-from) computes the dense
 #     model's function at the start (norm_topk: the K gate weights sum to 1 over equal experts);
+#   - Qwen2-MoE and OLMoE exports import back bit for bit; OLMoE written by a newer transformers
+#     (a committed fixture) imports with its logits, trains, and goes out and back;
 #   - Hugging Face directories that are broken or hold what moe cannot represent get a message
 #     naming the file and field, never a crash.
 # usage: test_interop.sh path/to/moe
@@ -60,6 +62,44 @@ logits "$W/back_sh" "$W/back_sh.bin"
 checks=$((checks + 1))
 cmp -s "$W/run.bin" "$W/back_sh.bin" || fail "sharded import changed the logits"
 
+# --- the open families both ways: each export imports back to the same weights, bit for bit
+# (Qwen2-MoE with its own q/k/v biases, gated shared expert of its own width, dense layers and
+# grouped-query attention; OLMoE with QK-norm), and the family is the one asked for
+for spec in "qwen2_moe:--set qkv_bias=1 --set n_shared=1 --set shared_gate=1 --set shared_hidden=40 --set n_kv_head=2 --set moe_layers=1-2 --set n_layer=4 --set norm_topk=0" \
+            "olmoe:--set qk_norm=1 --set n_kv_head=2 --set norm_topk=0" "olmoe:--set qk_norm=1 --set tie_embeddings=1"; do
+    IFS=: read -r fam sets <<< "$spec"
+    checks=$((checks + 2))
+    # shellcheck disable=SC2086
+    "$MOE" train --data "$W/corpus.txt" --out "$W/fam" --steps 5 "${TINY[@]}" $sets || { fail "train $sets"; continue; }
+    "$MOE" export --ckpt "$W/fam" --out "$W/fam_hf" > "$W/fam.out" || { fail "export $sets"; continue; }
+    grep -q "$(sed 's/qwen2_moe/Qwen2MoeForCausalLM/; s/olmoe/OlmoeForCausalLM/' <<< "$fam")" "$W/fam.out" \
+        || fail "$sets: exported as $(cat "$W/fam.out"), not $fam"
+    "$MOE" import --from "$W/fam_hf" --out "$W/fam_back" > /dev/null || { fail "import $fam export"; continue; }
+    same_tensors "$W/fam/model.safetensors" "$W/fam_back/model.safetensors" || fail "$sets: export -> import changed the weights"
+    rm -rf "$W/fam" "$W/fam_hf" "$W/fam_back"
+done
+# OLMoE, written by transformers 4.45.2 (tests/hf/olmoe/README.md; CI's transformers has no
+# OLMoE): imported, its logits are transformers' within 1e-5; through the KV cache too; it trains
+# 20 steps and goes out and back in bit for bit
+OLM="$SRC/tests/hf/olmoe"
+checks=$((checks + 4))
+"$MOE" import --from "$OLM" --out "$W/olm" > /dev/null || fail "import the OLMoE fixture"
+"$MOE" logits --ckpt "$W/olm" --tokens "$OLM/tokens.txt" --out "$W/olm.bin" || fail "logits of the OLMoE import"
+d=$(maxdiff "$OLM/logits.bin" "$W/olm.bin")
+echo "OLMoE (transformers 4.45.2 fixture): max |logit difference| against transformers = $d"
+within "$d" 1e-5 || fail "OLMoE import: logits differ from transformers' by $d"
+"$MOE" logits --ckpt "$W/olm" --tokens "$OLM/tokens.txt" --out "$W/olm.kv" --kv-cache || fail "OLMoE logits --kv-cache"
+d=$(maxdiff "$W/olm.bin" "$W/olm.kv")
+within "$d" 2e-5 || fail "OLMoE: the KV cache differs from the forward by $d"
+"$MOE" train --data "$W/corpus.txt" --out "$W/olm_t" --steps 20 --init-from "$OLM" --set batch_size=2 --set seq_len=32 \
+    --quiet || fail "train --init-from the OLMoE fixture"
+"$MOE" export --ckpt "$W/olm_t" --out "$W/olm_hf" > /dev/null || fail "export the trained OLMoE"
+"$MOE" import --from "$W/olm_hf" --out "$W/olm_back" > /dev/null || fail "import the trained OLMoE's export"
+same_tensors "$W/olm_t/model.safetensors" "$W/olm_back/model.safetensors" || fail "trained OLMoE: export -> import changed the weights"
+checks=$((checks + 1))
+"$MOE" logits --ckpt "$W/olm_t" --tokens "$OLM/tokens.txt" --out "$W/olm_t.bin" || fail "logits of the trained OLMoE"
+within "$(maxdiff "$OLM/logits.bin" "$W/olm_t.bin")" 1e-3 && fail "20 steps of training left the OLMoE logits as they were"
+
 # --- sparse upcycling: a dense model's FFN copied into every expert
 "$MOE" train --data "$W/corpus.txt" --out "$W/dense" --steps 10 "${TINY[@]}" --set moe_layers=none || fail "train dense"
 logits "$W/dense" "$W/dense.bin"
@@ -114,6 +154,12 @@ expect_error "missing expert" "expert 4 of 'model.layers.0.block_sparse_moe.expe
     "$MOE" import --from "$W/h7" --out "$W/x"
 edit_config "$W/h8" "del c['hidden_size']"
 expect_error "missing field" "field 'hidden_size' is missing" -- "$MOE" import --from "$W/h8" --out "$W/x"
+edit_config "$W/h12" "c['model_type'] = 'olmoe'; c['num_experts'] = 4; c['clip_qkv'] = 8.0"
+expect_error "OLMoE clip_qkv" "clip_qkv is set" -- "$MOE" import --from "$W/h12" --out "$W/x"
+edit_config "$W/h13" "c['model_type'] = 'qwen2_moe'; c['num_experts'] = 4; c['mlp_only_layers'] = [0, 5]"
+expect_error "mlp_only_layers" "mlp_only_layers entry 5 is not a layer in [0, 2)" -- "$MOE" import --from "$W/h13" --out "$W/x"
+edit_config "$W/h14" "c['model_type'] = 'olmoe'; c['num_experts'] = 4"
+expect_error "OLMoE without q_norm" "q_norm.weight' of this config has no counterpart" -- "$MOE" import --from "$W/h14" --out "$W/x"
 edit_config "$W/h9" "c['hidden_act'] = 'gelu'"
 expect_error "activation" "hidden_act 'gelu' is not silu" -- "$MOE" import --from "$W/h9" --out "$W/x"
 mkdir -p "$W/h10" && cp "$W/hf_f32/config.json" "$W/h10/"

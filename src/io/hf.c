@@ -3,14 +3,16 @@
  * HFDIR/config.json + HFDIR/model.safetensors (HF key names, experts split per expert, F32 or
  * BF16). "Exactly" means transformers' logits equal ours at inference (eval routing: dropless,
  * no noise).
- *   MixtralForCausalLM: every layer MoE, softmax top-K renormalised, no shared experts.
+ *   MixtralForCausalLM: every layer MoE, softmax top-K renormalised, no shared experts, no
+ *     biases, no QK-norm.
  *   Qwen2MoeForCausalLM: softmax top-K, renormalised or not (norm_topk_prob), dense layers
- *     (mlp_only_layers) and shared experts. Its extra parts are set to what makes it ours: zero
- *     q/k/v biases; a zero shared_expert_gate, so sigmoid gives 1/2 and down_proj is doubled
- *     (exact in binary); our S shared experts are one SwiGLU of width S*F already; with S = 0 a
- *     width-1 shared expert of zeros.
- *   OLMoE cannot be exact: its attention has QK-norm, which ours has not.
- * Both need one expert count, no gate scale and no selection bias. A model that maps onto no
+ *     (mlp_only_layers), shared experts, q/k/v biases, the shared-expert gate. What Qwen2-MoE
+ *     always has and a model may lack is set to what makes it ours: zero q/k/v biases; a zero
+ *     shared_expert_gate, so sigmoid gives 1/2 and down_proj is doubled (exact in binary); with
+ *     no shared experts a width-1 shared expert of zeros.
+ *   OlmoeForCausalLM: QK-norm, every layer MoE, softmax top-K renormalised or not, no shared
+ *     experts, no biases.
+ * All need one expert count, no gate scale and no selection bias. A model that maps onto no
  * family gets an error naming the reason for each.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -52,14 +54,31 @@ static const char *not_mixtral(const moe_model *m, const moe_config *c, char *wh
                         c->n_layer), why;
     if (c->n_shared > 0) return snprintf(why, n, "it has %d shared experts (Mixtral has none)", c->n_shared), why;
     if (!c->norm_topk) return snprintf(why, n, "its top-K weights are not renormalised (Mixtral renormalises)"), why;
+    if (c->qkv_bias) return snprintf(why, n, "its q/k/v projections have biases (Mixtral's have none)"), why;
+    if (c->qk_norm) return snprintf(why, n, "its attention normalises q and k (QK-norm; Mixtral's does not)"), why;
     return not_topk_softmax(m, c, why, n);
 }
 
 static const char *not_qwen2_moe(const moe_model *m, const moe_config *c, char *why, size_t n) {
     if (moe_model_n_moe_layers(m) == 0) return snprintf(why, n, "it has no MoE layer"), why;
+    if (c->qk_norm) return snprintf(why, n, "its attention normalises q and k (QK-norm; Qwen2-MoE's does not)"), why;
     return not_topk_softmax(m, c, why, n);
 }
 
+static const char *not_olmoe(const moe_model *m, const moe_config *c, char *why, size_t n) {
+    if (!c->qk_norm) return snprintf(why, n, "its attention does not normalise q and k (OLMoE's has QK-norm)"), why;
+    if (moe_model_n_moe_layers(m) != c->n_layer)
+        return snprintf(why, n, "only %d of %d layers are MoE (OLMoE has no dense layers)", moe_model_n_moe_layers(m),
+                        c->n_layer), why;
+    if (c->n_shared > 0) return snprintf(why, n, "it has %d shared experts (OLMoE has none)", c->n_shared), why;
+    if (c->qkv_bias) return snprintf(why, n, "its q/k/v projections have biases (OLMoE's have none)"), why;
+    return not_topk_softmax(m, c, why, n);
+}
+
+typedef enum { FAM_MIXTRAL, FAM_QWEN2_MOE, FAM_OLMOE, FAM_COUNT } hf_family;
+static const char *const fam_name[] = {"mixtral", "qwen2_moe", "olmoe"};
+static const char *const fam_arch[] = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "OlmoeForCausalLM"};
+static const char *const fam_title[] = {"Mixtral", "Qwen2-MoE", "OLMoE"};
 
 /* One tensor of the export: HF name, shape, and where its floats come from: the model's (src,
  * times scale), or zeros (src NULL). Made one at a time as it is written. */
@@ -99,23 +118,16 @@ static out_tensor *add(out_list *o, const char *name, int ndim, int64_t d0, int6
 
 static int64_t numel(const out_tensor *t) { return t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1); }
 
-/* Replaces s in name by r (first occurrence) into buf. */
-static const char *rename_part(char *buf, size_t n, const char *name, const char *s, const char *r) {
-    const char *p = strstr(name, s);
-    if (!p) snprintf(buf, n, "%s", name);
-    else snprintf(buf, n, "%.*s%s%s", (int)(p - name), name, r, p + strlen(s));
-    return buf;
-}
-
 /* The model's tensors under the family's names, and the family's extra tensors. */
-static moe_status collect(const moe_model *m, int qwen, out_list *o) {
+static moe_status collect(const moe_model *m, hf_family fam, out_list *o) {
     const moe_config *c = moe_model_config(m);
     moe_status sync = m->be->to_host((moe_model *)m, MOE_BUF_PARAMS);
     if (sync != MOE_STATUS_OK) return sync;
     const float *params = m->params;
-    static const char *const qwen_proj[] = {"gate_proj", "down_proj", "up_proj"}; // w1 w2 w3
-    char name[512], tmp[512];
-    int64_t C = c->n_embd;
+    static const char *const hf_proj[] = {"gate_proj", "down_proj", "up_proj"}; // w1 w2 w3
+    char name[512];
+    int64_t C = c->n_embd, KC = (int64_t)moe__kv_heads(c) * (C / c->n_head);
+    int qwen = fam == FAM_QWEN2_MOE;
     for (int i = 0; i < moe_model_n_tensors(m); i++) {
         const moe_tensor_info *t = moe_model_tensor(m, i);
         if (t->group == MOE_GROUP_BUFFER) continue; // the selection bias, zero (checked)
@@ -124,9 +136,9 @@ static moe_status collect(const moe_model *m, int qwen, out_list *o) {
             const char *w = strstr(t->name, "experts.w") + strlen("experts.w"); // "1.weight"
             int64_t per = t->numel / t->shape[0];
             for (int64_t x = 0; x < t->shape[0]; x++) {
-                if (qwen)
+                if (fam != FAM_MIXTRAL)
                     snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%lld.%s.weight", t->layer, (long long)x,
-                             qwen_proj[w[0] - '1']);
+                             hf_proj[w[0] - '1']);
                 else
                     snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%lld.w%c.weight", t->layer,
                              (long long)x, w[0]);
@@ -134,41 +146,36 @@ static moe_status collect(const moe_model *m, int qwen, out_list *o) {
             }
             continue;
         }
-        const char *hf = t->name;
-        int dbl = 0;
-        if (qwen) {
-            hf = rename_part(name, sizeof name, hf, "block_sparse_moe.gate.", "mlp.gate.");
-            hf = rename_part(tmp, sizeof tmp, hf, "block_sparse_moe.shared_experts.", "mlp.shared_expert.");
-            dbl = strstr(hf, "mlp.shared_expert.down_proj") != NULL; // times 2: the gate gives sigmoid(0) = 1/2
-        }
+        const char *hf = fam == FAM_MIXTRAL ? t->name : moe__hf_rename(name, sizeof name, t->name, 1);
+        // without a gate of its own, Qwen2's zero gate gives sigmoid(0) = 1/2: down_proj doubled
+        int dbl = qwen && !c->shared_gate && strstr(hf, "mlp.shared_expert.down_proj") != NULL;
         if (!add(o, hf, t->ndim, t->shape[0], t->ndim > 1 ? t->shape[1] : 1, src, dbl ? 2.0f : 1.0f))
             return MOE_STATUS_NOMEM;
     }
     if (!qwen) return MOE_STATUS_OK;
-    for (int l = 0; l < c->n_layer; l++) {
+    for (int l = 0; l < c->n_layer; l++) { // what Qwen2-MoE always has and this model may not: zeros
         const char *qkv[] = {"q_proj", "k_proj", "v_proj"};
-        for (int k = 0; k < 3; k++) { // Qwen2 attention has biases: zero
+        for (int k = 0; k < 3 && !c->qkv_bias; k++) {
             snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.bias", l, qkv[k]);
-            if (!add(o, name, 1, C, 1, NULL, 0.0f)) return MOE_STATUS_NOMEM;
+            if (!add(o, name, 1, k ? KC : C, 1, NULL, 0.0f)) return MOE_STATUS_NOMEM;
         }
         if (!moe_config_layer_is_moe(c, l)) continue;
         snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
-        if (!add(o, name, 2, 1, C, NULL, 0.0f)) return MOE_STATUS_NOMEM;
-        if (c->n_shared > 0) continue;
-        for (int k = 0; k < 3; k++) { // no shared experts: one of width 1, all zeros, adds 0
-            snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert.%s.weight", l, qwen_proj[k]);
+        if (!c->shared_gate && !add(o, name, 2, 1, C, NULL, 0.0f)) return MOE_STATUS_NOMEM;
+        for (int k = 0; k < 3 && c->n_shared == 0; k++) { // no shared experts: one of width 1, all zeros, adds 0
+            snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert.%s.weight", l, hf_proj[k]);
             if (!add(o, name, 2, k == 1 ? C : 1, k == 1 ? 1 : C, NULL, 0.0f)) return MOE_STATUS_NOMEM;
         }
     }
     return MOE_STATUS_OK;
 }
 
-static char *config_json(const moe_model *m, int qwen, int bf16) {
+static char *config_json(const moe_model *m, hf_family fam, int bf16) {
     const moe_config *c = moe_model_config(m);
     cJSON *j = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM"));
-    cJSON_AddStringToObject(j, "model_type", qwen ? "qwen2_moe" : "mixtral");
+    cJSON_AddItemToArray(arch, cJSON_CreateString(fam_arch[fam]));
+    cJSON_AddStringToObject(j, "model_type", fam_name[fam]);
     const struct {
         const char *key;
         double value;
@@ -179,11 +186,11 @@ static char *config_json(const moe_model *m, int qwen, int bf16) {
                 {"num_experts_per_tok", c->top_k},     {"attention_dropout", 0.0},
                 {"router_aux_loss_coef", c->aux_loss_coef}, {"initializer_range", c->init_std}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) cJSON_AddNumberToObject(j, nums[i].key, nums[i].value);
-    if (qwen) {
+    if (fam == FAM_QWEN2_MOE) {
         cJSON_AddNumberToObject(j, "intermediate_size", c->ffn_hidden);
         cJSON_AddNumberToObject(j, "moe_intermediate_size", c->expert_hidden);
         cJSON_AddNumberToObject(j, "shared_expert_intermediate_size",
-                                c->n_shared > 0 ? (double)c->n_shared * c->expert_hidden : 1.0);
+                                c->n_shared > 0 ? (double)moe__shared_width(c) : 1.0);
         cJSON_AddNumberToObject(j, "num_experts", c->n_experts);
         cJSON_AddNumberToObject(j, "decoder_sparse_step", 1);
         cJSON_AddBoolToObject(j, "norm_topk_prob", c->norm_topk);
@@ -193,6 +200,13 @@ static char *config_json(const moe_model *m, int qwen, int bf16) {
         cJSON *dense = cJSON_AddArrayToObject(j, "mlp_only_layers");
         for (int l = 0; l < c->n_layer; l++)
             if (!moe_config_layer_is_moe(c, l)) cJSON_AddItemToArray(dense, cJSON_CreateNumber(l));
+    } else if (fam == FAM_OLMOE) {
+        cJSON_AddNumberToObject(j, "intermediate_size", c->expert_hidden);
+        cJSON_AddNumberToObject(j, "num_experts", c->n_experts);
+        cJSON_AddBoolToObject(j, "norm_topk_prob", c->norm_topk);
+        cJSON_AddNullToObject(j, "clip_qkv");
+        cJSON_AddBoolToObject(j, "attention_bias", 0);
+        cJSON_AddNullToObject(j, "pad_token_id"); // its default (1) would make a row of the embedding a padding row
     } else {
         cJSON_AddNumberToObject(j, "intermediate_size", c->expert_hidden);
         cJSON_AddNumberToObject(j, "num_local_experts", c->n_experts);
@@ -270,22 +284,23 @@ static moe_status write_index(const out_list *o, const int *first, int n, int bf
 moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family, int bf16, int64_t max_shard_bytes,
                          const char **written) {
     const moe_config *c = moe_model_config(m);
-    char why_m[256], why_q[256];
-    const char *nm = not_mixtral(m, c, why_m, sizeof why_m), *nq = not_qwen2_moe(m, c, why_q, sizeof why_q);
-    int qwen;
+    char why[FAM_COUNT][256];
+    const char *no[FAM_COUNT] = {not_mixtral(m, c, why[0], sizeof why[0]), not_qwen2_moe(m, c, why[1], sizeof why[1]),
+                                 not_olmoe(m, c, why[2], sizeof why[2])};
+    hf_family fam = FAM_COUNT;
     if (!family || !strcmp(family, "auto")) {
-        if (nm && nq)
-            return moe__err(MOE_STATUS_CONFIG, "export: the model maps onto no Hugging Face family exactly: "
-                            "not Mixtral, as %s; not Qwen2-MoE, as %s", nm, nq);
-        qwen = nm != NULL;
-    } else if (!strcmp(family, "mixtral")) {
-        if (nm) return moe__err(MOE_STATUS_CONFIG, "export: the model does not map onto Mixtral exactly: %s", nm);
-        qwen = 0;
-    } else if (!strcmp(family, "qwen2_moe")) {
-        if (nq) return moe__err(MOE_STATUS_CONFIG, "export: the model does not map onto Qwen2-MoE exactly: %s", nq);
-        qwen = 1;
+        for (int f = FAM_COUNT - 1; f >= 0; f--) // the first that maps: Mixtral, then Qwen2-MoE, then OLMoE
+            if (!no[f]) fam = (hf_family)f;
+        if (fam == FAM_COUNT)
+            return moe__err(MOE_STATUS_CONFIG, "export: the model maps onto no Hugging Face family exactly: not Mixtral, "
+                            "as %s; not Qwen2-MoE, as %s; not OLMoE, as %s", no[0], no[1], no[2]);
     } else {
-        return moe__err(MOE_STATUS_ARG, "export: family '%s' is not one of auto, mixtral, qwen2_moe", family);
+        for (int f = 0; f < FAM_COUNT; f++)
+            if (!strcmp(family, fam_name[f])) fam = (hf_family)f;
+        if (fam == FAM_COUNT)
+            return moe__err(MOE_STATUS_ARG, "export: family '%s' is not one of auto, mixtral, qwen2_moe, olmoe", family);
+        if (no[fam])
+            return moe__err(MOE_STATUS_CONFIG, "export: the model does not map onto %s exactly: %s", fam_title[fam], no[fam]);
     }
     int ep, ep_rank;
     moe__model_ep(m, &ep, &ep_rank);
@@ -298,7 +313,7 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
     if (st != MOE_STATUS_OK) return st;
     if (moe__mkdir_p(dir) != 0)
         return moe__err(MOE_STATUS_IO, "export: cannot create '%s': %s", dir, strerror(errno));
-    char *txt = config_json(m, qwen, bf16);
+    char *txt = config_json(m, fam, bf16);
     if (!txt) return moe__err(MOE_STATUS_NOMEM, "out of memory");
     const void *parts[] = {txt};
     size_t lens[] = {strlen(txt)};
@@ -308,7 +323,7 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
     out_list o = {NULL, 0, 0};
     int *first = NULL, n_shards = 0;
     void *buf = NULL;
-    if ((st = collect(m, qwen, &o)) != MOE_STATUS_OK) goto done;
+    if ((st = collect(m, fam, &o)) != MOE_STATUS_OK) goto done;
     // shards of at most max_shard_bytes each (a tensor larger than that alone), in order
     if (max_shard_bytes <= 0) max_shard_bytes = MOE_EXPORT_SHARD_BYTES;
     int64_t largest = 1, in_shard = 0;
@@ -341,7 +356,7 @@ moe_status moe_export_hf(const moe_model *m, const char *dir, const char *family
         if (st == MOE_STATUS_OK && unlink(path) != 0 && errno != ENOENT)
             st = moe__err(MOE_STATUS_IO, "export: cannot remove '%s': %s", path, strerror(errno));
     }
-    if (st == MOE_STATUS_OK && written) *written = qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM";
+    if (st == MOE_STATUS_OK && written) *written = fam_arch[fam];
 done:
     for (int i = 0; i < o.n; i++) free(o.t[i].name);
     free(o.t);

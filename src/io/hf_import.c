@@ -1,8 +1,10 @@
 /*
  * hf_import.c — reads Hugging Face checkpoints: DIR/config.json with DIR/model.safetensors, or
  * with the shards that DIR/model.safetensors.index.json lists; tensors in F32, BF16 or F16.
- * MixtralForCausalLM maps onto an all-MoE model; LlamaForCausalLM and MistralForCausalLM onto a
- * dense one (the start of sparse upcycling). The HF tensors become a source (io.h, source.c)
+ * MixtralForCausalLM maps onto an all-MoE model; Qwen2MoeForCausalLM onto one with q/k/v biases,
+ * a gated shared expert of its own width and dense layers (decoder_sparse_step, mlp_only_layers);
+ * OlmoeForCausalLM onto one with QK-norm; LlamaForCausalLM and MistralForCausalLM onto a dense
+ * one (the start of sparse upcycling). The HF tensors become a source (io.h, source.c)
  * under this model's names, read where they lie (per-expert tensors as pieces of a stacked one;
  * grouped-query K/V projections as they are: n_kv_head); names, shapes and dtypes are checked
  * from the headers before any data is read.
@@ -19,10 +21,12 @@
 
 #define HF_MAX_SEQ 4096 /* default context planned for an imported model (--set seq_len to change) */
 
+typedef enum { HF_LLAMA, HF_MIXTRAL, HF_QWEN2_MOE, HF_OLMOE } hf_family;
+
 typedef struct {
     moe_config c;
     int kv_heads;
-    int moe;        /* Mixtral */
+    hf_family fam;
 } hf_info;
 
 static int file_exists(const char *path) {
@@ -46,19 +50,74 @@ static moe_status num_field(const cJSON *j, const char *path, const char *key, d
     return MOE_STATUS_OK;
 }
 
+/* A boolean field of config.json, def when absent or null. */
+static moe_status bool_field(const cJSON *j, const char *path, const char *key, int def, int *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
+    *out = def;
+    if (!it || cJSON_IsNull(it)) return MOE_STATUS_OK;
+    if (!cJSON_IsBool(it)) return moe__err(MOE_STATUS_FORMAT, "'%s': field '%s' must be true or false", path, key);
+    *out = cJSON_IsTrue(it);
+    return MOE_STATUS_OK;
+}
+
 /* Fields of config.json that the model cannot represent: each an error naming it. */
 static moe_status check_unsupported(const cJSON *j, const char *path) {
     const char *must_false[] = {"attention_bias", "mlp_bias"};
     for (int i = 0; i < 2; i++)
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, must_false[i])))
-            return moe__err(MOE_STATUS_FORMAT, "'%s': %s is true; moe's layers have no biases", path, must_false[i]);
+            return moe__err(MOE_STATUS_FORMAT, "'%s': %s is true; moe's layers have no such biases (Qwen2's q/k/v "
+                            "biases are the only ones)", path, must_false[i]);
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
     if (rs && !cJSON_IsNull(rs))
         return moe__err(MOE_STATUS_FORMAT, "'%s': rope_scaling is set; moe has plain RoPE only", path);
+    const cJSON *clip = cJSON_GetObjectItemCaseSensitive(j, "clip_qkv");
+    if (clip && !cJSON_IsNull(clip))
+        return moe__err(MOE_STATUS_FORMAT, "'%s': clip_qkv is set (OLMoE clamps q, k and v); moe does not clamp them", path);
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
     if (act && (!cJSON_IsString(act) || (strcmp(act->valuestring, "silu") && strcmp(act->valuestring, "swish"))))
         return moe__err(MOE_STATUS_FORMAT, "'%s': hidden_act '%s' is not silu; moe's FFNs are SwiGLU", path,
                         cJSON_IsString(act) ? act->valuestring : "?");
+    return MOE_STATUS_OK;
+}
+
+/* Qwen2-MoE's sparse layers as moe_layers: layer l is MoE when experts exist, (l + 1) is a
+ * multiple of decoder_sparse_step and l is not in mlp_only_layers; spelled all, none or a list
+ * of ranges. */
+static moe_status qwen_layers(const cJSON *j, const char *path, int L, int experts, moe_config *c) {
+    double step;
+    moe_status st = num_field(j, path, "decoder_sparse_step", 1, 1, &step);
+    if (st != MOE_STATUS_OK) return st;
+    if (step < 1) return moe__err(MOE_STATUS_FORMAT, "'%s': decoder_sparse_step must be at least 1", path);
+    unsigned char moe[1024];
+    if (L > 1024) return moe__err(MOE_STATUS_FORMAT, "'%s': num_hidden_layers %d is above 1024", path, L);
+    for (int l = 0; l < L; l++) moe[l] = experts && (l + 1) % (int)step == 0;
+    const cJSON *only = cJSON_GetObjectItemCaseSensitive(j, "mlp_only_layers");
+    if (only && !cJSON_IsNull(only) && !cJSON_IsArray(only))
+        return moe__err(MOE_STATUS_FORMAT, "'%s': mlp_only_layers must be a list of layers", path);
+    for (const cJSON *it = only ? only->child : NULL; it; it = it->next) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0 || it->valuedouble >= L)
+            return moe__err(MOE_STATUS_FORMAT, "'%s': mlp_only_layers entry %g is not a layer in [0, %d)", path,
+                            cJSON_IsNumber(it) ? it->valuedouble : -1.0, L);
+        moe[(int)it->valuedouble] = 0;
+    }
+    int n = 0, len = 0;
+    for (int l = 0; l < L; l++) n += moe[l];
+    if (n == L || n == 0) {
+        snprintf(c->moe_layers, sizeof c->moe_layers, n ? "all" : "none");
+        return MOE_STATUS_OK;
+    }
+    for (int l = 0; l < L; l++) {
+        if (!moe[l] || (l > 0 && moe[l - 1])) continue;
+        int e = l;
+        while (e + 1 < L && moe[e + 1]) e++;
+        size_t room = sizeof c->moe_layers - (size_t)len;
+        int w = e > l ? snprintf(c->moe_layers + len, room, "%s%d-%d", len ? "," : "", l, e)
+                      : snprintf(c->moe_layers + len, room, "%s%d", len ? "," : "", l);
+        if (w < 0 || (size_t)w >= room)
+            return moe__err(MOE_STATUS_FORMAT, "'%s': its %d MoE layers of %d do not fit moe_layers (%zu characters)",
+                            path, n, L, sizeof c->moe_layers - 1);
+        len += w;
+    }
     return MOE_STATUS_OK;
 }
 
@@ -79,38 +138,55 @@ static moe_status parse_config(const char *dir, hf_info *h) {
     *c = moe_config_default();
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(j, "model_type");
     const char *type = cJSON_IsString(mt) ? mt->valuestring : "";
-    if (!strcmp(type, "mixtral")) h->moe = 1;
-    else if (!strcmp(type, "llama") || !strcmp(type, "mistral")) h->moe = 0;
+    if (!strcmp(type, "mixtral")) h->fam = HF_MIXTRAL;
+    else if (!strcmp(type, "llama") || !strcmp(type, "mistral")) h->fam = HF_LLAMA;
+    else if (!strcmp(type, "qwen2_moe")) h->fam = HF_QWEN2_MOE;
+    else if (!strcmp(type, "olmoe")) h->fam = HF_OLMOE;
     else {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': model_type '%s' is not one moe reads (mixtral; llama or mistral to upcycle)",
-                      path, type);
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': model_type '%s' is not one moe reads (mixtral, qwen2_moe, olmoe; llama "
+                      "or mistral to upcycle)", path, type);
         goto done;
     }
     if ((st = check_unsupported(j, path)) != MOE_STATUS_OK) goto done;
-    double V, C, F, L, H, kvh, mpe, eps, theta, tie, E, K, hd, sw, jitter, std, aux;
+    // transformers' defaults of each family, where config.json leaves a field out
+    hf_family fam = h->fam;
+    int qwen = fam == HF_QWEN2_MOE, olmoe = fam == HF_OLMOE, routed = fam != HF_LLAMA;
+    const char *experts_key = fam == HF_MIXTRAL ? "num_local_experts" : "num_experts";
+    double def_e = fam == HF_MIXTRAL ? 8 : qwen ? 60 : 64, def_k = fam == HF_MIXTRAL ? 2 : qwen ? 4 : 8;
+    double V, C, F, L, H, kvh, mpe, eps, theta, E, K, hd, sw, jitter, std, aux, EF, SF;
+    int tie, norm_topk, use_sw;
     if ((st = num_field(j, path, "vocab_size", NAN, 1, &V)) || (st = num_field(j, path, "hidden_size", NAN, 1, &C)) ||
         (st = num_field(j, path, "intermediate_size", NAN, 1, &F)) ||
         (st = num_field(j, path, "num_hidden_layers", NAN, 1, &L)) ||
         (st = num_field(j, path, "num_attention_heads", NAN, 1, &H)) ||
         (st = num_field(j, path, "num_key_value_heads", H, 1, &kvh)) ||
         (st = num_field(j, path, "max_position_embeddings", 2048, 1, &mpe)) ||
-        (st = num_field(j, path, "rms_norm_eps", h->moe ? 1e-5 : 1e-6, 0, &eps)) ||
-        (st = num_field(j, path, "rope_theta", h->moe ? 1e6 : 1e4, 0, &theta)) ||
-        (st = num_field(j, path, "num_local_experts", 8, 1, &E)) ||
-        (st = num_field(j, path, "num_experts_per_tok", 2, 1, &K)) ||
+        (st = num_field(j, path, "rms_norm_eps", fam == HF_MIXTRAL || olmoe ? 1e-5 : 1e-6, 0, &eps)) ||
+        (st = num_field(j, path, "rope_theta", fam == HF_MIXTRAL ? 1e6 : 1e4, 0, &theta)) ||
+        (st = num_field(j, path, experts_key, def_e, 1, &E)) ||
+        (st = num_field(j, path, "num_experts_per_tok", def_k, 1, &K)) ||
         (st = num_field(j, path, "head_dim", H > 0 ? C / H : 0, 0, &hd)) ||
         (st = num_field(j, path, "sliding_window", 0, 1, &sw)) ||
         (st = num_field(j, path, "router_jitter_noise", 0, 0, &jitter)) ||
         (st = num_field(j, path, "initializer_range", 0.02, 0, &std)) ||
-        (st = num_field(j, path, "router_aux_loss_coef", 0.01, 0, &aux)))
+        (st = num_field(j, path, "router_aux_loss_coef", 0.01, 0, &aux)) ||
+        (st = num_field(j, path, "moe_intermediate_size", qwen ? 1408 : F, 1, &EF)) ||
+        (st = num_field(j, path, "shared_expert_intermediate_size", qwen ? 5632 : 0, 1, &SF)) ||
+        (st = bool_field(j, path, "tie_word_embeddings", 0, &tie)) ||
+        (st = bool_field(j, path, "norm_topk_prob", fam == HF_MIXTRAL, &norm_topk)) ||
+        (st = bool_field(j, path, "use_sliding_window", !qwen, &use_sw)))
         goto done;
-    tie = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings"));
     if (H < 1 || kvh < 1 || fmod(H, kvh) != 0) {
         st = moe__err(MOE_STATUS_FORMAT, "'%s': num_key_value_heads %g does not divide num_attention_heads %g", path, kvh, H);
         goto done;
     }
     if (hd != C / H) {
         st = moe__err(MOE_STATUS_FORMAT, "'%s': head_dim %g is not hidden_size / num_attention_heads = %g", path, hd, C / H);
+        goto done;
+    }
+    if (qwen && SF < 1) {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': shared_expert_intermediate_size %g: a Qwen2-MoE shared expert needs a "
+                      "width of at least 1", path, SF);
         goto done;
     }
     h->kv_heads = (int)kvh;
@@ -120,26 +196,32 @@ static moe_status parse_config(const char *dir, hf_info *h) {
     c->n_layer = (int)L;
     c->n_head = (int)H;
     c->seq_len = (int)(mpe < HF_MAX_SEQ ? mpe : HF_MAX_SEQ);
-    if (sw > 0 && sw < c->seq_len) c->seq_len = (int)sw; // within the window, sliding attention is full attention
+    if (use_sw && sw > 0 && sw < c->seq_len) c->seq_len = (int)sw; // within the window, sliding attention is full
     c->norm_eps = (float)eps;
     c->rope_theta = (float)theta;
-    c->tie_embeddings = (int)tie;
+    c->tie_embeddings = tie;
     c->init_std = (float)std;
     c->ffn_hidden = (int)F;
-    c->expert_hidden = (int)F;
-    if (h->moe) {
-        snprintf(c->moe_layers, sizeof c->moe_layers, "all");
+    c->expert_hidden = (int)EF;
+    c->qkv_bias = qwen;
+    c->qk_norm = olmoe;
+    snprintf(c->moe_layers, sizeof c->moe_layers, routed && E > 0 ? "all" : "none");
+    if (qwen && (st = qwen_layers(j, path, c->n_layer, E > 0, c)) != MOE_STATUS_OK) goto done;
+    if (routed && E > 0) {
         c->n_experts = (int)E;
         c->top_k = (int)K;
-        c->norm_topk = 1;
+        c->norm_topk = norm_topk;
         c->routing = MOE_ROUTING_TOPK;
         c->router_score = MOE_SCORE_SOFTMAX;
-        c->capacity_factor = 0.0f; // Mixtral is dropless, in training too
+        c->capacity_factor = 0.0f; // these families are dropless, in training too
         c->jitter_eps = (float)jitter;
         c->aux_loss_coef = (float)aux;
         c->z_loss_coef = 0.0f;
-    } else {
-        snprintf(c->moe_layers, sizeof c->moe_layers, "none");
+    }
+    if (qwen) { // one shared expert of its own width, behind a sigmoid gate
+        c->n_shared = 1;
+        c->shared_hidden = SF == EF ? 0 : (int)SF;
+        c->shared_gate = 1;
     }
     st = moe_config_validate(c);
     if (st != MOE_STATUS_OK) st = moe__err(st, "'%s' gives a config moe cannot use: %s", path, moe_last_error());
@@ -155,9 +237,38 @@ moe_status moe_hf_config(const char *dir, moe_config *out) {
     return st;
 }
 
+const char *moe__hf_rename(char *buf, size_t n, const char *name, int to_hf) {
+    static const char *const pairs[][2] = {{".mlp.gate.weight", ".block_sparse_moe.gate.weight"},
+                                           {".mlp.shared_expert.", ".block_sparse_moe.shared_experts."},
+                                           {".mlp.shared_expert_gate.", ".block_sparse_moe.shared_expert_gate."}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        const char *from = pairs[i][to_hf], *to = pairs[i][!to_hf], *p = strstr(name, from);
+        if (p) {
+            snprintf(buf, n, "%.*s%s%s", (int)(p - name), name, to, p + strlen(from));
+            return buf;
+        }
+    }
+    snprintf(buf, n, "%s", name);
+    return buf;
+}
+
+/* Expert x's matrix w (1, 2, 3 as Mixtral's w1, w2, w3) of layer l, when name is one: Mixtral's
+ * block_sparse_moe.experts.X.wN, or Qwen2-MoE's and OLMoE's mlp.experts.X.{gate,down,up}_proj. */
+static int expert_name(const char *name, int *l, int *x, int *w) {
+    char proj[16], tail[8] = "";
+    int end = 0;
+    if (sscanf(name, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weig%7s%n", l, x, w, tail, &end) == 4)
+        return !strcmp(tail, "ht") && name[end] == 0;
+    if (sscanf(name, "model.layers.%d.mlp.experts.%d.%15[a-z]_proj.weig%7s%n", l, x, proj, tail, &end) != 4 ||
+        strcmp(tail, "ht") || name[end])
+        return 0;
+    *w = !strcmp(proj, "gate") ? 1 : !strcmp(proj, "down") ? 2 : !strcmp(proj, "up") ? 3 : 0;
+    return *w > 0;
+}
+
 /* The tensors of one HF file into the source s, under this model's names: per-expert matrices as
- * pieces of their layer's stacked tensor, grouped-query K/V heads as one piece per query head
- * (what transformers' repeat_kv computes). Headers only: nothing is read. */
+ * pieces of their layer's stacked tensor; grouped-query K/V projections as they are. Headers
+ * only: nothing is read. */
 static moe_status add_file(const hf_info *h, const char *path, const moe__st_file *f, moe__source *src) {
     const moe_config *c = &h->c;
     int64_t hs = c->n_embd / c->n_head;
@@ -167,12 +278,11 @@ static moe_status add_file(const hf_info *h, const char *path, const moe__st_fil
         size_t nl = strlen(s->name);
         if (nl >= 19 && !strcmp(s->name + nl - 19, "rotary_emb.inv_freq")) continue; // a buffer, recomputed
         if (c->tie_embeddings && !strcmp(s->name, "lm_head.weight")) continue;        // the embedding, tied
-        char stacked[512], tail[8] = "";
-        int l, x, w, end = 0;
-        if (sscanf(s->name, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weig%7s%n", &l, &x, &w, tail, &end) == 4 &&
-            !strcmp(tail, "ht") && s->name[end] == 0) {
+        char stacked[512], ours[512];
+        int l, x, w;
+        if (h->fam != HF_LLAMA && expert_name(s->name, &l, &x, &w)) {
             // one expert's matrix: a piece of the stacked [E, rows, cols] tensor of its layer
-            int E = l >= 0 && l < c->n_layer ? moe_config_layer_experts(c, l) : 0;
+            int E = l >= 0 && l < c->n_layer && moe_config_layer_is_moe(c, l) ? moe_config_layer_experts(c, l) : 0;
             if (x < 0 || x >= E || w < 1 || w > 3 || s->ndim != 2)
                 return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' names no expert of this %d-layer, %d-expert config",
                                 path, s->name, c->n_layer, c->n_experts);
@@ -191,7 +301,8 @@ static moe_status add_file(const hf_info *h, const char *path, const moe__st_fil
             if (st != MOE_STATUS_OK) return moe__err(st, "'%s': %s", path, moe_last_error());
             continue;
         }
-        if (moe__source_find(src, s->name))
+        const char *name = moe__hf_rename(ours, sizeof ours, s->name, 0);
+        if (moe__source_find(src, name))
             return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
         int kv = (strstr(s->name, "self_attn.k_proj.weight") || strstr(s->name, "self_attn.v_proj.weight")) &&
                  h->kv_heads < c->n_head; // grouped: named here; other shapes are checked against the config
@@ -199,7 +310,7 @@ static moe_status add_file(const hf_info *h, const char *path, const moe__st_fil
             return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %lld rows; %d key/value heads of size %lld need %lld",
                             path, s->name, (long long)(s->ndim ? s->shape[0] : 0), h->kv_heads, (long long)hs,
                             (long long)(h->kv_heads * hs));
-        moe__src_tensor *t = moe__source_add(src, s->name, s->ndim, s->shape);
+        moe__src_tensor *t = moe__source_add(src, name, s->ndim, s->shape);
         if (!t) return moe__err(MOE_STATUS_NOMEM, "out of memory");
         st = moe__source_piece(t, 0, s, f, 0, t->info.numel);
         if (st != MOE_STATUS_OK) return moe__err(st, "'%s': %s", path, moe_last_error());

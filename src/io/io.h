@@ -142,6 +142,10 @@ void moe__source_read(const moe__src_tensor *t, int p0, int np, float *dst);
 void moe__source_free(moe__source *s);
 /* The source of a moe checkpoint (its model, loaded for inference, mapped). */
 moe_status moe__ckpt_source(const char *path, moe__source *out);
+/* A tensor name of the Qwen2-MoE and OLMoE families (mlp.gate, mlp.shared_expert,
+ * mlp.shared_expert_gate) as moe names it (block_sparse_moe.*), or back with to_hf; other names
+ * as they are. Per-expert names are not renamed here. Into buf (n bytes). */
+const char *moe__hf_rename(char *buf, size_t n, const char *name, int to_hf);
 /* The source of a Hugging Face directory (hf_import.c), or else of a moe checkpoint. */
 moe_status moe__open_source(const char *path, moe__source *out);
 /* Every tensor of m from s by name (this rank's experts of stacked ones), shapes checked;

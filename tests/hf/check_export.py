@@ -1,5 +1,5 @@
-"""check_export.py — loads a `moe export` directory with transformers (MixtralForCausalLM or
-Qwen2MoeForCausalLM, from its config.json) and
+"""check_export.py — loads a `moe export` directory with transformers (MixtralForCausalLM,
+Qwen2MoeForCausalLM or, with transformers >= 4.45, OlmoeForCausalLM, from its config.json) and
 compares its logits with moe's on the same tokens.
 
 usage: /usr/bin/python3 tests/hf/check_export.py HFDIR TOKENS_FILE LOGITS_FILE [TOL]
@@ -22,7 +22,7 @@ def main():
     hf, tok_file, logit_file = sys.argv[1:4]
     cfg = AutoConfig.from_pretrained(hf)
     bf16 = str(getattr(cfg, "torch_dtype", "")).endswith("bfloat16")
-    assert cfg.model_type in ("mixtral", "qwen2_moe"), cfg.model_type
+    assert cfg.model_type in ("mixtral", "qwen2_moe", "olmoe"), cfg.model_type
     model = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=torch.float32)
     model.eval()
     tokens = [int(t) for t in open(tok_file).read().split()]
