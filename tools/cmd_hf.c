@@ -1,6 +1,6 @@
 /*
  * cmd_hf.c — the commands between moe and other checkpoints: `moe export` (a Hugging Face
- * Mixtral or Qwen2-MoE directory of a model) and `moe import` (a model from a Hugging Face
+ * Mixtral, Qwen2-MoE or OLMoE directory of a model) and `moe import` (a model from a Hugging Face
  * directory or another moe checkpoint, with sparse upcycling), and the model sources that
  * `moe import` and `moe train --init-from` share.
  */
@@ -57,7 +57,7 @@ static const cli_flag export_flags[] = {
     {"--ckpt", CLI_STRING, "DIR", OPT(ckpt), .help = "run directory or .safetensors file", .required = 1},
     {"--out", CLI_STRING, "HFDIR", OPT(out), .help = "the Hugging Face directory to write", .required = 1},
     {"--dtype", CLI_STRING, "TYPE", OPT(dtype), .help = "f32 or bf16 (default f32)"},
-    {"--family", CLI_STRING, "NAME", OPT(family), .help = "auto, mixtral or qwen2_moe (default auto)"},
+    {"--family", CLI_STRING, "NAME", OPT(family), .help = "auto, mixtral, qwen2_moe or olmoe (default auto)"},
     {"--max-shard-size", CLI_STRING, "SIZE", OPT(shard),
      .help = "shard the weights above SIZE (bytes, or with KB, MB, GB: powers of\n"
              "1000 as transformers counts them; default 5GB), with\n"
@@ -70,8 +70,9 @@ static int run_export(void *opts) {
     const char *written = NULL;
     if (strcmp(o->dtype, "f32") && strcmp(o->dtype, "bf16"))
         die(2, "export: --dtype must be f32 or bf16, got '%s'", o->dtype);
-    if (strcmp(o->family, "auto") && strcmp(o->family, "mixtral") && strcmp(o->family, "qwen2_moe"))
-        die(2, "export: --family must be auto, mixtral or qwen2_moe, got '%s'", o->family);
+    if (strcmp(o->family, "auto") && strcmp(o->family, "mixtral") && strcmp(o->family, "qwen2_moe") &&
+        strcmp(o->family, "olmoe"))
+        die(2, "export: --family must be auto, mixtral, qwen2_moe or olmoe, got '%s'", o->family);
     int64_t shard = 0;
     if (o->shard && (shard = parse_size(o->shard)) <= 0)
         die(2, "export: --max-shard-size must be a size such as 2000000000, 500MB or 5GB, got '%s'", o->shard);
@@ -90,15 +91,17 @@ static int run_export(void *opts) {
 
 const cli_command moe_cmd_export = {
     "export",
-    "a Hugging Face checkpoint (Mixtral, Qwen2-MoE) of a model",
-    "export --ckpt DIR --out HFDIR [--dtype f32|bf16] [--family auto|mixtral|qwen2_moe] [--max-shard-size SIZE]",
+    "a Hugging Face checkpoint (Mixtral, Qwen2-MoE, OLMoE) of a model",
+    "export --ckpt DIR --out HFDIR [--dtype f32|bf16] [--family auto|mixtral|qwen2_moe|olmoe] [--max-shard-size SIZE]",
     "Writes a Hugging Face checkpoint (config.json + model.safetensors) that transformers loads, when\n"
     "the model maps onto a family exactly (the same logits), otherwise says why not; DIR's\n"
     "tokenizer.json, tokenizer_config.json and generation_config.json go with it:\n"
     "  mixtral    MixtralForCausalLM: every layer MoE, softmax top-K renormalised, no shared experts\n"
-    "  qwen2_moe  Qwen2MoeForCausalLM: dense layers, shared experts, top-K renormalised or not\n"
-    "  auto       Mixtral when it maps, else Qwen2-MoE (the default)\n"
-    "Neither takes sigmoid scores, a gate scale, a selection bias or per-layer expert counts.\n",
+    "  qwen2_moe  Qwen2MoeForCausalLM: dense layers, shared experts (gated or not, any width),\n"
+    "             q/k/v biases, top-K renormalised or not\n"
+    "  olmoe      OlmoeForCausalLM: QK-norm, every layer MoE, no shared experts\n"
+    "  auto       the first of these that maps (the default)\n"
+    "None takes sigmoid scores, a gate scale, a selection bias or per-layer expert counts.\n",
     CLI_FLAGS(export_flags),
     NULL,
     sizeof(export_opts),
@@ -152,8 +155,10 @@ const cli_command moe_cmd_import = {
     "import --from SRC --out DIR [--config FILE] [--set KEY=VALUE ...] [--seed N]",
     "Writes DIR/model.safetensors (a moe checkpoint at step 0) from SRC: a Hugging Face directory\n"
     "(config.json with model.safetensors or model.safetensors.index.json and its shards; F32, BF16\n"
-    "or F16) of MixtralForCausalLM, or of LlamaForCausalLM / MistralForCausalLM (dense), or a moe\n"
-    "checkpoint. The model keys come from SRC, then --config and --set may change them:\n"
+    "or F16) of MixtralForCausalLM, Qwen2MoeForCausalLM (q/k/v biases, a gated shared expert of its\n"
+    "own width, dense layers by decoder_sparse_step and mlp_only_layers) or OlmoeForCausalLM\n"
+    "(QK-norm), or of LlamaForCausalLM / MistralForCausalLM (dense), or a moe checkpoint. The\n"
+    "model keys come from SRC, then --config and --set may change them:\n"
     "\n"
     "  * keys that change no shape (seq_len, capacity_factor, routing details, losses) apply as set;\n"
     "  * sparse upcycling: --set moe_layers=all --set n_experts=8 on a dense SRC makes every FFN an\n"
