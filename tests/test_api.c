@@ -203,6 +203,31 @@ static void test_status_names(void) {
     CHECK(!strcmp(moe_status_str(MOE_STATUS_DEVICE), "device error"), "the device status");
 }
 
+/* What the CUDA backend lacks is refused by name before any model exists, on any machine; the
+ * CPU takes it all. */
+static void test_device_supports(void) {
+    const char *opts[][5] = {{"n_kv_head", "2", NULL, NULL, "grouped-query attention"},
+                             {"qkv_bias", "true", NULL, NULL, "q/k/v biases (qkv_bias)"},
+                             {"qk_norm", "true", NULL, NULL, "QK-norm (qk_norm)"},
+                             {"n_shared", "1", "shared_gate", "true", "shared-expert gate (shared_gate)"},
+                             {"n_shared", "1", "shared_hidden", "100", "width of its own (shared_hidden)"}};
+    moe_device cpu = moe_device_default(), gpu = cpu;
+    gpu.kind = MOE_DEVICE_CUDA;
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        moe_config c = moe_config_default();
+        CHECK_OK(moe_config_set(&c, opts[i][0], opts[i][1]));
+        if (opts[i][2]) CHECK_OK(moe_config_set(&c, opts[i][2], opts[i][3]));
+        CHECK_OK(moe_device_supports(&cpu, &c));
+        moe_status st = moe_device_supports(&gpu, &c);
+        CHECK(st == MOE_STATUS_ARG && strstr(moe_last_error(), opts[i][4]) && strstr(moe_last_error(), "--device cuda"),
+              "CUDA refuses %s=%s: %s (%s)", opts[i][0], opts[i][1], moe_status_str(st), moe_last_error());
+    }
+    moe_config c = moe_config_default(); // the shared width S F written out is the default, taken
+    CHECK_OK(moe_config_set(&c, "n_shared", "2"));
+    CHECK_OK(moe_config_set(&c, "shared_hidden", "512"));
+    CHECK_OK(moe_device_supports(&gpu, &c));
+}
+
 int main(void) {
     test_error_chain();
     test_status_names();
@@ -210,5 +235,6 @@ int main(void) {
     test_rows_guard();
     test_long_paths();
     test_inference_load();
+    test_device_supports();
     CHECK_SUMMARY("test_api");
 }
