@@ -121,34 +121,11 @@ static moe_status qwen_layers(const cJSON *j, const char *path, int L, int exper
     return MOE_STATUS_OK;
 }
 
-static moe_status parse_config(const char *dir, hf_info *h) {
-    char path[4200];
-    moe_status st = moe__pathf(path, sizeof path, "%s/config.json", dir);
-    if (st != MOE_STATUS_OK) return st;
-    size_t len;
-    char *txt = moe__read_file(path, &len);
-    if (!txt) return MOE_STATUS_IO;
-    cJSON *j = cJSON_ParseWithLength(txt, len);
-    free(txt);
-    if (!j || !cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        return moe__err(MOE_STATUS_FORMAT, "'%s' is not a JSON object", path);
-    }
+/* The model config of a parsed config.json of family h->fam (transformers' defaults where a field
+ * is left out) into h. */
+static moe_status read_config(const cJSON *j, const char *path, hf_info *h) {
     moe_config *c = &h->c;
-    *c = moe_config_default();
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(j, "model_type");
-    const char *type = cJSON_IsString(mt) ? mt->valuestring : "";
-    if (!strcmp(type, "mixtral")) h->fam = HF_MIXTRAL;
-    else if (!strcmp(type, "llama") || !strcmp(type, "mistral")) h->fam = HF_LLAMA;
-    else if (!strcmp(type, "qwen2_moe")) h->fam = HF_QWEN2_MOE;
-    else if (!strcmp(type, "olmoe")) h->fam = HF_OLMOE;
-    else {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': model_type '%s' is not one moe reads (mixtral, qwen2_moe, olmoe; llama "
-                      "or mistral to upcycle)", path, type);
-        goto done;
-    }
-    if ((st = check_unsupported(j, path)) != MOE_STATUS_OK) goto done;
-    // transformers' defaults of each family, where config.json leaves a field out
+    moe_status st;
     hf_family fam = h->fam;
     int qwen = fam == HF_QWEN2_MOE, olmoe = fam == HF_OLMOE, routed = fam != HF_LLAMA;
     const char *experts_key = fam == HF_MIXTRAL ? "num_local_experts" : "num_experts";
@@ -175,20 +152,16 @@ static moe_status parse_config(const char *dir, hf_info *h) {
         (st = bool_field(j, path, "tie_word_embeddings", 0, &tie)) ||
         (st = bool_field(j, path, "norm_topk_prob", fam == HF_MIXTRAL, &norm_topk)) ||
         (st = bool_field(j, path, "use_sliding_window", !qwen, &use_sw)))
-        goto done;
-    if (H < 1 || kvh < 1 || fmod(H, kvh) != 0) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': num_key_value_heads %g does not divide num_attention_heads %g", path, kvh, H);
-        goto done;
-    }
-    if (hd != C / H) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': head_dim %g is not hidden_size / num_attention_heads = %g", path, hd, C / H);
-        goto done;
-    }
-    if (qwen && SF < 1) {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': shared_expert_intermediate_size %g: a Qwen2-MoE shared expert needs a "
-                      "width of at least 1", path, SF);
-        goto done;
-    }
+        return st;
+    if (H < 1 || kvh < 1 || fmod(H, kvh) != 0)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': num_key_value_heads %g does not divide num_attention_heads %g", path,
+                        kvh, H);
+    if (hd != C / H)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': head_dim %g is not hidden_size / num_attention_heads = %g", path, hd,
+                        C / H);
+    if (qwen && SF < 1)
+        return moe__err(MOE_STATUS_FORMAT, "'%s': shared_expert_intermediate_size %g: a Qwen2-MoE shared expert needs "
+                        "a width of at least 1", path, SF);
     h->kv_heads = (int)kvh;
     c->n_kv_head = kvh < H ? (int)kvh : 0; // grouped-query attention, natively
     c->vocab_size = (int)V;
@@ -206,7 +179,7 @@ static moe_status parse_config(const char *dir, hf_info *h) {
     c->qkv_bias = qwen;
     c->qk_norm = olmoe;
     snprintf(c->moe_layers, sizeof c->moe_layers, routed && E > 0 ? "all" : "none");
-    if (qwen && (st = qwen_layers(j, path, c->n_layer, E > 0, c)) != MOE_STATUS_OK) goto done;
+    if (qwen && (st = qwen_layers(j, path, c->n_layer, E > 0, c)) != MOE_STATUS_OK) return st;
     if (routed && E > 0) {
         c->n_experts = (int)E;
         c->top_k = (int)K;
@@ -223,6 +196,36 @@ static moe_status parse_config(const char *dir, hf_info *h) {
         c->shared_hidden = SF == EF ? 0 : (int)SF;
         c->shared_gate = 1;
     }
+    return MOE_STATUS_OK;
+}
+
+static moe_status parse_config(const char *dir, hf_info *h) {
+    char path[4200];
+    moe_status st = moe__pathf(path, sizeof path, "%s/config.json", dir);
+    if (st != MOE_STATUS_OK) return st;
+    size_t len;
+    char *txt = moe__read_file(path, &len);
+    if (!txt) return MOE_STATUS_IO;
+    cJSON *j = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    if (!j || !cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return moe__err(MOE_STATUS_FORMAT, "'%s' is not a JSON object", path);
+    }
+    moe_config *c = &h->c;
+    *c = moe_config_default();
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(j, "model_type");
+    const char *type = cJSON_IsString(mt) ? mt->valuestring : "";
+    if (!strcmp(type, "mixtral")) h->fam = HF_MIXTRAL;
+    else if (!strcmp(type, "llama") || !strcmp(type, "mistral")) h->fam = HF_LLAMA;
+    else if (!strcmp(type, "qwen2_moe")) h->fam = HF_QWEN2_MOE;
+    else if (!strcmp(type, "olmoe")) h->fam = HF_OLMOE;
+    else {
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': model_type '%s' is not one moe reads (mixtral, qwen2_moe, olmoe; llama "
+                      "or mistral to upcycle)", path, type);
+        goto done;
+    }
+    if ((st = check_unsupported(j, path)) != MOE_STATUS_OK || (st = read_config(j, path, h)) != MOE_STATUS_OK) goto done;
     st = moe_config_validate(c);
     if (st != MOE_STATUS_OK) st = moe__err(st, "'%s' gives a config moe cannot use: %s", path, moe_last_error());
 done:
