@@ -8,9 +8,10 @@
 #     gradients in another order than one process) flips such a tie after ~10 steps, from where
 #     the runs drift apart (measured: up to 1e-4 relative by step 24; docs/distributed.md);
 #   - a checkpoint written with ep = 2 (expert shards) loads on one process and evaluates like
-#     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run; resuming it
-#     with another ep (or one process without --ep, or a one-process run with --ep) is refused
-#     with the ep the checkpoint was written with;
+#     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run; resume chains
+#     under other layouts (np:ep 2:2 -> 1:1 -> 4:4, 4:4 -> 4:2 and 4:4 -> 2:2) reshard the AdamW
+#     moments by global expert id and equal the straight run too, leaving only the last layout's
+#     shards; a corrupt or missing state shard is named;
 #   - SIGTERM to one rank stops every rank after the same step with a checkpoint, and the run
 #     resumes to an unstopped run's losses;
 #   - NaN in one rank's experts: every rank reports the same tensor and rank, none saves;
@@ -95,25 +96,48 @@ timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/spli
     --set grad_accum=2 --ep 2 > "$W/log" 2>&1 || fail "resume failed: $(tail -3 "$W/log")"
 msg=$(compare "$W/split/metrics.jsonl" "$W/plain_np2_ep2/metrics.jsonl") || fail "resumed ep=2 run differs: $msg"
 [ "$(ls "$W/split" | grep -c '^experts-')" -eq 2 ] || fail "old expert shards were not removed: $(ls "$W/split")"
-checks=$((checks + 1))
-timeout 300 "${MPI[@]}" -np 4 "$MOE" train --data "$W/corpus.txt" --out "$W/split" --steps 20 --resume "${SMALL[@]}" \
-    --ep 4 > "$W/log" 2>&1 && fail "resume with another --ep succeeded"
-grep -q "needs the --ep of the run" "$W/log" || fail "resume with another --ep: unclear message: $(tail -3 "$W/log")"
 
-# ---- resuming without the run's --ep names the ep the checkpoint was written with (its
-# optimizer state is in ep shards), not a missing state.bin; and the other way round
-checks=$((checks + 1))
-timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/ep2" --steps 4 "${SMALL[@]}" --ep 2 \
-    > "$W/log" 2>&1 || fail "ep=2 run to resume failed: $(tail -3 "$W/log")"
-"$MOE" train --data "$W/corpus.txt" --out "$W/ep2" --steps 8 --resume "${SMALL[@]}" > "$W/log" 2>&1 \
-    && fail "resume of an ep=2 run on one process without --ep succeeded"
-{ grep -q "written with expert parallelism ep=2 .*needs the --ep of the run that wrote the checkpoint, --ep 2" "$W/log" &&
-    ! grep -q "state.bin" "$W/log"; } || fail "resume of an ep=2 run without --ep: unclear message: $(tail -3 "$W/log")"
-checks=$((checks + 1))
-timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/ref_plain" --steps 24 --resume "${SMALL[@]}" \
-    --set grad_accum=2 --ep 2 > "$W/log" 2>&1 && fail "resume of a one-process run with --ep 2 succeeded"
-grep -q "written without expert parallelism: resuming needs the --ep of the run that wrote the checkpoint, none" "$W/log" \
-    || fail "resume of a one-process run with --ep 2: unclear message: $(tail -3 "$W/log")"
+# ---- resume under any layout: the AdamW moments are resharded by global expert id, so a run
+# goes on under another ep (and dp), one process included, to the losses of a straight run
+# (R ranks with grad_accum 4/R are one process with grad_accum 4: ref_plain)
+# seg DIR NP EP STOP [--resume]: one segment of a chain (NP 1: one process, no mpirun)
+seg() {
+    local dir=$1 np=$2 ep=$3 stop=$4 run=()
+    shift 4
+    [ "$np" -gt 1 ] && run=("${MPI[@]}" -np "$np")
+    timeout 300 "${run[@]+"${run[@]}"}" "$MOE" train --data "$W/corpus.txt" --out "$dir" --steps 20 --stop-after "$stop" \
+        "${SMALL[@]}" --set grad_accum=$((4 / np)) --ep "$ep" "$@" > "$W/log" 2>&1 \
+        || fail "chain $dir: np $np ep $ep to step $stop failed: $(tail -3 "$W/log")"
+}
+for chain in "2:2:7 1:1:14 4:4:20" "4:4:10 4:2:20" "4:4:10 2:2:20"; do
+    checks=$((checks + 2))
+    dir="$W/chain_${chain// /_}"
+    dir=${dir//:/-}
+    first=1
+    for s in $chain; do
+        IFS=: read -r np ep stop <<< "$s"
+        if [ $first = 1 ]; then seg "$dir" "$np" "$ep" "$stop"; else seg "$dir" "$np" "$ep" "$stop" --resume; fi
+        first=0
+    done
+    msg=$(compare "$dir/metrics.jsonl" "$W/ref_plain/metrics.jsonl" 2>&1) || fail "chain (np:ep:step) $chain differs from one process: $msg"
+    # only the last layout's shards are left
+    IFS=: read -r np ep stop <<< "${chain##* }"
+    want=$((ep > 1 ? 2 * ep : 0))
+    [ "$(ls "$dir" | grep -c '^\(experts\|state\)-')" -eq $want ] || fail "chain $chain: shards of other layouts left: $(ls "$dir")"
+done
+# a corrupt or missing state shard is named
+checks=$((checks + 2))
+timeout 300 "${MPI[@]}" -np 2 "$MOE" train --data "$W/corpus.txt" --out "$W/broken" --steps 4 "${SMALL[@]}" --ep 2 \
+    > "$W/log" 2>&1 || fail "ep=2 run to break failed: $(tail -3 "$W/log")"
+printf 'x' | dd of="$W/broken/state-1-of-2.step4.bin" bs=1 seek=200 conv=notrunc 2> /dev/null
+"$MOE" train --data "$W/corpus.txt" --out "$W/broken" --steps 8 --resume "${SMALL[@]}" > "$W/log" 2>&1 \
+    && fail "resume over a corrupt state shard succeeded"
+grep -q "written with ep=2: .*state-1-of-2.step4.bin': checksum mismatch" "$W/log" \
+    || fail "corrupt state shard: unclear message: $(tail -3 "$W/log")"
+rm "$W/broken/state-1-of-2.step4.bin"
+"$MOE" train --data "$W/corpus.txt" --out "$W/broken" --steps 8 --resume "${SMALL[@]}" > "$W/log" 2>&1 \
+    && fail "resume without a state shard succeeded"
+grep -q "written with ep=2: .*state-1-of-2.step4.bin" "$W/log" || fail "missing state shard: unclear message: $(tail -3 "$W/log")"
 
 # an expert-parallel all-to-all larger than MPI's int counts is refused before anything runs
 checks=$((checks + 1))

@@ -37,26 +37,6 @@ static moe_status save_state(moe_trainer *t, const char *path) {
     return moe__write_atomic(path, parts, lens, 3);
 }
 
-static moe_status load_state(moe_trainer *t, const char *path, int64_t model_step) {
-    size_t len;
-    char *buf = moe__read_file(path, &len); // of the run's ep: check_ep came first
-    if (!buf) return MOE_STATUS_IO;
-    int64_t P = moe_model_n_params(t->m);
-    moe__state s;
-    const void *opt;
-    moe_status st = moe__state_parse(buf, len, path, P, &s, &opt);
-    if (st == MOE_STATUS_OK && s.step != model_step)
-        st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", path,
-                      (long long)s.step, (long long)model_step);
-    if (st == MOE_STATUS_OK) {
-        t->run = s;
-        memcpy(t->m->opt, opt, (size_t)P * 2 * sizeof(float));
-        st = t->m->be->from_host(t->m, MOE_BUF_OPT);
-    }
-    free(buf);
-    return st;
-}
-
 /* Keeps the metrics records up to the resumed step, so a resumed run has one record per step. */
 static moe_status trim_metrics(moe_trainer *t) {
     size_t len;
@@ -157,75 +137,134 @@ moe_status moe_run_config(const char *dir, moe_config *out) {
 
 /* ---------------------------------------------------------------- resume */
 
-/* The run's optimizer state is in as many shards as the expert parallelism its checkpoint was
- * written with (metadata expert_shards of model.safetensors; none for ep = 1): resuming needs
- * the same ep. (The weights load under any ep; the state does not.) */
-static moe_status check_ep(const moe_trainer *t, int ep) {
+/* The expert parallelism the run's checkpoint was written with: metadata expert_shards of
+ * model.safetensors, 1 when absent. */
+static moe_status written_ep(const moe_trainer *t, int *W) {
     moe__st_file f;
     moe_status st = moe__st_read_header(t->model_path, &f);
     if (st != MOE_STATUS_OK) return st;
     char *v = moe__st_meta(&f, "expert_shards");
-    int written = v ? atoi(v) : 1;
+    *W = v ? atoi(v) : 1;
+    if (v && (*W < 1 || *W > 65536)) st = moe__err(MOE_STATUS_FORMAT, "'%s': metadata expert_shards '%s' is bad", t->model_path, v);
     free(v);
     moe__st_free(&f);
-    if (written == ep) return MOE_STATUS_OK;
-    if (written > 1)
-        return moe__err(MOE_STATUS_MISMATCH,
-                        "resume of '%s': its checkpoint was written with expert parallelism ep=%d (metadata "
-                        "expert_shards of model.safetensors), its optimizer state in %d shards: resuming needs the --ep "
-                        "of the run that wrote the checkpoint, --ep %d (under mpirun, with a multiple of %d ranks)",
-                        t->dir, written, written, written, written);
-    return moe__err(MOE_STATUS_MISMATCH,
-                    "resume of '%s': its checkpoint was written without expert parallelism: resuming needs the --ep "
-                    "of the run that wrote the checkpoint, none (not --ep %d)",
-                    t->dir, ep);
+    return st;
+}
+
+/* A state file (state.bin, or rank j's of a checkpoint written with ep W) read and checked
+ * against the W-rank layout (pw parameters) and the model's step; *opt points into *buf, which
+ * the caller frees. */
+static moe_status read_state(const char *path, int64_t pw, int64_t model_step, char **buf, moe__state *s,
+                             const float **opt) {
+    size_t len;
+    *buf = moe__read_file(path, &len);
+    if (!*buf) return MOE_STATUS_IO;
+    const void *o = NULL;
+    moe_status st = moe__state_parse(*buf, len, path, pw, s, &o);
+    if (st == MOE_STATUS_OK && s->step != model_step)
+        st = moe__err(MOE_STATUS_FORMAT, "'%s' is at step %lld but model.safetensors is at step %lld", path,
+                      (long long)s->step, (long long)model_step);
+    *opt = o;
+    return st;
+}
+
+/* This rank's AdamW moments from a checkpoint written with expert parallelism W, whatever this
+ * run's ep: the moments of a tensor are laid out as its weights are (docs/distributed.md), so
+ * they are gathered by global expert id, as the weights are (moe__model_load_weights): the
+ * replicated tensors from the first state file read, each routed expert from the file of the rank
+ * that held it. Only the files whose experts overlap this rank's are read. */
+static moe_status load_state_any(moe_trainer *t, int W, int64_t model_step, const char *path1) {
+    const moe__dist *g = moe__dist_get();
+    moe_model *m = t->m;
+    int n = moe_model_n_tensors(m), ep = g->ep, r = g->ep_rank;
+    int64_t P = moe_model_n_params(m), pw = 0;
+    int64_t *woff = malloc((size_t)n * sizeof *woff);
+    if (!woff) return moe__err(MOE_STATUS_NOMEM, "out of memory");
+    moe_status st = MOE_STATUS_OK;
+    for (int i = 0; i < n; i++) { // where each tensor lies in a file of the W-rank layout
+        const moe_tensor_info *ti = moe_model_tensor(m, i);
+        int64_t E = ti->shape[0] * ep, numel = ti->numel;
+        if (ti->group == MOE_GROUP_EXPERT) {
+            if (E % W) st = moe__err(MOE_STATUS_FORMAT, "'%s': %lld experts of '%s' do not split over the %d ranks that "
+                                     "wrote it", t->model_path, (long long)E, ti->name, W);
+            numel = ti->numel / ti->shape[0] * (E / W);
+        }
+        woff[i] = pw;
+        pw += numel;
+    }
+    int have = 0;
+    for (int j = 0; j < W && st == MOE_STATUS_OK; j++) {
+        // rank j of W held the fraction [j, j+1)/W of each layer's experts; this one [r, r+1)/ep
+        if (!((int64_t)j * ep < (int64_t)(r + 1) * W && (int64_t)(j + 1) * ep > (int64_t)r * W)) continue;
+        char path[4200], *buf = NULL;
+        moe__state s;
+        const float *opt = NULL;
+        st = W == 1 ? moe__pathf(path, sizeof path, "%s", path1)
+                    : moe__shard_name(path, sizeof path, t->dir, "state", j, W, model_step);
+        if (st == MOE_STATUS_OK) st = read_state(path, pw, model_step, &buf, &s, &opt);
+        for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
+            const moe_tensor_info *ti = moe_model_tensor(m, i);
+            if (ti->group != MOE_GROUP_EXPERT) {
+                if (!have) // replicated: the same in every file
+                    for (int k = 0; k < 2; k++)
+                        memcpy(m->opt + k * P + ti->offset, opt + k * pw + woff[i], (size_t)ti->numel * sizeof(float));
+                continue;
+            }
+            int64_t per = ti->numel / ti->shape[0], El = ti->shape[0], Ew = El * ep / W;
+            int64_t lo = (int64_t)r * El > j * Ew ? (int64_t)r * El : j * Ew;
+            int64_t hi = (int64_t)(r + 1) * El < (j + 1) * Ew ? (int64_t)(r + 1) * El : (j + 1) * Ew;
+            for (int k = 0; k < 2 && hi > lo; k++) // global experts [lo, hi): from file j's rows to this rank's
+                memcpy(m->opt + k * P + ti->offset + (lo - (int64_t)r * El) * per,
+                       opt + k * pw + woff[i] + (lo - j * Ew) * per, (size_t)((hi - lo) * per) * sizeof(float));
+        }
+        if (st == MOE_STATUS_OK && !have) t->run = s;
+        have = 1;
+        free(buf);
+    }
+    free(woff);
+    return st == MOE_STATUS_OK ? m->be->from_host(m, MOE_BUF_OPT) : st;
 }
 
 moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_failed) {
     const moe__dist *g = moe__dist_get();
-    char shard[4200];
-    moe_status st = check_ep(t, g->ep);
-    *ckpt_failed = st == MOE_STATUS_FORMAT || st == MOE_STATUS_IO;
-    if (st != MOE_STATUS_OK) return st;
-    st = g->ep > 1 ? moe__shard_name(shard, sizeof shard, t->dir, "state", g->ep_rank, g->ep, model_step) : MOE_STATUS_OK;
-    if (st == MOE_STATUS_OK) st = load_state(t, g->ep > 1 ? shard : t->state_path, model_step);
-    if (st != MOE_STATUS_OK && g->ep == 1) {
+    int W = 1;
+    moe_status st = written_ep(t, &W);
+    if (st == MOE_STATUS_OK) st = load_state_any(t, W, model_step, t->state_path);
+    if (st != MOE_STATUS_OK && W == 1 && access(t->state_next_path, F_OK) == 0) {
         // killed between committing model.safetensors and renaming state.next.bin over
         // state.bin (moe_trainer_save): the state of the model's step is the next one
         char first[1024];
         snprintf(first, sizeof first, "%s", moe_last_error());
-        int probe = access(t->state_next_path, F_OK) == 0;
-        st = probe ? load_state(t, t->state_next_path, model_step) : st;
+        st = load_state_any(t, W, model_step, t->state_next_path);
         if (st == MOE_STATUS_OK && g->rank == 0 && rename(t->state_next_path, t->state_path) != 0)
             st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
                           strerror(errno));
-        if (st != MOE_STATUS_OK && probe) st = moe__err(st, "%s (and %s)", first, moe_last_error());
-        else if (st != MOE_STATUS_OK) st = moe__err(st, "%s", first);
+        if (st != MOE_STATUS_OK) st = moe__err(st, "%s (and %s)", first, moe_last_error());
     }
-    *ckpt_failed = st == MOE_STATUS_FORMAT || (st == MOE_STATUS_IO && g->ep == 1); // the state did not load
+    if (st != MOE_STATUS_OK && W != g->ep)
+        st = moe__err(st, "resume with ep=%d of a checkpoint written with ep=%d: %s", g->ep, W, moe_last_error());
+    *ckpt_failed = st == MOE_STATUS_FORMAT || st == MOE_STATUS_IO; // the state did not load
     if (st == MOE_STATUS_OK && g->rank == 0) st = trim_metrics(t);
     return st;
 }
 
 /* ---------------------------------------------------------------- save */
 
-/* Removes this rank's shard files of other steps (after a newer set was committed). */
-static void remove_old_shards(const char *dir, int j, int ep, int64_t step) {
+/* Removes the shard files (experts-J-of-N.stepS.safetensors, state-J-of-N.stepS.bin) of any
+ * other layout or step than ep ranks at step, after that checkpoint was committed: older steps,
+ * and a layout the run was resumed from (with ep 1, every shard). Rank 0. */
+static void remove_old_shards(const char *dir, int ep, int64_t step) {
     DIR *d = opendir(dir);
     if (!d) return;
-    char keep_e[128], keep_s[128], pre_e[64], pre_s[64];
-    if (moe__shard_name(keep_e, sizeof keep_e, ".", "experts", j, ep, step) != MOE_STATUS_OK ||
-        moe__shard_name(keep_s, sizeof keep_s, ".", "state", j, ep, step) != MOE_STATUS_OK) {
-        closedir(d);
-        return;
-    }
-    snprintf(pre_e, sizeof pre_e, "experts-%d-of-%d.step", j, ep);
-    snprintf(pre_s, sizeof pre_s, "state-%d-of-%d.step", j, ep);
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         const char *n = e->d_name;
-        if (strncmp(n, pre_e, strlen(pre_e)) && strncmp(n, pre_s, strlen(pre_s))) continue;
-        if (!strcmp(n, keep_e + 2) || !strcmp(n, keep_s + 2)) continue;
+        int j, w, end = 0;
+        long long s;
+        char ext[16] = "";
+        int ex = sscanf(n, "experts-%d-of-%d.step%lld.%15s%n", &j, &w, &s, ext, &end) == 4 && !strcmp(ext, "safetensors");
+        int sb = !ex && sscanf(n, "state-%d-of-%d.step%lld.%15s%n", &j, &w, &s, ext, &end) == 4 && !strcmp(ext, "bin");
+        if ((!ex && !sb) || n[end] || (ep > 1 && w == ep && s == (long long)step)) continue;
         char *path = moe__path_join(dir, n);
         if (path) unlink(path);
         free(path);
@@ -308,6 +347,7 @@ moe_status moe_trainer_save(moe_trainer *t) {
         if (!moe__dist_min_int(st == MOE_STATUS_OK) && st == MOE_STATUS_OK)
             st = moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not write it", (long long)t->run.step);
         if (st == MOE_STATUS_OK && g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, 1);
+        if (st == MOE_STATUS_OK && g->rank == 0) remove_old_shards(t->dir, 1, t->run.step); // of a sharded run resumed
         return st;
     }
     char ex[4200], sp[4200];
@@ -326,7 +366,7 @@ moe_status moe_trainer_save(moe_trainer *t) {
         return st != MOE_STATUS_OK ? st
                                    : moe__err(MOE_STATUS_IO, "checkpoint at step %lld: rank 0 could not commit it", (long long)t->run.step);
     if (g->rank == 0 && t->cfg.keep_checkpoints > 0) st = keep_snapshot(t, g->ep); // before old shards go
-    if (g->dp_rank == 0) remove_old_shards(t->dir, g->ep_rank, g->ep, t->run.step);
+    if (g->rank == 0) remove_old_shards(t->dir, g->ep, t->run.step);
     return st;
 }
 
