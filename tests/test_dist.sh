@@ -11,7 +11,8 @@
 #     the one-process run's; resuming a 2-rank ep = 2 run equals the straight run; resume chains
 #     under other layouts (np:ep 2:2 -> 1:1 -> 4:4, 4:4 -> 4:2 and 4:4 -> 2:2) reshard the AdamW
 #     moments by global expert id and equal the straight run too, leaving only the last layout's
-#     shards; a corrupt or missing state shard is named;
+#     shards; shards written by moe 0.1 (tests/dist/ep2_v0.1) resume on 1 and on 4 ranks; a
+#     corrupt or missing state shard is named;
 #   - SIGTERM to one rank stops every rank after the same step with a checkpoint, and the run
 #     resumes to an unstopped run's losses;
 #   - NaN in one rank's experts: every rank reports the same tensor and rank, none saves;
@@ -124,6 +125,19 @@ for chain in "2:2:7 1:1:14 4:4:20" "4:4:10 4:2:20" "4:4:10 2:2:20"; do
     IFS=: read -r np ep stop <<< "${chain##* }"
     want=$((ep > 1 ? 2 * ep : 0))
     [ "$(ls "$dir" | grep -c '^\(experts\|state\)-')" -eq $want ] || fail "chain $chain: shards of other layouts left: $(ls "$dir")"
+done
+# shards written before any-layout resume (moe 0.1, ep 2: tests/dist/ep2_v0.1) resume on one
+# process and on 4 ranks with ep 4, to a straight run's losses
+seq 1 40000 | tr '\n' ' ' > "$W/seq.txt"
+"$MOE" train --data "$W/seq.txt" --out "$W/seq_ref" --steps 10 "${SMALL[@]}" --set grad_accum=4 || fail "straight run on seq.txt"
+for np in 1 4; do
+    checks=$((checks + 1))
+    rm -rf "$W/old" && cp -r "$SRC/tests/dist/ep2_v0.1" "$W/old" && rm "$W/old/README.md"
+    run=()
+    [ "$np" -gt 1 ] && run=("${MPI[@]}" -np "$np")
+    timeout 300 "${run[@]+"${run[@]}"}" "$MOE" train --data "$W/seq.txt" --out "$W/old" --steps 10 --resume "${SMALL[@]}" \
+        --set grad_accum=$((4 / np)) --ep "$np" > "$W/log" 2>&1 || { fail "resume of moe 0.1's ep=2 shards on $np: $(tail -3 "$W/log")"; continue; }
+    msg=$(compare "$W/old/metrics.jsonl" "$W/seq_ref/metrics.jsonl" 2>&1) || fail "moe 0.1's ep=2 shards resumed on $np differ: $msg"
 done
 # a corrupt or missing state shard is named
 checks=$((checks + 2))
