@@ -115,12 +115,16 @@ const char *moe_last_error(void);
     X(MOE_ROUTING_EXPERT_CHOICE, "expert_choice") /* Zhou et al. 2022: each expert takes its top-capacity tokens */ \
     X(MOE_ROUTING_SOFT, "soft") /* dense soft mixture: every expert, softmax weights (Jacobs et al. 1991) */
 #define MOE_SCORE_VALUES(X) X(MOE_SCORE_SOFTMAX, "softmax") X(MOE_SCORE_SIGMOID, "sigmoid")
+/* How group-limited routing scores a group: the sum of its two best scores (DeepSeek-V3's
+ * noaux_tc), or its best score (DeepSeek-V2's group_limited_greedy). */
+#define MOE_GROUP_SCORE_VALUES(X) X(MOE_GROUP_TOP2_SUM, "top2_sum") X(MOE_GROUP_MAX, "max")
 #define MOE_FAULT_POLICY_VALUES(X) X(MOE_FAULT_STOP, "stop") X(MOE_FAULT_SKIP, "skip")
 
 #define MOE__X(constant, spelling) constant,
 typedef enum { MOE_DROP_POLICY_VALUES(MOE__X) } moe_drop_policy;
 typedef enum { MOE_ROUTING_VALUES(MOE__X) } moe_routing;
 typedef enum { MOE_SCORE_VALUES(MOE__X) } moe_score;
+typedef enum { MOE_GROUP_SCORE_VALUES(MOE__X) } moe_group_score;
 typedef enum { MOE_FAULT_POLICY_VALUES(MOE__X) } moe_fault_policy;
 #undef MOE__X
 /* The largest value of the enum listed by values (a constant expression). */
@@ -178,6 +182,11 @@ typedef enum { MOE_FAULT_POLICY_VALUES(MOE__X) } moe_fault_policy;
       "at eval and sampling), soft (every expert, softmax weights)")                                                \
     X(router_score, ENUM(moe_score, MOE_SCORE_VALUES), MOE_SCORE_SOFTMAX, 0, MOE__ENUM_MAX(MOE_SCORE_VALUES),       \
       MODEL, "router scores: softmax or sigmoid (DeepSeek-V3)")                                                     \
+    X(n_group, INT, 0, 0, 64, MODEL, "expert groups of group-limited routing (DeepSeek-V2/V3; topk); 0 = none")     \
+    X(topk_group, INT, 0, 0, 64, MODEL, "groups each token may route to, by group score (with n_group)")          \
+    X(group_score, ENUM(moe_group_score, MOE_GROUP_SCORE_VALUES), MOE_GROUP_TOP2_SUM, 0,                            \
+      MOE__ENUM_MAX(MOE_GROUP_SCORE_VALUES), MODEL,                                                                 \
+      "a group's score: top2_sum (sum of its 2 best, DeepSeek-V3) or max (its best, DeepSeek-V2)")                  \
     /* DeepSeek-V3's routed_scaling_factor */                                                                       \
     X(route_scale, FLOAT, 1.0, 1e-6, 1e6, MODEL, "multiplier of routed gate weights (DeepSeek-V3)")                 \
     X(jitter_eps, FLOAT, 0.0, 0.0, 1.0, MODEL, "Switch router input jitter U(1-eps,1+eps); 0 = off")                \

@@ -210,7 +210,8 @@ static void test_device_supports(void) {
                              {"qkv_bias", "true", NULL, NULL, "q/k/v biases (qkv_bias)"},
                              {"qk_norm", "true", NULL, NULL, "QK-norm (qk_norm)"},
                              {"n_shared", "1", "shared_gate", "true", "shared-expert gate (shared_gate)"},
-                             {"n_shared", "1", "shared_hidden", "100", "width of its own (shared_hidden)"}};
+                             {"n_shared", "1", "shared_hidden", "100", "width of its own (shared_hidden)"},
+                             {"n_group", "2", "topk_group", "1", "group-limited routing (n_group)"}};
     moe_device cpu = moe_device_default(), gpu = cpu;
     gpu.kind = MOE_DEVICE_CUDA;
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {

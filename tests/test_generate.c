@@ -226,6 +226,9 @@ int main(void) {
         {"Qwen2-MoE: q/k/v biases, gated shared expert of its own width, dense layer, unnormalised",
          "qkv_bias=true n_shared=1 shared_gate=true shared_hidden=20 moe_layers=1-2 norm_topk=false"},
         {"OLMoE: QK-norm with grouped-query attention", "qk_norm=true n_kv_head=1 norm_topk=false"},
+        {"group-limited routing (DeepSeek-V3: 2 groups, 1 kept, sigmoid + bias)",
+         "router_score=sigmoid n_group=2 topk_group=1 bias_update_rate=0.01"},
+        {"group-limited routing (DeepSeek-V2: group max)", "n_group=4 topk_group=2 group_score=max"},
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) teacher_forced(v[i].name, v[i].sets);
     batch_steps();

@@ -16,6 +16,7 @@
 #include "core/core.h"
 #include "nn/nn.h"
 #include "moe/moe_layer.h"
+#include "moe/select.h"
 #include "model/model.h"
 #include "cpu/cpu.h"
 
@@ -376,7 +377,9 @@ typedef struct {
     int shared_gate;
 } moe_variant;
 
-static void run_moe_fd(const moe_variant *v) {
+/* With groups (G >= 2): group-limited routing, topk_group TG, a group scored by its max or the
+ * sum of its top 2. */
+static void run_moe_fd_grouped(const moe_variant *v, int G, int TG, moe_group_score gs) {
     moe_ctx m;
     moe_alloc(&m, v->N, v->C, v->E, v->K, v->F, v->S, v->T);
     int64_t N = v->N, C = v->C, E = v->E, F = v->F;
@@ -390,6 +393,7 @@ static void run_moe_fd(const moe_variant *v) {
     m.d.random_routing = v->random_routing;
     m.d.training = !v->eval;
     m.d.shared_gate = v->shared_gate;
+    m.d.n_group = G, m.d.topk_group = TG, m.d.group_score = gs;
     if (v->with_bias) m.w.bias = randn(E, 0.3f);
     moe__moe_loss_scales ls = {0.7f, 0.3f, 0.5f, 0.4f, 0.6f};
     m.ls = ls;
@@ -445,6 +449,8 @@ static void run_moe_fd(const moe_variant *v) {
     moe_release(&m);
 }
 
+static void run_moe_fd(const moe_variant *v) { run_moe_fd_grouped(v, 0, 0, MOE_GROUP_TOP2_SUM); }
+
 static void test_moe_gradients(void) {
     const moe_drop_policy PROB = MOE_DROP_PROBABILITY, POS = MOE_DROP_POSITION;
     const moe_routing TOPK = MOE_ROUTING_TOPK;
@@ -473,6 +479,78 @@ static void test_moe_gradients(void) {
         {"moe GShard random routing", 16, 8, 5, 2, 5, 0, 8, 1, 1.0f, PROB, TOPK, SOFTMAX, 1, 0, 1, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) run_moe_fd(&variants[i]);
+    // group-limited routing (DeepSeek-V3: sigmoid, bias, top-2 sums; V2: softmax, group max)
+    const moe_variant v3 = {"moe grouped V3: 4 groups of 2, 2 kept, K=3, sigmoid + bias, scale 2.5", 24, 8, 8, 3, 5, 1, 8,
+                            1, 0.0f, PROB, TOPK, SIGMOID, 2.5f, 0, 0, 1, 0, 0};
+    run_moe_fd_grouped(&v3, 4, 2, MOE_GROUP_TOP2_SUM);
+    const moe_variant v2 = {"moe grouped V2: 3 groups of 2, 1 kept, K=2, softmax, dropping", 24, 8, 6, 2, 5, 0, 8, 0,
+                            1.0f, PROB, TOPK, SOFTMAX, 1, 0, 0, 0, 0, 0};
+    run_moe_fd_grouped(&v2, 3, 1, MOE_GROUP_MAX);
+}
+
+/* The groups and experts moe__select_topk_grouped should pick, computed another way: group
+ * scores by sorting, groups by sorting (stable: ties to the lower group), experts by sorting the
+ * kept ones (ties to the lower expert). */
+static void grouped_ref(int *sel, const float *v, int E, int K, int G, int TG, int top2) {
+    int S = E / G, gi[64], ei[256];
+    float gsc[64];
+    for (int g = 0; g < G; g++) {
+        float a[64];
+        for (int i = 0; i < S; i++) a[i] = v[g * S + i];
+        for (int i = 0; i < S; i++) // sort descending
+            for (int j = i + 1; j < S; j++)
+                if (a[j] > a[i]) { float t = a[i]; a[i] = a[j]; a[j] = t; }
+        gsc[g] = top2 && S > 1 ? a[0] + a[1] : a[0];
+        gi[g] = g;
+    }
+    for (int i = 0; i < G; i++) // stable selection sort by score, descending
+        for (int j = i + 1; j < G; j++)
+            if (gsc[gi[j]] > gsc[gi[i]] || (gsc[gi[j]] == gsc[gi[i]] && gi[j] < gi[i])) { int t = gi[i]; gi[i] = gi[j]; gi[j] = t; }
+    int n = 0;
+    for (int e = 0; e < E; e++)
+        for (int k = 0; k < TG; k++)
+            if (e / S == gi[k]) ei[n++] = e;
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (v[ei[j]] > v[ei[i]] || (v[ei[j]] == v[ei[i]] && ei[j] < ei[i])) { int t = ei[i]; ei[i] = ei[j]; ei[j] = t; }
+    for (int k = 0; k < K; k++) sel[k] = ei[k];
+}
+
+/* Group-limited selection: against grouped_ref on random and tied scores; all groups kept is
+ * plain top-K; groups of one with topk_group = K are plain top-K; one group kept holds every
+ * choice; V2 and V3 group scores pick differently where they should; the bias counts. */
+static void test_grouped_selection(void) {
+    int sel[16], ref[16], plain[16];
+    for (int trial = 0; trial < 3000; trial++) {
+        int G = 1 + (int)(moe__rng_u64(&rng) % 8), S = 1 + (int)(moe__rng_u64(&rng) % 5), E = G * S;
+        int TG = 1 + (int)(moe__rng_u64(&rng) % (uint64_t)G), K = 1 + (int)(moe__rng_u64(&rng) % (uint64_t)(TG * S < 8 ? TG * S : 8));
+        int top2 = trial % 2, ties = trial % 3 == 0;
+        float v[64];
+        for (int e = 0; e < E; e++) v[e] = ties ? (float)(moe__rng_u64(&rng) % 3) : moe__rng_normal(&rng);
+        moe__select_topk_grouped(sel, v, NULL, E, K, G, TG, top2);
+        grouped_ref(ref, v, E, K, G, TG, top2);
+        CHECK(!memcmp(sel, ref, (size_t)K * sizeof(int)), "grouped selection E %d G %d TG %d K %d top2 %d ties %d: %d.. vs %d..",
+              E, G, TG, K, top2, ties, sel[0], ref[0]);
+        if (TG == G || (S == 1 && TG == K)) { // no limit in effect: plain top-K
+            moe__select_topk(plain, v, NULL, E, K);
+            CHECK(!memcmp(sel, plain, (size_t)K * sizeof(int)), "all groups (or groups of one) are plain top-K: E %d G %d TG %d K %d",
+                  E, G, TG, K);
+        }
+        if (TG == 1)
+            for (int k = 1; k < K; k++) CHECK(sel[k] / S == sel[0] / S, "one group kept: expert %d outside group %d", sel[k], sel[0] / S);
+    }
+    // V3 (sum of top 2) against V2 (max): group 0 = {0.9, 0.0}, group 1 = {0.5, 0.5}
+    float v[4] = {0.9f, 0.0f, 0.5f, 0.5f}, bias[4] = {0.0f, 0.0f, -0.6f, 0.0f};
+    moe__select_topk_grouped(sel, v, NULL, 4, 1, 2, 1, 1);
+    CHECK(sel[0] == 2, "top2_sum keeps group 1 (1.0 > 0.9), picks expert 2: %d", sel[0]);
+    moe__select_topk_grouped(sel, v, NULL, 4, 1, 2, 1, 0);
+    CHECK(sel[0] == 0, "max keeps group 0 (0.9 > 0.5), picks expert 0: %d", sel[0]);
+    moe__select_topk_grouped(sel, v, bias, 4, 2, 2, 1, 1);
+    CHECK(sel[0] == 0 && sel[1] == 1, "the bias scores the groups too (group 1: 0.4 < 0.9): %d %d", sel[0], sel[1]);
+    // tied groups: the lower group
+    float t[6] = {0.2f, 0.7f, 0.7f, 0.2f, 0.1f, 0.1f};
+    moe__select_topk_grouped(sel, t, NULL, 6, 2, 3, 1, 1);
+    CHECK(sel[0] == 1 && sel[1] == 0, "tied groups 0 and 1: group 0 wins, experts 1 then 0: %d %d", sel[0], sel[1]);
 }
 
 /* ---------------------------------------------------------------- routing edge cases */
@@ -769,6 +847,7 @@ static void test_recompute(void) {
         {"qk_norm", "1", "qkv_bias", "1"},
         {"n_shared", "1", "shared_gate", "1"},
         {"n_shared", "1", "shared_hidden", "7"},
+        {"n_group", "2", "topk_group", "1"},
         {"jitter_eps", "0.1", "random_routing", "1"},
         {"expert_counts", "2,4,8", "router_score", "sigmoid"},
         {"bias_update_rate", "0.01", "seq_aux_loss_coef", "0.01"},
@@ -835,6 +914,7 @@ int main(void) {
     test_ffn();
     test_crossentropy();
     test_moe_gradients();
+    test_grouped_selection();
     test_routing_edges();
     test_model_gradients();
     test_recompute();

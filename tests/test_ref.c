@@ -79,6 +79,21 @@ static const ref_case cases[] = {
       "n_experts=6", "top_k=2", "expert_hidden=12", "qk_norm=true", "moe_layers=all", "norm_topk=false",
       "capacity_factor=0", "aux_loss_coef=0.01", "z_loss_coef=0.001", "batch_size=2", "lr=0.01",
       "warmup_steps=2", "steps=4", NULL}},
+    /* DeepSeek-V3 group-limited routing: 8 experts in 4 groups, each token's 2 best groups by
+     * the sum of their top-2 (sigmoid + bias) scores, then top-3 within; a shared expert */
+    {"case_i", 0, 0, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=8",
+      "top_k=3", "expert_hidden=8", "n_shared=1", "moe_layers=all", "norm_topk=true", "router_score=sigmoid",
+      "route_scale=2.5", "bias_update_rate=0.001", "n_group=4", "topk_group=2", "group_score=top2_sum",
+      "seq_aux_loss_coef=0.1", "capacity_factor=0", "aux_loss_coef=0.0", "z_loss_coef=0.001", "batch_size=2",
+      "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
+    /* DeepSeek-V2 group-limited routing: 6 experts in 3 groups, the best group by its max
+     * softmax score, top-2 within it, unnormalised, dropping by probability */
+    {"case_j", 0, 1, 1,
+     {"vocab_size=64", "seq_len=8", "n_embd=16", "n_layer=2", "n_head=2", "ffn_hidden=20", "n_experts=6",
+      "top_k=2", "expert_hidden=8", "moe_layers=all", "norm_topk=false", "n_group=3", "topk_group=1",
+      "group_score=max", "capacity_factor=1.0", "min_capacity=1", "drop_policy=probability", "aux_loss_coef=0.01",
+      "z_loss_coef=0.001", "batch_size=2", "lr=0.01", "warmup_steps=2", "steps=4", NULL}},
 };
 
 /* The noise seed of the forward at step s (noisy top-K draws), the same in both modes. */

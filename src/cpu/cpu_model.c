@@ -112,6 +112,9 @@ moe__moe_dims moe__cpu_layer_dims(const moe_model *m, int l, int T, int training
     d.routing = c->routing;
     d.score = c->router_score;
     d.norm_topk = c->norm_topk;
+    d.n_group = c->n_group > 1 ? c->n_group : 0;
+    d.topk_group = c->topk_group;
+    d.group_score = c->group_score;
     d.route_scale = c->route_scale;
     d.drop_policy = c->drop_policy;
     d.capacity_factor = training ? c->capacity_factor : c->eval_capacity_factor;

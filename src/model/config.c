@@ -391,6 +391,26 @@ moe_status moe_config_validate(const moe_config *c) {
         if (c->routing == MOE_ROUTING_NOISY_TOPK && c->top_k >= E)
             return moe__err(MOE_STATUS_CONFIG, "config: noisy_topk needs top_k < n_experts (layer %d has %d experts)", l, E);
     }
+    if (c->n_group > 1) {
+        if (c->routing != MOE_ROUTING_TOPK)
+            return moe__err(MOE_STATUS_CONFIG, "config: n_group (group-limited routing) needs routing = topk");
+        if (c->topk_group < 1 || c->topk_group > c->n_group)
+            return moe__err(MOE_STATUS_CONFIG, "config: topk_group = %d must be in [1, n_group = %d]", c->topk_group,
+                            c->n_group);
+        for (int l = 0; l < c->n_layer; l++) {
+            if (!mask[l]) continue;
+            int E = moe_config_layer_experts(c, l);
+            if (E % c->n_group)
+                return moe__err(MOE_STATUS_CONFIG, "config: n_group = %d does not divide layer %d's %d experts", c->n_group,
+                                l, E);
+            if (c->top_k > c->topk_group * (E / c->n_group))
+                return moe__err(MOE_STATUS_CONFIG, "config: top_k = %d exceeds the %d experts of topk_group = %d groups of "
+                                "%d (layer %d)", c->top_k, c->topk_group * (E / c->n_group), c->topk_group,
+                                E / c->n_group, l);
+        }
+    } else if (c->topk_group) {
+        return moe__err(MOE_STATUS_CONFIG, "config: topk_group = %d needs n_group >= 2", c->topk_group);
+    }
     if (c->random_routing && (c->top_k != 2 || c->routing != MOE_ROUTING_TOPK))
         return moe__err(MOE_STATUS_CONFIG, "config: random_routing needs routing = topk and top_k = 2");
     if (c->bias_update_rate > 0.0f && c->routing != MOE_ROUTING_TOPK)

@@ -59,6 +59,7 @@ moe_status moe_device_supports(const moe_device *d, const moe_config *c) {
                               : NULL;
     if (c->qkv_bias) missing = "q/k/v biases (qkv_bias)";
     if (c->qk_norm) missing = "QK-norm (qk_norm)";
+    if (c->n_group > 1) missing = "group-limited routing (n_group)";
     if (d->kind == MOE_DEVICE_CUDA && missing)
         return moe__err(MOE_STATUS_ARG, "--device cuda: %s is not on the GPU yet; run it on the CPU", missing);
     return MOE_STATUS_OK;

@@ -20,6 +20,8 @@ typedef struct {
     moe_routing routing;
     moe_score score;
     int norm_topk;
+    int n_group, topk_group;     /* group-limited routing (n_group >= 2): topk_group groups a token */
+    moe_group_score group_score; /* how a group is scored */
     float route_scale;           /* multiplies the routed gate weights (DeepSeek-V3) */
     moe_drop_policy drop_policy;
     float capacity_factor;       /* 0 = dropless */

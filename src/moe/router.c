@@ -5,7 +5,8 @@
  *   input jitter (Switch): xr = x * U(1-eps, 1+eps) elementwise, training only; else xr = x
  *   logits = xr Wg^T                                                   (N,E)
  *   top-K (token choice): scores = softmax(logits) or sigmoid(logits) (DeepSeek-V3);
- *       selection by scores + bias (aux-loss-free bias selects, never weights);
+ *       selection by scores + bias (aux-loss-free bias selects, never weights), within the
+ *       topk_group best of n_group expert groups when grouped (DeepSeek-V2/V3, moe/select.h);
  *       gate_k = route_scale * s_k / sum_j s_j (norm_topk) or route_scale * s_k
  *   noisy top-K (Shazeer et al. 2017): H = logits + eps * softplus(xr Wn^T), eps ~ N(0,1) in
  *       training (0 at eval); top-K of H; gates = route_scale * softmax over the K selected H
@@ -149,7 +150,11 @@ void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weigh
             for (int e = 0; e < E; e++) pr[e] = sc[e] = expf(l[e] - lse);
         }
         if (routing == MOE_ROUTING_TOPK) {
-            moe__select_topk(sel, sc, w->bias, E, K);
+            if (d->n_group > 1)
+                moe__select_topk_grouped(sel, sc, w->bias, E, K, d->n_group, d->topk_group,
+                                         d->group_score == MOE_GROUP_TOP2_SUM);
+            else
+                moe__select_topk(sel, sc, w->bias, E, K);
             float gs = 0.0f;
             for (int k = 0; k < K; k++) gs += (gate[k] = sc[sel[k]]);
             for (int k = 0; k < K; k++) gate[k] = d->route_scale * (d->norm_topk ? gate[k] / gs : gate[k]);

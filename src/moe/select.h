@@ -27,4 +27,42 @@ static inline MOE_HOST_DEVICE void moe__select_topk(int *sel, const float *key, 
     }
 }
 
+/* Group-limited top-K (DeepSeek-V2/V3): the E experts in G groups of E/G; v = key + bias. Each
+ * group is scored by the sum of its two best v (top2_sum; its one v in a group of one) or its best
+ * (max); the topk_group best groups are kept (ties to the lower group), then the top-K of v among
+ * their experts (ties to the lower expert). G <= 64. */
+static inline MOE_HOST_DEVICE void moe__select_topk_grouped(int *sel, const float *key, const float *bias, int E, int K,
+                                                            int G, int topk_group, int top2_sum) {
+    int S = E / G;
+    float gscore[64];
+    for (int g = 0; g < G; g++) {
+        float b1 = 0.0f, b2 = 0.0f;
+        for (int i = 0; i < S; i++) {
+            int e = g * S + i;
+            float v = key[e] + (bias ? bias[e] : 0.0f);
+            if (i == 0 || v > b1) b2 = i == 0 ? b2 : b1, b1 = v;
+            else if (i == 1 || v > b2) b2 = v;
+        }
+        gscore[g] = top2_sum && S > 1 ? b1 + b2 : b1;
+    }
+    unsigned long long keep = 0;
+    for (int k = 0; k < topk_group; k++) {
+        int best = -1;
+        for (int g = 0; g < G; g++)
+            if (!(keep >> g & 1ULL) && (best < 0 || gscore[g] > gscore[best])) best = g;
+        keep |= 1ULL << best;
+    }
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        float bv = 0.0f;
+        for (int e = 0; e < E; e++) {
+            int taken = !(keep >> (e / S) & 1ULL);
+            for (int j = 0; j < k; j++) taken |= sel[j] == e;
+            float v = key[e] + (bias ? bias[e] : 0.0f);
+            if (!taken && (best < 0 || v > bv)) best = e, bv = v;
+        }
+        sel[k] = best;
+    }
+}
+
 #endif

@@ -30,7 +30,9 @@ Routing (N = B*T tokens, n = b*T + t; E = E_l, the layer's expert count; K = top
   logits = x Wg^T; z loss = mean_n logsumexp(logits)^2.  Scores s = softmax or sigmoid(logits)
   (router_score); probs = s normalised over the experts (= s for softmax).
   topk           top-K of s + e_score_correction_bias (the bias, a buffer, only where the tensor
-                 exists), decreasing, ties to the lower index; gate = route_scale * s_sel (divided
+                 exists), decreasing, ties to the lower index; with n_group G > 1 only among the
+                 experts of the topk_group groups (of E/G consecutive experts) with the best group
+                 score (max, or sum of the top 2, of s + bias in the group; ties to the lower group); gate = route_scale * s_sel (divided
                  by sum s_sel if norm_topk).  Capacity max(min_capacity, ceil(K*N/E*cf)) <= N per
                  expert when capacity_factor > 0, dropping by position or by lowest s.
   noisy_topk     Shazeer et al. 2017: H = logits + eps * softplus(x Wn^T) with the exported eps;
@@ -59,6 +61,9 @@ Cases (configs in tests/test_ref.c)
           scaled by sigmoid(x . shared_expert_gate), a dense layer, top-K not renormalised
   case_h  OLMoE: QK-norm (an RMSNorm over the whole q projection, C wide, and one over the whole
           k projection, n_kv_head * head_dim wide, before the split into heads and RoPE)
+  case_i  DeepSeek-V3 group-limited routing: sigmoid + bias, groups scored by the sum of their
+          top-2, the best topk_group groups kept, top-K within them
+  case_j  DeepSeek-V2 group-limited routing: softmax, groups scored by their max
 
 Training: torch.optim.AdamW (betas (0.9, 0.95), eps 1e-8, weight decay 0.1 except for the norm
 weights and biases), per-group learning-rate multipliers for the routed experts and the router (gate and
@@ -88,7 +93,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-CASES = ["case_a", "case_b", "case_c", "case_d", "case_e", "case_f", "case_g", "case_h"]
+CASES = ["case_a", "case_b", "case_c", "case_d", "case_e", "case_f", "case_g", "case_h", "case_i", "case_j"]
 NSTEPS = 4
 
 # Training hyperparameters per case (the spec; not read from the model file).
@@ -101,6 +106,8 @@ TRAIN = {
     "case_f": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
     "case_g": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
     "case_h": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_i": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
+    "case_j": dict(lr=0.01, warmup=2, steps=4, expert_lr_mult=1.0, router_lr_mult=1.0),
 }
 WEIGHT_DECAY = 0.1
 BETAS = (0.9, 0.95)
@@ -278,6 +285,17 @@ def moe_ffn(x, P, pre, cfg, B, T, noise_eps):
             bias_name = m + "e_score_correction_bias"
             with torch.no_grad():
                 key = s + P[bias_name] if bias_name in P else s.clone()
+                G = int(cfg.get("n_group", 0))
+                if G > 1:  # group-limited (DeepSeek-V2/V3): other groups' experts cannot be chosen
+                    S, TG = E // G, int(cfg["topk_group"])
+                    kg = key.view(N, G, S)
+                    if cfg.get("group_score", "top2_sum") == "max":
+                        gsc = kg.max(dim=-1).values
+                    else:
+                        gsc = kg.topk(min(2, S), dim=-1).values.sum(dim=-1)
+                    keep = torch.sort(gsc, dim=-1, descending=True, stable=True).indices[:, :TG]
+                    gmask = torch.zeros(N, G, dtype=torch.bool).scatter(1, keep, True)
+                    key = key.masked_fill(~gmask.repeat_interleave(S, dim=1), float("-inf"))
                 order = torch.sort(key, dim=-1, descending=True, stable=True).indices
                 sel = order[:, :K].clone()  # [N, K], decreasing s + bias, ties to the lower index
             s_sel = s.gather(1, sel)  # gates use the unbiased scores
