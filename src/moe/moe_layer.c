@@ -31,76 +31,25 @@ static void experts_backward_rows(float *dx, const moe__moe_weights *g, moe__moe
                              w->w2, off, n, C, F);
 }
 
-/* ---------------------------------------------------------------- expert parallelism
- *
- * Rows are grouped by global expert, so the rows for peer j (experts j*El .. j*El+El-1) are one
- * contiguous block: the counts per (peer, local expert) go first (all-to-all), then the rows
- * (all-to-allv). The receiver reorders them from (peer, expert) to (expert, peer) blocks so that
- * each of its experts is one GEMM over contiguous rows; perm remembers the reordering for the
- * way back. Backward sends dy the same way and returns dx along the reverse path.
- */
-static void ep_plan(moe__moe_cache *c, const moe__moe_dims *d) {
-    int p = d->ep, El = d->El;
-    int64_t *sent = d->a2a_cnt, *recv = d->a2a_cnt + (int64_t)p * El;
-    for (int j = 0; j < p; j++) {
-        c->send_rows[j] = c->offsets[(j + 1) * El] - c->offsets[j * El];
-        for (int i = 0; i < El; i++) sent[j * El + i] = c->offsets[j * El + i + 1] - c->offsets[j * El + i];
-    }
-    moe__dist_alltoall_i64(sent, recv, El);
-    c->loff[0] = 0;
-    for (int i = 0; i < El; i++) {
-        int64_t n = 0;
-        for (int j = 0; j < p; j++) n += recv[j * El + i];
-        c->loff[i + 1] = c->loff[i] + n;
-    }
-    int64_t r = 0;
-    for (int j = 0; j < p; j++) {
-        c->recv_rows[j] = 0;
-        for (int i = 0; i < El; i++) {
-            int64_t at = c->loff[i];
-            for (int q = 0; q < j; q++) at += recv[q * El + i]; // after the rows of earlier peers
-            for (int64_t k = 0; k < recv[j * El + i]; k++) c->perm[r++] = (int)(at + k);
-            c->recv_rows[j] += recv[j * El + i];
+/* y += the shared experts' output (times its gate with shared_gate: Qwen2-MoE). */
+static void shared_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                           const moe__moe_dims *d, int64_t N) {
+    int C = d->C;
+    double t = moe__prof_begin(d->prof);
+    if (d->SF > 0 && !d->shared_gate)
+        moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 1);
+    if (d->SF > 0 && d->shared_gate) { // y_n += sigmoid(x_n . sg) sy_n
+        moe__ffn_forward(c->sy, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 0);
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *xn = x + n * C, *sy = c->sy + n * C;
+            float z = 0.0f, *yn = y + n * C;
+            for (int i = 0; i < C; i++) z += xn[i] * w->sg[i];
+            float g = c->sgate[n] = 1.0f / (1.0f + expf(-z));
+            for (int i = 0; i < C; i++) yn[i] += g * sy[i];
         }
     }
-}
-
-/* dst[perm[r]] = src[r] (to local order) or dst[r] = src[perm[r]] (back to peer order). */
-static void ep_permute(float *dst, const float *src, const int *perm, int64_t R, int C, int to_local) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < R; r++) {
-        if (to_local)
-            memcpy(dst + (int64_t)perm[r] * C, src + r * C, (size_t)C * sizeof(float));
-        else
-            memcpy(dst + r * C, src + (int64_t)perm[r] * C, (size_t)C * sizeof(float));
-    }
-}
-
-/* The all-to-alls fail on every rank of the group together (moe__dist_alltoallv_rows), so a
- * failed one returns before the next exchange on all of them. */
-static moe_status experts_forward_ep(moe__moe_cache *c, const moe__moe_weights *w, const moe__moe_dims *d) {
-    int C = d->C, F = d->F, El = d->El;
-    ep_plan(c, d);
-    int64_t RL = c->loff[El];
-    moe_status st = moe__dist_alltoallv_rows(c->xe, c->send_rows, d->a2a_buf, c->recv_rows, C);
-    if (st != MOE_STATUS_OK) return st;
-    ep_permute(c->xl, d->a2a_buf, c->perm, RL, C, 1);
-    experts_forward_rows(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, C, F);
-    ep_permute(d->a2a_buf, c->yl, c->perm, RL, C, 0);
-    return moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, c->ye, c->send_rows, C);
-}
-
-static moe_status experts_backward_ep(const moe__moe_weights *g, moe__moe_scratch *s, const moe__moe_weights *w,
-                                      const moe__moe_cache *c, const moe__moe_dims *d) {
-    int C = d->C, F = d->F, El = d->El;
-    int64_t RL = c->loff[El];
-    moe_status st = moe__dist_alltoallv_rows(s->dye, c->send_rows, d->a2a_buf, c->recv_rows, C);
-    if (st != MOE_STATUS_OK) return st;
-    ep_permute(s->dyl, d->a2a_buf, c->perm, RL, C, 1);
-    memset(s->dxl, 0, (size_t)RL * C * sizeof(float));
-    experts_backward_rows(s->dxl, g, s, s->dyl, c->xl, c->h1, c->h3, c->act, c->loff, El, w, C, F);
-    ep_permute(d->a2a_buf, s->dxl, c->perm, RL, C, 0);
-    return moe__dist_alltoallv_rows(d->a2a_buf, c->recv_rows, s->dxe, c->send_rows, C);
+    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
 }
 
 moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
@@ -115,19 +64,23 @@ moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const m
     moe__dispatch(c, d, N);
     moe__router_losses(c, d, N);
     int64_t R = c->offsets[E];
+    if (d->ep > 1) { // gather, experts and combine through the ep group (moe_ep.c)
+        moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
+        t = moe__prof_begin(d->prof);
+        moe_status st = moe__ep_forward(y, c, x, w, d, N);
+        moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+        if (st != MOE_STATUS_OK) return st;
+        shared_forward(y, c, x, w, d, N);
+        return MOE_STATUS_OK;
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; r++) memcpy(c->xe + r * C, x + (int64_t)c->row_token[r] * C, (size_t)C * sizeof(float));
     moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
     t = moe__prof_begin(d->prof);
-    moe_status st = MOE_STATUS_OK;
-    if (d->ep > 1) st = experts_forward_ep(c, w, d);
-    else {
-        for (int e = 0; d->expert_ready && e < E; e++)
-            if (c->offsets[e + 1] > c->offsets[e]) d->expert_ready(d->expert_ctx, e);
-        experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
-    }
+    for (int e = 0; d->expert_ready && e < E; e++)
+        if (c->offsets[e + 1] > c->offsets[e]) d->expert_ready(d->expert_ctx, e);
+    experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
-    if (st != MOE_STATUS_OK) return st;
     t = moe__prof_begin(d->prof);
     // combine: y_n = sum_s gate_ns ye_row(n,s)
 #pragma omp parallel for schedule(static)
@@ -143,21 +96,7 @@ moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const m
         }
     }
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
-    t = moe__prof_begin(d->prof);
-    if (d->SF > 0 && !d->shared_gate)
-        moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 1);
-    if (d->SF > 0 && d->shared_gate) { // y_n += sigmoid(x_n . sg) sy_n (Qwen2-MoE)
-        moe__ffn_forward(c->sy, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 0);
-#pragma omp parallel for schedule(static)
-        for (int64_t n = 0; n < N; n++) {
-            const float *xn = x + n * C, *sy = c->sy + n * C;
-            float z = 0.0f, *yn = y + n * C;
-            for (int i = 0; i < C; i++) z += xn[i] * w->sg[i];
-            float g = c->sgate[n] = 1.0f / (1.0f + expf(-z));
-            for (int i = 0; i < C; i++) yn[i] += g * sy[i];
-        }
-    }
-    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    shared_forward(y, c, x, w, d, N);
     return MOE_STATUS_OK;
 }
 
@@ -227,22 +166,13 @@ static void shared_gate_backward(float *dx, float *dsg, float *dsy, float *dz, c
     }
 }
 
-moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
-                             const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
-                             const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls) {
+/* The routed experts' backward on one process: the combine (dgate of every slot, d expert
+ * output), the experts, and dx of every kept slot's row added to its token. */
+static void routed_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                            const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
     int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
     int64_t R = c->offsets[E];
-    // y += shared(x), or y += sigmoid(x . sg) shared(x)
-    double t = moe__prof_begin(d->prof);
-    const float *dys = dy;
-    if (d->SF > 0 && d->shared_gate) {
-        shared_gate_backward(dx, g->sg, s->dye, s->dgate, dy, x, w->sg, c, N, C);
-        dys = s->dye;
-    }
-    if (d->SF > 0)
-        moe__ffn_backward(dx, g->sw1, g->sw3, g->sw2, s->dact, s->dh1, s->dh3, dys, x, c->sh1, c->sh3, c->sact,
-                          w->sw1, w->sw3, w->sw2, N, C, d->SF);
-    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    double t;
     t = moe__prof_begin(d->prof);
     // y_n = sum_s gate_ns ye_row: dye_row = gate_ns dy_n, dgate_ns = dy_n . ye_row (0 if not kept)
 #pragma omp parallel for schedule(static)
@@ -266,15 +196,9 @@ moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scra
     }
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
     t = moe__prof_begin(d->prof);
-    moe_status st = MOE_STATUS_OK;
-    if (d->ep > 1) {
-        st = experts_backward_ep(g, s, w, c, d);
-    } else {
-        memset(s->dxe, 0, (size_t)R * C * sizeof(float));
-        experts_backward_rows(s->dxe, g, s, s->dye, c->xe, c->h1, c->h3, c->act, c->offsets, E, w, C, F);
-    }
+    memset(s->dxe, 0, (size_t)R * C * sizeof(float));
+    experts_backward_rows(s->dxe, g, s, s->dye, c->xe, c->h1, c->h3, c->act, c->offsets, E, w, C, F);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
-    if (st != MOE_STATUS_OK) return st;
     t = moe__prof_begin(d->prof);
     // xe_row = x_n: dx_n += dxe_row for each kept slot of token n
 #pragma omp parallel for schedule(static)
@@ -288,6 +212,31 @@ moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scra
         }
     }
     moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
+}
+
+moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                             const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
+                             const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls) {
+    int C = d->C;
+    // y += shared(x), or y += sigmoid(x . sg) shared(x)
+    double t = moe__prof_begin(d->prof);
+    const float *dys = dy;
+    if (d->SF > 0 && d->shared_gate) {
+        shared_gate_backward(dx, g->sg, s->dye, s->dgate, dy, x, w->sg, c, N, C);
+        dys = s->dye;
+    }
+    if (d->SF > 0)
+        moe__ffn_backward(dx, g->sw1, g->sw3, g->sw2, s->dact, s->dh1, s->dh3, dys, x, c->sh1, c->sh3, c->sact,
+                          w->sw1, w->sw3, w->sw2, N, C, d->SF);
+    moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+    if (d->ep > 1) { // through the ep group (moe_ep.c): every slot's dgate, dx, the experts' gradients
+        t = moe__prof_begin(d->prof);
+        moe_status st = moe__ep_backward(dx, g, s, dy, w, c, d, N);
+        moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
+        if (st != MOE_STATUS_OK) return st;
+    } else {
+        routed_backward(dx, g, s, dy, w, c, d, N);
+    }
     t = moe__prof_begin(d->prof);
     moe__router_backward(dx, g, s, x, w, c, d, N, ls);
     moe__prof_end(d->prof, MOE_PHASE_ROUTER, t);
@@ -331,6 +280,11 @@ void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims
         c->loff = MOE_TAKE_I64(p, E / d->ep + 1);
         c->send_rows = MOE_TAKE_I64(p, d->ep);
         c->recv_rows = MOE_TAKE_I64(p, d->ep);
+        c->unit_token = MOE_TAKE_I(p, P);
+        c->unit_send = MOE_TAKE_I64(p, d->ep);
+        c->unit_recv = MOE_TAKE_I64(p, d->ep);
+        c->ep_meta_out = MOE_TAKE_F(p, 2 * P);
+        c->ep_meta = MOE_TAKE_F(p, 2 * PL);
     }
     c->sh1 = MOE_TAKE_F(p, N * SF);
     c->sh3 = MOE_TAKE_F(p, N * SF);
@@ -346,6 +300,8 @@ void moe__moe_plan_scratch(moe__planner *p, moe__moe_scratch *s, const moe__moe_
     if (d->ep > 1) {
         s->dyl = MOE_TAKE_F(p, d->ep * P * C);
         s->dxl = MOE_TAKE_F(p, d->ep * P * C);
+        s->ep_dgate = MOE_TAKE_F(p, d->ep * P);
+        s->ep_dgate_back = MOE_TAKE_F(p, P);
     }
     s->dye = MOE_TAKE_F(p, P * C);
     s->dxe = MOE_TAKE_F(p, P * C);

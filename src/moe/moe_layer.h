@@ -92,6 +92,11 @@ typedef struct {
     int *perm;                   /* (PL) received row r (peer order) -> local row perm[r] */
     int64_t *loff;               /* (El+1) local expert i has local rows loff[i] .. loff[i+1] */
     int64_t *send_rows, *recv_rows; /* (ep) rows to and from each peer */
+    /* units (moe_ep.c): a token goes to a peer once; slots travel as (unit, gate) */
+    int *unit_token;             /* (P) the sender's units, per peer in token order: their token */
+    int64_t *unit_send, *unit_recv; /* (ep) units to and from each peer */
+    float *ep_meta_out;          /* (P,2) each slot row sent: its unit (int bits) and gate */
+    float *ep_meta;              /* (PL,2) each slot row received: its unit among all received, gate */
     int64_t n_tokens;
     int capacity;
     int64_t routed, dropped, would_drop;
@@ -108,6 +113,7 @@ typedef struct {
     float *dxr;                  /* (N,C) d loss / d router input (jitter) */
     float *gvec;                 /* (2E) loss gradients per expert (noisy top-K) */
     float *dyl, *dxl;            /* (PL,C) expert parallelism: local dy and dx */
+    float *ep_dgate, *ep_dgate_back; /* (PL), (P): dgate of the rows received, and of those sent */
 } moe__moe_scratch;
 
 /* d total / d (each loss of this layer), already divided by the number of MoE layers. */
@@ -139,6 +145,15 @@ moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *
 moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
                              const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
                              const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls);
+
+/* Expert parallelism (moe_ep.c), after dispatch: y (N,C) = the routed experts' combined output,
+ * through the ep group's all-to-alls, one row per (token, peer); backward: every slot's dgate
+ * into s->dgate, dx accumulates, expert gradients accumulate. COLLECTIVE (ep group), failing as
+ * moe__moe_forward does. */
+moe_status moe__ep_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                           const moe__moe_dims *d, int64_t N);
+moe_status moe__ep_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                            const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N);
 
 /* Router half of the layer (router.c): scores, selection, random routing, balance losses. */
 void moe__router_forward(moe__moe_cache *c, const float *x, const moe__moe_weights *w, const moe__moe_dims *d,

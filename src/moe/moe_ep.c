@@ -1,0 +1,188 @@
+/*
+ * moe_ep.c — the routed half of an MoE layer under expert parallelism: rank j of an ep group
+ * holds experts [j El, (j+1) El) of each layer (El = E/ep), and tokens travel to the experts.
+ *
+ * A token goes to a peer once, however many of its K slots land on that peer's experts: one
+ * "unit" per (token, peer). Per unit the sender sends x once (C floats); per slot it sends the
+ * unit's index and the gate weight (2 floats). The peer runs the slots through its experts (one
+ * GEMM per local expert over contiguous rows, as on one process), combines each unit's slots
+ * with their gates, and sends one row per unit back, which the sender adds into y. With
+ * group-limited routing and n_group = ep (DeepSeek's device-limited routing) a token reaches at
+ * most topk_group peers, so it is sent at most topk_group times instead of K.
+ *
+ *   sender    units (token order per peer) -> x of each unit, and (unit, gate) of each slot row
+ *   receiver  slot rows gathered into local-expert-contiguous rows (perm) -> experts -> per unit
+ *             sum of gate * expert output -> back
+ *   sender    y_n = sum over its units (peer order) of what came back
+ *
+ * Backward goes the same way: dy per unit out; the peer computes each slot's dgate (dy . expert
+ * output) and d expert input, runs its experts' backward and sums each unit's dx; dx per unit and
+ * dgate per slot come back. Sums over rows are taken in row order per column block: the result
+ * does not depend on the thread count. Every all-to-all fails on all ranks of the group together
+ * (moe__dist_alltoallv_rows), so a failed one returns before the next exchange on all of them.
+ */
+#include "moe/moe_layer.h"
+#include "dist/dist.h"
+#include "nn/nn.h"
+
+#include <string.h>
+
+#define COLS 16 /* columns per thread in the row-order sums */
+
+static void experts_forward(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
+                            const moe__moe_weights *w, int C, int F) {
+    moe__ffn_forward_blocks(y, h1, h3, act, x, w->w1, w->w3, w->w2, off, n, C, F, 0);
+}
+
+/* The unit of a received slot row (its index among all units received) and its gate. */
+static inline int row_unit(const float *meta, int64_t r) {
+    int u;
+    memcpy(&u, meta + 2 * r, sizeof u);
+    return u;
+}
+
+/* Units of the sender: for each peer j, the tokens with a kept slot on j's experts, in token
+ * order (unit_token, unit_send[j] of them); each slot row's unit (within its peer's list, as
+ * bits in meta_out[2r]) and gate (meta_out[2r + 1]). */
+static void plan_units(moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
+    int p = d->ep, El = d->El, slots = moe__moe_slots(d);
+    int *stamp = c->scratch_idx, *uno = c->scratch_idx + N; // 2 max(P, N) ints: free after dispatch
+    for (int64_t n = 0; n < N; n++) stamp[n] = -1;
+    int64_t u = 0;
+    for (int j = 0; j < p; j++) {
+        int64_t r0 = c->offsets[j * El], r1 = c->offsets[(j + 1) * El], u0 = u;
+        for (int64_t r = r0; r < r1; r++) stamp[c->row_token[r]] = j;
+        for (int64_t n = 0; n < N; n++)
+            if (stamp[n] == j) uno[n] = (int)(u - u0), c->unit_token[u++] = (int)n;
+        for (int64_t r = r0; r < r1; r++) memcpy(c->ep_meta_out + 2 * r, &uno[c->row_token[r]], sizeof(int));
+        c->unit_send[j] = u - u0;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * slots; i++)
+        if (c->row_of[i] >= 0) c->ep_meta_out[2 * (int64_t)c->row_of[i] + 1] = c->gate[i];
+}
+
+/* Rows per (peer, local expert): counts out and in (all-to-all), the receiver's local expert
+ * offsets (loff), the rows to and from each peer, and perm: received row r (peer order) is local
+ * row perm[r] ((expert, peer) order, so that each local expert's rows are contiguous). */
+static void plan_rows(moe__moe_cache *c, const moe__moe_dims *d) {
+    int p = d->ep, El = d->El;
+    int64_t *sent = d->a2a_cnt, *recv = d->a2a_cnt + (int64_t)p * El;
+    for (int j = 0; j < p; j++) {
+        c->send_rows[j] = c->offsets[(j + 1) * El] - c->offsets[j * El];
+        for (int i = 0; i < El; i++) sent[j * El + i] = c->offsets[j * El + i + 1] - c->offsets[j * El + i];
+    }
+    moe__dist_alltoall_i64(sent, recv, El);
+    moe__dist_alltoall_i64(c->unit_send, c->unit_recv, 1);
+    c->loff[0] = 0;
+    for (int i = 0; i < El; i++) {
+        int64_t n = 0;
+        for (int j = 0; j < p; j++) n += recv[j * El + i];
+        c->loff[i + 1] = c->loff[i] + n;
+    }
+    int64_t r = 0;
+    for (int j = 0; j < p; j++) {
+        c->recv_rows[j] = 0;
+        for (int i = 0; i < El; i++) {
+            int64_t at = c->loff[i];
+            for (int q = 0; q < j; q++) at += recv[q * El + i]; // after the rows of earlier peers
+            for (int64_t k = 0; k < recv[j * El + i]; k++) c->perm[r++] = (int)(at + k);
+            c->recv_rows[j] += recv[j * El + i];
+        }
+    }
+}
+
+static int64_t sum64(const int64_t *v, int n) {
+    int64_t s = 0;
+    for (int i = 0; i < n; i++) s += v[i];
+    return s;
+}
+
+/* dst[unit(r)] += (gate(r) or 1) * src[perm[r]] over received rows r in order: units' sums. */
+static void sum_units(float *dst, int64_t RU, const float *src, const moe__moe_cache *c, int64_t RL, int C, int gated) {
+    memset(dst, 0, (size_t)(RU * C) * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += COLS) {
+        int c1 = c0 + COLS < C ? c0 + COLS : C;
+        for (int64_t r = 0; r < RL; r++) {
+            float gw = gated ? c->ep_meta[2 * r + 1] : 1.0f, *o = dst + (int64_t)row_unit(c->ep_meta, r) * C;
+            const float *v = src + (int64_t)c->perm[r] * C;
+            for (int i = c0; i < c1; i++) o[i] += gw * v[i];
+        }
+    }
+}
+
+/* out[unit_token[u]] += src[u] over the sender's units in order. */
+static void scatter_units(float *out, const float *src, const moe__moe_cache *c, int64_t U, int C) {
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += COLS) {
+        int c1 = c0 + COLS < C ? c0 + COLS : C;
+        for (int64_t u = 0; u < U; u++) {
+            float *o = out + (int64_t)c->unit_token[u] * C;
+            for (int i = c0; i < c1; i++) o[i] += src[u * C + i];
+        }
+    }
+}
+
+moe_status moe__ep_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
+                           const moe__moe_dims *d, int64_t N) {
+    int C = d->C, F = d->F, El = d->El, p = d->ep;
+    plan_units(c, d, N);
+    plan_rows(c, d);
+    int64_t U = sum64(c->unit_send, p), RU = sum64(c->unit_recv, p), RL = c->loff[El];
+#pragma omp parallel for schedule(static)
+    for (int64_t u = 0; u < U; u++) memcpy(c->xe + u * C, x + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
+    moe_status st = moe__dist_alltoallv_rows(c->xe, c->unit_send, d->a2a_buf, c->unit_recv, C);
+    if (st == MOE_STATUS_OK) st = moe__dist_alltoallv_rows(c->ep_meta_out, c->send_rows, c->ep_meta, c->recv_rows, 2);
+    if (st != MOE_STATUS_OK) return st;
+    // a received row names its unit within its peer's units: made an index among all received
+    int64_t ub = 0, r = 0;
+    for (int j = 0; j < p; j++) {
+        for (int64_t k = 0; k < c->recv_rows[j]; k++, r++) {
+            int u = row_unit(c->ep_meta, r) + (int)ub;
+            memcpy(c->ep_meta + 2 * r, &u, sizeof u);
+        }
+        ub += c->unit_recv[j];
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < RL; i++)
+        memcpy(c->xl + (int64_t)c->perm[i] * C, d->a2a_buf + (int64_t)row_unit(c->ep_meta, i) * C, (size_t)C * sizeof(float));
+    experts_forward(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, C, F);
+    sum_units(d->a2a_buf, RU, c->yl, c, RL, C, 1);
+    if ((st = moe__dist_alltoallv_rows(d->a2a_buf, c->unit_recv, c->ye, c->unit_send, C)) != MOE_STATUS_OK) return st;
+    memset(y, 0, (size_t)(N * C) * sizeof(float));
+    scatter_units(y, c->ye, c, U, C);
+    return MOE_STATUS_OK;
+}
+
+moe_status moe__ep_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
+                            const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
+    int C = d->C, F = d->F, El = d->El, p = d->ep, slots = moe__moe_slots(d);
+    int64_t U = sum64(c->unit_send, p), RU = sum64(c->unit_recv, p), RL = c->loff[El];
+#pragma omp parallel for schedule(static)
+    for (int64_t u = 0; u < U; u++) memcpy(s->dye + u * C, dy + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
+    moe_status st = moe__dist_alltoallv_rows(s->dye, c->unit_send, d->a2a_buf, c->unit_recv, C);
+    if (st != MOE_STATUS_OK) return st;
+    // each received slot row: d expert output = gate * dy of its unit, dgate = dy . expert output
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < RL; r++) {
+        const float *du = d->a2a_buf + (int64_t)row_unit(c->ep_meta, r) * C, *ye = c->yl + (int64_t)c->perm[r] * C;
+        float gw = c->ep_meta[2 * r + 1], dot = 0.0f, *dyl = s->dyl + (int64_t)c->perm[r] * C;
+        for (int i = 0; i < C; i++) {
+            dyl[i] = gw * du[i];
+            dot += du[i] * ye[i];
+        }
+        s->ep_dgate[r] = dot;
+    }
+    memset(s->dxl, 0, (size_t)(RL * C) * sizeof(float));
+    moe__ffn_backward_blocks(s->dxl, g->w1, g->w3, g->w2, s->dact, s->dh1, s->dh3, s->dyl, c->xl, c->h1, c->h3, c->act,
+                             w->w1, w->w3, w->w2, c->loff, El, C, F);
+    sum_units(d->a2a_buf, RU, s->dxl, c, RL, C, 0);
+    if ((st = moe__dist_alltoallv_rows(d->a2a_buf, c->unit_recv, s->dxe, c->unit_send, C)) != MOE_STATUS_OK ||
+        (st = moe__dist_alltoallv_rows(s->ep_dgate, c->recv_rows, s->ep_dgate_back, c->send_rows, 1)) != MOE_STATUS_OK)
+        return st;
+    scatter_units(dx, s->dxe, c, U, C);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * slots; i++) s->dgate[i] = c->row_of[i] >= 0 ? s->ep_dgate_back[c->row_of[i]] : 0.0f;
+    return MOE_STATUS_OK;
+}
