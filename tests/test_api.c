@@ -229,6 +229,33 @@ static void test_device_supports(void) {
     CHECK_OK(moe_device_supports(&gpu, &c));
 }
 
+/* Group-limited routing's keys: what cannot work is named; one group of one is no grouping. */
+static void test_group_config(void) {
+    const char *bad[][7] = {
+        {"n_group", "3", "topk_group", "1", NULL, NULL, "n_group = 3 does not divide layer 0's 8 experts"},
+        {"n_group", "2", NULL, NULL, NULL, NULL, "topk_group = 0 must be in [1, n_group = 2]"},
+        {"n_group", "4", "topk_group", "1", "top_k", "3", "top_k = 3 exceeds the 2 experts of topk_group = 1 groups of 2"},
+        {"routing", "soft", "n_group", "2", "topk_group", "1", "n_group (group-limited routing) needs routing = topk"},
+        {"topk_group", "2", NULL, NULL, NULL, NULL, "topk_group = 2 needs n_group >= 2"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        moe_config c = moe_config_default();
+        for (int k = 0; k < 6 && bad[i][k]; k += 2) {
+            char kv[64];
+            snprintf(kv, sizeof kv, "%s", bad[i][k + 1]);
+            if (!strcmp(bad[i][k], "routing")) CHECK_OK(moe_config_set(&c, bad[i][k], kv));
+            else moe_config_set(&c, bad[i][k], kv); // the whole config is checked below
+        }
+        moe_status st = moe_config_validate(&c);
+        CHECK(st == MOE_STATUS_CONFIG && strstr(moe_last_error(), bad[i][6]), "group config %zu: %s (%s)", i,
+              moe_status_str(st), moe_last_error());
+    }
+    moe_config c = moe_config_default();
+    CHECK_OK(moe_config_set(&c, "n_group", "1"));
+    CHECK_OK(moe_config_set(&c, "topk_group", "1"));
+    CHECK_OK(moe_config_validate(&c));
+}
+
 int main(void) {
     test_error_chain();
     test_status_names();
@@ -237,5 +264,6 @@ int main(void) {
     test_long_paths();
     test_inference_load();
     test_device_supports();
+    test_group_config();
     CHECK_SUMMARY("test_api");
 }

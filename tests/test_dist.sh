@@ -2,7 +2,8 @@
 # test_dist.sh — data and expert parallelism over MPI against one process:
 #   - 2 and 4 ranks in the layouts dp x ep = 2x1, 1x2, 4x1, 2x2, 1x4 give the losses, gradient
 #     norms, validation losses and expert loads of one process with grad_accum x ranks, for 20
-#     steps with capacity dropping active (and with shared experts and the aux-loss-free bias).
+#     steps with capacity dropping active (and with shared experts and the aux-loss-free bias, and
+#     with group-limited routing, a token's slots on one rank's experts).
 #     Dropping is by position: dropping by probability ranks near-equal router probabilities at
 #     the capacity boundary, and a last-bit difference in the gradient sums (ranks add their
 #     gradients in another order than one process) flips such a tie after ~10 steps, from where
@@ -56,17 +57,18 @@ if not any(l["dropped_frac"] > 0 for r in a for l in r["moe"]):
 PY
 }
 
-for variant in plain shared_bias; do
+for variant in plain shared_bias grouped; do
     case $variant in
         plain) extra=() ;;
         shared_bias) extra=(--set n_shared=1 --set bias_update_rate=0.01 --set moe_layers=1) ;;
+        grouped) extra=(--set n_group=2 --set topk_group=1 --set router_score=sigmoid) ;; # one group (rank at ep 2) a token
     esac
     "$MOE" train --data "$W/corpus.txt" --out "$W/ref_$variant" --steps 20 "${SMALL[@]}" "${extra[@]+"${extra[@]}"}" \
         --set grad_accum=4 || fail "$variant: one-process run failed"
     for layout in "2 1" "2 2" "4 1" "4 2" "4 4"; do
         set -- $layout
         np=$1 ep=$2
-        [ "$variant" = shared_bias ] && [ "$np" = 4 ] && [ "$ep" != 2 ] && continue # one 4-rank layout suffices
+        [ "$variant" != plain ] && [ "$np" = 4 ] && [ "$ep" != 2 ] && continue # one 4-rank layout suffices
         checks=$((checks + 1))
         out="$W/${variant}_np${np}_ep$ep"
         timeout 300 "${MPI[@]}" -np "$np" "$MOE" train --data "$W/corpus.txt" --out "$out" --steps 20 "${SMALL[@]}" \

@@ -408,8 +408,8 @@ moe_status moe_config_validate(const moe_config *c) {
                                 "%d (layer %d)", c->top_k, c->topk_group * (E / c->n_group), c->topk_group,
                                 E / c->n_group, l);
         }
-    } else if (c->topk_group) {
-        return moe__err(MOE_STATUS_CONFIG, "config: topk_group = %d needs n_group >= 2", c->topk_group);
+    } else if (c->topk_group > 1) { // n_group 0 or 1 (DeepSeek-V2-Lite's 1 of 1): no groups
+        return moe__err(MOE_STATUS_CONFIG, "config: topk_group = %d needs n_group >= %d", c->topk_group, c->topk_group);
     }
     if (c->random_routing && (c->top_k != 2 || c->routing != MOE_ROUTING_TOPK))
         return moe__err(MOE_STATUS_CONFIG, "config: random_routing needs routing = topk and top_k = 2");
