@@ -529,8 +529,9 @@ moe_device moe_device_default(void);
 moe_status moe_device_parse(const char *device, const char *dtype, moe_device *out);
 /* Whether the device runs models of config c: MOE_STATUS_ARG naming the first option it does not
  * take. The CPU takes every option; CUDA not yet grouped-query attention, q/k/v biases, QK-norm,
- * the shared-expert gate or a shared-expert width of its own (several MPI ranks on CUDA are
- * refused by moe_device_select). 0.2: n_kv_head, qkv_bias, qk_norm, shared_gate, shared_hidden. */
+ * the shared-expert gate, a shared-expert width of its own or group-limited routing (several MPI
+ * ranks on CUDA are refused by moe_device_select). 0.2: n_kv_head, qkv_bias, qk_norm,
+ * shared_gate, shared_hidden, n_group. */
 moe_status moe_device_supports(const moe_device *d, const moe_config *c);
 /* Selects the device of the models this process creates from now on (moe_model_create and
  * every function that creates one). MOE_STATUS_ARG when it cannot be used: a build without CUDA,

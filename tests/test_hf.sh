@@ -87,10 +87,13 @@ done
 # models that map onto no family, or not onto the one asked for: the reason is named
 for bad in "n_shared=1:mixtral:shared experts" "norm_topk=0:mixtral:not renormalised" \
            "moe_layers=0:mixtral:layers are MoE" "router_score=sigmoid:auto:sigmoid" \
-           "expert_counts=4,8:auto:different expert counts" "route_scale=2:qwen2_moe:scaled by 2"; do
+           "expert_counts=4,8:auto:different expert counts" "route_scale=2:qwen2_moe:scaled by 2" \
+           "n_group=2 --set topk_group=1:auto:group-limited routing" "qk_norm=1:qwen2_moe:QK-norm" \
+           "n_shared=1 --set qk_norm=1:olmoe:shared experts"; do
     IFS=: read -r set family want <<< "$bad"
     checks=$((checks + 1))
-    "$MOE" train --data "$W/corpus.txt" --out "$W/bad" --steps 1 "${TINY[@]}" --set "$set" || fail "train $set"
+    # shellcheck disable=SC2086
+    "$MOE" train --data "$W/corpus.txt" --out "$W/bad" --steps 1 "${TINY[@]}" --set $set || fail "train $set"
     if "$MOE" export --ckpt "$W/bad" --out "$W/hf_bad" --family "$family" > /dev/null 2> "$W/err"; then
         fail "$set: export --family $family succeeded"
     elif ! grep -q "$want" "$W/err"; then

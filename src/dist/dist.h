@@ -45,8 +45,9 @@ void moe__dist_alltoall_i64(const int64_t *send, int64_t *recv, int n);
 /* COLLECTIVE (ep group): rows of `width` floats; send_rows[p] rows for peer p, contiguous in
  * peer order in send; recv gets recv_rows[p] rows from each peer p, in peer order.
  * MOE_STATUS_ARG when this rank's rows to send or to receive add up to more floats than MPI's
- * int counts hold (2^31 - 1); the ranks agree on it first, so every rank of the group returns
- * it and none is left waiting in the exchange. */
+ * int counts hold (2^31 - 1), checked on this rank only: the other ranks would wait in the
+ * exchange, so callers keep every exchange within the bound (moe__model_create's check_rows
+ * refuses a model whose all-to-alls could pass it). */
 moe_status moe__dist_alltoallv_rows(const float *send, const int64_t *send_rows, float *recv, const int64_t *recv_rows,
                                     int width);
 

@@ -35,6 +35,9 @@ static const char *not_topk_softmax(const moe_model *m, const moe_config *c, cha
         return snprintf(why, n, "its routing is not token-choice top-K"), why;
     if (c->router_score != MOE_SCORE_SOFTMAX) return snprintf(why, n, "its router scores are sigmoid, not softmax"), why;
     if (c->route_scale != 1.0f) return snprintf(why, n, "its gate weights are scaled by %g", c->route_scale), why;
+    if (c->n_group > 1)
+        return snprintf(why, n, "it routes within %d of %d expert groups (group-limited routing)", c->topk_group,
+                        c->n_group), why;
     if (c->eval_capacity_factor > 0.0f)
         return snprintf(why, n, "it drops tokens at inference (eval_capacity_factor %g; transformers is dropless)",
                         c->eval_capacity_factor), why;

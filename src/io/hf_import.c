@@ -137,7 +137,7 @@ static moe_status read_config(const cJSON *j, const char *path, hf_info *h) {
         (st = num_field(j, path, "num_hidden_layers", NAN, 1, &L)) ||
         (st = num_field(j, path, "num_attention_heads", NAN, 1, &H)) ||
         (st = num_field(j, path, "num_key_value_heads", H, 1, &kvh)) ||
-        (st = num_field(j, path, "max_position_embeddings", 2048, 1, &mpe)) ||
+        (st = num_field(j, path, "max_position_embeddings", qwen ? 32768 : olmoe ? 4096 : 2048, 1, &mpe)) ||
         (st = num_field(j, path, "rms_norm_eps", fam == HF_MIXTRAL || olmoe ? 1e-5 : 1e-6, 0, &eps)) ||
         (st = num_field(j, path, "rope_theta", fam == HF_MIXTRAL ? 1e6 : 1e4, 0, &theta)) ||
         (st = num_field(j, path, experts_key, def_e, 1, &E)) ||
@@ -146,7 +146,7 @@ static moe_status read_config(const cJSON *j, const char *path, hf_info *h) {
         (st = num_field(j, path, "sliding_window", 0, 1, &sw)) ||
         (st = num_field(j, path, "router_jitter_noise", 0, 0, &jitter)) ||
         (st = num_field(j, path, "initializer_range", 0.02, 0, &std)) ||
-        (st = num_field(j, path, "router_aux_loss_coef", 0.01, 0, &aux)) ||
+        (st = num_field(j, path, "router_aux_loss_coef", qwen ? 0.001 : 0.01, 0, &aux)) ||
         (st = num_field(j, path, "moe_intermediate_size", qwen ? 1408 : F, 1, &EF)) ||
         (st = num_field(j, path, "shared_expert_intermediate_size", qwen ? 5632 : 0, 1, &SF)) ||
         (st = bool_field(j, path, "tie_word_embeddings", 0, &tie)) ||

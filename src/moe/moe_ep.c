@@ -18,8 +18,9 @@
  * Backward goes the same way: dy per unit out; the peer computes each slot's dgate (dy . expert
  * output) and d expert input, runs its experts' backward and sums each unit's dx; dx per unit and
  * dgate per slot come back. Sums over rows are taken in row order per column block: the result
- * does not depend on the thread count. Every all-to-all fails on all ranks of the group together
- * (moe__dist_alltoallv_rows), so a failed one returns before the next exchange on all of them.
+ * does not depend on the thread count. An all-to-all fails (moe__dist_alltoallv_rows: counts
+ * beyond MPI's ints) only where moe__model_create's check_rows did not bound it; every exchange
+ * here is at most P rows of C floats out and ep P in (units <= slot rows, metadata 2 <= C wide).
  */
 #include "moe/moe_layer.h"
 #include "dist/dist.h"

@@ -236,7 +236,9 @@ moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_
         char first[1024];
         snprintf(first, sizeof first, "%s", moe_last_error());
         st = load_state_any(t, W, model_step, t->state_next_path);
-        if (st == MOE_STATUS_OK && g->rank == 0 && rename(t->state_next_path, t->state_path) != 0)
+        // one process puts it in place; several leave it to the next save (another rank may be
+        // reading it now)
+        if (st == MOE_STATUS_OK && g->size == 1 && rename(t->state_next_path, t->state_path) != 0)
             st = moe__err(MOE_STATUS_IO, "cannot rename '%s' to '%s': %s", t->state_next_path, t->state_path,
                           strerror(errno));
         if (st != MOE_STATUS_OK) st = moe__err(st, "%s (and %s)", first, moe_last_error());
