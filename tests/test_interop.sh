@@ -140,7 +140,11 @@ edit_config() { # DIR PYTHON-EXPRESSION-ON-c
         "$W/hf_f32/config.json" "$1/config.json"
 }
 edit_config "$W/h2" "c['model_type'] = 'gpt2'"
-expect_error "model type" "model_type 'gpt2' is not one moe reads" -- "$MOE" import --from "$W/h2" --out "$W/x"
+expect_error "model type" "model_type 'gpt2': it is not one moe reads" -- "$MOE" import --from "$W/h2" --out "$W/x"
+edit_config "$W/h15" "c['model_type'] = 'deepseek_v3'"
+expect_error "DeepSeek-V3" "model_type 'deepseek_v3': its multi-head latent attention (MLA" -- "$MOE" import --from "$W/h15" --out "$W/x"
+edit_config "$W/h16" "c['model_type'] = 'qwen3_moe'"
+expect_error "Qwen3-MoE" "model_type 'qwen3_moe': its QK-norm is per head" -- "$MOE" import --from "$W/h16" --out "$W/x"
 edit_config "$W/h3" "c['attention_bias'] = True"
 expect_error "biases" "attention_bias is true" -- "$MOE" import --from "$W/h3" --out "$W/x"
 edit_config "$W/h4" "c['rope_scaling'] = {'type': 'linear', 'factor': 2.0}"

@@ -221,8 +221,17 @@ static moe_status parse_config(const char *dir, hf_info *h) {
     else if (!strcmp(type, "qwen2_moe")) h->fam = HF_QWEN2_MOE;
     else if (!strcmp(type, "olmoe")) h->fam = HF_OLMOE;
     else {
-        st = moe__err(MOE_STATUS_FORMAT, "'%s': model_type '%s' is not one moe reads (mixtral, qwen2_moe, olmoe; llama "
-                      "or mistral to upcycle)", path, type);
+        // families people bring that cannot be mapped exactly, each with its reason
+        static const char *const why[][2] = {
+            {"deepseek_v2", "its multi-head latent attention (MLA: compressed k/v) has no counterpart in moe"},
+            {"deepseek_v3", "its multi-head latent attention (MLA: compressed k/v) has no counterpart in moe"},
+            {"qwen3_moe", "its QK-norm is per head (moe's qk_norm is OLMoE's, over the whole projection)"},
+            {"dbrx", "its fused, clipped q/k/v projection and LayerNorm have no counterpart in moe"},
+            {"jamba", "its Mamba layers have no counterpart in moe"}};
+        const char *reason = "it is not one moe reads (mixtral, qwen2_moe, olmoe; llama or mistral to upcycle)";
+        for (size_t i = 0; i < sizeof why / sizeof why[0]; i++)
+            if (!strcmp(type, why[i][0])) reason = why[i][1];
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': model_type '%s': %s", path, type, reason);
         goto done;
     }
     if ((st = check_unsupported(j, path)) != MOE_STATUS_OK || (st = read_config(j, path, h)) != MOE_STATUS_OK) goto done;
