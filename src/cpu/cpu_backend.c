@@ -112,8 +112,8 @@ size_t moe__cpu_plan(moe_model *m, moe__cpu *s, char *base) {
     s->tokens = MOE_TAKE_I(&p, N);
     s->targets = MOE_TAKE_I(&p, N);
     if (m->ep > 1) {
-        s->a2a_buf = MOE_TAKE_F(&p, m->ep * PM * C);
-        s->a2a_cnt = MOE_TAKE_I64(&p, 2 * (int64_t)m->ep * m->max_e);
+        s->a2a_buf = MOE_TAKE_F(&p, m->ep * PM * (C + 2)); // rows, and 2 floats a slot (moe_ep.c)
+        s->a2a_cnt = MOE_TAKE_I64(&p, 2 * (int64_t)m->ep * (m->max_e + 1));
     }
     if (m->lean) { // no backward: the scores of one attention tile per thread instead
         s->att_scratch = MOE_TAKE_F(&p, (int64_t)s->att_threads * moe__attention_tile() * T);

@@ -10,14 +10,16 @@
  * group-limited routing and n_group = ep (DeepSeek's device-limited routing) a token reaches at
  * most topk_group peers, so it is sent at most topk_group times instead of K.
  *
- *   sender    units (token order per peer) -> x of each unit, and (unit, gate) of each slot row
+ *   sender    units (token order per peer) -> x of each unit, and (unit, gate) of each slot row,
+ *             one block per peer: [units x C | slot rows x 2] (one all-to-all)
  *   receiver  slot rows gathered into local-expert-contiguous rows (perm) -> experts -> per unit
  *             sum of gate * expert output -> back
  *   sender    y_n = sum over its units (peer order) of what came back
  *
  * Backward goes the same way: dy per unit out; the peer computes each slot's dgate (dy . expert
  * output) and d expert input, runs its experts' backward and sums each unit's dx; dx per unit and
- * dgate per slot come back. Sums over rows are taken in row order per column block: the result
+ * dgate per slot come back in one block per peer. So a layer makes as many exchanges as with one
+ * row per slot: slot and unit counts (one all-to-all), x out, y back, dy out, dx back. Sums over rows are taken in row order per column block: the result
  * does not depend on the thread count. An all-to-all fails (moe__dist_alltoallv_rows: counts
  * beyond MPI's ints) only where moe__model_create's check_rows did not bound it; every exchange
  * here is at most P rows of C floats out and ep P in (units <= slot rows, metadata 2 <= C wide).
@@ -68,29 +70,35 @@ static void plan_units(moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
  * row perm[r] ((expert, peer) order, so that each local expert's rows are contiguous). */
 static void plan_rows(moe__moe_cache *c, const moe__moe_dims *d) {
     int p = d->ep, El = d->El;
-    int64_t *sent = d->a2a_cnt, *recv = d->a2a_cnt + (int64_t)p * El;
+    int64_t W = El + 1, *sent = d->a2a_cnt, *recv = d->a2a_cnt + (int64_t)p * W; // per peer: El slot counts, units
     for (int j = 0; j < p; j++) {
         c->send_rows[j] = c->offsets[(j + 1) * El] - c->offsets[j * El];
-        for (int i = 0; i < El; i++) sent[j * El + i] = c->offsets[j * El + i + 1] - c->offsets[j * El + i];
+        for (int i = 0; i < El; i++) sent[j * W + i] = c->offsets[j * El + i + 1] - c->offsets[j * El + i];
+        sent[j * W + El] = c->unit_send[j];
     }
-    moe__dist_alltoall_i64(sent, recv, El);
-    moe__dist_alltoall_i64(c->unit_send, c->unit_recv, 1);
+    moe__dist_alltoall_i64(sent, recv, (int)W);
     c->loff[0] = 0;
     for (int i = 0; i < El; i++) {
         int64_t n = 0;
-        for (int j = 0; j < p; j++) n += recv[j * El + i];
+        for (int j = 0; j < p; j++) n += recv[j * W + i];
         c->loff[i + 1] = c->loff[i] + n;
     }
     int64_t r = 0;
     for (int j = 0; j < p; j++) {
         c->recv_rows[j] = 0;
+        c->unit_recv[j] = recv[j * W + El];
         for (int i = 0; i < El; i++) {
             int64_t at = c->loff[i];
-            for (int q = 0; q < j; q++) at += recv[q * El + i]; // after the rows of earlier peers
-            for (int64_t k = 0; k < recv[j * El + i]; k++) c->perm[r++] = (int)(at + k);
-            c->recv_rows[j] += recv[j * El + i];
+            for (int q = 0; q < j; q++) at += recv[q * W + i]; // after the rows of earlier peers
+            for (int64_t k = 0; k < recv[j * W + i]; k++) c->perm[r++] = (int)(at + k);
+            c->recv_rows[j] += recv[j * W + i];
         }
     }
+}
+
+/* Floats per peer of a block [units x C | slot rows x m] (m = 2 out: unit, gate; 1 back: dgate). */
+static void block_counts(int64_t *cnt, const int64_t *units, const int64_t *rows, int p, int C, int m) {
+    for (int j = 0; j < p; j++) cnt[j] = units[j] * C + rows[j] * m;
 }
 
 static int64_t sum64(const int64_t *v, int n) {
@@ -131,23 +139,36 @@ moe_status moe__ep_forward(float *y, moe__moe_cache *c, const float *x, const mo
     plan_units(c, d, N);
     plan_rows(c, d);
     int64_t U = sum64(c->unit_send, p), RU = sum64(c->unit_recv, p), RL = c->loff[El];
-#pragma omp parallel for schedule(static)
-    for (int64_t u = 0; u < U; u++) memcpy(c->xe + u * C, x + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
-    moe_status st = moe__dist_alltoallv_rows(c->xe, c->unit_send, d->a2a_buf, c->unit_recv, C);
-    if (st == MOE_STATUS_OK) st = moe__dist_alltoallv_rows(c->ep_meta_out, c->send_rows, c->ep_meta, c->recv_rows, 2);
+    int64_t *cs = c->ep_cnt, *cr = c->ep_cnt + p;
+    // out: one block per peer, its units' x then its slot rows' (unit, gate)
+    float *o = c->xe;
+    for (int j = 0, u = 0; j < p; j++) {
+        for (int64_t k = 0; k < c->unit_send[j]; k++, u++, o += C)
+            memcpy(o, x + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
+        memcpy(o, c->ep_meta_out + 2 * c->offsets[j * El], (size_t)(2 * c->send_rows[j]) * sizeof(float));
+        o += 2 * c->send_rows[j];
+    }
+    block_counts(cs, c->unit_send, c->send_rows, p, C, 2);
+    block_counts(cr, c->unit_recv, c->recv_rows, p, C, 2);
+    moe_status st = moe__dist_alltoallv_rows(c->xe, cs, d->a2a_buf, cr, 1);
     if (st != MOE_STATUS_OK) return st;
-    // a received row names its unit within its peer's units: made an index among all received
-    int64_t ub = 0, r = 0;
-    for (int j = 0; j < p; j++) {
+    // in: the units made contiguous (in peer order), each slot row's unit made an index among them
+    const float *in = d->a2a_buf;
+    float *units = d->a2a_buf;
+    for (int64_t j = 0, ub = 0, r = 0; j < p; j++) {
+        memmove(units + ub * C, in, (size_t)(c->unit_recv[j] * C) * sizeof(float));
+        in += c->unit_recv[j] * C;
         for (int64_t k = 0; k < c->recv_rows[j]; k++, r++) {
-            int u = row_unit(c->ep_meta, r) + (int)ub;
+            int u = row_unit(in, k) + (int)ub;
             memcpy(c->ep_meta + 2 * r, &u, sizeof u);
+            c->ep_meta[2 * r + 1] = in[2 * k + 1];
         }
+        in += 2 * c->recv_rows[j];
         ub += c->unit_recv[j];
     }
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < RL; i++)
-        memcpy(c->xl + (int64_t)c->perm[i] * C, d->a2a_buf + (int64_t)row_unit(c->ep_meta, i) * C, (size_t)C * sizeof(float));
+        memcpy(c->xl + (int64_t)c->perm[i] * C, units + (int64_t)row_unit(c->ep_meta, i) * C, (size_t)C * sizeof(float));
     experts_forward(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, C, F);
     sum_units(d->a2a_buf, RU, c->yl, c, RL, C, 1);
     if ((st = moe__dist_alltoallv_rows(d->a2a_buf, c->unit_recv, c->ye, c->unit_send, C)) != MOE_STATUS_OK) return st;
@@ -178,10 +199,30 @@ moe_status moe__ep_backward(float *dx, const moe__moe_weights *g, moe__moe_scrat
     memset(s->dxl, 0, (size_t)(RL * C) * sizeof(float));
     moe__ffn_backward_blocks(s->dxl, g->w1, g->w3, g->w2, s->dact, s->dh1, s->dh3, s->dyl, c->xl, c->h1, c->h3, c->act,
                              w->w1, w->w3, w->w2, c->loff, El, C, F);
-    sum_units(d->a2a_buf, RU, s->dxl, c, RL, C, 0);
-    if ((st = moe__dist_alltoallv_rows(d->a2a_buf, c->unit_recv, s->dxe, c->unit_send, C)) != MOE_STATUS_OK ||
-        (st = moe__dist_alltoallv_rows(s->ep_dgate, c->recv_rows, s->ep_dgate_back, c->send_rows, 1)) != MOE_STATUS_OK)
-        return st;
+    // back: one block per peer, the dx of its units then the dgate of its slot rows
+    sum_units(s->dyl, RU, s->dxl, c, RL, C, 0); // dyl is free again
+    float *o = d->a2a_buf;
+    for (int64_t j = 0, ub = 0, r = 0; j < p; j++) {
+        memcpy(o, s->dyl + ub * C, (size_t)(c->unit_recv[j] * C) * sizeof(float));
+        o += c->unit_recv[j] * C;
+        memcpy(o, s->ep_dgate + r, (size_t)c->recv_rows[j] * sizeof(float));
+        o += c->recv_rows[j];
+        ub += c->unit_recv[j];
+        r += c->recv_rows[j];
+    }
+    int64_t cs[p], cr[p]; // the forward's counts the other way: a VLA of the ep size
+    block_counts(cs, c->unit_recv, c->recv_rows, p, C, 1);
+    block_counts(cr, c->unit_send, c->send_rows, p, C, 1);
+    if ((st = moe__dist_alltoallv_rows(d->a2a_buf, cs, s->dxe, cr, 1)) != MOE_STATUS_OK) return st;
+    // each peer's dgates out, its units' dx made contiguous (in peer order), then added to the tokens
+    const float *in = s->dxe;
+    for (int64_t j = 0, ub = 0; j < p; j++) {
+        const float *dg = in + c->unit_send[j] * C;
+        memcpy(s->ep_dgate_back + c->offsets[j * El], dg, (size_t)c->send_rows[j] * sizeof(float));
+        memmove(s->dxe + ub * C, in, (size_t)(c->unit_send[j] * C) * sizeof(float));
+        in = dg + c->send_rows[j];
+        ub += c->unit_send[j];
+    }
     scatter_units(dx, s->dxe, c, U, C);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * slots; i++) s->dgate[i] = c->row_of[i] >= 0 ? s->ep_dgate_back[c->row_of[i]] : 0.0f;

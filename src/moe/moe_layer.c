@@ -267,7 +267,7 @@ void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims
     c->seq_f = MOE_TAKE_F(p, B * E);
     c->imp = MOE_TAKE_F(p, E);
     c->loadest = MOE_TAKE_F(p, E);
-    c->xe = MOE_TAKE_F(p, P * C);
+    c->xe = MOE_TAKE_F(p, P * C + (d->ep > 1 ? 2 * P : 0));
     c->ye = MOE_TAKE_F(p, P * C);
     int64_t PL = d->ep > 1 ? d->ep * P : P; // rows the experts of this rank may receive
     c->h1 = MOE_TAKE_F(p, PL * F);
@@ -285,6 +285,7 @@ void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims
         c->unit_recv = MOE_TAKE_I64(p, d->ep);
         c->ep_meta_out = MOE_TAKE_F(p, 2 * P);
         c->ep_meta = MOE_TAKE_F(p, 2 * PL);
+        c->ep_cnt = MOE_TAKE_I64(p, 2 * d->ep);
     }
     c->sh1 = MOE_TAKE_F(p, N * SF);
     c->sh3 = MOE_TAKE_F(p, N * SF);
@@ -304,7 +305,7 @@ void moe__moe_plan_scratch(moe__planner *p, moe__moe_scratch *s, const moe__moe_
         s->ep_dgate_back = MOE_TAKE_F(p, P);
     }
     s->dye = MOE_TAKE_F(p, P * C);
-    s->dxe = MOE_TAKE_F(p, P * C);
+    s->dxe = MOE_TAKE_F(p, P * C + (d->ep > 1 ? P : 0));
     s->dgate = MOE_TAKE_F(p, P);
     s->dlogits = MOE_TAKE_F(p, N * E);
     s->dnoise = noisy ? MOE_TAKE_F(p, N * E) : NULL;

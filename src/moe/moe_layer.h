@@ -33,8 +33,9 @@ typedef struct {
     uint64_t noise_seed;         /* draws of this forward (counter-based, thread-independent) */
     double *prof;                /* seconds per moe_phase, accumulated; NULL = not timed */
     int ep, El;                  /* expert parallelism: ep ranks, El = E/ep experts on this rank */
-    float *a2a_buf;              /* (ep*P,C) scratch in peer order (ep > 1) */
-    int64_t *a2a_cnt;            /* (2 ep El) scratch: rows per (peer, local expert), sent and received */
+    float *a2a_buf;              /* (ep*P,C+2) scratch in peer order (ep > 1) */
+    int64_t *a2a_cnt;            /* (2 ep (El+1)) scratch: rows per (peer, local expert) and units per
+                                    peer, sent and received */
     /* when set, called for each expert that has rows, before the experts' products: its weights
      * are made ready then (bf16 weights converted only for the experts a forward uses) */
     void (*expert_ready)(void *ctx, int e);
@@ -81,7 +82,8 @@ typedef struct {
     float *f;                    /* (E) fraction of routed assignments (Switch aux) */
     float *seq_f;                /* (B,E) DeepSeek f per sequence (sequence aux) */
     float *imp, *loadest;        /* (E) noisy top-K importance and smooth load */
-    float *xe, *ye;              /* (P,C) gathered inputs, expert outputs */
+    float *xe, *ye;              /* (P,C) gathered inputs, expert outputs (ep > 1: xe packs
+                                    units' rows and slots' metadata, P C + 2 P; ye units' outputs) */
     float *h1, *h3, *act;        /* (P,F) */
     float *sh1, *sh3, *sact;     /* (N,SF) shared experts */
     float *sy, *sgate;           /* (N,C) shared output before its gate, (N) the gate (shared_gate) */
@@ -97,6 +99,7 @@ typedef struct {
     int64_t *unit_send, *unit_recv; /* (ep) units to and from each peer */
     float *ep_meta_out;          /* (P,2) each slot row sent: its unit (int bits) and gate */
     float *ep_meta;              /* (PL,2) each slot row received: its unit among all received, gate */
+    int64_t *ep_cnt;             /* (2 ep) floats to and from each peer of the x exchange */
     int64_t n_tokens;
     int capacity;
     int64_t routed, dropped, would_drop;
@@ -105,7 +108,7 @@ typedef struct {
 
 /* Scratch for the MoE backward pass, sized for N tokens. */
 typedef struct {
-    float *dye, *dxe;            /* (P,C) */
+    float *dye, *dxe;            /* (P,C); ep > 1: dxe gets units' dx and slots' dgate, P C + P */
     float *dact, *dh1, *dh3;     /* (max(P*F, N*SF)) */
     float *dgate;                /* (N,slots) d loss / d gate weight */
     float *dlogits;              /* (N,E) */
