@@ -49,7 +49,8 @@ static const cli_flag train_flags[] = {
     {"--steps", CLI_INT, "N", OPT(sets), .help = "same as --set steps=N", .lo = 0, .hi = INT_MAX, .set_key = "steps"},
     {"--ep", CLI_INT, "N", OPT(ep),
      .help = "under mpirun: N ranks share each MoE layer's experts (E/N each);\n"
-             "the other ranks/N-fold is data parallel (docs/distributed.md)",
+             "the other ranks/N-fold is data parallel (docs/distributed.md); a\n"
+             "run resumes under any --ep",
      .lo = 1, .hi = 65536},
     {"--resume", CLI_NONE, NULL, OPT(resume),
      .help = "continue the run in DIR from its checkpoint, with its keys (model and\n"
