@@ -27,6 +27,11 @@ python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); print(json.
 python3 -c "import struct,sys; h=[20240520,1,6]+[0]*253; open(sys.argv[1],'wb').write(struct.pack('<256i',*h)+struct.pack('<6H',1,2,3,50303,4,5))" "$S/tokens/seed"
 python3 -c "import struct,sys; h=[20240801,7,5]+[0]*253; open(sys.argv[1],'wb').write(struct.pack('<256i',*h)+struct.pack('<5I',1,70000,3,50303,4))" "$S/tokens/seed32"
 ./build/moe export --ckpt "$S/run" --out "$S/hf" > /dev/null 2>&1 && cp "$S/hf/config.json" "$S/hf_config/seed"
+cp tests/hf/olmoe/config.json "$S/hf_config/olmoe" # and a Qwen2-MoE with dense layers
+echo '{"model_type": "qwen2_moe", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 20, "num_hidden_layers": 4,
+  "num_attention_heads": 2, "num_key_value_heads": 1, "num_experts": 4, "num_experts_per_tok": 2,
+  "moe_intermediate_size": 8, "shared_expert_intermediate_size": 12, "decoder_sparse_step": 2,
+  "mlp_only_layers": [3], "norm_topk_prob": false, "use_sliding_window": false}' > "$S/hf_config/qwen2_moe"
 { printf '\003'; cat "$S/run/state.bin"; } > "$S/state/seed" 2>/dev/null # bit 0: fix the checksum, bit 1: P from the file
 # cli: every numeric flag and every config key (with the seed's values), and a token list; the
 # dictionary names them so that mutations stay on real flags and keys
