@@ -20,7 +20,7 @@ struct moe_generator {
     void *kv;
     int batch;
     int *len;         /* (batch) cached positions of each sequence */
-    int *seq, *pos;   /* (batch) scratch of moe_generator_step */
+    int *seq, *pos;   /* (batch) scratch: the sequences of a step, their positions */
 };
 
 moe_status moe_generator_create(moe_model *m, int batch, moe_generator **out) {
@@ -46,7 +46,6 @@ moe_status moe_generator_create(moe_model *m, int batch, moe_generator **out) {
         moe_generator_free(g);
         return st;
     }
-    for (int b = 0; b < batch; b++) g->seq[b] = b;
     *out = g;
     return MOE_STATUS_OK;
 }
@@ -87,17 +86,23 @@ moe_status moe_generator_feed(moe_generator *g, int seq, const int *tokens, int 
     return st;
 }
 
-moe_status moe_generator_step(moe_generator *g, const int *tokens, float *logits) {
+/* One token of each of the n sequences seq[0..n) (into g->seq: it may be g->seq), all in one
+ * decode; logits (n,V) in that order. */
+static moe_status step_some(moe_generator *g, int n, const int *seq, const int *tokens, float *logits) {
     int T = g->m->cfg.seq_len;
-    for (int b = 0; b < g->batch; b++)
-        if (g->len[b] >= T) return moe__err(MOE_STATUS_ARG, "generator: sequence %d is full (seq_len %d)", b, T);
-    moe_status st = check_tokens(g, tokens, g->batch);
+    for (int i = 0; i < n; i++)
+        if (g->len[seq[i]] >= T) return moe__err(MOE_STATUS_ARG, "generator: sequence %d is full (seq_len %d)", seq[i], T);
+    moe_status st = check_tokens(g, tokens, n);
     if (st != MOE_STATUS_OK) return st;
-    memcpy(g->pos, g->len, (size_t)g->batch * sizeof(int));
-    st = g->m->be->decode(g->m, g->kv, tokens, g->batch, 1, g->seq, g->pos, logits, 0);
-    if (st == MOE_STATUS_OK)
-        for (int b = 0; b < g->batch; b++) g->len[b]++;
+    for (int i = 0; i < n; i++) g->seq[i] = seq[i], g->pos[i] = g->len[seq[i]];
+    st = g->m->be->decode(g->m, g->kv, tokens, n, 1, g->seq, g->pos, logits, 0);
+    for (int i = 0; i < n && st == MOE_STATUS_OK; i++) g->len[g->seq[i]]++;
     return st;
+}
+
+moe_status moe_generator_step(moe_generator *g, const int *tokens, float *logits) {
+    for (int b = 0; b < g->batch; b++) g->seq[b] = b;
+    return step_some(g, g->batch, g->seq, tokens, logits);
 }
 
 /* ---------------------------------------------------------------- sampling */
@@ -180,11 +185,11 @@ moe_status moe_model_generate(moe_model *m, int batch, const int *const *prompts
     for (int b = 0; b < batch; b++) hl += n_prompt[b] + n_new;
     int *hist = malloc((size_t)hl * sizeof(int)), **h = malloc((size_t)batch * sizeof(int *));
     int *hn = calloc((size_t)batch, sizeof(int)), *next = malloc((size_t)batch * sizeof(int));
-    int *live = malloc((size_t)batch * sizeof(int));
-    float *logits = malloc((size_t)batch * V * sizeof(float));
+    int *live = malloc((size_t)batch * sizeof(int)), *sel = malloc((size_t)batch * sizeof(int));
+    float *logits = malloc((size_t)batch * V * sizeof(float)), *step = malloc((size_t)batch * V * sizeof(float));
     prob_idx *pi = malloc((size_t)V * sizeof(prob_idx));
     moe__rng *rng = malloc((size_t)batch * sizeof(moe__rng));
-    if (!hist || !h || !hn || !next || !live || !logits || !pi || !rng) {
+    if (!hist || !h || !hn || !next || !live || !sel || !logits || !step || !pi || !rng) {
         st = moe__err(MOE_STATUS_NOMEM, "generate: out of memory");
         goto done;
     }
@@ -211,19 +216,17 @@ moe_status moe_model_generate(moe_model *m, int batch, const int *const *prompts
             any |= live[b];
         }
         if (!any || stop) break;
-        // the next logits: one token each, all at once while no window is full; else one by one
-        int full = 0;
-        for (int b = 0; b < batch; b++) full |= moe_generator_len(g, b) >= T;
-        if (!full) {
-            for (int b = 0; b < batch; b++) next[b] = h[b][hn[b] - 1]; // ended sequences run along
-            st = moe_generator_step(g, next, logits);
-            continue;
-        }
+        // the next logits: a live sequence whose window is full restarts it (a prefill of its
+        // own); the other live ones take their token all in one step
+        int n = 0;
         for (int b = 0; b < batch && st == MOE_STATUS_OK; b++) {
             if (!live[b]) continue;
             if (moe_generator_len(g, b) >= T) st = refill(g, b, h[b], hn[b], half, logits + (int64_t)b * V);
-            else st = moe_generator_feed(g, b, &h[b][hn[b] - 1], 1, logits + (int64_t)b * V, 0);
+            else sel[n] = b, next[n++] = h[b][hn[b] - 1];
         }
+        if (st == MOE_STATUS_OK && n > 0) st = step_some(g, n, sel, next, step);
+        for (int k = n - 1; k >= 0 && st == MOE_STATUS_OK; k--) // rows to their sequences
+            memcpy(logits + (int64_t)sel[k] * V, step + (int64_t)k * V, (size_t)V * sizeof(float));
     }
 done:
     moe_generator_free(g);
@@ -232,7 +235,9 @@ done:
     free(hn);
     free(next);
     free(live);
+    free(sel);
     free(logits);
+    free(step);
     free(pi);
     free(rng);
     return st;
