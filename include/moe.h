@@ -465,7 +465,8 @@ typedef struct moe_generator moe_generator;
 /* Statuses: ARG for batch < 1, a backend that cannot decode, or an expert-parallel model. */
 moe_status moe_generator_create(moe_model *m, int batch, moe_generator **out);
 void moe_generator_free(moe_generator *g);
-/* The bytes of the cache (2 n_layer batch seq_len n_embd floats) and its workspace. */
+/* The bytes of the cache (2 n_layer batch seq_len KC floats, KC = key/value heads x head size)
+ * and its workspace. */
 size_t moe_generator_bytes(const moe_generator *g);
 /* Positions cached for sequence seq (-1 for no such sequence); reset empties it. */
 int moe_generator_len(const moe_generator *g, int seq);

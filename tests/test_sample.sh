@@ -4,7 +4,7 @@
 # seq_len too; --batch N prints N samples, the first being --batch 1's; --prompts FILE (grouping
 # changes nothing; prompt 1 is --prompt's sample of it); SIGINT stops with what
 # was printed kept (a prefix of the run that was not stopped) and exit 130; `moe logits
-# --kv-cache` equals the full forward's logits.
+# --kv-cache` equals the full forward's logits; --stats sizes the cache by key/value heads.
 # usage: test_sample.sh path/to/moe
 set -u
 MOE=${1:?usage: test_sample.sh path/to/moe}
@@ -78,4 +78,12 @@ printf "%s" "$(seq 30 | awk '{printf "%d ", ($1 * 37) % 256}')" > "$W/tok.txt"
 checks=$((checks + 1))
 diff=$(maxdiff "$W/full.bin" "$W/cached.bin")
 within "$diff" 2e-5 || fail "logits through the KV cache differ by $diff"
+# --stats counts the cache's key/value heads: 2 layers x 2 sequences x 32 positions x (1 head of 16)
+checks=$((checks + 1))
+"$MOE" train --data "$W/corpus.txt" --out "$W/gqa" --steps 2 --quiet --set seq_len=32 --set n_embd=32 --set n_layer=2 \
+    --set n_head=2 --set n_kv_head=1 --set n_experts=4 --set top_k=2 --set expert_hidden=32 --set tensorboard=false \
+    || fail "train n_kv_head=1"
+"$MOE" sample --ckpt "$W/gqa" --prompt "a" --tokens 4 --batch 2 --stats > /dev/null 2> "$W/stats" || fail "sample --stats"
+grep -q "KV cache 0.02 MiB (2 x 2 layers x 2 sequences x 32 positions x 16 floats)" "$W/stats" \
+    || fail "--stats under grouped-query attention: $(grep 'KV cache' "$W/stats")"
 finish test_sample

@@ -135,13 +135,14 @@ static void print_sample_stats(const moe_model *m, const sample_out *so, const m
                                double t0) {
     double pre = so->t_first - t0, dec = so->t_last - so->t_first;
     int64_t decoded = so->made - B;
-    double kv = 2.0 * c->n_layer * B * c->seq_len * c->n_embd * sizeof(float);
+    int kc = (c->n_kv_head ? c->n_kv_head : c->n_head) * (c->n_embd / c->n_head); // k and v: key/value heads only
+    double kv = 2.0 * c->n_layer * B * c->seq_len * kc * sizeof(float);
     fprintf(stderr, "moe: prefill %d x %d tokens in %.1f ms (%.0f tokens/s, with the first token's sampling)\n", B,
             n_prompt, 1e3 * pre, pre > 0 ? (double)B * n_prompt / pre : 0.0);
     fprintf(stderr, "moe: decode %lld tokens in %.1f ms (%.1f tokens/s, %.2f ms per step of %d)\n", (long long)decoded,
             1e3 * dec, dec > 0 ? (double)decoded / dec : 0.0, decoded > 0 ? 1e3 * dec * B / (double)decoded : 0.0, B);
     fprintf(stderr, "moe: KV cache %.2f MiB (2 x %d layers x %d sequences x %d positions x %d floats)\n", kv / 1048576.0,
-            c->n_layer, B, c->seq_len, c->n_embd);
+            c->n_layer, B, c->seq_len, kc);
     int64_t w, other;
     moe_model_memory(m, &w, &other);
     fprintf(stderr, "moe: model %.2f MiB of weights, %.2f MiB of activations (%d x %d tokens)\n", w / 1048576.0,
