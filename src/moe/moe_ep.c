@@ -32,11 +32,6 @@
 
 #define COLS 16 /* columns per thread in the row-order sums */
 
-static void experts_forward(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
-                            const moe__moe_weights *w, int C, int F) {
-    moe__ffn_forward_blocks(y, h1, h3, act, x, w->w1, w->w3, w->w2, off, n, C, F, 0);
-}
-
 /* The unit of a received slot row (its index among all units received) and its gate. */
 static inline int row_unit(const float *meta, int64_t r) {
     int u;
@@ -96,93 +91,107 @@ static void plan_rows(moe__moe_cache *c, const moe__moe_dims *d) {
     }
 }
 
-/* Floats per peer of a block [units x C | slot rows x m] (m = 2 out: unit, gate; 1 back: dgate). */
-static void block_counts(int64_t *cnt, const int64_t *units, const int64_t *rows, int p, int C, int m) {
+/* Prefix sums: first[j] = v[0] + ... + v[j-1], first[p] the total. */
+static void prefix(int64_t *first, const int64_t *v, int p) {
+    first[0] = 0;
+    for (int j = 0; j < p; j++) first[j + 1] = first[j] + v[j];
+}
+
+/* Blocks of an exchange, one per peer: [its units x C | its slot rows x m floats] (m = 2 out:
+ * unit, gate; m = 1 back: dgate); base[j] where peer j's block starts, cnt[j] its floats. */
+static void blocks(int64_t *base, int64_t *cnt, const int64_t *units, const int64_t *rows, int p, int C, int m) {
     for (int j = 0; j < p; j++) cnt[j] = units[j] * C + rows[j] * m;
+    prefix(base, cnt, p);
 }
 
-static int64_t sum64(const int64_t *v, int n) {
-    int64_t s = 0;
-    for (int i = 0; i < n; i++) s += v[i];
-    return s;
-}
-
-/* dst[unit(r)] += (gate(r) or 1) * src[perm[r]] over received rows r in order: units' sums. */
-static void sum_units(float *dst, int64_t RU, const float *src, const moe__moe_cache *c, int64_t RL, int C, int gated) {
-    memset(dst, 0, (size_t)(RU * C) * sizeof(float));
+/* Units' sums: dst's unit u (peer j's, at base[j] + (u - ufirst[j]) C) = sum over the received
+ * rows r of peer j (rfirst[j] .. rfirst[j+1]) whose unit is u, in row order, of (gate(r) or 1)
+ * src[perm[r]]. */
+static void sum_units(float *dst, const int64_t *base, const int64_t *ufirst, const int64_t *rfirst, const float *src,
+                      const moe__moe_cache *c, int p, int C, int gated) {
+    for (int j = 0; j < p; j++)
+        memset(dst + base[j], 0, (size_t)((ufirst[j + 1] - ufirst[j]) * C) * sizeof(float));
 #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += COLS) {
         int c1 = c0 + COLS < C ? c0 + COLS : C;
-        for (int64_t r = 0; r < RL; r++) {
-            float gw = gated ? c->ep_meta[2 * r + 1] : 1.0f, *o = dst + (int64_t)row_unit(c->ep_meta, r) * C;
-            const float *v = src + (int64_t)c->perm[r] * C;
-            for (int i = c0; i < c1; i++) o[i] += gw * v[i];
-        }
+        for (int j = 0; j < p; j++)
+            for (int64_t r = rfirst[j]; r < rfirst[j + 1]; r++) {
+                float gw = gated ? c->ep_meta[2 * r + 1] : 1.0f;
+                float *o = dst + base[j] + (row_unit(c->ep_meta, r) - ufirst[j]) * C;
+                const float *v = src + (int64_t)c->perm[r] * C;
+                for (int i = c0; i < c1; i++) o[i] += gw * v[i];
+            }
     }
 }
 
-/* out[unit_token[u]] += src[u] over the sender's units in order. */
-static void scatter_units(float *out, const float *src, const moe__moe_cache *c, int64_t U, int C) {
+/* out[unit_token[u]] += src's unit u (peer j's, at base[j] + (u - ufirst[j]) C), units in order. */
+static void scatter_units(float *out, const float *src, const int64_t *base, const int64_t *ufirst,
+                          const moe__moe_cache *c, int p, int C) {
 #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += COLS) {
         int c1 = c0 + COLS < C ? c0 + COLS : C;
-        for (int64_t u = 0; u < U; u++) {
-            float *o = out + (int64_t)c->unit_token[u] * C;
-            for (int i = c0; i < c1; i++) o[i] += src[u * C + i];
-        }
+        for (int j = 0; j < p; j++)
+            for (int64_t u = ufirst[j]; u < ufirst[j + 1]; u++) {
+                float *o = out + (int64_t)c->unit_token[u] * C;
+                const float *v = src + base[j] + (u - ufirst[j]) * C;
+                for (int i = c0; i < c1; i++) o[i] += v[i];
+            }
     }
 }
 
 moe_status moe__ep_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
                            const moe__moe_dims *d, int64_t N) {
-    int C = d->C, F = d->F, El = d->El, p = d->ep;
+    int C = d->C, El = d->El, p = d->ep;
     plan_units(c, d, N);
     plan_rows(c, d);
-    int64_t U = sum64(c->unit_send, p), RU = sum64(c->unit_recv, p), RL = c->loff[El];
-    int64_t *cs = c->ep_cnt, *cr = c->ep_cnt + p;
-    // out: one block per peer, its units' x then its slot rows' (unit, gate)
-    float *o = c->xe;
-    for (int j = 0, u = 0; j < p; j++) {
-        for (int64_t k = 0; k < c->unit_send[j]; k++, u++, o += C)
-            memcpy(o, x + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
-        memcpy(o, c->ep_meta_out + 2 * c->offsets[j * El], (size_t)(2 * c->send_rows[j]) * sizeof(float));
-        o += 2 * c->send_rows[j];
+    int64_t uf[p + 1], ruf[p + 1], rrf[p + 1], ub[p + 1], rub[p + 1], sb[p + 1], rb[p + 1], cs[p], cr[p]; // ep-sized
+    prefix(uf, c->unit_send, p);
+    prefix(ruf, c->unit_recv, p);
+    prefix(rrf, c->recv_rows, p);
+    for (int j = 0; j <= p; j++) ub[j] = uf[j] * C, rub[j] = ruf[j] * C; // units contiguous
+    blocks(sb, cs, c->unit_send, c->send_rows, p, C, 2);
+    blocks(rb, cr, c->unit_recv, c->recv_rows, p, C, 2);
+    // out: peer j's block, its units' x then its slot rows' (unit, gate)
+    for (int j = 0; j < p; j++) {
+        float *o = c->xe + sb[j];
+#pragma omp parallel for schedule(static)
+        for (int64_t u = uf[j]; u < uf[j + 1]; u++)
+            memcpy(o + (u - uf[j]) * C, x + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
+        memcpy(o + c->unit_send[j] * C, c->ep_meta_out + 2 * c->offsets[j * El], (size_t)(2 * c->send_rows[j]) * sizeof(float));
     }
-    block_counts(cs, c->unit_send, c->send_rows, p, C, 2);
-    block_counts(cr, c->unit_recv, c->recv_rows, p, C, 2);
     moe_status st = moe__dist_alltoallv_rows(c->xe, cs, d->a2a_buf, cr, 1);
     if (st != MOE_STATUS_OK) return st;
-    // in: the units made contiguous (in peer order), each slot row's unit made an index among them
-    const float *in = d->a2a_buf;
-    float *units = d->a2a_buf;
-    for (int64_t j = 0, ub = 0, r = 0; j < p; j++) {
-        memmove(units + ub * C, in, (size_t)(c->unit_recv[j] * C) * sizeof(float));
-        in += c->unit_recv[j] * C;
-        for (int64_t k = 0; k < c->recv_rows[j]; k++, r++) {
-            int u = row_unit(in, k) + (int)ub;
-            memcpy(c->ep_meta + 2 * r, &u, sizeof u);
-            c->ep_meta[2 * r + 1] = in[2 * k + 1];
-        }
-        in += 2 * c->recv_rows[j];
-        ub += c->unit_recv[j];
-    }
+    // in: each slot row's unit made an index among all units received, its x gathered to local order
+    for (int j = 0; j < p; j++) {
+        const float *blk = d->a2a_buf + rb[j], *meta = blk + c->unit_recv[j] * C;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < RL; i++)
-        memcpy(c->xl + (int64_t)c->perm[i] * C, units + (int64_t)row_unit(c->ep_meta, i) * C, (size_t)C * sizeof(float));
-    experts_forward(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, C, F);
-    sum_units(d->a2a_buf, RU, c->yl, c, RL, C, 1);
+        for (int64_t k = 0; k < c->recv_rows[j]; k++) {
+            int64_t r = rrf[j] + k;
+            int u = row_unit(meta, k);
+            memcpy(c->xl + (int64_t)c->perm[r] * C, blk + (int64_t)u * C, (size_t)C * sizeof(float));
+            u += (int)ruf[j];
+            memcpy(c->ep_meta + 2 * r, &u, sizeof u);
+            c->ep_meta[2 * r + 1] = meta[2 * k + 1];
+        }
+    }
+    moe__experts_forward(c->yl, c->h1, c->h3, c->act, c->xl, c->loff, El, w, d);
+    sum_units(d->a2a_buf, rub, ruf, rrf, c->yl, c, p, C, 1);
     if ((st = moe__dist_alltoallv_rows(d->a2a_buf, c->unit_recv, c->ye, c->unit_send, C)) != MOE_STATUS_OK) return st;
     memset(y, 0, (size_t)(N * C) * sizeof(float));
-    scatter_units(y, c->ye, c, U, C);
+    scatter_units(y, c->ye, ub, uf, c, p, C);
     return MOE_STATUS_OK;
 }
 
 moe_status moe__ep_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
                             const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
-    int C = d->C, F = d->F, El = d->El, p = d->ep, slots = moe__moe_slots(d);
-    int64_t U = sum64(c->unit_send, p), RU = sum64(c->unit_recv, p), RL = c->loff[El];
+    int C = d->C, El = d->El, p = d->ep, slots = moe__moe_slots(d);
+    int64_t uf[p + 1], ruf[p + 1], rrf[p + 1], sb[p + 1], rb[p + 1], cs[p], cr[p]; // ep-sized
+    prefix(uf, c->unit_send, p);
+    prefix(ruf, c->unit_recv, p);
+    prefix(rrf, c->recv_rows, p);
+    int64_t RL = c->loff[El];
 #pragma omp parallel for schedule(static)
-    for (int64_t u = 0; u < U; u++) memcpy(s->dye + u * C, dy + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
+    for (int64_t u = 0; u < uf[p]; u++) memcpy(s->dye + u * C, dy + (int64_t)c->unit_token[u] * C, (size_t)C * sizeof(float));
     moe_status st = moe__dist_alltoallv_rows(s->dye, c->unit_send, d->a2a_buf, c->unit_recv, C);
     if (st != MOE_STATUS_OK) return st;
     // each received slot row: d expert output = gate * dy of its unit, dgate = dy . expert output
@@ -197,33 +206,18 @@ moe_status moe__ep_backward(float *dx, const moe__moe_weights *g, moe__moe_scrat
         s->ep_dgate[r] = dot;
     }
     memset(s->dxl, 0, (size_t)(RL * C) * sizeof(float));
-    moe__ffn_backward_blocks(s->dxl, g->w1, g->w3, g->w2, s->dact, s->dh1, s->dh3, s->dyl, c->xl, c->h1, c->h3, c->act,
-                             w->w1, w->w3, w->w2, c->loff, El, C, F);
-    // back: one block per peer, the dx of its units then the dgate of its slot rows
-    sum_units(s->dyl, RU, s->dxl, c, RL, C, 0); // dyl is free again
-    float *o = d->a2a_buf;
-    for (int64_t j = 0, ub = 0, r = 0; j < p; j++) {
-        memcpy(o, s->dyl + ub * C, (size_t)(c->unit_recv[j] * C) * sizeof(float));
-        o += c->unit_recv[j] * C;
-        memcpy(o, s->ep_dgate + r, (size_t)c->recv_rows[j] * sizeof(float));
-        o += c->recv_rows[j];
-        ub += c->unit_recv[j];
-        r += c->recv_rows[j];
-    }
-    int64_t cs[p], cr[p]; // the forward's counts the other way: a VLA of the ep size
-    block_counts(cs, c->unit_recv, c->recv_rows, p, C, 1);
-    block_counts(cr, c->unit_send, c->send_rows, p, C, 1);
-    if ((st = moe__dist_alltoallv_rows(d->a2a_buf, cs, s->dxe, cr, 1)) != MOE_STATUS_OK) return st;
-    // each peer's dgates out, its units' dx made contiguous (in peer order), then added to the tokens
-    const float *in = s->dxe;
-    for (int64_t j = 0, ub = 0; j < p; j++) {
-        const float *dg = in + c->unit_send[j] * C;
-        memcpy(s->ep_dgate_back + c->offsets[j * El], dg, (size_t)c->send_rows[j] * sizeof(float));
-        memmove(s->dxe + ub * C, in, (size_t)(c->unit_send[j] * C) * sizeof(float));
-        in = dg + c->send_rows[j];
-        ub += c->unit_send[j];
-    }
-    scatter_units(dx, s->dxe, c, U, C);
+    moe__experts_backward(s->dxl, g, s, s->dyl, c->xl, c->h1, c->h3, c->act, c->loff, El, w, d);
+    // back: peer j's block, the dx of its units then the dgate of its slot rows
+    blocks(rb, cr, c->unit_recv, c->recv_rows, p, C, 1);
+    blocks(sb, cs, c->unit_send, c->send_rows, p, C, 1);
+    sum_units(d->a2a_buf, rb, ruf, rrf, s->dxl, c, p, C, 0);
+    for (int j = 0; j < p; j++)
+        memcpy(d->a2a_buf + rb[j] + c->unit_recv[j] * C, s->ep_dgate + rrf[j], (size_t)c->recv_rows[j] * sizeof(float));
+    if ((st = moe__dist_alltoallv_rows(d->a2a_buf, cr, s->dxe, cs, 1)) != MOE_STATUS_OK) return st;
+    for (int j = 0; j < p; j++) // each row's dgate, in the sender's row order
+        memcpy(s->ep_dgate_back + c->offsets[j * El], s->dxe + sb[j] + c->unit_send[j] * C,
+               (size_t)c->send_rows[j] * sizeof(float));
+    scatter_units(dx, s->dxe, sb, uf, c, p, C);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * slots; i++) s->dgate[i] = c->row_of[i] >= 0 ? s->ep_dgate_back[c->row_of[i]] : 0.0f;
     return MOE_STATUS_OK;

@@ -16,19 +16,18 @@
 #include <math.h>
 #include <string.h>
 
-/* Experts 0..n-1 on expert-contiguous rows: expert i has rows off[i] .. off[i+1] of x (C wide)
- * and of h1, h3, act (F wide); an expert without rows does nothing. All experts share each
- * product's parallel region (moe__ffn_forward_blocks). */
-static void experts_forward_rows(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
-                                 const moe__moe_weights *w, int C, int F) {
-    moe__ffn_forward_blocks(y, h1, h3, act, x, w->w1, w->w3, w->w2, off, n, C, F, 0);
+void moe__experts_forward(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
+                          const moe__moe_weights *w, const moe__moe_dims *d) {
+    for (int e = 0; d->expert_ready && e < n; e++)
+        if (off[e + 1] > off[e]) d->expert_ready(d->expert_ctx, e);
+    moe__ffn_forward_blocks(y, h1, h3, act, x, w->w1, w->w3, w->w2, off, n, d->C, d->F, 0);
 }
 
-static void experts_backward_rows(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
-                                  const float *x, const float *h1, const float *h3, const float *act,
-                                  const int64_t *off, int n, const moe__moe_weights *w, int C, int F) {
+void moe__experts_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy, const float *x,
+                           const float *h1, const float *h3, const float *act, const int64_t *off, int n,
+                           const moe__moe_weights *w, const moe__moe_dims *d) {
     moe__ffn_backward_blocks(dx, g->w1, g->w3, g->w2, s->dact, s->dh1, s->dh3, dy, x, h1, h3, act, w->w1, w->w3,
-                             w->w2, off, n, C, F);
+                             w->w2, off, n, d->C, d->F);
 }
 
 /* y += the shared experts' output (times its gate with shared_gate: Qwen2-MoE). */
@@ -55,7 +54,7 @@ static void shared_forward(float *y, moe__moe_cache *c, const float *x, const mo
 moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const moe__moe_weights *w,
                             const moe__moe_dims *d, int64_t N) {
     // x and y are (N,C); experts w1, w3 are (E,F,C), w2 is (E,C,F)
-    int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
+    int E = d->E, C = d->C, slots = moe__moe_slots(d);
     c->n_tokens = N;
     double t = moe__prof_begin(d->prof);
     moe__router_forward(c, x, w, d, N);
@@ -77,9 +76,7 @@ moe_status moe__moe_forward(float *y, moe__moe_cache *c, const float *x, const m
     for (int64_t r = 0; r < R; r++) memcpy(c->xe + r * C, x + (int64_t)c->row_token[r] * C, (size_t)C * sizeof(float));
     moe__prof_end(d->prof, MOE_PHASE_DISPATCH, t);
     t = moe__prof_begin(d->prof);
-    for (int e = 0; d->expert_ready && e < E; e++)
-        if (c->offsets[e + 1] > c->offsets[e]) d->expert_ready(d->expert_ctx, e);
-    experts_forward_rows(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, C, F);
+    moe__experts_forward(c->ye, c->h1, c->h3, c->act, c->xe, c->offsets, E, w, d);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     t = moe__prof_begin(d->prof);
     // combine: y_n = sum_s gate_ns ye_row(n,s)
@@ -170,7 +167,7 @@ static void shared_gate_backward(float *dx, float *dsg, float *dsy, float *dz, c
  * output), the experts, and dx of every kept slot's row added to its token. */
 static void routed_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
                             const moe__moe_weights *w, const moe__moe_cache *c, const moe__moe_dims *d, int64_t N) {
-    int E = d->E, C = d->C, F = d->F, slots = moe__moe_slots(d);
+    int E = d->E, C = d->C, slots = moe__moe_slots(d);
     int64_t R = c->offsets[E];
     double t;
     t = moe__prof_begin(d->prof);
@@ -197,7 +194,7 @@ static void routed_backward(float *dx, const moe__moe_weights *g, moe__moe_scrat
     moe__prof_end(d->prof, MOE_PHASE_COMBINE, t);
     t = moe__prof_begin(d->prof);
     memset(s->dxe, 0, (size_t)R * C * sizeof(float));
-    experts_backward_rows(s->dxe, g, s, s->dye, c->xe, c->h1, c->h3, c->act, c->offsets, E, w, C, F);
+    moe__experts_backward(s->dxe, g, s, s->dye, c->xe, c->h1, c->h3, c->act, c->offsets, E, w, d);
     moe__prof_end(d->prof, MOE_PHASE_EXPERTS, t);
     t = moe__prof_begin(d->prof);
     // xe_row = x_n: dx_n += dxe_row for each kept slot of token n
@@ -285,7 +282,6 @@ void moe__moe_plan_cache(moe__planner *p, moe__moe_cache *c, const moe__moe_dims
         c->unit_recv = MOE_TAKE_I64(p, d->ep);
         c->ep_meta_out = MOE_TAKE_F(p, 2 * P);
         c->ep_meta = MOE_TAKE_F(p, 2 * PL);
-        c->ep_cnt = MOE_TAKE_I64(p, 2 * d->ep);
     }
     c->sh1 = MOE_TAKE_F(p, N * SF);
     c->sh3 = MOE_TAKE_F(p, N * SF);

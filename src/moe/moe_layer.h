@@ -99,7 +99,6 @@ typedef struct {
     int64_t *unit_send, *unit_recv; /* (ep) units to and from each peer */
     float *ep_meta_out;          /* (P,2) each slot row sent: its unit (int bits) and gate */
     float *ep_meta;              /* (PL,2) each slot row received: its unit among all received, gate */
-    int64_t *ep_cnt;             /* (2 ep) floats to and from each peer of the x exchange */
     int64_t n_tokens;
     int capacity;
     int64_t routed, dropped, would_drop;
@@ -148,6 +147,16 @@ moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *
 moe_status moe__moe_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy,
                              const float *x, const moe__moe_weights *w, const moe__moe_cache *c,
                              const moe__moe_dims *d, int64_t N, const moe__moe_loss_scales *ls);
+
+/* Experts 0..n-1 on expert-contiguous rows: expert i has rows off[i] .. off[i+1] of x (C wide)
+ * and of h1, h3, act (F wide); an expert without rows does nothing (and is not made ready:
+ * d->expert_ready). All experts share each product's parallel region (moe__ffn_forward_blocks).
+ * Backward: dx accumulates, the experts' gradients into g. */
+void moe__experts_forward(float *y, float *h1, float *h3, float *act, const float *x, const int64_t *off, int n,
+                          const moe__moe_weights *w, const moe__moe_dims *d);
+void moe__experts_backward(float *dx, const moe__moe_weights *g, moe__moe_scratch *s, const float *dy, const float *x,
+                           const float *h1, const float *h3, const float *act, const int64_t *off, int n,
+                           const moe__moe_weights *w, const moe__moe_dims *d);
 
 /* Expert parallelism (moe_ep.c), after dispatch: y (N,C) = the routed experts' combined output,
  * through the ep group's all-to-alls, one row per (token, peer); backward: every slot's dgate
