@@ -24,7 +24,7 @@
 typedef struct {
     int batch, T, N, threads;    /* sequences, positions, rows of the workspace, score vectors */
     float *k, *v;                /* (L, batch, T, C) */
-    float *x, *ln, *q, *kn, *vn, *atty, *mid, *ln2, *y, *rstd, *h1, *h3, *act, *scores;
+    float *x, *ln, *q, *kn, *vn, *atty, *ln2, *y, *rstd, *h1, *h3, *act, *scores;
     int *pos;                    /* (N) each row's position */
     moe__moe_cache mc;           /* one MoE cache (forward only) shared by the layers */
     char *arena;
@@ -40,7 +40,7 @@ static size_t kv_plan(const moe_model *m, cpu_kv *s, char *base) {
     s->v = MOE_TAKE_F(&p, L * s->batch * s->T * KC);
     s->kn = MOE_TAKE_F(&p, N * KC);
     s->vn = MOE_TAKE_F(&p, N * KC);
-    float **rows[] = {&s->x, &s->ln, &s->q, &s->atty, &s->mid, &s->ln2, &s->y};
+    float **rows[] = {&s->x, &s->ln, &s->q, &s->atty, &s->ln2, &s->y};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) *rows[i] = MOE_TAKE_F(&p, N * C);
     s->rstd = MOE_TAKE_F(&p, N);
     if (m->n_moe < c->n_layer) {
@@ -132,11 +132,9 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
             memcpy(s->v + at, s->vn + r * KC, (size_t)KC * sizeof(float));
         }
         attend(s, m, l, B, n, seq);
-        memcpy(s->mid, s->x, (size_t)N * C * sizeof(float));
-        moe__matmul_forward(s->mid, s->atty, w.wo, N, C, C, 1);
-        moe__rmsnorm_forward(s->ln2, s->rstd, s->mid, w.ln2, N, C, c->norm_eps);
+        moe__matmul_forward(s->x, s->atty, w.wo, N, C, C, 1); // the residual stream, in place: no backward
+        moe__rmsnorm_forward(s->ln2, s->rstd, s->x, w.ln2, N, C, c->norm_eps);
         if (m->moe_slot[l] < 0) {
-            memcpy(s->x, s->mid, (size_t)N * C * sizeof(float));
             moe__ffn_forward(s->x, s->h1, s->h3, s->act, s->ln2, w.w1, w.w3, w.w2, N, C, c->ffn_hidden, 1);
             continue;
         }
@@ -144,7 +142,8 @@ moe_status moe__cpu_decode(moe_model *m, void *kv, const int *tokens, int B, int
         d.capacity_factor = 0.0f; // decoding is dropless: each token's routing is its own
         moe_status st = moe__moe_forward(s->y, &s->mc, s->ln2, &w.moe, &d, N);
         if (st != MOE_STATUS_OK) return moe__err(st, "layer %d: %s", l, moe_last_error());
-        for (int64_t i = 0; i < N * C; i++) s->x[i] = s->mid[i] + s->y[i];
+#pragma omp parallel for schedule(static) if (N * C > 4096)
+        for (int64_t i = 0; i < N * C; i++) s->x[i] += s->y[i];
     }
     // the final norm and the head: every row, or each sequence's last
     int64_t rows = all ? N : B;
