@@ -39,12 +39,11 @@ static void shared_forward(float *y, moe__moe_cache *c, const float *x, const mo
         moe__ffn_forward(y, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 1);
     if (d->SF > 0 && d->shared_gate) { // y_n += sigmoid(x_n . sg) sy_n
         moe__ffn_forward(c->sy, c->sh1, c->sh3, c->sact, x, w->sw1, w->sw3, w->sw2, N, C, d->SF, 0);
+        moe__matmul_forward(c->sgate, x, w->sg, N, C, 1, 0); // the gate's logit, then its sigmoid
 #pragma omp parallel for schedule(static)
         for (int64_t n = 0; n < N; n++) {
-            const float *xn = x + n * C, *sy = c->sy + n * C;
-            float z = 0.0f, *yn = y + n * C;
-            for (int i = 0; i < C; i++) z += xn[i] * w->sg[i];
-            float g = c->sgate[n] = 1.0f / (1.0f + expf(-z));
+            const float *sy = c->sy + n * C;
+            float g = c->sgate[n] = 1.0f / (1.0f + expf(-c->sgate[n])), *yn = y + n * C;
             for (int i = 0; i < C; i++) yn[i] += g * sy[i];
         }
     }
@@ -140,27 +139,21 @@ moe_status moe__moe_forward_ref(float *y, const moe__moe_cache *c, const float *
 }
 
 /* y_n += g_n sy_n with g_n = sigmoid(x_n . sg): dsy_n = g_n dy_n (into dsy, the caller's scratch
- * of N rows, free before the combine's), dz_n = (dy_n . sy_n) g_n (1 - g_n) (into dz),
- * dsg += sum_n dz_n x_n (by column, in token order: deterministic), dx_n += dz_n sg. */
+ * of N rows, free before the combine's), dz_n = (dy_n . sy_n) g_n (1 - g_n) (into dz), then the
+ * gate's linear map backward: dsg += dz^T x, dx += dz sg. */
 static void shared_gate_backward(float *dx, float *dsg, float *dsy, float *dz, const float *dy, const float *x,
                                  const float *sg, const moe__moe_cache *c, int64_t N, int C) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *dyn = dy + n * C, *sy = c->sy + n * C;
-        float g = c->sgate[n], dot = 0.0f, *d = dsy + n * C, *dxn = dx + n * C;
+        float g = c->sgate[n], dot = 0.0f, *d = dsy + n * C;
         for (int i = 0; i < C; i++) {
             dot += dyn[i] * sy[i];
             d[i] = g * dyn[i];
         }
-        float z = dz[n] = dot * g * (1.0f - g);
-        for (int i = 0; i < C; i++) dxn[i] += z * sg[i];
+        dz[n] = dot * g * (1.0f - g);
     }
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < C; i++) {
-        float acc = 0.0f;
-        for (int64_t n = 0; n < N; n++) acc += dz[n] * x[n * C + i];
-        dsg[i] += acc;
-    }
+    moe__matmul_backward(dx, dsg, dz, x, sg, N, C, 1);
 }
 
 /* The routed experts' backward on one process: the combine (dgate of every slot, d expert
