@@ -12,19 +12,26 @@
 #define MOE_HOST_DEVICE
 #endif
 
-/* Top-K of key (+ bias when not NULL), by repeated selection; the first maximum wins ties. */
-static inline MOE_HOST_DEVICE void moe__select_topk(int *sel, const float *key, const float *bias, int E, int K) {
+/* Top-K of key (+ bias when not NULL) among the experts e whose group e / S has its bit in keep,
+ * by repeated selection; the first maximum wins ties. */
+static inline MOE_HOST_DEVICE void moe__select_topk_in(int *sel, const float *key, const float *bias, int E, int K, int S,
+                                                       unsigned long long keep) {
     for (int k = 0; k < K; k++) {
         int best = -1;
         float bv = 0.0f;
         for (int e = 0; e < E; e++) {
-            int taken = 0;
+            int taken = !(keep >> (e / S) & 1ULL);
             for (int j = 0; j < k; j++) taken |= sel[j] == e;
             float v = key[e] + (bias ? bias[e] : 0.0f);
             if (!taken && (best < 0 || v > bv)) best = e, bv = v;
         }
         sel[k] = best;
     }
+}
+
+/* Top-K of key (+ bias when not NULL) over all E experts (one group). */
+static inline MOE_HOST_DEVICE void moe__select_topk(int *sel, const float *key, const float *bias, int E, int K) {
+    moe__select_topk_in(sel, key, bias, E, K, E, 1ULL);
 }
 
 /* Group-limited top-K (DeepSeek-V2/V3): the E experts in G groups of E/G; v = key + bias. Each
@@ -52,17 +59,7 @@ static inline MOE_HOST_DEVICE void moe__select_topk_grouped(int *sel, const floa
             if (!(keep >> g & 1ULL) && (best < 0 || gscore[g] > gscore[best])) best = g;
         keep |= 1ULL << best;
     }
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        float bv = 0.0f;
-        for (int e = 0; e < E; e++) {
-            int taken = !(keep >> (e / S) & 1ULL);
-            for (int j = 0; j < k; j++) taken |= sel[j] == e;
-            float v = key[e] + (bias ? bias[e] : 0.0f);
-            if (!taken && (best < 0 || v > bv)) best = e, bv = v;
-        }
-        sel[k] = best;
-    }
+    moe__select_topk_in(sel, key, bias, E, K, S, keep);
 }
 
 #endif
