@@ -198,22 +198,31 @@ static moe_status load_experts(float *dst, const moe_tensor_info *t, int64_t E, 
     return MOE_STATUS_OK;
 }
 
+moe_status moe__checkpoint_shards(const moe__st_file *f, const char *path, int *W) {
+    char *v = moe__st_meta(f, "expert_shards"), *step = moe__st_meta(f, "step");
+    char *end = NULL;
+    long w = v ? strtol(v, &end, 10) : 0;
+    moe_status st = MOE_STATUS_OK;
+    if (v && (end == v || *end || w < 1 || w > 65536 || !step))
+        st = moe__err(MOE_STATUS_FORMAT, "'%s': metadata expert_shards '%s' is bad", path, v);
+    *W = st == MOE_STATUS_OK ? (int)w : 0;
+    free(v);
+    free(step);
+    return st;
+}
+
 moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const char *path) {
     int n = moe_model_n_tensors(m), ep, ep_rank, n_sh = 0;
     moe__model_ep(m, &ep, &ep_rank);
     float *params = m->params; // the host view: every tensor is written, then read back (from_host)
     moe_status st = MOE_STATUS_OK;
     // a multi-rank checkpoint keeps its experts in shard files named by its step
-    char *shv = moe__st_meta(f, "expert_shards"), *stepv = moe__st_meta(f, "step");
+    char *stepv = moe__st_meta(f, "step");
     moe__st_file *sh = NULL;
     char **sh_path = NULL;
-    if ((st = verify_data(f, path)) != MOE_STATUS_OK) goto done;
-    if (shv) {
-        n_sh = atoi(shv);
-        if (n_sh < 1 || n_sh > 65536 || !stepv) {
-            st = moe__err(MOE_STATUS_FORMAT, "'%s': metadata expert_shards '%s' is bad", path, shv);
-            goto done;
-        }
+    if ((st = verify_data(f, path)) != MOE_STATUS_OK || (st = moe__checkpoint_shards(f, path, &n_sh)) != MOE_STATUS_OK)
+        goto done;
+    if (n_sh) {
         sh = calloc((size_t)n_sh, sizeof *sh);
         sh_path = calloc((size_t)n_sh, sizeof *sh_path);
         if (!sh || !sh_path) {
@@ -226,8 +235,7 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
         for (int j = 0; j < n_sh && st == MOE_STATUS_OK; j++) {
             // shard j holds the fraction [j, j+1)/n_sh of each layer's experts, this rank needs
             // [ep_rank, ep_rank+1)/ep: only the shards that overlap are read
-            if (!((int64_t)j * ep < (int64_t)(ep_rank + 1) * n_sh && (int64_t)(j + 1) * ep > (int64_t)ep_rank * n_sh))
-                continue;
+            if (!moe__shard_overlaps(j, n_sh, ep_rank, ep)) continue;
             char name[4200];
             if ((st = moe__shard_name(name, sizeof name, dir, "experts", j, n_sh, strtoll(stepv, NULL, 10))) != MOE_STATUS_OK)
                 break;
@@ -271,7 +279,6 @@ done:
     }
     free(sh);
     free(sh_path);
-    free(shv);
     free(stepv);
     return st;
 }

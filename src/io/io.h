@@ -80,6 +80,13 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
 /* Multi-rank checkpoints: DIR/KIND-J-of-EP.stepS.{safetensors,bin} for KIND experts or state,
  * into out (n bytes); MOE_STATUS_ARG (moe__pathf) when it does not fit. */
 moe_status moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step);
+/* The ranks a checkpoint's experts are sharded over: its metadata expert_shards (*W; 0 when
+ * absent: the experts are in the file itself); MOE_STATUS_FORMAT naming a bad value. */
+moe_status moe__checkpoint_shards(const moe__st_file *f, const char *path, int *W);
+/* Whether shard j of W (the fraction [j, j+1)/W of each layer's experts) overlaps rank r of ep. */
+static inline int moe__shard_overlaps(int j, int W, int r, int ep) {
+    return (int64_t)j * ep < (int64_t)(r + 1) * W && (int64_t)(j + 1) * ep > (int64_t)r * W;
+}
 moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step);
 /* model.safetensors of a multi-rank checkpoint: every tensor but the experts, expert_shards = ep. */
 moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep);

@@ -137,20 +137,6 @@ moe_status moe_run_config(const char *dir, moe_config *out) {
 
 /* ---------------------------------------------------------------- resume */
 
-/* The expert parallelism the run's checkpoint was written with: metadata expert_shards of
- * model.safetensors, 1 when absent. */
-static moe_status written_ep(const moe_trainer *t, int *W) {
-    moe__st_file f;
-    moe_status st = moe__st_read_header(t->model_path, &f);
-    if (st != MOE_STATUS_OK) return st;
-    char *v = moe__st_meta(&f, "expert_shards");
-    *W = v ? atoi(v) : 1;
-    if (v && (*W < 1 || *W > 65536)) st = moe__err(MOE_STATUS_FORMAT, "'%s': metadata expert_shards '%s' is bad", t->model_path, v);
-    free(v);
-    moe__st_free(&f);
-    return st;
-}
-
 /* A state file (state.bin, or rank j's of a checkpoint written with ep W) read and checked
  * against the W-rank layout (pw parameters) and the model's step; *opt points into *buf, which
  * the caller frees. */
@@ -195,7 +181,7 @@ static moe_status load_state_any(moe_trainer *t, int W, int64_t model_step, cons
     int have = 0;
     for (int j = 0; j < W && st == MOE_STATUS_OK; j++) {
         // rank j of W held the fraction [j, j+1)/W of each layer's experts; this one [r, r+1)/ep
-        if (!((int64_t)j * ep < (int64_t)(r + 1) * W && (int64_t)(j + 1) * ep > (int64_t)r * W)) continue;
+        if (!moe__shard_overlaps(j, W, r, ep)) continue;
         char path[4200], *buf = NULL;
         moe__state s;
         const float *opt = NULL;
@@ -225,11 +211,10 @@ static moe_status load_state_any(moe_trainer *t, int W, int64_t model_step, cons
     return st == MOE_STATUS_OK ? m->be->from_host(m, MOE_BUF_OPT) : st;
 }
 
-moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_failed) {
+moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int shards, int *ckpt_failed) {
     const moe__dist *g = moe__dist_get();
-    int W = 1;
-    moe_status st = written_ep(t, &W);
-    if (st == MOE_STATUS_OK) st = load_state_any(t, W, model_step, t->state_path);
+    int W = shards ? shards : 1;
+    moe_status st = load_state_any(t, W, model_step, t->state_path);
     if (st != MOE_STATUS_OK && W == 1 && access(t->state_next_path, F_OK) == 0) {
         // killed between committing model.safetensors and renaming state.next.bin over
         // state.bin (moe_trainer_save): the state of the model's step is the next one

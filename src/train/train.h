@@ -118,10 +118,12 @@ moe_status moe__events_start(moe_trainer *t, int resume);
 moe_status moe__events_threads(moe_trainer *t, const char *change);
 
 /* rundir.c */
-/* Resume: state.bin (or this rank's shard) of the checkpoint at model_step into t->run and the
- * model's moments; state.next.bin when the run was killed inside a save; trims metrics.jsonl.
+/* Resume: the state of the checkpoint at model_step into t->run and the model's moments, from
+ * state.bin or, when its experts are sharded over `shards` ranks (moe__checkpoint_shards), from
+ * the shards that overlap this rank's experts under any ep; state.next.bin when the run was
+ * killed inside a save; trims metrics.jsonl.
  * *ckpt_failed: the state itself would not load (the error should name the kept checkpoints). */
-moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int *ckpt_failed);
+moe_status moe__rundir_load_state(moe_trainer *t, int64_t model_step, int shards, int *ckpt_failed);
 /* Locks the run directory for the trainer's life: rank 0 takes an flock on DIR/.lock holding its
  * PID (MOE_STATUS_BUSY naming the holder when another process has it; the kernel drops a lock
  * with its process, so a killed run leaves none). COLLECTIVE (world): every rank fails alike. */

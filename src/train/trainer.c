@@ -45,10 +45,12 @@ static moe_status trainer_alloc(const moe_config *c, moe_dataset *train, moe_dat
 
 /* On resume: the checkpoint (read once, for its config now and its weights later) gives the
  * model keys, the caller the training keys. */
-static moe_status read_resume_config(moe_trainer *t, const moe_config *c, moe__st_file *ckpt, int64_t *model_step) {
+static moe_status read_resume_config(moe_trainer *t, const moe_config *c, moe__st_file *ckpt, int64_t *model_step,
+                                     int *shards) {
     moe_config saved;
     moe_status st = moe__st_read(t->model_path, ckpt);
     if (st == MOE_STATUS_OK) st = moe__checkpoint_config_of(ckpt, t->model_path, &saved, model_step);
+    if (st == MOE_STATUS_OK) st = moe__checkpoint_shards(ckpt, t->model_path, shards);
     if (st != MOE_STATUS_OK) return st;
     if ((st = moe_config_check_model(&saved, c)) != MOE_STATUS_OK)
         return moe__err(st, "resume of '%s': %s", t->dir, moe_last_error());
@@ -143,6 +145,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     memset(&ckpt, 0, sizeof ckpt);
     int ckpt_failed = 0; // the checkpoint would not load: the error names the kept ones
     int64_t model_step = 0;
+    int shards = 0; // the ranks the checkpoint's experts are sharded over (0: none)
     moe_status st = trainer_alloc(c, train, val, out_dir, &t);
     if (!t) return st;
     // own the directory before reading or writing it: a new run makes it first
@@ -152,7 +155,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     if (st == MOE_STATUS_OK && mode == MOE_RUN_NEW) st = moe__rundir_check_new(out_dir);
     if (st == MOE_STATUS_OK && mode == MOE_RUN_OVERWRITE) st = moe__rundir_clear(out_dir);
     if (st == MOE_STATUS_OK && resume) {
-        st = read_resume_config(t, c, &ckpt, &model_step);
+        st = read_resume_config(t, c, &ckpt, &model_step, &shards);
         ckpt_failed = st != MOE_STATUS_OK && st != MOE_STATUS_NOMEM && st != MOE_STATUS_MISMATCH;
     }
     if (st == MOE_STATUS_OK) st = moe_config_validate(&t->cfg);
@@ -165,7 +168,7 @@ moe_status moe_trainer_create(const moe_config *c, moe_dataset *train, moe_datas
     if (st == MOE_STATUS_OK) st = create_model(t, &ckpt, resume, &ckpt_failed);
     if (st == MOE_STATUS_OK) st = alloc_step(t);
     moe__hooks_read(&t->hooks);
-    if (st == MOE_STATUS_OK && resume) st = moe__rundir_load_state(t, model_step, &ckpt_failed);
+    if (st == MOE_STATUS_OK && resume) st = moe__rundir_load_state(t, model_step, shards, &ckpt_failed);
     if (st == MOE_STATUS_OK) start_threads(t);
     if (st == MOE_STATUS_OK) st = open_outputs(t, resume);
     if (st == MOE_STATUS_OK) st = moe__events_start(t, resume);
