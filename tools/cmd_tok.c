@@ -219,15 +219,9 @@ typedef struct {
     shard_writer *w;
 } tokenizing;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* On a terminal: one line on stderr, redrawn at most 10 times a second; last: at the end. */
 static void progress(tokenizing *g, int last) {
-    double t = now_s();
+    double t = now_seconds();
     if (!g->tty || (!last && t - g->last_draw < 0.1)) return;
     g->last_draw = t;
     double mb = (double)g->input_bytes / 1e6;
@@ -437,7 +431,7 @@ static void write_shards(const tok_opts *o, const moe_tokenizer *t) {
         if (S_ISDIR(st.st_mode)) die(1, "tokenize: '%s' is a directory; name its files", paths[i]);
         g.input_total += st.st_size;
     }
-    g.t0 = g.last_draw = now_s();
+    g.t0 = g.last_draw = now_seconds();
     tokenize_all(&g, &r);
     if (w.total == 0) die(1, "tokenize: the data holds no tokens (no documents, or only empty ones and no EOT token)");
     shards_finish(&w);
@@ -451,7 +445,7 @@ static void write_shards(const tok_opts *o, const moe_tokenizer *t) {
         free(dst);
     }
     progress(&g, 1);
-    double s = now_s() - g.t0;
+    double s = now_seconds() - g.t0;
     printf("moe: tokenized %lld documents (%lld bytes of text) into %lld tokens (%s) in %d shard%s, %s_%06d.bin",
            (long long)g.documents, (long long)g.text_bytes, (long long)w.total, w.wide ? "uint32" : "uint16", w.n_shards,
            w.n_shards > 1 ? "s" : "", o->out, 0);

@@ -184,7 +184,7 @@ static char *config_json(const moe_model *m, hf_family fam, int bf16) {
         double value;
     } nums[] = {{"vocab_size", c->vocab_size},        {"hidden_size", c->n_embd},
                 {"num_hidden_layers", c->n_layer},     {"num_attention_heads", c->n_head},
-                {"num_key_value_heads", c->n_kv_head ? c->n_kv_head : c->n_head},    {"max_position_embeddings", c->seq_len},
+                {"num_key_value_heads", moe__kv_heads(c)},    {"max_position_embeddings", c->seq_len},
                 {"rms_norm_eps", c->norm_eps},         {"rope_theta", c->rope_theta},
                 {"num_experts_per_tok", c->top_k},     {"attention_dropout", 0.0},
                 {"router_aux_loss_coef", c->aux_loss_coef}, {"initializer_range", c->init_std}};
@@ -246,13 +246,17 @@ static moe_status write_shard(const moe_model *m, const out_list *o, int a, int 
         int64_t n = numel(t);
         float *f = buf;
         uint16_t *h = buf;
-        for (int64_t k = 0; k < n; k++) {
-            float v = t->src ? t->scale * t->src[k] : 0.0f;
-            if (bf16) h[k] = moe__bf16(v);
-            else f[k] = v;
+        const void *data = t->src; // an f32 tensor as it is, written straight from the model
+        if (bf16 || !t->src || t->scale != 1.0f) {
+            for (int64_t k = 0; k < n; k++) {
+                float v = t->src ? t->scale * t->src[k] : 0.0f;
+                if (bf16) h[k] = moe__bf16(v);
+                else f[k] = v;
+            }
+            data = buf;
         }
-        st = moe__st_out_write(&w, buf, (size_t)n * (bf16 ? 2 : 4));
-        if (t->src) moe__map_release(m->map, m->map_len, t->src, (size_t)n * sizeof(float));
+        st = moe__st_out_write(&w, data, (size_t)n * (bf16 ? 2 : 4));
+        if (t->src) moe__model_release(m, t->src, n);
     }
     if (st == MOE_STATUS_OK) st = moe__st_out_close(&w);
     else moe__st_out_abort(&w);

@@ -25,7 +25,6 @@ typedef enum { HF_LLAMA, HF_MIXTRAL, HF_QWEN2_MOE, HF_OLMOE } hf_family;
 
 typedef struct {
     moe_config c;
-    int kv_heads;
     hf_family fam;
 } hf_info;
 
@@ -162,7 +161,6 @@ static moe_status read_config(const cJSON *j, const char *path, hf_info *h) {
     if (qwen && SF < 1)
         return moe__err(MOE_STATUS_FORMAT, "'%s': shared_expert_intermediate_size %g: a Qwen2-MoE shared expert needs "
                         "a width of at least 1", path, SF);
-    h->kv_heads = (int)kvh;
     c->n_kv_head = kvh < H ? (int)kvh : 0; // grouped-query attention, natively
     c->vocab_size = (int)V;
     c->n_embd = (int)C;
@@ -283,7 +281,6 @@ static int expert_name(const char *name, int *l, int *x, int *w) {
  * only: nothing is read. */
 static moe_status add_file(const hf_info *h, const char *path, const moe__st_file *f, moe__source *src) {
     const moe_config *c = &h->c;
-    int64_t hs = c->n_embd / c->n_head;
     moe_status st = MOE_STATUS_OK;
     for (int i = 0; i < f->n && st == MOE_STATUS_OK; i++) {
         const moe__st_tensor *s = &f->t[i];
@@ -316,12 +313,6 @@ static moe_status add_file(const hf_info *h, const char *path, const moe__st_fil
         const char *name = moe__hf_rename(ours, sizeof ours, s->name, 0);
         if (moe__source_find(src, name))
             return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' appears twice", path, s->name);
-        int kv = (strstr(s->name, "self_attn.k_proj.weight") || strstr(s->name, "self_attn.v_proj.weight")) &&
-                 h->kv_heads < c->n_head; // grouped: named here; other shapes are checked against the config
-        if (kv && (s->ndim != 2 || s->shape[0] != h->kv_heads * hs))
-            return moe__err(MOE_STATUS_FORMAT, "'%s': tensor '%s' has %lld rows; %d key/value heads of size %lld need %lld",
-                            path, s->name, (long long)(s->ndim ? s->shape[0] : 0), h->kv_heads, (long long)hs,
-                            (long long)(h->kv_heads * hs));
         moe__src_tensor *t = moe__source_add(src, name, s->ndim, s->shape);
         if (!t) return moe__err(MOE_STATUS_NOMEM, "out of memory");
         st = moe__source_piece(t, 0, s, f, 0, t->info.numel);
