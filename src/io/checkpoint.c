@@ -14,10 +14,20 @@
 #define CKPT_FORMAT "moe"
 #define CKPT_VERSION "1"
 
-/* Writes the tensors of m that `keep` selects (NULL = all) with the checkpoint metadata and
- * n_extra more metadata pairs. */
+moe_status moe__ckpt_out_open(moe__st_out *o, const char *path, const moe__st_entry *e, int n, const char *cfg,
+                              int64_t step, const char *extra_key, const char *extra_val) {
+    char stepbuf[32];
+    snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
+    const char *keys[5] = {"format", "format_version", "config", "step", extra_key};
+    const char *vals[5] = {CKPT_FORMAT, CKPT_VERSION, cfg, stepbuf, extra_val};
+    // data_fnv1a64: over the data region as written (the tensors in order)
+    return moe__st_out_open(o, path, e, n, keys, vals, extra_key ? 5 : 4, "data_fnv1a64");
+}
+
+/* Writes the tensors of m that `keep` selects (NULL = all) with the checkpoint metadata and one
+ * more metadata pair when extra_key is not NULL. */
 static moe_status save_tensors(const moe_model *m, const char *path, int64_t step, int (*keep)(const moe_tensor_info *),
-                               const char *const *extra_keys, const char *const *extra_vals, int n_extra) {
+                               const char *extra_key, const char *extra_val) {
     int n = moe_model_n_tensors(m), k = 0;
     moe__st_entry *e = calloc((size_t)n, sizeof *e);
     char *cfg = moe_config_to_json(moe_model_config(m));
@@ -43,16 +53,13 @@ static moe_status save_tensors(const moe_model *m, const char *path, int64_t ste
         e[k].data = params + t->offset;
         k++;
     }
-    char stepbuf[32];
-    snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
-    const char *keys[8] = {"format", "format_version", "config", "step"};
-    const char *vals[8] = {CKPT_FORMAT, CKPT_VERSION, cfg, stepbuf};
-    for (int i = 0; i < n_extra && i < 4; i++) keys[4 + i] = extra_keys[i], vals[4 + i] = extra_vals[i];
-    // data_fnv1a64: over the data region as written (the tensors in order)
     moe__st_out o;
-    moe_status st = moe__st_out_open(&o, path, e, k, keys, vals, 4 + (n_extra < 4 ? n_extra : 4), "data_fnv1a64");
-    for (int i = 0; i < k && st == MOE_STATUS_OK; i++)
-        st = moe__st_out_write(&o, e[i].data, (size_t)moe_model_find(m, e[i].name)->numel * sizeof(float));
+    moe_status st = moe__ckpt_out_open(&o, path, e, k, cfg, step, extra_key, extra_val);
+    for (int i = 0; i < k && st == MOE_STATUS_OK; i++) {
+        int64_t numel = 1;
+        for (int d = 0; d < e[i].ndim; d++) numel *= e[i].shape[d];
+        st = moe__st_out_write(&o, e[i].data, (size_t)numel * sizeof(float));
+    }
     if (st == MOE_STATUS_OK) st = moe__st_out_close(&o);
     else moe__st_out_abort(&o);
     free(e);
@@ -67,7 +74,7 @@ moe_status moe_model_save(const moe_model *m, const char *path, int64_t step) {
     int ep, ep_rank;
     moe__model_ep(m, &ep, &ep_rank);
     if (ep > 1) return moe__err(MOE_STATUS_ARG, "'%s': an expert-parallel model is saved by its trainer (shards)", path);
-    return save_tensors(m, path, step, NULL, NULL, NULL, 0);
+    return save_tensors(m, path, step, NULL, NULL, NULL);
 }
 
 moe_status moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step) {
@@ -76,14 +83,13 @@ moe_status moe__shard_name(char *out, size_t n, const char *dir, const char *kin
 }
 
 moe_status moe__model_save_experts(const moe_model *m, const char *path, int64_t step) {
-    return save_tensors(m, path, step, is_expert, NULL, NULL, 0);
+    return save_tensors(m, path, step, is_expert, NULL, NULL);
 }
 
 moe_status moe__model_save_replicated(const moe_model *m, const char *path, int64_t step, int ep) {
     char buf[16];
     snprintf(buf, sizeof buf, "%d", ep);
-    const char *k[] = {"expert_shards"}, *v[] = {buf};
-    return save_tensors(m, path, step, is_replicated, k, v, 1);
+    return save_tensors(m, path, step, is_replicated, "expert_shards", buf);
 }
 
 /* The data checksum in the metadata (checkpoints written since it was added) against the data. */

@@ -80,6 +80,11 @@ moe_status moe__model_load_weights(moe_model *m, const moe__st_file *f, const ch
 /* Multi-rank checkpoints: DIR/KIND-J-of-EP.stepS.{safetensors,bin} for KIND experts or state,
  * into out (n bytes); MOE_STATUS_ARG (moe__pathf) when it does not fit. */
 moe_status moe__shard_name(char *out, size_t n, const char *dir, const char *kind, int j, int ep, int64_t step);
+/* Opens a moe checkpoint for writing (moe__st_out): its n tensors e, the metadata every
+ * checkpoint has (format, version, config JSON cfg, step, data_fnv1a64) and one more pair when
+ * extra_key is not NULL. */
+moe_status moe__ckpt_out_open(moe__st_out *o, const char *path, const moe__st_entry *e, int n, const char *cfg,
+                              int64_t step, const char *extra_key, const char *extra_val);
 /* The ranks a checkpoint's experts are sharded over: its metadata expert_shards (*W; 0 when
  * absent: the experts are in the file itself); MOE_STATUS_FORMAT naming a bad value. */
 moe_status moe__checkpoint_shards(const moe__st_file *f, const char *path, int *W);

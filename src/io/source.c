@@ -207,8 +207,7 @@ moe_status moe_import(const char *src, const moe_config *c, uint64_t seed, const
         st = moe__err(MOE_STATUS_IO, "import: cannot create '%s': %s", dir, strerror(errno));
     free(dir);
     moe__st_out o;
-    const char *keys[] = {"format", "format_version", "config", "step"}, *vals[] = {"moe", "1", cfg, "0"};
-    int opened = st == MOE_STATUS_OK && (st = moe__st_out_open(&o, out, e, n, keys, vals, 4, "data_fnv1a64")) == MOE_STATUS_OK;
+    int opened = st == MOE_STATUS_OK && (st = moe__ckpt_out_open(&o, out, e, n, cfg, 0, NULL, NULL)) == MOE_STATUS_OK;
     for (int i = 0; i < n && st == MOE_STATUS_OK; i++) {
         const moe_tensor_info *t = moe_model_tensor(m, i);
         if (plan[i] < 0) init_fresh(m, i, seed, buf);
