@@ -69,7 +69,7 @@ m.save_pretrained(sys.argv[1], safe_serialization=True)
 print("transformers %s wrote a Mixtral of %.3fB parameters" % (transformers.__version__, sum(p.numel() for p in m.parameters()) / 1e9))
 EOF
 HB=$(du -cb "$DIR"/big_hf/*.safetensors | tail -1 | cut -f1)
-header "2. ~1B Mixtral written by transformers ($(python3 -c "print('%.2f GB' % ($HB / 1e9))") of fp32 safetensors; GQA 16/4 expanded on import)"
+header "2. ~1B Mixtral written by transformers ($(python3 -c "print('%.2f GB' % ($HB / 1e9))") of fp32 safetensors; GQA 16/4 kept as it is)"
 row "import (--set seq_len=1024)" "$HB" import --from "$DIR/big_hf" --out "$DIR/big_moe" --set seq_len=1024
 "$MOE" import --from "$DIR/big_hf" --out "$DIR/big_moe" --set seq_len=1024 > /dev/null
 MB=$(python3 -c "import os; print(os.path.getsize('$DIR/big_moe/model.safetensors'))")

@@ -500,7 +500,7 @@ static void compute_token_bytes(moe_tokenizer *t) {
         for (int i = 0; i < t->tok_len[id];) {
             int l = moe__tk_utf8_len((const unsigned char *)s + i, (size_t)(t->tok_len[id] - i));
             if (l == 0) l = 1;
-            if (t->byte_level && l > 0 && moe__tk_char_byte(moe__tk_cp(s + i, l)) >= 0) n += 1;      // one byte per mapped character
+            if (t->byte_level && moe__tk_char_byte(moe__tk_cp(s + i, l)) >= 0) n += 1; // one byte per mapped character
             else if (meta && l == 3 && !memcmp(s + i, "\xe2\x96\x81", 3)) n += 1; // ▁ is a space
             else n += l;
             i += l;
