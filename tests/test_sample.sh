@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_sample.sh — `moe sample` through the KV cache, end to end on a byte-level model: the
 # streamed output (through a pipe, and on a terminal under script(1)) equals --no-stream's, past
-# seq_len too; --batch N prints N samples, the first being --batch 1's; --prompts FILE (grouping
+# seq_len too, and through a SentencePiece tokenizer; --batch N prints N samples, the first being --batch 1's; --prompts FILE (grouping
 # changes nothing; prompt 1 is --prompt's sample of it); SIGINT stops with what
 # was printed kept (a prefix of the run that was not stopped) and exit 130; `moe logits
 # --kv-cache` equals the full forward's logits; --stats sizes the cache by key/value heads.
@@ -78,6 +78,17 @@ printf "%s" "$(seq 30 | awk '{printf "%d ", ($1 * 37) % 256}')" > "$W/tok.txt"
 checks=$((checks + 1))
 diff=$(maxdiff "$W/full.bin" "$W/cached.bin")
 within "$diff" 2e-5 || fail "logits through the KV cache differ by $diff"
+# streamed through a SentencePiece tokenizer (byte fallback, the first token's stripped space,
+# </s>) equals --no-stream's: the decode window restarts only where that changes nothing
+"$MOE" train --data "$W/corpus.txt" --tokenizer "$SRC/tests/tok/spm/tokenizer.json" --out "$W/spm" --steps 3 --quiet \
+    --set vocab_size=2000 --set seq_len=32 --set n_embd=32 --set n_layer=1 --set n_head=2 --set n_experts=2 --set top_k=1 \
+    --set expert_hidden=16 --set batch_size=2 --set tensorboard=false || fail "train with a SentencePiece tokenizer"
+for seed in 1 2 3 4 5 6 7 8 9 10 11 12; do
+    checks=$((checks + 1))
+    P=(sample --ckpt "$W/spm" --prompt "The model's weights" --tokens 150 --temperature 1.5 --ignore-eos --seed $seed)
+    "$MOE" "${P[@]}" | cat > "$W/spm_streamed" && "$MOE" "${P[@]}" --no-stream > "$W/spm_whole" || fail "sample spm seed $seed"
+    cmp -s "$W/spm_streamed" "$W/spm_whole" || fail "SentencePiece seed $seed: streamed differs from --no-stream"
+done
 # --stats counts the cache's key/value heads: 2 layers x 2 sequences x 32 positions x (1 head of 16)
 checks=$((checks + 1))
 "$MOE" train --data "$W/corpus.txt" --out "$W/gqa" --steps 2 --quiet --set seq_len=32 --set n_embd=32 --set n_layer=2 \

@@ -57,13 +57,18 @@ static const cli_flag sample_flags[] = {
 /* What a sample prints: the decoded text of the prompt and the new tokens (through the
  * checkpoint's tokenizer), else the prompt's bytes and each new token as a byte (vocab 256) or
  * " id". Streamed, it is written as the tokens come, never half a UTF-8 sequence: what the next
- * token may still change (an incomplete sequence, a trailing U+FFFD) is held back. */
+ * token may still change (an incomplete sequence, a trailing U+FFFD, an open run of byte-fallback
+ * pieces) is held back. Through a
+ * tokenizer only a window of the ids is decoded each time (as transformers' TextStreamer): once
+ * all its text is out, the window restarts at the last id (when it decodes alone to the text's
+ * non-empty end), whose text is counted as printed, so a token costs a decode of a few ids, not of the
+ * whole sequence. */
 typedef struct {
     const moe_tokenizer *tok;
     int vocab, stream;
     int *ids;                 /* the prompt's ids, then the new ones */
-    size_t n, printed;        /* ids; bytes of the text already written */
-    char *text;               /* the text so far (tokenizer or bytes) */
+    size_t n, win, printed;   /* ids; the first id decoded (tokenizer); bytes of text already written */
+    char *text;               /* the text so far: of ids[win..n) through the tokenizer, else all */
     size_t len, cap;
     double t_first, t_last;   /* when the first and the last new token came (seconds) */
     int64_t made;             /* new tokens, all sequences */
@@ -94,18 +99,41 @@ static size_t stable_prefix(const char *text, size_t len) {
 static void out_text_refresh(sample_out *so) {
     if (so->tok) {
         free(so->text);
-        check(moe_tokenizer_decode(so->tok, so->ids, so->n, 1, &so->text, &so->len));
+        check(moe_tokenizer_decode(so->tok, so->ids + so->win, so->n - so->win, 1, &so->text, &so->len));
     }
+}
+
+/* Whether id is a byte-fallback piece, <0xXX>: a run of them decodes as its UTF-8 text only when
+ * the whole run is valid (else one U+FFFD a byte), so a later byte can change all of it. */
+static int byte_piece(const moe_tokenizer *t, int id) {
+    const char *s = moe_tokenizer_token(t, id);
+    return s && strlen(s) == 6 && !strncmp(s, "<0x", 3) && s[5] == '>';
 }
 
 static void out_flush(sample_out *so, int final) {
     out_text_refresh(so);
     size_t end = final ? so->len : stable_prefix(so->text, so->len);
+    if (!final && so->tok && so->n > 0 && byte_piece(so->tok, so->ids[so->n - 1]))
+        end = so->printed; // a run of bytes still open: held back until a token ends it
     if (end > so->printed) {
         fwrite(so->text + so->printed, 1, end - so->printed, stdout);
         so->printed = end;
     }
     fflush(stdout);
+    // all of the window is out: restart it at its last id when that id alone decodes to the end of
+    // the text, not to nothing (a special token, a lone space) and not differently (a byte of a
+    // longer character): SentencePiece's stripped leading space then falls on text already printed
+    if (so->tok && end == so->len && so->n - so->win > 1) {
+        char *last = NULL;
+        size_t ll = 0;
+        check(moe_tokenizer_decode(so->tok, so->ids + so->n - 1, 1, 1, &last, &ll));
+        if (ll > 0 && ll <= so->len && !memcmp(so->text + so->len - ll, last, ll)) {
+            free(so->text);
+            so->text = last, so->len = so->printed = ll, so->win = so->n - 1;
+        } else {
+            free(last);
+        }
+    }
 }
 
 static void out_push(sample_out *so, int token) {
@@ -170,7 +198,7 @@ static int *encode_prompt(const moe_tokenizer *tok, const moe_config *c, const c
 static void out_start(sample_out *so, const char *text, size_t tlen, const int *ids, size_t np) {
     memcpy(so->ids, ids, np * sizeof(int));
     so->n = np;
-    so->printed = 0;
+    so->win = so->printed = 0;
     if (so->tok) return;
     if (tlen + 64 > so->cap && !(so->text = realloc(so->text, (so->cap = tlen + 64)))) die(1, "out of memory");
     memcpy(so->text, text, (so->len = tlen));
